@@ -1,0 +1,52 @@
+# mtbc — one command builds the book, one command runs the tests.
+#   make book        build the HTML book into _build/html (offline; no BUSI data needed)
+#   make test        run the whole test suite (unit, real-data, papermill smoke, browser)
+#   make lab         open JupyterLab on the notebook templates
+#   make reproduce   re-run everything from the raw data (hours on a CPU): needs MTBC_DATA
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: book test lab reproduce audit grid chromium clean
+
+# (Re)create the environment when it is missing or the pins changed.
+$(STAMP): pyproject.toml requirements-lock.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c requirements-lock.txt -e '.[test]'
+	@touch $@
+
+book: $(STAMP)
+	$(BIN)/python -m mtbc_lib.book build
+
+test: $(STAMP) chromium
+	$(BIN)/python -m pytest -q
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+# Headless Chromium for the browser test (Debian package; nothing downloads its own browser).
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "make: chromium is missing: install the Debian package 'chromium' (sudo apt-get install chromium)" >&2; exit 1; fi; }
+
+reproduce: $(STAMP)
+	@if [ -z "$$MTBC_DATA" ]; then \
+	  echo "make reproduce: set MTBC_DATA to the BUSI folder holding benign/ malignant/ normal/ (Dataset_BUSI_with_GT, Al-Dhabyani et al. 2020; see README.md), e.g. make reproduce MTBC_DATA=../shared/data/BUSI" >&2; exit 2; fi
+	@test -d "$$MTBC_DATA" || { echo "make reproduce: MTBC_DATA=$$MTBC_DATA is not a folder (expected the BUSI folder holding benign/ malignant/ normal/)" >&2; exit 2; }
+	$(MAKE) audit grid book
+
+audit: $(STAMP)
+	$(BIN)/papermill notebooks/dataset_audit.ipynb book/dataset_audit.ipynb -p data_dir "$$MTBC_DATA"
+	$(BIN)/papermill notebooks/duplicate_explorer.ipynb book/duplicate_explorer.ipynb -p data_dir "$$MTBC_DATA"
+
+grid: $(STAMP)
+	$(BIN)/mtbc grid --data "$$MTBC_DATA"
+	$(BIN)/papermill notebooks/results.ipynb book/results.ipynb
+
+clean:
+	rm -rf _build

@@ -1,0 +1,41 @@
+"""Shared constants and the one place that knows where the data lives."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: Class names in label-index order (label 0 = benign, 1 = malignant, 2 = normal).
+CLASSES: tuple[str, ...] = ("benign", "malignant", "normal")
+NORMAL: int = CLASSES.index("normal")
+#: The paper's seed for every split and for training.
+SEED: int = 1993
+#: Repository root (for the default data location next to a checkout).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_dir(value: str | os.PathLike | None = None) -> Path:
+    """The raw BUSI folder: ``value`` if given, else ``$MTBC_DATA``, else
+    ``../shared/data/BUSI`` beside the repository. Raises with a one-line message
+    saying what to set when none exists."""
+    candidates = [value, os.environ.get("MTBC_DATA"), REPO_ROOT.parent / "shared" / "data" / "BUSI"]
+    for c in candidates:
+        if c:
+            p = Path(c).expanduser()
+            if p.is_dir():
+                return p
+            if c is not candidates[-1]:
+                raise FileNotFoundError(
+                    f"BUSI data folder {p} does not exist: set MTBC_DATA to the folder holding "
+                    "benign/, malignant/, normal/ (Dataset_BUSI_with_GT, Al-Dhabyani et al. 2020)")
+    raise FileNotFoundError(
+        "BUSI data not found: set MTBC_DATA to the folder holding benign/, malignant/, normal/ "
+        "(download Dataset_BUSI_with_GT, Al-Dhabyani et al. 2020, see README.md)")
+
+
+def cache_dir() -> Path:
+    """Where decoded/resized arrays and other derived data are cached
+    (``$MTBC_CACHE``, default ``~/.cache/mtbc``)."""
+    p = Path(os.environ.get("MTBC_CACHE", Path.home() / ".cache" / "mtbc")).expanduser()
+    p.mkdir(parents=True, exist_ok=True)
+    return p

@@ -1,0 +1,465 @@
+"""The BUSI data: index the raw folder, read any PNG mode, resize and cache the arrays,
+the Curated BUSI filter and the paper's stratified cross-validation folds.
+
+Layout expected (the public ``Dataset_BUSI_with_GT``)::
+
+    DATA_DIR/benign/benign (1).png          image
+    DATA_DIR/benign/benign (1)_mask.png     its mask
+    DATA_DIR/benign/benign (100)_mask_1.png a second lesion of image 100 (also _mask_2, ...)
+    DATA_DIR/malignant/...  DATA_DIR/normal/...
+
+Conventions:
+
+- images become grey ``uint8`` with Pillow's ``convert("L")``, i.e. ITU-R 601-2 luma
+  ``L = (299 R + 587 G + 114 B) / 1000`` (fixed point, exact for grey pixels R = G = B,
+  so the greyscale re-encoded files and the original all-RGB release decode to the same
+  values); alpha is ignored; mode "1" gives 0/255.
+- a mask pixel is lesion when any colour channel is non-zero (and, for RGBA, alpha is
+  non-zero); the ground truth of an image is the union of all its mask files.
+- resizing to ``size x size`` (aspect ratio not kept, as in the paper): area averaging
+  (Pillow ``BOX``) for images, nearest neighbour for masks, so masks stay binary.
+
+Every problem with the input raises :class:`DataError` with one line naming the file and
+saying what was expected; nothing is written (cache) unless everything loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from mtbc_lib import config
+from mtbc_lib.config import CLASSES
+
+__all__ = [
+    "DataError", "IMAGE_MODES", "MASK_MODES", "CURATIONS", "PUBLISHED_KEEP_LIST",
+    "index_busi", "read_image", "read_mask", "BusiArrays", "load_busi",
+    "read_keep_list", "write_keep_list", "curate", "Split", "cv_splits",
+]
+
+#: PNG modes accepted for images and for masks (everything the BUSI releases contain).
+IMAGE_MODES: tuple[str, ...] = ("1", "L", "RGB", "RGBA")
+MASK_MODES: tuple[str, ...] = ("1", "L", "RGB", "RGBA")
+#: The published Curated BUSI v1 keep-list (450 images), see resources/README.md.
+PUBLISHED_KEEP_LIST: Path = Path(__file__).resolve().parent / "resources" / "mapping_curated_BUSI.csv"
+#: Bump when the decoding/resizing changes, so old caches are not reused.
+_CACHE_VERSION = 1
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_KEEP_HEADER = "class;id"
+_UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it)
+os.umask(_UMASK)
+
+
+class DataError(ValueError):
+    """Bad input data: the message is one line naming the file and what was expected."""
+
+
+# ----------------------------------------------------------------------------- indexing
+
+def _resolve_dir(data_dir) -> Path:
+    try:
+        return config.data_dir(data_dir)
+    except FileNotFoundError as exc:
+        raise DataError(str(exc)) from None
+
+
+def index_busi(data_dir=None):
+    """One row per image, sorted by class (label order) then id.
+
+    Returns a ``pandas.DataFrame`` with columns ``class`` (str), ``id`` (int),
+    ``label`` (int, index into ``CLASSES``), ``name`` (str, e.g. ``"benign (42)"``),
+    ``image`` (Path) and ``masks`` (tuple of Paths: ``_mask``, ``_mask_1``, ...).
+    Hidden entries and plain files beside the class folders (SOURCE.md) are ignored.
+    """
+    import pandas as pd
+
+    root = _resolve_dir(data_dir)
+    expected = ", ".join(f"{c}/" for c in CLASSES)
+    subdirs = {p.name: p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    for name in sorted(subdirs):
+        if name not in CLASSES:
+            raise DataError(f"{subdirs[name]}: unknown class folder; expected only {expected} "
+                            f"in the BUSI data folder {root}")
+    rows = []
+    for label, cls in enumerate(CLASSES):
+        folder = root / cls
+        if cls not in subdirs:
+            raise DataError(f"{folder}: class folder missing; expected {expected} in {root}")
+        img_re = re.compile(rf"{re.escape(cls)} \((\d+)\)\.png")
+        mask_re = re.compile(rf"{re.escape(cls)} \((\d+)\)_mask(?:_(\d+))?\.png")
+        images: dict[int, Path] = {}
+        masks: dict[int, list[tuple[int, Path]]] = {}
+        for f in sorted(folder.iterdir()):
+            if f.name.startswith("."):
+                continue
+            if m := img_re.fullmatch(f.name):
+                if int(m[1]) in images:
+                    raise DataError(f"{f}: same id as {images[int(m[1])].name}; expected one image per id")
+                images[int(m[1])] = f
+            elif m := mask_re.fullmatch(f.name):
+                masks.setdefault(int(m[1]), []).append((int(m[2] or 0), f))
+            else:
+                raise DataError(f"{f}: unexpected file; expected '{cls} (N).png' or "
+                                f"'{cls} (N)_mask[_K].png' in {folder}")
+        if not images:
+            raise DataError(f"{folder}: class folder holds no '{cls} (N).png' image")
+        for i in sorted(set(masks) - set(images)):
+            raise DataError(f"{masks[i][0][1]}: mask without an image; expected {folder / f'{cls} ({i}).png'}")
+        for i in sorted(images):
+            if i not in masks:
+                raise DataError(f"{images[i]}: image without a mask; expected {folder / f'{cls} ({i})_mask.png'}")
+            rows.append({"class": cls, "id": i, "label": label, "name": f"{cls} ({i})",
+                         "image": images[i], "masks": tuple(p for _, p in sorted(masks[i]))})
+    return pd.DataFrame(rows, columns=["class", "id", "label", "name", "image", "masks"])
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def _open_png(path, modes: Sequence[str], what: str) -> Image.Image:
+    """Decode a PNG fully (so truncation shows up here); check its mode."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    if head != _PNG_MAGIC:
+        raise DataError(f"{path}: not a PNG file (no PNG signature); expected a PNG {what}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is bad input
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"{path}: PNG {what} cannot be decoded, truncated or corrupt ({msg})") from None
+    if im.mode not in modes:
+        raise DataError(f"{path}: {what} has PNG mode {im.mode!r}; expected one of {', '.join(modes)}")
+    return im
+
+
+def read_image(path) -> np.ndarray:
+    """A PNG image as grey ``(H, W) uint8`` (luma of RGB/RGBA, see module doc)."""
+    im = _open_png(path, IMAGE_MODES, "image")
+    return np.asarray(im.convert("L"), dtype=np.uint8).copy()
+
+
+def _mask_array(path) -> np.ndarray:
+    im = _open_png(path, MASK_MODES, "mask")
+    a = np.asarray(im)
+    if im.mode == "1":
+        return a.astype(bool)
+    if im.mode == "L":
+        return a > 0
+    if im.mode == "RGB":
+        return (a > 0).any(axis=2)
+    return (a[..., :3] > 0).any(axis=2) & (a[..., 3] > 0)  # RGBA: transparent = background
+
+
+def read_mask(paths) -> np.ndarray:
+    """The union of one or more mask PNGs as ``(H, W) bool``; all must have one size."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise DataError("read_mask: no mask file given; expected at least one path")
+    out = _mask_array(paths[0])
+    for p in paths[1:]:
+        m = _mask_array(p)
+        if m.shape != out.shape:
+            raise DataError(f"{p}: mask is {m.shape[1]}x{m.shape[0]} px but {paths[0].name} is "
+                            f"{out.shape[1]}x{out.shape[0]}; expected masks of one image to have the same size")
+        out |= m
+    return out
+
+
+def _load_one(image: Path, masks: tuple[Path, ...], size: int):
+    """Worker: decode, check and resize one image and its masks.
+    Returns (image (S,S) uint8, mask (S,S) bool, original (H, W))."""
+    img = read_image(image)
+    msk = read_mask(masks)
+    if msk.shape != img.shape:
+        raise DataError(f"{masks[0]}: mask is {msk.shape[1]}x{msk.shape[0]} px but its image {image.name} is "
+                        f"{img.shape[1]}x{img.shape[0]}; expected the same size")
+    img_s = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BOX))
+    msk_s = np.asarray(Image.fromarray(msk.astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)) > 0
+    return img_s, msk_s, img.shape
+
+
+# ----------------------------------------------------------------------------- arrays
+
+@dataclass
+class BusiArrays:
+    """The dataset as arrays, one entry per image (N images, S = size).
+
+    images: (N, S, S) uint8 grey; masks: (N, S, S) bool (union of the mask files);
+    labels: (N,) int64 index into CLASSES; classes: (N,) str; ids: (N,) int64 (N in
+    "<class> (N).png"); names: list of "<class> (N)"; orig_sizes: (N, 2) int64 original
+    (height, width) in pixels.
+    """
+
+    images: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+    classes: np.ndarray
+    ids: np.ndarray
+    names: list[str]
+    orig_sizes: np.ndarray
+
+    def __post_init__(self):
+        n = len(self.labels)
+        for f in fields(self):
+            if len(getattr(self, f.name)) != n:
+                raise ValueError(f"BusiArrays.{f.name} has {len(getattr(self, f.name))} entries; expected {n}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def keys(self) -> list[tuple[str, int]]:
+        """(class, id) pairs, the keep-list key of each image."""
+        return [(str(c), int(i)) for c, i in zip(self.classes, self.ids)]
+
+    def subset(self, idx) -> "BusiArrays":
+        """A copy holding the rows ``idx`` (integer indices or a boolean mask of length N)."""
+        idx = np.asarray(idx)
+        if idx.dtype == bool:
+            if idx.shape != (len(self),):
+                raise ValueError(f"subset: boolean mask has shape {idx.shape}; expected ({len(self)},)")
+            idx = np.flatnonzero(idx)
+        idx = idx.astype(np.int64).reshape(-1)
+        return BusiArrays(images=self.images[idx], masks=self.masks[idx], labels=self.labels[idx],
+                          classes=self.classes[idx], ids=self.ids[idx],
+                          names=[self.names[i] for i in idx], orig_sizes=self.orig_sizes[idx])
+
+
+def _cache_key(index, size: int) -> str:
+    """Digest of the decoding settings and every file's name, size and mtime."""
+    h = hashlib.sha256(f"busi-v{_CACHE_VERSION};size={size};box;nearest;luma\n".encode())
+    for img, masks in zip(index["image"], index["masks"]):
+        for p in (img, *masks):
+            st = p.stat()
+            h.update(f"{p.parent.name}/{p.name};{st.st_size};{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(binary file)`` on a temporary file beside ``path``, then os.replace it
+    into place (readers never see a half-written file); usual permissions (umask)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _save_npz(path: Path, arrays: BusiArrays) -> None:
+    _atomic_write(path, lambda fh: np.savez(
+        fh, images=arrays.images, masks=arrays.masks, labels=arrays.labels,
+        classes=arrays.classes.astype(str), ids=arrays.ids,
+        names=np.asarray(arrays.names, dtype=str), orig_sizes=arrays.orig_sizes))
+
+
+def _load_npz(path: Path) -> BusiArrays | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return BusiArrays(images=z["images"], masks=z["masks"], labels=z["labels"],
+                              classes=z["classes"], ids=z["ids"], names=[str(s) for s in z["names"]],
+                              orig_sizes=z["orig_sizes"])
+    except Exception as exc:  # noqa: BLE001 - a broken cache is rebuilt, not fatal
+        warnings.warn(f"ignoring unreadable cache file {path} ({exc}); rebuilding it", stacklevel=3)
+        return None
+
+
+def cache_path(data_dir=None, size: int = 128, index=None) -> Path:
+    """The cache file ``load_busi`` uses for this data folder and size."""
+    index = index_busi(data_dir) if index is None else index
+    return config.cache_dir() / f"busi_{size}px_{_cache_key(index, size)}.npz"
+
+
+def load_busi(data_dir=None, size: int = 128, cache: bool = True, progress: bool = True,
+              workers: int = 2) -> BusiArrays:
+    """All BUSI images and masks resized to ``size x size`` (see module doc), in
+    ``index_busi`` order. Decoded arrays are cached as an .npz in ``config.cache_dir()``
+    keyed by size and a digest of the files' names, sizes and mtimes, so a second call
+    reads no PNG. ``workers`` processes decode in parallel (0 or 1: in this process)."""
+    if not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"load_busi: size={size!r}; expected a positive integer (e.g. 128)")
+    index = index_busi(data_dir)
+    path = cache_path(size=size, index=index) if cache else None
+    if path is not None and path.exists():
+        arrays = _load_npz(path)
+        if arrays is not None and arrays.images.shape[1:] == (size, size) and arrays.names == list(index["name"]):
+            return arrays
+
+    from tqdm.auto import tqdm
+
+    items = list(zip(index["image"], index["masks"]))
+    n = len(items)
+    results = []
+    bar = tqdm(total=n, desc=f"decoding BUSI PNGs ({size}px)", unit="img", disable=not progress)
+    try:
+        if workers and workers > 1 and n > 1:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                try:
+                    for r in pool.map(_load_one, *zip(*items), [size] * n, chunksize=8):
+                        results.append(r)
+                        bar.update()
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+        else:
+            for img, masks in items:
+                results.append(_load_one(img, masks, size))
+                bar.update()
+    finally:
+        bar.close()
+    arrays = BusiArrays(
+        images=np.stack([r[0] for r in results]).astype(np.uint8),
+        masks=np.stack([r[1] for r in results]).astype(bool),
+        labels=index["label"].to_numpy(np.int64),
+        classes=index["class"].to_numpy(str),
+        ids=index["id"].to_numpy(np.int64),
+        names=list(index["name"]),
+        orig_sizes=np.asarray([r[2] for r in results], dtype=np.int64).reshape(n, 2),
+    )
+    if path is not None:
+        _save_npz(path, arrays)
+    return arrays
+
+
+# ----------------------------------------------------------------------------- curation
+
+def read_keep_list(path) -> set[tuple[str, int]]:
+    """The ``class;id`` keep-list (published Curated BUSI format) as a set of pairs."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read keep-list ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: keep-list is not UTF-8 text; expected lines 'class;id'") from None
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != _KEEP_HEADER:
+        raise DataError(f"{path}: keep-list header is {lines[0][:40]!r} ; expected '{_KEEP_HEADER}'"
+                        if lines else f"{path}: keep-list is empty; expected header '{_KEEP_HEADER}'")
+    pairs: set[tuple[str, int]] = set()
+    for no, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        parts = line.strip().split(";")
+        if len(parts) != 2 or parts[0] not in CLASSES or not parts[1].isdigit():
+            raise DataError(f"{path}: line {no} is {line[:40]!r}; expected 'class;id' with class in "
+                            f"{', '.join(CLASSES)} and a positive integer id")
+        pairs.add((parts[0], int(parts[1])))
+    return pairs
+
+
+def write_keep_list(pairs: Iterable[tuple[str, int]], path) -> None:
+    """Write pairs in the published format: header ``class;id``, sorted by class (label
+    order) then id, CRLF line endings, no newline after the last line; atomically.
+    Writing the published list's pairs reproduces that file byte for byte."""
+    path = Path(path)
+    clean = set()
+    for c, i in pairs:
+        if c not in CLASSES or int(i) != i or int(i) < 0:
+            raise ValueError(f"write_keep_list: pair ({c!r}, {i!r}); expected (class in {CLASSES}, id >= 0)")
+        clean.add((str(c), int(i)))
+    rows = sorted(clean, key=lambda p: (CLASSES.index(p[0]), p[1]))
+    data = "\r\n".join([_KEEP_HEADER] + [f"{c};{i}" for c, i in rows]).encode()
+    _atomic_write(path, lambda fh: fh.write(data))
+
+
+def _keep_paper(data_dir):
+    return read_keep_list(PUBLISHED_KEEP_LIST)
+
+
+def _keep_one(data_dir):
+    from mtbc_lib import dedup  # lazy: the duplicate search is heavy and optional here
+
+    return dedup.keep_list(data_dir, "keep-one")
+
+
+#: Curation rule -> function(data_dir) giving the keep set (None = keep everything).
+CURATIONS = {
+    "paper": _keep_paper,      # the published Curated BUSI v1 list (450 images)
+    "keep-one": _keep_one,     # our duplicate search, one representative per group
+    "none": None,              # raw BUSI, all 780 images
+}
+
+
+def curate(arrays: BusiArrays, curation="paper", data_dir=None) -> BusiArrays:
+    """The images of ``arrays`` kept by a curation rule (a name in ``CURATIONS``, or a
+    Path to a ``class;id`` keep-list file). Every listed image must be in ``arrays``."""
+    if isinstance(curation, os.PathLike):
+        keep, source = read_keep_list(curation), str(curation)
+    elif curation in CURATIONS:
+        rule = CURATIONS[curation]
+        if rule is None:
+            return arrays.subset(np.arange(len(arrays)))
+        keep, source = rule(data_dir), f"curation {curation!r}"
+    else:
+        raise ValueError(f"unknown curation {curation!r}; expected one of {', '.join(CURATIONS)} "
+                         "or a pathlib.Path to a 'class;id' keep-list")
+    keys = arrays.keys
+    missing = keep - set(keys)
+    if missing:
+        ex = ", ".join(f"{c} ({i})" for c, i in sorted(missing)[:3])
+        raise DataError(f"{source}: {len(missing)} listed images are not in the loaded data (e.g. {ex}); "
+                        "expected the full BUSI folder")
+    return arrays.subset(np.asarray([k in keep for k in keys], dtype=bool))
+
+
+# ----------------------------------------------------------------------------- folds
+
+@dataclass
+class Split:
+    """One cross-validation fold: sorted int64 index arrays into the labels given."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def cv_splits(labels, n_splits: int = 4, seed: int = config.SEED, val_size: float = 0.2) -> list[Split]:
+    """The paper's folds: ``StratifiedKFold(n_splits, shuffle=True, random_state=seed)``
+    on the labels, the held-out fold is the test set; the rest is split by a stratified
+    ``train_test_split(train_size=1 - val_size, random_state=seed)`` into train and val.
+    The folds depend only on the labels and their order; with labels in ``index_busi``
+    order (class, then numeric id) this is the row order of the authors' mapping file.
+
+    labels: (N,) class labels. Returns ``n_splits`` Splits; each index is tested once."""
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) == 0:
+        raise ValueError(f"cv_splits: labels have shape {labels.shape}; expected a non-empty 1-D array")
+    if not (isinstance(n_splits, (int, np.integer)) and n_splits >= 2):
+        raise ValueError(f"cv_splits: n_splits={n_splits!r}; expected an integer >= 2")
+    if not 0 < val_size < 1:
+        raise ValueError(f"cv_splits: val_size={val_size!r}; expected a fraction in (0, 1)")
+    values, counts = np.unique(labels, return_counts=True)
+    if counts.min() < n_splits:
+        raise ValueError(f"cv_splits: class {values[counts.argmin()]!r} has {counts.min()} images; "
+                         f"expected at least n_splits={n_splits} per class")
+    skf = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    out = []
+    for rest, test in skf.split(np.zeros(len(labels)), labels):
+        # train_size as in the authors' code (sklearn: n_train = floor(0.8 n), n_val = rest)
+        train, val = train_test_split(rest, train_size=1 - val_size, random_state=seed, stratify=labels[rest])
+        out.append(Split(train=np.sort(train).astype(np.int64), val=np.sort(val).astype(np.int64),
+                         test=np.sort(test).astype(np.int64)))
+    return out

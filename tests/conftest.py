@@ -1,0 +1,57 @@
+"""Shared fixtures. Markers (`data`, `slow`, `browser`) are registered in pyproject.toml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real BUSI folder (``MTBC_DATA`` or ../shared/data/BUSI); skips the test if absent."""
+    from mtbc_lib import config
+
+    try:
+        return config.data_dir()
+    except FileNotFoundError as exc:
+        pytest.skip(f"real BUSI data absent: {exc}")
+
+
+def write_png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
+    """Save ``array`` (H, W) or (H, W, C) as a PNG, converted to ``mode`` if given."""
+    im = Image.fromarray(np.asarray(array))
+    if mode is not None and im.mode != mode:
+        im = im.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path, format="PNG")
+    return path
+
+
+@pytest.fixture
+def make_busi(tmp_path):
+    """Factory writing a tiny BUSI-layout folder under tmp_path and returning its path.
+
+    ``make_busi(n_per_class=2, size=(64, 64))`` writes ``n`` images per class: a grey ramp
+    plus the image id as the brightness offset, benign/malignant with a rectangular lesion
+    mask, normal with an all-zero RGB mask (as in BUSI). ``size`` is (height, width).
+    """
+
+    def make(n_per_class: int = 2, size: tuple[int, int] = (64, 64), root: Path | None = None) -> Path:
+        root = root or tmp_path / "BUSI"
+        h, w = size
+        for cls in ("benign", "malignant", "normal"):
+            for i in range(1, n_per_class + 1):
+                img = (np.add.outer(np.arange(h), np.arange(w)) * 2 + 7 * i) % 256
+                write_png(root / cls / f"{cls} ({i}).png", img.astype(np.uint8), "L")
+                mask = np.zeros((h, w), np.uint8)
+                if cls != "normal":
+                    mask[h // 4: h // 2, w // 4: w // 2 + i] = 255
+                    write_png(root / cls / f"{cls} ({i})_mask.png", mask, "1")
+                else:
+                    write_png(root / cls / f"{cls} ({i})_mask.png", np.stack([mask] * 3, -1), "RGB")
+        return root
+
+    return make
