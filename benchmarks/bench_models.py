@@ -1,0 +1,186 @@
+"""Speed and memory of every backbone in the multi-task setting on this CPU.
+
+    .venv/bin/python benchmarks/bench_models.py [--batch 16] [--size 128] [--warmup 2] [--steps 5]
+
+For each backbone, built for task "mt" at size×size with one input channel, batch
+``--batch``, four measurements, each in its own fresh subprocess:
+
+- ``train fp32``: forward + multi-task loss (λ = 0.35) + backward + Adam step, fp32;
+- ``train bf16+CL``: the same under ``torch.autocast("cpu", dtype=torch.bfloat16)`` with
+  model and input in channels-last memory format (loss in fp32, weights fp32);
+- ``infer fp32`` / ``infer bf16+CL``: eval mode, ``torch.inference_mode``, forward only.
+
+Images/s = batch × timed steps / wall time of the timed steps (after ``--warmup``
+untimed steps). Memory: ``peak RSS`` is ``resource.getrusage(RUSAGE_SELF).ru_maxrss``
+of that subprocess at its end — the peak resident memory of the whole process (Python,
+torch libraries, model, optimizer state, activations, allocator caches), so it includes
+the process baseline (see the base RSS column: about 1 GB here); ``base RSS`` is the RSS
+right after the model and data are built, before the first step, so ``peak − base``
+approximates what the steps themselves need. One table is printed and written to
+``benchmarks/results/bench_models.md`` (markdown) and ``bench_models.csv``.
+
+The numbers are wall-clock on a shared machine: the load average before and after is
+recorded with the table, since other processes compete for the same cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+MODES = ("train fp32", "train bf16+CL", "infer fp32", "infer bf16+CL")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def worker(backbone: str, mode: str, batch: int, size: int, warmup: int, steps: int) -> dict:
+    """Run one measurement in this process and return its numbers."""
+    import torch
+
+    from mtbc_lib.losses import MultiTaskLoss
+    from mtbc_lib.models import build_model, count_parameters
+
+    torch.manual_seed(0)
+    bf16 = "bf16" in mode
+    train = mode.startswith("train")
+    model = build_model(backbone, "mt")
+    x = torch.rand(batch, 1, size, size)
+    mask = torch.zeros(batch, 1, size, size)
+    mask[::2, :, size // 4: size // 2, size // 4: size // 2] = 1
+    label = torch.arange(batch) % 3
+    if bf16:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    loss_fn = MultiTaskLoss("mt")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4) if train else None
+    model.train(train)
+    base = _rss_mib()
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+        if train:
+            loss, _ = loss_fn(out, mask, label)  # losses cast to fp32 internally
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    ctx = torch.enable_grad() if train else torch.inference_mode()
+    with ctx:
+        for _ in range(warmup):
+            step()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        dt = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
+    return {"backbone": backbone, "mode": mode, "params": count_parameters(model),
+            "images_per_s": batch * steps / dt, "step_s": dt / steps,
+            "base_rss_mib": base, "peak_rss_mib": peak, "threads": torch.get_num_threads()}
+
+
+def run_all(args) -> list[dict]:
+    from mtbc_lib.models import BACKBONES
+
+    rows = []
+    for backbone in BACKBONES:
+        for mode in MODES:
+            cmd = [sys.executable, __file__, "--worker", backbone, mode, "--batch", str(args.batch),
+                   "--size", str(args.size), "--warmup", str(args.warmup), "--steps", str(args.steps)]
+            t0 = time.perf_counter()
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                sys.exit(f"bench_models: {backbone} / {mode} failed:\n{res.stderr[-2000:]}")
+            row = json.loads(res.stdout.strip().splitlines()[-1])
+            print(f"  {backbone:13s} {mode:14s} {row['images_per_s']:7.2f} img/s  "
+                  f"peak {row['peak_rss_mib']:7.0f} MiB  ({time.perf_counter() - t0:.0f} s)", flush=True)
+            rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> list[list[str]]:
+    """One line per backbone: parameters, images/s of the four modes, peak/base RSS."""
+    header = ["backbone", "params (M)", "train fp32 img/s", "train bf16+CL img/s",
+              "infer fp32 img/s", "infer bf16+CL img/s",
+              "peak RSS train fp32 (MiB)", "peak RSS train bf16+CL (MiB)",
+              "peak RSS infer fp32 (MiB)", "base RSS (MiB)"]
+    out = [header]
+    for backbone in dict.fromkeys(r["backbone"] for r in rows):
+        by = {r["mode"]: r for r in rows if r["backbone"] == backbone}
+        out.append([backbone, f"{by['train fp32']['params'] / 1e6:.2f}"]
+                   + [f"{by[m]['images_per_s']:.2f}" for m in MODES]
+                   + [f"{by[m]['peak_rss_mib']:.0f}" for m in ("train fp32", "train bf16+CL", "infer fp32")]
+                   + [f"{by['train fp32']['base_rss_mib']:.0f}"])
+    return out
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--worker", nargs=2, metavar=("BACKBONE", "MODE"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(*args.worker, args.batch, args.size, args.warmup, args.steps)))
+        return
+
+    import torch
+    load0 = os.getloadavg()
+    t0 = time.perf_counter()
+    print(f"bench_models: task mt, {args.size}x{args.size}, batch {args.batch}, "
+          f"{args.warmup} warm-up + {args.steps} timed steps, one subprocess per cell", flush=True)
+    rows = run_all(args)
+    load1 = os.getloadavg()
+    tab = table(rows)
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    meta = (f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC in one run "
+            f"({time.perf_counter() - t0:.0f} s) on {cpu}, {os.cpu_count()} logical CPUs, "
+            f"torch {torch.__version__} with {rows[0]['threads']} threads; task mt, "
+            f"{args.size}×{args.size}×1, batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps. "
+            f"Shared machine: load average {load0[0]:.2f} before, {load1[0]:.2f} after "
+            f"(other jobs competed for the same cores, so treat speeds as lower bounds). "
+            f"Peak RSS = ru_maxrss of a fresh process per cell (whole process: Python, torch, "
+            f"libraries, model, optimizer, activations); base RSS = RSS after building model and "
+            f"batch, before the first step, so peak − base ≈ what the steps need.")
+    md = "\n".join(["| " + " | ".join(r) + " |" if i != 1 else
+                    "|" + "|".join("---" for _ in tab[0]) + "|\n| " + " | ".join(r) + " |"
+                    for i, r in enumerate(tab)])
+    _write(RESULTS / "bench_models.md", f"# Model speed and memory (CPU)\n\n{meta}\n\n{md}\n")
+    _write(RESULTS / "bench_models.csv", "\n".join(",".join(r) for r in tab) + "\n")
+    print()
+    print(md)
+    print()
+    print(meta)
+    print(f"written: {RESULTS / 'bench_models.md'}, {RESULTS / 'bench_models.csv'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Losses: soft Dice on the mask, softmax focal loss on the class logits, and the
+paper's multi-task loss ``L = λ·Dice + (1 − λ)·Focal`` (λ = 0.35).
+
+Choices, and why (the paper's code is the reference for "what the paper uses"):
+
+Dice
+    The paper's code uses MONAI's ``DiceLoss(sigmoid=True, squared_pred=True,
+    smooth_nr=1, smooth_dr=1)`` with MONAI's default ``batch=False``: a soft Dice
+    **per image**, ``1 − (2·Σ p·g + 1) / (Σ p² + Σ g² + 1)`` with ``p = sigmoid(logits)``,
+    averaged over the batch. :func:`dice_loss` computes exactly that by default
+    (``per_image=True, smooth=1, squared=True``).
+
+    This matters for normal images, whose masks are empty: with the +1 smoothing an
+    empty target gives ``1 − 1 / (Σ p² + 1)``, which is 0 for an empty prediction and
+    grows with every false-positive pixel, so normal images teach the network to
+    predict nothing. ``segmentation_models_pytorch.losses.DiceLoss("binary")`` does not
+    fit here: it always pools the whole batch into one Dice (``dims=(0, 2)``) and sets
+    the loss to 0 whenever the batch's target is empty (so a batch of two normal images
+    gives no gradient at all, whatever is predicted). With ``per_image=False,
+    smooth=0, squared=False`` our function equals smp's loss on non-empty targets (tested).
+
+Focal
+    ``smp.losses.FocalLoss`` in "multiclass" mode is a sum of one-vs-rest *sigmoid*
+    focal terms, not the softmax focal loss of the paper's code
+    (``α·(1 − p_t)^γ · CE`` on the softmax, α = 1, γ = 2), so :func:`focal_loss` is the
+    plain function. With γ = 0 and α = 1 it equals cross-entropy (tested).
+
+Deep supervision
+    For a list of mask logits (full resolution first) the Dice of output *i* (0-based)
+    is weighted ``1/(i+1)`` — 1, 1/2, 1/3, 1/4, … from full resolution down — and the
+    weighted Dice terms are **summed, not normalised**, as PAPER.md states for their
+    code (so with 5 outputs the Dice term is up to 1 + 1/2 + … + 1/5 ≈ 2.28 times a
+    single Dice; ``ds_normalize=True`` divides by the weight sum instead). The target
+    is brought to each output's size by max-pooling (``ds_downsample="maxpool"``: a
+    pixel of the coarse target is lesion if any pixel under it is, so small lesions
+    do not vanish and a lesion image never gets an empty coarse target) or by nearest
+    neighbour (``"nearest"``, nnU-Net's choice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .models import TASKS
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0,
+              squared: bool = True, per_image: bool = True) -> torch.Tensor:
+    """Soft Dice loss on sigmoid probabilities.
+
+    logits: (B, 1, H, W) (or (B, H, W)) mask logits; target: same shape, {0, 1} (bool or
+    float). ``per_image``: one Dice per image, averaged over the batch (the paper's
+    code); else one Dice over the whole batch. ``squared``: Σ p² + Σ g² in the
+    denominator (Milletari et al.; the paper's code) instead of Σ p + Σ g. ``smooth`` is
+    added to numerator and denominator (1 in the paper's code; it makes an empty target
+    with an empty prediction a perfect score). Returns a scalar tensor in [0, 1].
+    """
+    if logits.shape != target.shape:
+        raise ValueError(f"dice_loss: logits {tuple(logits.shape)} and target {tuple(target.shape)} "
+                         "must have the same shape")
+    p = torch.sigmoid(logits.float())
+    g = target.to(p.dtype)
+    dims = tuple(range(1, p.ndim)) if per_image else tuple(range(p.ndim))
+    inter = (p * g).sum(dims)
+    denom = ((p * p).sum(dims) + (g * g).sum(dims)) if squared else (p.sum(dims) + g.sum(dims))
+    dice = (2 * inter + smooth) / (denom + smooth).clamp_min(1e-7)
+    return 1 - dice.mean()
+
+
+def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float = 2.0,
+               alpha: float = 1.0) -> torch.Tensor:
+    """Softmax focal loss ``mean_b α·(1 − p_t)^γ · (−log p_t)`` (Lin et al. 2017).
+
+    logits: (B, C) class logits; labels: (B,) int64 class indices. γ = 0, α = 1 gives
+    the cross-entropy. Returns a scalar tensor.
+    """
+    if logits.ndim != 2 or labels.shape != logits.shape[:1]:
+        raise ValueError(f"focal_loss: expected logits (B, C) and labels (B,), got "
+                         f"{tuple(logits.shape)} and {tuple(labels.shape)}")
+    ce = F.cross_entropy(logits.float(), labels.long(), reduction="none")
+    pt = torch.exp(-ce)
+    return (alpha * (1 - pt).pow(gamma) * ce).mean()
+
+
+def deep_supervision_weights(n: int, normalize: bool = False) -> list[float]:
+    """Weights 1, 1/2, …, 1/n of n outputs, full resolution first (optionally summing to 1)."""
+    w = [1.0 / (i + 1) for i in range(n)]
+    if normalize:
+        s = sum(w)
+        w = [x / s for x in w]
+    return w
+
+
+def downsample_mask(target: torch.Tensor, size: tuple[int, int], mode: str = "maxpool") -> torch.Tensor:
+    """target (B, 1, H, W) {0,1} -> (B, 1, *size) by max-pooling or nearest neighbour."""
+    if tuple(target.shape[-2:]) == tuple(size):
+        return target
+    t = target.float()
+    if mode == "maxpool":
+        return F.adaptive_max_pool2d(t, size)
+    if mode == "nearest":
+        return F.interpolate(t, size=size, mode="nearest")
+    raise ValueError(f"ds_downsample: unknown {mode!r}; valid: maxpool, nearest")
+
+
+def segmentation_loss(mask_out: torch.Tensor | list[torch.Tensor], target: torch.Tensor,
+                      normalize: bool = False, downsample: str = "maxpool",
+                      **dice_kw) -> torch.Tensor:
+    """Dice of one output, or the weighted sum of Dice terms over a deep-supervision list
+    (full resolution first; see the module docstring)."""
+    if isinstance(mask_out, torch.Tensor):
+        return dice_loss(mask_out, target, **dice_kw)
+    weights = deep_supervision_weights(len(mask_out), normalize)
+    return sum(w * dice_loss(o, downsample_mask(target, o.shape[-2:], downsample), **dice_kw)
+               for w, o in zip(weights, mask_out))
+
+
+@dataclass
+class MultiTaskLoss:
+    """The training loss of one task; holds settings only.
+
+    ``"seg"``: Dice; ``"cls"``: focal; ``"mt"``: ``lam·Dice + (1 − lam)·Focal``.
+    ``loss(outputs, mask, label)`` with outputs the model's dict ("mask" (B,1,H,W)
+    logits or a deep-supervision list, "label" (B,C) logits), mask (B,1,H,W) float
+    {0,1}, label (B,) int64 -> (scalar loss tensor, {"loss", "dice", "focal"} floats;
+    parts a task does not use are absent).
+    """
+    task: str = "mt"               # "seg", "cls" or "mt"
+    lam: float = 0.35              # weight of the Dice term in "mt" (the paper's λ)
+    gamma: float = 2.0             # focal exponent γ
+    alpha: float = 1.0             # focal weight α
+    dice_smooth: float = 1.0       # +smooth in Dice numerator and denominator (paper code: 1)
+    dice_squared: bool = True      # Σp² + Σg² denominator (paper code: True)
+    dice_per_image: bool = True    # one Dice per image, batch mean (paper code: True)
+    ds_normalize: bool = False     # divide deep-supervision weights by their sum (paper: no)
+    ds_downsample: str = "maxpool" # how targets reach coarse outputs: "maxpool" or "nearest"
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task: unknown {self.task!r}; valid: {', '.join(TASKS)}")
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"lam: expected a weight in [0, 1], got {self.lam}")
+
+    def __call__(self, outputs: dict, mask: torch.Tensor | None = None,
+                 label: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        parts: dict[str, torch.Tensor] = {}
+        if self.task in ("seg", "mt"):
+            if "mask" not in outputs or mask is None:
+                raise ValueError(f"MultiTaskLoss({self.task!r}): needs outputs['mask'] and a target mask")
+            if mask.ndim == 3:
+                mask = mask.unsqueeze(1)
+            parts["dice"] = segmentation_loss(
+                outputs["mask"], mask, self.ds_normalize, self.ds_downsample,
+                smooth=self.dice_smooth, squared=self.dice_squared, per_image=self.dice_per_image)
+        if self.task in ("cls", "mt"):
+            if "label" not in outputs or label is None:
+                raise ValueError(f"MultiTaskLoss({self.task!r}): needs outputs['label'] and target labels")
+            parts["focal"] = focal_loss(outputs["label"], label, self.gamma, self.alpha)
+        if self.task == "seg":
+            loss = parts["dice"]
+        elif self.task == "cls":
+            loss = parts["focal"]
+        else:
+            loss = self.lam * parts["dice"] + (1 - self.lam) * parts["focal"]
+        info = {k: float(v.detach()) for k, v in parts.items()}
+        info["loss"] = float(loss.detach())
+        return loss, info
