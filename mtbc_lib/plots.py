@@ -1,0 +1,198 @@
+"""Figures: seaborn/matplotlib for static ones, plotly for interactive ones."""
+
+from __future__ import annotations
+
+import json
+
+from IPython.display import display
+
+
+#: Plotly's own MIME type (JupyterLab renders it natively; the book through PlotlyMimeRenderer).
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+
+
+def plotly_html(fig) -> str:
+    """A figure as an HTML fragment: a div plus a script that calls the page's
+    ``Plotly`` global (plotly.js itself is not embedded)."""
+    return fig.to_html(full_html=False, include_plotlyjs=False, config={"responsive": True})
+
+
+def show_plotly(fig) -> None:
+    """Display a plotly figure so that it survives into the static book.
+
+    Emits one output with two representations: ``text/html`` (a div and a script that
+    calls the page's ``Plotly`` global, without embedding plotly.js: the book loads
+    plotly.js once for every page) and plotly's own JSON MIME type, which JupyterLab
+    renders natively. Jupyter Book picks the HTML one.
+    """
+    display({PLOTLY_MIME: json.loads(fig.to_json()), "text/html": plotly_html(fig)}, raw=True)
+
+
+class PlotlyMimeRenderer:
+    """myst-nb MIME renderer plugin for plotly's JSON MIME type (registered as the
+    entry point ``plotly`` of group ``myst_nb.mime_renderers`` in pyproject.toml).
+
+    myst-nb renders every representation of an output before choosing one, and warns
+    (an error in the strict build) on a type it does not know. This plugin turns
+    plotly's JSON into the same HTML as :func:`plotly_html`; in HTML builds it ranks
+    just after ``text/html``, so show_plotly's HTML is used when present and a bare
+    ``fig.show()`` output still appears in the book instead of vanishing.
+    """
+
+    mime_priority_overrides = [(builder, PLOTLY_MIME, 35) for builder in ("html", "dirhtml", "singlehtml")]
+
+    @staticmethod
+    def handle_mime(renderer, data, inline):
+        """docutils nodes for ``data`` (a myst_nb MimeData), or None to decline."""
+        if inline or data.mime_type != PLOTLY_MIME:
+            return None
+        import dataclasses
+
+        import plotly.io as pio
+
+        content = data.content if isinstance(data.content, dict) else json.loads(data.string)
+        fig = pio.from_json(json.dumps(content), skip_invalid=True)
+        return renderer.render_text_html(dataclasses.replace(data, mime_type="text/html", content=plotly_html(fig)))
+
+
+def execution_time_figure(runs):
+    """Horizontal bar chart of how long each stored notebook took to execute.
+
+    ``runs`` is :func:`mtbc_lib.provenance.runs_table`'s frame (columns ``notebook``,
+    ``title``, ``status``, ``started``, ``duration``, ``duration_s``, ``hardware``);
+    notebooks without a recorded duration are left out. The time axis turns
+    logarithmic when the longest run is over 100 times the shortest (training runs
+    take hours, audits minutes); its unit (seconds, minutes, hours) follows the longest
+    run. Returns a ``plotly.graph_objects.Figure``.
+    """
+    import plotly.graph_objects as go
+
+    timed = runs.dropna(subset=["duration_s"])
+    if timed.empty:
+        raise ValueError("runs: no notebook with a recorded duration (execute them with papermill)")
+    seconds = timed["duration_s"].astype(float)
+    unit, scale = ("seconds", 1.0) if seconds.max() < 180 else \
+        ("minutes", 60.0) if seconds.max() < 3 * 3600 else ("hours", 3600.0)
+    values = seconds / scale
+    colours = {"completed": "#2b6cb0", "failed": "#c53030", "incomplete": "#dd6b20"}
+    fig = go.Figure()
+    for status, part in timed.groupby("status", sort=False):
+        fig.add_trace(go.Bar(
+            x=values[part.index], y=part["notebook"], orientation="h", name=status,
+            marker_color=colours.get(status, "#718096"),
+            customdata=part[["title", "started", "duration", "hardware"]].to_numpy(),
+            hovertemplate=("<b>%{y}</b><br>%{customdata[0]}<br>started %{customdata[1]}"
+                           "<br>took %{customdata[2]}<br>%{customdata[3]}<extra></extra>"),
+        ))
+    positive = values[values > 0]
+    log = len(positive) > 1 and positive.max() / positive.min() > 100
+    fig.update_layout(
+        height=160 + 30 * len(timed), margin=dict(l=10, r=10, t=40, b=40),
+        title="Execution time of each stored notebook",
+        xaxis_title=unit + (" (log scale)" if log else ""),
+        xaxis_type="log" if log else "linear",
+        yaxis=dict(autorange="reversed", automargin=True),
+        barmode="overlay", showlegend=timed["status"].nunique() > 1, template="plotly_white",
+    )
+    return fig
+
+
+# --------------------------------------------------------------------------- training runs
+# (used by notebooks/train.ipynb; data come from mtbc_lib.train.load_run)
+
+def training_curves(history):
+    """Loss, Dice and accuracy per epoch, training (dashed) and validation (solid), one
+    colour per fold; the best epoch of each fold (lowest validation loss) is marked.
+
+    ``history``: ``train.load_run(...)["history"]`` (columns ``fold``, ``epoch``,
+    ``train_loss``, ``val_loss``, ``train_dice``, ``val_dice``, ``train_acc``,
+    ``val_acc``); metrics a task does not have (all NaN) are left out.
+    Returns a ``plotly.graph_objects.Figure``."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    if history is None or len(history) == 0:
+        raise ValueError("history: no epochs recorded yet (train at least one epoch)")
+    panels = [(m, t) for m, t in (("loss", "loss"), ("dice", "Dice (binarised, per image)"),
+                                  ("acc", "accuracy")) if history[f"val_{m}"].notna().any()]
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for _, t in panels])
+    colours = qualitative.D3
+    for i, (fold, h) in enumerate(history.groupby("fold", sort=True)):
+        c = colours[i % len(colours)]
+        best = h.loc[h["val_loss"].idxmin()]
+        for j, (m, _) in enumerate(panels, start=1):
+            for split, dash in (("train", "dash"), ("val", "solid")):
+                fig.add_trace(go.Scatter(
+                    x=h["epoch"], y=h[f"{split}_{m}"], mode="lines", line=dict(color=c, dash=dash, width=1.5),
+                    name=f"fold {fold} {split}", legendgroup=f"fold {fold} {split}", showlegend=j == 1,
+                    hovertemplate=f"fold {fold} {split}<br>epoch %{{x}}<br>{m} %{{y:.3f}}<extra></extra>"),
+                    row=1, col=j)
+            fig.add_trace(go.Scatter(x=[best["epoch"]], y=[best[f"val_{m}"]], mode="markers",
+                                     marker=dict(color=c, size=8, symbol="star"), showlegend=False,
+                                     hovertemplate=f"fold {fold}: best epoch %{{x}}<extra></extra>"),
+                          row=1, col=j)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_layout(height=380, template="plotly_white", margin=dict(l=10, r=10, t=40, b=40),
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def prediction_examples(arrays, results, fold: int | None = None, per_class: int = 2):
+    """Test images with the ground-truth outline (green) and the predicted mask (red,
+    after prediction refinement when a label is predicted): per class the best and the
+    worst Dice of one fold (the first images, for a classification-only run).
+
+    arrays: the run's ``BusiArrays``; results: ``train.load_run(run_dir)``; fold: which
+    fold (default: the first finished one). Returns a matplotlib Figure (closed, so that
+    it is displayed once, as the cell's value)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from mtbc_lib.config import CLASSES
+
+    if not results.metrics:
+        raise ValueError(f"{results.run_dir}: no finished fold to show")
+    fold = min(results.metrics) if fold is None else fold
+    test = results.test[results.test["fold"] == fold]
+    masks = results.masks(fold)
+    by_name = {n: i for i, n in enumerate(arrays.names)}
+    have_masks = "masks" in masks
+    pred_by_name = {str(n): k for k, n in enumerate(masks["names"])} if have_masks else {}
+    picks = []
+    for c in CLASSES:
+        t = test[test["class"] == c]
+        if t.empty:
+            continue
+        if have_masks:
+            t = t.sort_values(["dice_pr", "name"], ascending=[False, True])
+            rows = [t.iloc[0]] + ([t.iloc[-1]] if per_class > 1 and len(t) > 1 else [])
+            rows += [t.iloc[k] for k in range(1, len(t) - 1)][: max(0, per_class - 2)]
+        else:
+            rows = [t.iloc[k] for k in range(min(per_class, len(t)))]
+        picks += rows
+    if not picks:
+        raise ValueError("test: no test image to show")
+    fig, axes = plt.subplots(1, len(picks), figsize=(2.3 * len(picks), 2.9), squeeze=False)
+    for ax, r in zip(axes[0], picks):
+        i = by_name[r["name"]]
+        ax.imshow(arrays.images[i], cmap="gray", vmin=0, vmax=255)
+        if arrays.masks[i].any():
+            ax.contour(arrays.masks[i], levels=[0.5], colors="lime", linewidths=1)
+        title = f"{r['name']}\ntrue {CLASSES[int(r['label'])]}"
+        if have_masks:
+            m = masks["masks"][pred_by_name[r["name"]]].copy()
+            if not np.isnan(r.get("label_pr", np.nan)) and int(r["label_pr"]) == CLASSES.index("normal"):
+                m[:] = False  # prediction refinement empties the mask of a "normal" label
+            if m.any():
+                ax.imshow(np.ma.masked_where(~m, m), cmap="autumn", alpha=0.45, vmin=0, vmax=1)
+            title += f", DSC {r['dice_pr']:.2f}"
+        if "label_pr" in r and not np.isnan(r["label_pr"]):
+            title += f"\npredicted {CLASSES[int(r['label_pr'])]}"
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(f"Fold {fold} test images (green: ground truth, red: prediction after refinement)",
+                 fontsize=9)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -1,0 +1,351 @@
+"""Provenance of the executed notebooks stored in the book: what ran, where, with
+which packages and for how long.
+
+Timings come from the metadata papermill writes into every notebook it executes
+(``metadata.papermill``: start/end time, duration, exception; ``cell.metadata.papermill``
+per cell). Papermill does not record the machine, so :func:`stamp` adds it
+(``metadata.mtbc.environment``: hardware and package versions) right after execution::
+
+    papermill notebooks/dataset_audit.ipynb book/dataset_audit.ipynb
+    python -m mtbc_lib.provenance stamp book/dataset_audit.ipynb
+
+:func:`runs_table` reads every stored notebook of ``book/`` (what the reproducibility
+page shows); it never executes anything and needs neither data nor network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import nbformat
+
+from mtbc_lib.config import REPO_ROOT
+
+#: The executed notebooks of the book live here (``book/*.ipynb``, ``book/runs/*.ipynb``).
+BOOK_DIR: Path = REPO_ROOT / "book"
+#: Notebook metadata key under which :func:`stamp` records the environment.
+METADATA_KEY: str = "mtbc"
+#: Distributions whose versions are recorded (PyPI names), most result-relevant first.
+PACKAGES: tuple[str, ...] = (
+    "torch", "torchvision", "segmentation-models-pytorch", "dynamic-network-architectures",
+    "numpy", "scipy", "scikit-learn", "scikit-image", "pandas", "pillow",
+    "matplotlib", "seaborn", "plotly", "ipywidgets",
+    "papermill", "nbclient", "ipykernel", "jupyter-book", "sphinx", "myst-nb",
+)
+#: Folders under book/ that never hold stored notebooks.
+_SKIP_DIRS = {"_build", "_static", "_ext", ".ipynb_checkpoints", "__pycache__"}
+
+
+# --------------------------------------------------------------------------- environment
+
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
+    """Installed version of each distribution in ``names`` ("not installed" if absent),
+    read from the installed metadata (nothing is imported)."""
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # what this process may use (containers, taskset)
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _memory_gib() -> float | None:
+    limits = []
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limits.append(int(text))
+    try:
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        pass
+    return round(min(limits) / 2**30, 1) if limits else None
+
+
+def _gpus() -> list[str]:
+    """GPU names from nvidia-smi (empty list when there is none or no driver)."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=20, check=True).stdout
+    except (subprocess.SubprocessError, OSError):
+        return []
+    return [" ".join(line.split(",")).strip() for line in out.splitlines() if line.strip()]
+
+
+def hardware() -> dict[str, object]:
+    """The machine this process runs on: CPU model, usable cores, memory (GiB, the
+    smaller of RAM and a cgroup limit), GPUs (names from nvidia-smi), OS."""
+    return {
+        "cpu": _cpu_model(),
+        "cores": _cores(),
+        "memory_gib": _memory_gib(),
+        "gpus": _gpus(),
+        "os": f"{platform.system()} {platform.release()} ({platform.machine()})",
+    }
+
+
+def describe_hardware(hw: dict | None) -> str:
+    """One line for a table: ``"2 cores AMD EPYC, 23.5 GiB, no GPU"``."""
+    if not hw:
+        return "not recorded"
+    gpus = hw.get("gpus") or []
+    gpu = ", ".join(gpus) if gpus else "no GPU"
+    memory = f"{hw['memory_gib']} GiB" if hw.get("memory_gib") is not None else "? GiB"
+    return f"{hw.get('cores', '?')} cores {hw.get('cpu', '?')}, {memory}, {gpu}"
+
+
+def environment() -> dict[str, object]:
+    """Hardware and package versions of this process, with the UTC time of recording."""
+    return {
+        "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "hardware": hardware(),
+        "packages": package_versions(),
+    }
+
+
+def stamp(path: str | os.PathLike, env: dict | None = None) -> None:
+    """Record ``env`` (default: :func:`environment` of this machine) in the notebook's
+    metadata under ``mtbc.environment``; call it right after papermill executed the
+    notebook, on the same machine. Rewrites the file atomically."""
+    path = Path(path)
+    nb = _read(path)
+    if "papermill" not in nb.metadata:
+        raise ValueError(f"{path}: not executed by papermill (no metadata.papermill); run papermill first")
+    nb.metadata.setdefault(METADATA_KEY, {})["environment"] = env if env is not None else environment()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".ipynb")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            nbformat.write(nb, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- stored runs
+
+@dataclass
+class NotebookRun:
+    """What one stored notebook says about its execution."""
+
+    path: str                      # relative to the book folder, POSIX ("runs/x.ipynb")
+    title: str                     # first Markdown heading
+    status: str                    # "completed", "failed", "incomplete" or "not run by papermill"
+    started: datetime | None       # UTC
+    finished: datetime | None      # UTC
+    duration_s: float | None       # papermill's total, seconds
+    parameters: dict = field(default_factory=dict)   # papermill parameters injected
+    kernel_python: str | None = None                 # language_info.version of the kernel
+    environment: dict | None = None                  # from stamp(), None if not stamped
+    cell_durations_s: list[float] = field(default_factory=list)  # per code cell, seconds
+
+
+def stored_notebooks(book_dir: str | os.PathLike = BOOK_DIR) -> list[Path]:
+    """Every ``.ipynb`` under ``book_dir`` (sorted, recursive), skipping build output,
+    checkpoints and hidden files."""
+    book_dir = Path(book_dir)
+    if not book_dir.is_dir():
+        raise FileNotFoundError(f"{book_dir}: book folder does not exist")
+    found = []
+    for p in book_dir.rglob("*.ipynb"):
+        parts = p.relative_to(book_dir).parts
+        if any(part in _SKIP_DIRS or part.startswith(".") for part in parts):
+            continue
+        found.append(p)
+    return sorted(found, key=lambda p: p.relative_to(book_dir).as_posix())
+
+
+def _read(path: Path):
+    try:
+        return nbformat.read(path, as_version=4)
+    except Exception as exc:  # nbformat raises several types for a broken file
+        raise ValueError(f"{path}: not a readable notebook ({exc})") from exc
+
+
+def _time(value) -> datetime | None:
+    if not value:
+        return None
+    t = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def _title(nb, fallback: str) -> str:
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    return fallback
+
+
+def read_run(path: str | os.PathLike, book_dir: str | os.PathLike = BOOK_DIR) -> NotebookRun:
+    """Provenance of one stored notebook (never raises for missing metadata: a
+    notebook that papermill did not execute gets status "not run by papermill")."""
+    path, book_dir = Path(path), Path(book_dir)
+    nb = _read(path)
+    pm = nb.metadata.get("papermill")
+    rel = path.resolve().relative_to(book_dir.resolve()).as_posix()
+    env = nb.metadata.get(METADATA_KEY, {}).get("environment")
+    python = nb.metadata.get("language_info", {}).get("version")
+    title = _title(nb, path.stem)
+    if pm is None:
+        return NotebookRun(rel, title, "not run by papermill", None, None, None,
+                           kernel_python=python, environment=env)
+    if pm.get("exception"):
+        status = "failed"
+    elif not pm.get("end_time") or pm.get("duration") is None:
+        status = "incomplete"
+    else:
+        status = "completed"
+    cells = [float(c.metadata.get("papermill", {}).get("duration") or 0.0)
+             for c in nb.cells if c.cell_type == "code"]
+    duration = pm.get("duration")
+    return NotebookRun(
+        path=rel, title=title, status=status,
+        started=_time(pm.get("start_time")), finished=_time(pm.get("end_time")),
+        duration_s=float(duration) if duration is not None else None,
+        parameters=dict(pm.get("parameters") or {}), kernel_python=python,
+        environment=env, cell_durations_s=cells)
+
+
+def format_duration(seconds: float | None) -> str:
+    """``3725`` -> ``"1 h 02 min"``, ``185`` -> ``"3 min 05 s"``, ``4.2`` -> ``"4.2 s"``."""
+    if seconds is None:
+        return "–"
+    s = float(seconds)
+    if round(s, 1) < 60:
+        return f"{s:.1f} s"
+    m, s = divmod(int(round(s)), 60)
+    if m < 60:
+        return f"{m} min {s:02d} s"
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min"
+
+
+def runs_table(book_dir: str | os.PathLike = BOOK_DIR):
+    """One row per stored notebook (order of :func:`stored_notebooks`), columns
+    ``notebook, title, status, started, duration, duration_s, hardware, python``
+    (``started`` as "YYYY-MM-DD HH:MM UTC", ``duration`` human readable)."""
+    import pandas as pd
+
+    rows = []
+    for path in stored_notebooks(book_dir):
+        run = read_run(path, book_dir)
+        env = run.environment or {}
+        rows.append({
+            "notebook": run.path,
+            "title": run.title,
+            "status": run.status,
+            "started": run.started.strftime("%Y-%m-%d %H:%M UTC") if run.started else "–",
+            "duration": format_duration(run.duration_s),
+            "duration_s": run.duration_s,
+            "hardware": describe_hardware(env.get("hardware")),
+            "python": run.kernel_python or "–",
+        })
+    columns = ["notebook", "title", "status", "started", "duration", "duration_s", "hardware", "python"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def hardware_table(runs):
+    """One row per distinct machine of :func:`runs_table`'s frame, columns
+    ``hardware`` and ``notebooks`` (the notebooks it executed, comma separated)."""
+    import pandas as pd
+
+    rows = [{"hardware": hw, "notebooks": ", ".join(group["notebook"])}
+            for hw, group in runs.groupby("hardware", sort=True)]
+    return pd.DataFrame(rows, columns=["hardware", "notebooks"])
+
+
+def packages_table(book_dir: str | os.PathLike = BOOK_DIR, names: tuple[str, ...] = PACKAGES):
+    """Package versions: one row per package, column ``book build`` (this process) and
+    ``notebook runs`` (the distinct versions recorded by :func:`stamp` in the stored
+    notebooks, "not recorded" when none is stamped)."""
+    import pandas as pd
+
+    current = package_versions(names)
+    recorded: dict[str, set[str]] = {name: set() for name in current}
+    for path in stored_notebooks(book_dir):
+        env = read_run(path, book_dir).environment
+        for name, version in ((env or {}).get("packages") or {}).items():
+            recorded.setdefault(name, set()).add(str(version))
+    rows = [{"package": name,
+             "notebook runs": ", ".join(sorted(recorded.get(name) or [])) or "not recorded",
+             "book build": current[name]}
+            for name in current]
+    return pd.DataFrame(rows, columns=["package", "notebook runs", "book build"])
+
+
+def markdown_table(frame) -> str:
+    """A pandas frame as a Markdown pipe table (no index), for a ``text/markdown``
+    output that the book renders as a native, themed table."""
+    def cell(value) -> str:
+        text = "–" if value is None or (isinstance(value, float) and value != value) else str(value)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    header = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+# --------------------------------------------------------------------------- command line
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mtbc_lib.provenance", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_stamp = sub.add_parser("stamp", help="record this machine's hardware and packages in executed notebooks")
+    p_stamp.add_argument("notebooks", nargs="+", type=Path)
+    p_show = sub.add_parser("show", help="print the provenance of every stored notebook")
+    p_show.add_argument("book_dir", nargs="?", type=Path, default=BOOK_DIR)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "stamp":
+            env = environment()
+            for path in args.notebooks:
+                stamp(path, env)
+                print(f"stamped {path}")
+        else:
+            table = runs_table(args.book_dir)
+            print(table.drop(columns="duration_s").to_string(index=False) if len(table) else "no stored notebooks")
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
