@@ -1,0 +1,961 @@
+"""Duplicate search in BUSI: groups of files that show the same scan.
+
+Two images are *the same scan* when their SSIM is at least ``threshold`` with the paper's
+setting (grey, both resized to ``size x size`` with ``resample``, scikit-image's SSIM:
+7x7 uniform window, K1 = 0.01, K2 = 0.03, data range 255), computed
+
+- ``paper``: on the whole images (what a plain SSIM search compares), or
+- ``extended``: on their common field of view, for pairs related by a crop and/or a
+  rescale: the overlap of the two images, once aligned, cut out of each and resized.
+
+Groups are the connected components of the graph whose edges are same-scan pairs. A group
+whose members carry different class labels is an *inconsistent annotation*.
+
+Calibration (notebooks/dataset_audit.ipynb): no code of the paper's search was released;
+the published keep-list is the ground truth (its 330 removed images are every member of
+their groups). Whole-image SSIM cannot reproduce it: with 32 to 128 px thumbnails and
+nearest, bilinear or area filters, at every threshold, at least 26 images are decided
+differently (crops of one scan score as low as 0.2 once stretched to a square, while
+neighbouring frames of one cine loop score above 0.9). SSIM on the common field of view, 64x64
+bilinear, reproduces it for every threshold in [0.915, 0.965] (the gap between the
+closest different frames and the least similar copies); the default 0.94 is its middle.
+With it the groups hold the 5 quadruplets, 22 triplets and 122 duplets of the published
+list exactly, plus one duplet it missed (malignant 11 / 113, a crop rescaled by 0.83).
+
+Search (fast, exact at the setting for the ``paper`` edges, see benchmarks/bench_dedup.py):
+
+1. A pool of processes decodes every PNG once and computes, per image, its SSIM thumbnail,
+   a 16x16 thumbnail, and up to ``keypoints`` scale-space blobs (difference of Gaussians on a
+   copy rescaled to ``det_pixels`` pixels) with a band-pass 8x8 descriptor each.
+2. ``paper`` candidates: pairs whose 16x16 thumbnails, less the mean thumbnail of the
+   folder, correlate >= ``candidate_corr`` (all pairs when there are at most
+   ``all_pairs_below`` of them); each candidate is verified with the full SSIM at the
+   setting. On BUSI every pair with SSIM >= 0.7 correlates >= 0.90, so the filter has a
+   wide margin below the threshold; bench_dedup.py checks it against all pairs.
+3. ``extended`` candidates: every descriptor is matched to its ``neighbours`` nearest
+   descriptors of other images; pairs with >= ``min_inliers`` matches that agree on one
+   similarity transform (scale + translation) are aligned (least squares, then a
+   Lucas-Kanade refinement with a separate scale per axis) and verified with SSIM on the
+   aligned overlap.
+
+Coordinates: a transform ``(sy, sx, ty, tx)`` maps pixel centres of image j to image i:
+``y_i = sy * y_j + ty``, ``x_i = sx * x_j + tx`` (full-resolution pixels).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mtbc_lib import config
+from mtbc_lib.config import CLASSES
+
+__all__ = ["RESAMPLE", "RULES", "DedupConfig", "AuditResult", "find_groups", "ssim_pairs",
+           "curated_keep", "keep_list", "write_audit", "DUPLICATE_COLUMNS", "PAIR_COLUMNS"]
+
+#: Resize filters for the SSIM thumbnails (Pillow).
+RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "area": Image.Resampling.BOX,
+            "nearest": Image.Resampling.NEAREST, "bicubic": Image.Resampling.BICUBIC}
+#: Curation rules: "paper" drops every member of every group (as the published list does);
+#: "keep-one" keeps the largest image (height x width; ties: smallest id) of each group
+#: whose labels agree and drops every member of a group whose labels disagree.
+RULES = ("paper", "keep-one")
+#: Columns of duplicates.csv (one row per image in a multi-image group).
+DUPLICATE_COLUMNS = ["group", "class", "id", "file", "size", "method", "linked_by", "label_conflict",
+                     "classes", "height", "width", "min_ssim", "max_ssim", "mask_iou_min", "keep_one"]
+#: Columns of AuditResult.pairs.
+PAIR_COLUMNS = ["i", "j", "name_i", "name_j", "plain_ssim", "aligned_ssim", "score", "method", "duplicate",
+                "sy", "sx", "ty", "tx", "overlap", "inliers", "mask_iou", "group"]
+_VERSION = 1  # bump when results change (cache key of keep_list)
+_SIGMAS = tuple(1.6 * 2 ** (k / 3) for k in range(8))  # DoG scales, detection-image pixels
+_DESC = 8  # descriptor grid side (8x8 samples spanning +-4 sigma)
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    """Settings of the duplicate search (defaults: calibrated on the published list, see
+    the module doc; the keypoint settings trade time for recall, and more generous ones
+    find no other pair on BUSI, see benchmarks/bench_dedup.py)."""
+
+    size: int = 64                 # side of the square thumbnails SSIM compares (paper setting)
+    resample: str = "bilinear"     # their resize filter (key of RESAMPLE)
+    threshold: float = 0.94        # SSIM >= threshold: same scan
+    extended: bool = True          # also find crops / rescales (aligned-overlap SSIM)
+    candidate_corr: float = 0.7    # paper candidates: correlation of centred 16x16 thumbnails >= this
+    all_pairs_below: int = 20000   # fewer pairs than this: verify all of them (no filter)
+    det_pixels: int = 12000        # keypoint detection copy: about this many pixels
+    keypoints: int = 24            # strongest blobs kept per image
+    neighbours: int = 8            # matches kept per descriptor (nearest over all images)
+    min_desc_corr: float = 0.85    # descriptor correlation of a keypoint match
+    min_inliers: int = 4           # matches agreeing on one transform to try an alignment
+
+    def __post_init__(self):
+        if self.resample not in RESAMPLE:
+            raise ValueError(f"unknown resample {self.resample!r}; expected one of {', '.join(RESAMPLE)}")
+        if not 8 <= self.size <= 1024:
+            raise ValueError(f"size={self.size}; expected 8..1024 (the SSIM thumbnail side)")
+        if not -1 <= self.threshold <= 1:
+            raise ValueError(f"threshold={self.threshold}; expected an SSIM value in [-1, 1]")
+
+
+@dataclass
+class AuditResult:
+    """What :func:`find_groups` found.
+
+    index: one row per image (``data.index_busi`` columns plus ``height``, ``width``).
+    pairs: one row per scored pair ``i < j`` (rows of ``index``): ``plain_ssim`` (whole
+      images), ``aligned_ssim`` (aligned overlap, NaN when not aligned), ``score`` (their
+      max), ``method`` ("paper" when plain_ssim >= threshold, "extended" when only the
+      aligned one is, "" otherwise), ``duplicate``, transform ``sy, sx, ty, tx`` (j -> i),
+      ``overlap`` (share of the smaller image covered), ``inliers``, ``mask_iou`` (masks
+      compared in i's frame over the overlap; empty vs empty = 1), ``group`` (-1 if none).
+    groups: one row per image of a multi-image group, columns ``DUPLICATE_COLUMNS``
+      plus ``row`` (its row in ``index``): ``method`` "paper" when whole-image SSIM alone
+      connects the group, else "extended"; ``linked_by`` "paper" when the image has a
+      whole-image SSIM edge inside its group; ``min_ssim``/``max_ssim`` over the group's
+      same-scan pairs; ``mask_iou_min`` the lowest IoU of two members' masks (aligned);
+      ``keep_one`` the member the keep-one rule keeps.
+    """
+
+    index: "object"
+    pairs: "object"
+    groups: "object"
+    config: DedupConfig
+    data_dir: Path
+    timings: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
+
+    def group_sizes(self) -> dict[int, int]:
+        """{group size: number of groups}."""
+        g = self.groups.drop_duplicates("group")["size"].value_counts()
+        return {int(k): int(v) for k, v in sorted(g.items())}
+
+    def keep(self, rule: str = "paper") -> set[tuple[str, int]]:
+        """The keep-list of a curation rule (see RULES) as (class, id) pairs."""
+        return curated_keep(self.index, self.groups, rule)
+
+
+# ----------------------------------------------------------------------------- SSIM
+
+def _window_sums(a: np.ndarray, win: int) -> np.ndarray:
+    """Sums over every win x win window lying inside the last two axes (valid windows)."""
+    c = np.cumsum(a, axis=-1)
+    c = np.concatenate([np.zeros_like(c[..., :1]), c], axis=-1)
+    a = c[..., win:] - c[..., :-win]
+    c = np.cumsum(a, axis=-2)
+    c = np.concatenate([np.zeros_like(c[..., :1, :]), c], axis=-2)
+    return c[..., win:, :] - c[..., :-win, :]
+
+
+def ssim_pairs(thumbs: np.ndarray, i, j, win: int = 7, data_range: float = 255.0,
+               batch: int = 512) -> np.ndarray:
+    """SSIM of thumbnail pairs as ``skimage.metrics.structural_similarity`` computes it
+    with its defaults (uniform ``win`` x ``win`` window, sample covariance, K1 = 0.01,
+    K2 = 0.03, mean over the windows inside the image), vectorised: window sums are exact
+    integers (cumulative sums in int64), the rest float64.
+
+    thumbs: (N, S, S) uint8; i, j: (P,) int indices. Returns (P,) float64."""
+    i = np.asarray(i, dtype=np.int64).reshape(-1)
+    j = np.asarray(j, dtype=np.int64).reshape(-1)
+    x = np.asarray(thumbs).astype(np.int64)
+    n = win * win
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    norm = n / (n - 1.0)
+    sx = _window_sums(x, win)
+    mu = sx / n
+    var = norm * (_window_sums(x * x, win) / n - mu * mu)
+    out = np.empty(len(i), dtype=np.float64)
+    for a in range(0, len(i), batch):
+        ii, jj = i[a:a + batch], j[a:a + batch]
+        mi, mj = mu[ii], mu[jj]
+        cov = norm * (_window_sums(x[ii] * x[jj], win) / n - mi * mj)
+        s = ((2 * mi * mj + c1) * (2 * cov + c2)) / ((mi * mi + mj * mj + c1) * (var[ii] + var[jj] + c2))
+        out[a:a + batch] = s.mean(axis=(1, 2))
+    return out
+
+
+# ----------------------------------------------------------------------------- per image
+
+def _max_filter(a: np.ndarray, sizes) -> np.ndarray:
+    """Maximum over a centred box of ``sizes`` (odd, one per axis), outside = 0 (what
+    ``scipy.ndimage.maximum_filter(a, sizes, mode="constant")`` gives for a >= 0), as
+    shifted ``np.maximum`` passes (faster on these small stacks)."""
+    out = a
+    for axis, size in enumerate(sizes):
+        r = size // 2
+        if r == 0:
+            continue
+        pad = [(0, 0)] * a.ndim
+        pad[axis] = (r, r)
+        p = np.pad(out, pad)
+        n = out.shape[axis]
+        out = p.take(range(0, n), axis=axis)
+        for k in range(1, size):
+            out = np.maximum(out, p.take(range(k, k + n), axis=axis))
+    return out
+
+
+def _local_maxima(dog: np.ndarray, n: int, margin: np.ndarray, floor: float = 1.0):
+    """(level, y, x) of the ``n`` strongest local maxima of ``dog`` (L, H, W; >= 0) over
+    3x5x5 neighbourhoods (outside = 0), above ``floor``, on levels 1..L-2, at least
+    ``margin[level]`` pixels from the border; strongest first."""
+    L, h, w = dog.shape
+    peak = (dog == _max_filter(dog, (3, 5, 5))) & (dog > floor)
+    peak[0] = peak[-1] = False
+    ls, ys, xs = np.nonzero(peak)
+    r = margin[ls]
+    ok = (ys >= r) & (xs >= r) & (ys < h - 1 - r) & (xs < w - 1 - r)
+    ls, ys, xs = ls[ok], ys[ok], xs[ok]
+    order = np.lexsort((xs, ys, ls, -dog[ls, ys, xs]))[:n]
+    return ls[order], ys[order], xs[order]
+
+
+def _keypoints(g: np.ndarray, n: int):
+    """Difference-of-Gaussian blobs of a float32 image: (K, 3) [y, x, sigma] and (K, 64)
+    unit descriptors (band-pass samples on an 8x8 grid spanning +-4 sigma), K <= n."""
+    from scipy import ndimage as ndi
+
+    sig = np.asarray(_SIGMAS, dtype=np.float32)
+    levels, prev, cur = [], 0.0, g
+    for s in sig:  # incremental blurs: G(s_k) = G(s_{k-1}) * gauss(sqrt(s_k^2 - s_{k-1}^2))
+        cur = ndi.gaussian_filter(cur, float(np.sqrt(s * s - prev * prev)), truncate=3.0)
+        levels.append(cur)
+        prev = s
+    stack = np.stack(levels)
+    dog = np.abs((stack[1:] - stack[:-1]) / (sig[1:] / sig[:-1] - 1)[:, None, None])
+    ss, ys, xs = _local_maxima(dog, n, np.ceil(_DESC / 2 * sig[:-1]).astype(np.int64))
+    s = sig[ss]
+    u = (np.arange(_DESC, dtype=np.float32) - (_DESC - 1) / 2) / ((_DESC - 1) / 2) * (_DESC / 2)
+    yy = (ys[:, None, None] + u[None, :, None] * s[:, None, None]) * np.ones((1, 1, _DESC), np.float32)
+    xx = (xs[:, None, None] + u[None, None, :] * s[:, None, None]) * np.ones((1, _DESC, 1), np.float32)
+    lo = np.broadcast_to(ss[:, None, None].astype(np.float32), yy.shape)
+    hi = np.broadcast_to(np.minimum(ss + 5, len(sig) - 1)[:, None, None].astype(np.float32), yy.shape)
+    sample = [yy.ravel(), xx.ravel()]
+    d = (ndi.map_coordinates(stack, [lo.ravel(), *sample], order=1)
+         - ndi.map_coordinates(stack, [hi.ravel(), *sample], order=1)).reshape(len(ys), -1)
+    d = d - d.mean(axis=1, keepdims=True)
+    d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-6)
+    return np.stack([ys, xs, s], 1).astype(np.float32), d.astype(np.float32)
+
+
+def _prepare(image_path, mask_paths, cfg: DedupConfig) -> dict:
+    """Worker: decode one image and its masks, compute everything the search needs."""
+    from mtbc_lib.data import DataError, read_image, read_mask
+
+    img = read_image(image_path)
+    mask = read_mask(mask_paths)
+    if mask.shape != img.shape:
+        raise DataError(f"{mask_paths[0]}: mask is {mask.shape[1]}x{mask.shape[0]} px but its image is "
+                        f"{img.shape[1]}x{img.shape[0]}; expected the same size")
+    h, w = img.shape
+    pil = Image.fromarray(img)
+    thumb = np.asarray(pil.resize((cfg.size, cfg.size), RESAMPLE[cfg.resample]))
+    small = np.asarray(Image.fromarray(thumb).resize((16, 16), Image.Resampling.BOX), dtype=np.float32)
+    f = (cfg.det_pixels / (h * w)) ** 0.5  # small images are enlarged, so blobs look alike
+    dh, dw = max(16, round(h * f)), max(16, round(w * f))
+    det = np.asarray(pil.resize((dw, dh), Image.Resampling.BOX if f < 1 else Image.Resampling.BILINEAR),
+                     dtype=np.float32)
+    det_mask = np.asarray(Image.fromarray(mask).resize((dw, dh), Image.Resampling.NEAREST))
+    kp, desc = _keypoints(det, cfg.keypoints) if cfg.extended else (np.zeros((0, 3), np.float32),
+                                                                     np.zeros((0, _DESC * _DESC), np.float32))
+    return {"image": img, "thumb": thumb, "small": small.ravel(), "det": det, "det_mask": det_mask,
+            "scale": (dh / h, dw / w), "kp": kp, "desc": desc}
+
+
+# ----------------------------------------------------------------------------- alignment
+
+def _fit_similarity(pa: np.ndarray, pb: np.ndarray, log_ratio: np.ndarray, tol: float = 2.0):
+    """Robust fit of pa = s * pb + t from point matches (each match proposes one
+    hypothesis; the one with most inliers is refined by least squares).
+    Returns (inlier count, (s, ty, tx)) or (0, None)."""
+    if len(pa) < 2:
+        return 0, None
+    s_h = np.exp(log_ratio)
+    t_h = pa - s_h[:, None] * pb                                # (M, 2) one hypothesis per match
+    pred = s_h[:, None, None] * pb[None] + t_h[:, None, :]       # (M, M, 2)
+    inl = (np.linalg.norm(pa[None] - pred, axis=2) < tol) & (np.abs(log_ratio[None] - log_ratio[:, None]) < 0.3)
+    best = inl[np.argmax(inl.sum(1))]
+    s, t = 1.0, np.zeros(2)
+    for _ in range(3):
+        if best.sum() < 2:
+            return 0, None
+        x, y = pb[best], pa[best]
+        xm, ym = x.mean(0), y.mean(0)
+        den = ((x - xm) ** 2).sum()
+        if den < 1e-6:
+            return 0, None
+        s = float(((x - xm) * (y - ym)).sum() / den)
+        t = ym - s * xm
+        best = np.linalg.norm(pa - (s * pb + t), axis=1) < tol
+    if not 0.2 < s < 5:
+        return 0, None
+    return int(best.sum()), (s, float(t[0]), float(t[1]))
+
+
+def _warp(img: np.ndarray, p, shape, order: int = 1, step: int = 1):
+    """Sample ``img`` (image j) on the pixel grid of image i (``shape``, every ``step``-th
+    pixel) through the transform p = (sy, sx, ty, tx) (j -> i).
+    Returns (values, valid mask, ys, xs), each (ceil(H / step), ceil(W / step))."""
+    from scipy import ndimage as ndi
+
+    sy, sx, ty, tx = p
+    yy = (np.arange(0, shape[0], step, dtype=np.float32) - ty) / sy
+    xx = (np.arange(0, shape[1], step, dtype=np.float32) - tx) / sx
+    valid = ((yy >= 0) & (yy <= img.shape[0] - 1))[:, None] & ((xx >= 0) & (xx <= img.shape[1] - 1))[None, :]
+    ys, xs = np.meshgrid(yy, xx, indexing="ij")
+    return ndi.map_coordinates(img, [ys, xs], order=order, mode="nearest"), valid, ys, xs
+
+
+def _refine(a: np.ndarray, b: np.ndarray, p, iters: int = 8, step: int = 2):
+    """Lucas-Kanade (Gauss-Newton on zero-mean differences, on every ``step``-th pixel of
+    a) refinement of p = (sy, sx, ty, tx), b -> a, both float32 images. Keeps the start
+    if that correlates better."""
+    from scipy import ndimage as ndi
+
+    a = ndi.gaussian_filter(a, 0.7)[::step, ::step]
+    b = ndi.gaussian_filter(b, 0.7)
+    gy, gx = np.gradient(b)
+    p0 = p = np.asarray(p, dtype=np.float64)
+    shape = (a.shape[0] * step, a.shape[1] * step)
+
+    def warp(q):
+        v, m, ys, xs = _warp(b, q, shape, step=step)
+        return v[: a.shape[0], : a.shape[1]], m[: a.shape[0], : a.shape[1]], ys, xs
+
+    def corr(q):
+        v, m, _, _ = warp(q)
+        return float(np.corrcoef(a[m], v[m])[0, 1]) if m.sum() > 32 else -1.0
+
+    for _ in range(iters):
+        v, m, ys, xs = warp(p)
+        if m.sum() < 32:
+            break
+        ym, xm = ys[: a.shape[0], : a.shape[1]][m], xs[: a.shape[0], : a.shape[1]][m]
+        jy = ndi.map_coordinates(gy, [ym, xm], order=1)
+        jx = ndi.map_coordinates(gx, [ym, xm], order=1)
+        jac = np.stack([-jy * ym / p[0], -jx * xm / p[1], -jy / p[0], -jx / p[1]], 1)
+        jac -= jac.mean(0)
+        e = (a[m] - a[m].mean()) - (v[m] - v[m].mean())
+        dp = np.linalg.lstsq(jac, e, rcond=None)[0]
+        if not np.all(np.isfinite(dp)) or np.abs(dp[:2]).max() > 0.1 or np.abs(dp[2:]).max() > 8:
+            break
+        p = p + dp
+        if np.abs(dp[2:]).max() < 0.01:
+            break
+    return p if corr(p) >= corr(p0) else p0
+
+
+def _to_full(p_det, scale_i, scale_j):
+    """Transform in detection-copy pixels -> full-resolution pixel centres."""
+    sy, sx, ty, tx = p_det
+    (fyi, fxi), (fyj, fxj) = scale_i, scale_j
+    out = []
+    for s, t, fi, fj in ((sy, ty, fyi, fyj), (sx, tx, fxi, fxj)):
+        out.append((s * fj / fi, (s * (0.5 * fj - 0.5) + t + 0.5) / fi - 0.5))
+    return (out[0][0], out[1][0], out[0][1], out[1][1])
+
+
+def _overlap_boxes(shape_i, shape_j, p):
+    """Pillow boxes (left, top, right, bottom; pixel edges) of the common field of view
+    in image i and in image j, or None if they hardly overlap."""
+    sy, sx, ty, tx = p
+    ey, ex = ty + 0.5 - 0.5 * sy, tx + 0.5 - 0.5 * sx  # the same map on pixel edges
+    (hi, wi), (hj, wj) = shape_i, shape_j
+    y0, y1 = max(0.0, ey), min(float(hi), sy * hj + ey)
+    x0, x1 = max(0.0, ex), min(float(wi), sx * wj + ex)
+    bi = (x0, y0, x1, y1)
+    bj = (max(0.0, (x0 - ex) / sx), max(0.0, (y0 - ey) / sy), min(float(wj), (x1 - ex) / sx), min(float(hj), (y1 - ey) / sy))
+    if min(bi[2] - bi[0], bi[3] - bi[1], bj[2] - bj[0], bj[3] - bj[1]) < 16:
+        return None
+    return bi, bj
+
+
+def _aligned_thumbs(img_i, img_j, p, cfg: DedupConfig):
+    boxes = _overlap_boxes(img_i.shape, img_j.shape, p)
+    if boxes is None:
+        return None
+    f = RESAMPLE[cfg.resample]
+    ti = np.asarray(Image.fromarray(img_i).resize((cfg.size, cfg.size), f, box=boxes[0]))
+    tj = np.asarray(Image.fromarray(img_j).resize((cfg.size, cfg.size), f, box=boxes[1]))
+    bi, bj = boxes
+    cover = (bi[2] - bi[0]) * (bi[3] - bi[1]) / min(img_i.size, img_j.size * p[0] * p[1])
+    return ti, tj, float(min(cover, 1.0))
+
+
+def _mask_iou(mask_i, mask_j, p_det) -> float:
+    """IoU of two masks (detection copies) in i's frame over the common field of view;
+    1.0 when both are empty there."""
+    v, valid, _, _ = _warp(mask_j.astype(np.float32), p_det, mask_i.shape, order=0)
+    a, b = mask_i[valid], v[valid] > 0.5
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def _to_det(p, scale_i, scale_j):
+    """Full-resolution transform -> detection-copy pixels (inverse of _to_full)."""
+    sy, sx, ty, tx = p
+    (fyi, fxi), (fyj, fxj) = scale_i, scale_j
+    out = []
+    for s, t, fi, fj in ((sy, ty, fyi, fyj), (sx, tx, fxi, fxj)):
+        out.append((s * fi / fj, (s * (0.5 / fj - 0.5) + t + 0.5) * fi - 0.5))
+    return (out[0][0], out[1][0], out[0][1], out[1][1])
+
+
+def _whole(shape_i, shape_j):
+    """The transform that stretches image j onto image i (what resizing both does)."""
+    sy, sx = shape_i[0] / shape_j[0], shape_i[1] / shape_j[1]
+    return (sy, sx, 0.5 * sy - 0.5, 0.5 * sx - 0.5)
+
+
+def _compose(p_ij, p_jk):
+    """k -> j -> i."""
+    return (p_ij[0] * p_jk[0], p_ij[1] * p_jk[1], p_ij[0] * p_jk[2] + p_ij[2], p_ij[1] * p_jk[3] + p_ij[3])
+
+
+def _invert(p):
+    return (1 / p[0], 1 / p[1], -p[2] / p[0], -p[3] / p[1])
+
+
+# ----------------------------------------------------------------------------- search
+
+def _decode_all(index, cfg: DedupConfig, workers: int, progress: bool) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    items = list(zip(index["image"], index["masks"]))
+    bar = tqdm(total=len(items), desc="audit: decoding images", unit="img", disable=not progress)
+    out = []
+    try:
+        if workers and workers > 1 and len(items) > 1:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                try:
+                    for r in pool.map(_prepare, *zip(*items), [cfg] * len(items), chunksize=8):
+                        out.append(r)
+                        bar.update()
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+        else:
+            for img, masks in items:
+                out.append(_prepare(img, masks, cfg))
+                bar.update()
+    finally:
+        bar.close()
+    return out
+
+
+def _plain_candidates(small: np.ndarray, cfg: DedupConfig):
+    """(i, j) pairs, i < j, worth a full SSIM (see module doc)."""
+    n = len(small)
+    i, j = np.triu_indices(n, 1)
+    if len(i) <= cfg.all_pairs_below:
+        return i, j
+    x = small - small.mean(axis=0, keepdims=True)
+    x -= x.mean(axis=1, keepdims=True)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)
+    corr = x @ x.T
+    keep = corr[i, j] >= cfg.candidate_corr
+    return i[keep], j[keep]
+
+
+def _keypoint_pairs(prep: list[dict], cfg: DedupConfig) -> list[tuple[int, int, int, tuple]]:
+    """Image pairs (i < j) with >= min_inliers keypoint matches agreeing on one
+    similarity transform: (i, j, inliers, transform j -> i in detection pixels)."""
+    import torch
+
+    kp = np.concatenate([p["kp"] for p in prep])
+    desc = np.concatenate([p["desc"] for p in prep])
+    owner = np.concatenate([np.full(len(p["kp"]), k) for k, p in enumerate(prep)])
+    n = len(desc)
+    k = min(cfg.neighbours, n - 1)
+    if n < 2 or k < 1:
+        return []
+    d = torch.from_numpy(desc)
+    own = torch.from_numpy(owner)
+    rows, cols = [], []
+    for a in range(0, n, 2048):
+        sim = d[a:a + 2048] @ d.T
+        c0, c1 = np.searchsorted(owner, owner[a]), np.searchsorted(owner, owner[min(n, a + 2048) - 1], "right")
+        block = sim[:, c0:c1]  # a view: descriptors of the same images (owner is sorted)
+        block[own[a:a + 2048, None] == own[None, c0:c1]] = -2.0
+        v, idx = torch.topk(sim, k, dim=1)
+        ok = (v >= cfg.min_desc_corr).numpy().ravel()
+        rows.append(np.repeat(np.arange(a, a + len(sim)), k)[ok])
+        cols.append(idx.numpy().ravel()[ok])
+    a_, b_ = np.concatenate(rows), np.concatenate(cols)
+    swap = owner[a_] > owner[b_]
+    a_[swap], b_[swap] = b_[swap], a_[swap]
+    key = np.unique(a_.astype(np.int64) * n + b_)
+    a_, b_ = key // n, key % n
+    pair = owner[a_].astype(np.int64) * len(prep) + owner[b_]
+    order = np.argsort(pair, kind="stable")
+    a_, b_, pair = a_[order], b_[order], pair[order]
+    starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
+    ends = np.r_[starts[1:], len(pair)]
+    out = []
+    for s, e in zip(starts, ends):
+        if e - s < cfg.min_inliers:
+            continue
+        ia, ib = a_[s:e], b_[s:e]
+        n_in, fit = _fit_similarity(kp[ia, :2], kp[ib, :2], np.log(kp[ia, 2] / kp[ib, 2]))
+        if n_in >= cfg.min_inliers:
+            sc, ty, tx = fit
+            out.append((int(owner[ia[0]]), int(owner[ib[0]]), n_in, (sc, sc, ty, tx)))
+    return out
+
+
+def _components(n: int, i, j) -> np.ndarray:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    g = coo_matrix((np.ones(len(i)), (np.asarray(i), np.asarray(j))), shape=(n, n))
+    return connected_components(g, directed=False)[1]
+
+
+def _ssim_of(pairs_of_thumbs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """SSIM of a list of (thumb, thumb) pairs, in one vectorised call."""
+    if not pairs_of_thumbs:
+        return np.zeros(0)
+    stack = np.stack([t for pair in pairs_of_thumbs for t in pair])
+    k = np.arange(len(pairs_of_thumbs))
+    return ssim_pairs(stack, 2 * k, 2 * k + 1)
+
+
+def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress: bool = True,
+                workers: int = 2) -> AuditResult:
+    """Search a BUSI folder for groups of images showing the same scan (module doc).
+
+    ``data_dir``: the BUSI folder (default: ``config.data_dir()``); ``settings``: a
+    DedupConfig; ``workers``: decoding processes. Bad input raises
+    ``mtbc_lib.data.DataError`` (one line naming the file)."""
+    from tqdm.auto import tqdm
+
+    from mtbc_lib.data import index_busi
+
+    cfg = settings or DedupConfig()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    index = index_busi(data_dir).reset_index(drop=True)
+    root = config.data_dir(data_dir)
+    prep = _decode_all(index, cfg, workers, progress)
+    n = len(prep)
+    shapes = [p["image"].shape for p in prep]
+    timings["decode"] = time.perf_counter() - t0
+
+    # ---- paper: whole-image SSIM on the candidates
+    t = time.perf_counter()
+    thumbs = np.stack([p["thumb"] for p in prep])
+    ci, cj = _plain_candidates(np.stack([p["small"] for p in prep]), cfg)
+    scored: dict[tuple[int, int], dict] = {
+        (int(a), int(b)): {"plain_ssim": float(v)} for a, b, v in zip(ci, cj, ssim_pairs(thumbs, ci, cj))}
+    timings["paper_search"] = time.perf_counter() - t
+
+    # ---- extended: keypoint candidates, alignment, SSIM on the aligned overlap
+    t = time.perf_counter()
+    transforms: dict[tuple[int, int], tuple] = {}
+    if cfg.extended:
+        todo = []
+        for a, b, n_in, p_det in tqdm(_keypoint_pairs(prep, cfg), desc="audit: aligning candidates",
+                                      unit="pair", disable=not progress):
+            p = _to_full(tuple(_refine(prep[a]["det"], prep[b]["det"], p_det)), prep[a]["scale"], prep[b]["scale"])
+            th = _aligned_thumbs(prep[a]["image"], prep[b]["image"], p, cfg)
+            if th is not None:
+                todo.append((a, b, n_in, p, th))
+        for (a, b, n_in, p, th), v in zip(todo, _ssim_of([x[4][:2] for x in todo])):
+            scored.setdefault((a, b), {}).update(aligned_ssim=float(v), overlap=th[2], inliers=n_in,
+                                                 sy=p[0], sx=p[1], ty=p[2], tx=p[3])
+            transforms[(a, b)] = p
+    timings["extended_search"] = time.perf_counter() - t
+
+    # ---- groups: connected components of the same-scan graph
+    t = time.perf_counter()
+    thr = cfg.threshold
+
+    def score(r):
+        return max(r.get("plain_ssim", -np.inf), r.get("aligned_ssim", -np.inf))
+
+    edges = sorted(k for k, r in scored.items() if score(r) >= thr)
+    label = _components(n, [a for a, _ in edges], [b for _, b in edges])
+    sizes = np.bincount(label, minlength=n)
+    members: dict[int, list[int]] = {}
+    for k in range(n):
+        if sizes[label[k]] >= 2:
+            members.setdefault(int(label[k]), []).append(k)
+    groups = sorted(members.values(), key=lambda m: m[0])
+    group_of = np.full(n, -1)
+    for g, m in enumerate(groups, start=1):
+        group_of[m] = g
+    _complete_groups(groups, edges, scored, transforms, prep, thumbs, cfg)
+
+    # ---- tables
+    import pandas as pd
+
+    index = index.assign(height=[h for h, _ in shapes], width=[w for _, w in shapes])
+    rows = []
+    for (a, b), r in scored.items():
+        sc = score(r)
+        method = "paper" if r.get("plain_ssim", -np.inf) >= thr else "extended" if sc >= thr else ""
+        rows.append({"i": a, "j": b, "name_i": index.at[a, "name"], "name_j": index.at[b, "name"],
+                     "plain_ssim": r.get("plain_ssim", np.nan), "aligned_ssim": r.get("aligned_ssim", np.nan),
+                     "score": sc, "method": method, "duplicate": sc >= thr,
+                     **{k: r.get(k, np.nan) for k in ("sy", "sx", "ty", "tx", "overlap")},
+                     "inliers": r.get("inliers", 0), "mask_iou": r.get("mask_iou", np.nan),
+                     "group": int(group_of[a]) if group_of[a] == group_of[b] else -1})
+    pairs = pd.DataFrame(rows, columns=PAIR_COLUMNS).sort_values(["i", "j"]).reset_index(drop=True)
+    table = _group_table(index, pairs, groups, root)
+    timings["groups"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    counts = {"images": n, "paper_candidates": int(len(ci)), "extended_candidates": len(transforms),
+              "duplicate_pairs": len(edges), "groups": len(groups),
+              "images_in_groups": int(sum(len(m) for m in groups))}
+    return AuditResult(index=index, pairs=pairs, groups=table, config=cfg, data_dir=root,
+                       timings=timings, counts=counts)
+
+
+def _complete_groups(groups, edges, scored, transforms, prep, thumbs, cfg: DedupConfig) -> None:
+    """Score every pair inside a group (in place): whole-image SSIM, a transform (the
+    direct alignment, else composed along same-scan edges), aligned SSIM and mask IoU."""
+    adj: dict[int, list[int]] = {}
+    for a, b in edges:
+        adj.setdefault(a, []).append(b)
+        adj.setdefault(b, []).append(a)
+
+    def edge_map(a, b):  # transform b -> a along an edge (either order)
+        if (a, b) in transforms:
+            return transforms[(a, b)]
+        if (b, a) in transforms:
+            return _invert(transforms[(b, a)])
+        return _whole(prep[a]["image"].shape, prep[b]["image"].shape)
+
+    need_plain, need_aligned = [], []
+    for m in groups:
+        for a in m:  # breadth-first: transforms from every member to a
+            maps, todo = {a: (1.0, 1.0, 0.0, 0.0)}, [a]
+            while todo:
+                u = todo.pop(0)
+                for v in adj.get(u, []):
+                    if v not in maps:
+                        maps[v] = _compose(maps[u], edge_map(u, v))
+                        todo.append(v)
+            for b in (b for b in m if b > a):
+                row = scored.setdefault((a, b), {})
+                if "plain_ssim" not in row:
+                    need_plain.append((a, b))
+                p = transforms.get((a, b)) or maps[b]
+                if "aligned_ssim" not in row and p != _whole(prep[a]["image"].shape, prep[b]["image"].shape):
+                    th = _aligned_thumbs(prep[a]["image"], prep[b]["image"], p, cfg)
+                    if th is not None:
+                        need_aligned.append((a, b, th))
+                row.update({k: v for k, v in zip(("sy", "sx", "ty", "tx"), p) if k not in row})
+                row["mask_iou"] = _mask_iou(prep[a]["det_mask"], prep[b]["det_mask"],
+                                            _to_det(p, prep[a]["scale"], prep[b]["scale"]))
+    if need_plain:
+        ii, jj = np.asarray(need_plain).T
+        for (a, b), v in zip(need_plain, ssim_pairs(thumbs, ii, jj)):
+            scored[(a, b)]["plain_ssim"] = float(v)
+    for (a, b, th), v in zip(need_aligned, _ssim_of([x[2][:2] for x in need_aligned])):
+        scored[(a, b)].update(aligned_ssim=float(v), overlap=th[2])
+
+
+def _group_table(index, pairs, groups: list[list[int]], root: Path):
+    import pandas as pd
+
+    rows = []
+    for g, m in enumerate(groups, start=1):
+        inside = pairs[pairs["group"] == g]
+        paper_edges = inside[inside["method"] == "paper"]
+        # "paper" if the whole-image SSIM edges alone connect the group
+        lab = _components(len(m), [m.index(a) for a in paper_edges["i"]], [m.index(b) for b in paper_edges["j"]])
+        method = "paper" if len(set(lab)) == 1 else "extended"
+        cls = sorted({index.at[k, "class"] for k in m}, key=CLASSES.index)
+        conflict = len(cls) > 1
+        rep = max(m, key=lambda k: (index.at[k, "height"] * index.at[k, "width"], -index.at[k, "id"]))
+        dup = inside[inside["duplicate"]]
+        by_paper = set(paper_edges["i"]) | set(paper_edges["j"])
+        for k in m:
+            rows.append({
+                "group": g, "class": index.at[k, "class"], "id": int(index.at[k, "id"]),
+                "file": Path(index.at[k, "image"]).relative_to(root).as_posix(), "size": len(m),
+                "method": method, "linked_by": "paper" if k in by_paper else "extended",
+                "label_conflict": conflict, "classes": "+".join(cls),
+                "height": int(index.at[k, "height"]), "width": int(index.at[k, "width"]),
+                "min_ssim": float(dup["score"].min()), "max_ssim": float(dup["score"].max()),
+                "mask_iou_min": float(inside["mask_iou"].min()),
+                "keep_one": (k == rep) and not conflict, "row": k})
+    cols = DUPLICATE_COLUMNS + ["row"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+# ----------------------------------------------------------------------------- curation
+
+def curated_keep(index, groups, rule: str = "paper") -> set[tuple[str, int]]:
+    """Keep-list of a curation rule (RULES) from find_groups' index and group table."""
+    if rule not in RULES:
+        raise ValueError(f"unknown curation rule {rule!r}; expected one of {', '.join(RULES)}")
+    drop = {(c, int(i)) for c, i in zip(groups["class"], groups["id"])}
+    if rule == "keep-one":
+        drop -= {(c, int(i)) for c, i, k in zip(groups["class"], groups["id"], groups["keep_one"]) if k}
+    return {(c, int(i)) for c, i in zip(index["class"], index["id"])} - drop
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_audit(result: AuditResult, out_dir, curation: str = "paper") -> dict[str, Path]:
+    """Write ``duplicates.csv`` (one row per image of a multi-image group),
+    ``pairs.csv`` (every scored pair) and ``curated.csv`` (the keep-list of ``curation``
+    in the published ``class;id`` format), each atomically. Returns their paths."""
+    from mtbc_lib.data import write_keep_list
+
+    keep = result.keep(curation)
+    out = Path(out_dir)
+    paths = {"duplicates": out / "duplicates.csv", "pairs": out / "pairs.csv", "curated": out / "curated.csv"}
+    dup = result.groups.drop(columns=["row"])
+    _atomic_write_text(paths["duplicates"], dup.to_csv(index=False, float_format="%.4f", lineterminator="\n"))
+    pairs = result.pairs.drop(columns=["i", "j"]).rename(columns={"name_i": "image_i", "name_j": "image_j"})
+    _atomic_write_text(paths["pairs"], pairs.to_csv(index=False, float_format="%.4f", lineterminator="\n"))
+    write_keep_list(keep, paths["curated"])
+    return paths
+
+
+def _data_key(data_dir, cfg: DedupConfig) -> str:
+    """Digest of the search settings and every file's name, size and mtime."""
+    from mtbc_lib.data import index_busi
+
+    index = index_busi(data_dir)
+    h = hashlib.sha256(f"dedup-v{_VERSION};{json.dumps(dataclasses.asdict(cfg), sort_keys=True)}\n".encode())
+    for img, masks in zip(index["image"], index["masks"]):
+        for p in (img, *masks):
+            st = p.stat()
+            h.update(f"{p.parent.name}/{p.name};{st.st_size};{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def keep_list(data_dir=None, rule: str = "paper", *, settings: DedupConfig | None = None,
+              progress: bool = False) -> set[tuple[str, int]]:
+    """The keep-list of a curation rule (RULES) for a BUSI folder, as (class, id) pairs.
+    The search runs once per folder and settings; its groups are cached as JSON in
+    ``config.cache_dir()`` (keyed by the settings and the files' names, sizes, mtimes)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown curation rule {rule!r}; expected one of {', '.join(RULES)}")
+    cfg = settings or DedupConfig()
+    path = config.cache_dir() / f"dedup_{_data_key(data_dir, cfg)}.json"
+    cached = None
+    if path.exists():
+        try:
+            cached = json.loads(path.read_text())
+        except (OSError, ValueError):
+            cached = None
+    if cached is None:
+        res = find_groups(data_dir, cfg, progress=progress)
+        cached = {rule_: sorted([c, i] for c, i in res.keep(rule_)) for rule_ in RULES}
+        cached["groups"] = [[[c, int(i)] for c, i in zip(g["class"], g["id"])]
+                            for _, g in res.groups.groupby("group", sort=True)]
+        _atomic_write_text(path, json.dumps(cached))
+    return {(c, int(i)) for c, i in cached[rule]}
+
+
+# ----------------------------------------------------------------------------- reporting
+
+def compare_published(result: AuditResult, keep=None):
+    """Images on which the ``paper`` rule (drop every group member) disagrees with a
+    keep-list (default: the published Curated BUSI v1 list), with the evidence.
+
+    Returns a DataFrame: ``class, id, name, ours, published, group, partners, evidence``
+    (``partners``: the group's other members; ``evidence``: the image's best scored
+    pair, whole-image and aligned SSIM)."""
+    import pandas as pd
+
+    from mtbc_lib.data import PUBLISHED_KEEP_LIST, read_keep_list
+
+    keep = read_keep_list(PUBLISHED_KEEP_LIST) if keep is None else set(keep)
+    ours = result.keep("paper")
+    idx = result.index
+    rows = []
+    for k in range(len(idx)):
+        key = (idx.at[k, "class"], int(idx.at[k, "id"]))
+        if (key in ours) == (key in keep):
+            continue
+        g = result.groups[result.groups["row"] == k]
+        group = int(g["group"].iloc[0]) if len(g) else -1
+        partners = ", ".join(result.index.at[r, "name"] for r in result.groups.loc[
+            result.groups["group"] == group, "row"] if r != k) if group > 0 else ""
+        mine = result.pairs[(result.pairs["i"] == k) | (result.pairs["j"] == k)]
+        if len(mine):
+            best = mine.loc[mine["score"].idxmax()]
+            other = best["name_j"] if best["i"] == k else best["name_i"]
+            ev = (f"best pair {other}: whole-image SSIM {best['plain_ssim']:.3f}, aligned SSIM "
+                  f"{best['aligned_ssim']:.3f} (threshold {result.config.threshold})")
+        else:
+            ev = "no candidate pair (no similar thumbnail, no keypoint match)"
+        rows.append({"class": key[0], "id": key[1], "name": idx.at[k, "name"],
+                     "ours": "kept" if key in ours else "removed",
+                     "published": "kept" if key in keep else "removed",
+                     "group": group, "partners": partners, "evidence": ev})
+    return pd.DataFrame(rows, columns=["class", "id", "name", "ours", "published", "group", "partners", "evidence"])
+
+
+def class_counts(result: AuditResult, keep_lists: dict):
+    """Images per class: all, and kept by each named keep-list ({name: set of pairs}).
+    Returns a DataFrame indexed by class (plus a "total" row)."""
+    import pandas as pd
+
+    idx = result.index
+    data = {"all": idx["class"].value_counts()}
+    for name, keep in keep_lists.items():
+        kept = [c for c, i in zip(idx["class"], idx["id"]) if (c, int(i)) in keep]
+        data[name] = pd.Series(kept, dtype=object).value_counts()
+    out = pd.DataFrame(data).reindex(list(CLASSES)).fillna(0).astype(int)
+    out.loc["total"] = out.sum()
+    return out
+
+
+def summary(result: AuditResult) -> str:
+    """A few lines: images, groups by size and method, label conflicts, keep-list sizes."""
+    g = result.groups.drop_duplicates("group")
+    sizes = result.group_sizes()
+    names = {2: "duplets", 3: "triplets", 4: "quadruplets"}
+    parts = ", ".join(f"{v} {names.get(k, f'groups of {k}')}" for k, v in sorted(sizes.items(), reverse=True))
+    return "\n".join([
+        f"{result.counts['images']} images: {len(g)} groups ({parts}) holding {len(result.groups)} images",
+        f"  whole-image SSIM alone connects {int((g['method'] == 'paper').sum())} groups; "
+        f"{int((g['method'] == 'extended').sum())} need the aligned overlap (crops/rescales)",
+        f"  label conflicts: {int(g['label_conflict'].sum())} groups "
+        f"({int(result.groups['label_conflict'].sum())} images)",
+        f"  keep-list 'paper': {len(result.keep('paper'))} images; 'keep-one': {len(result.keep('keep-one'))}",
+        f"  setting: {result.config.size}x{result.config.size} {result.config.resample} grey, "
+        f"SSIM >= {result.config.threshold}; {result.timings.get('total', float('nan')):.1f} s",
+    ])
+
+
+# ----------------------------------------------------------------------------- notebooks
+
+#: Notebook parameters of dataset_audit / duplicate_explorer and their types.
+NOTEBOOK_PARAMS = {"data_dir": str, "threshold": float, "size": int, "resample": str, "extended": bool,
+                   "curation": str}
+_IPYTHON = {"In", "Out", "exit", "quit", "get_ipython"}
+
+
+def params_from_namespace(namespace: dict) -> tuple[Path, DedupConfig, str]:
+    """(data folder, DedupConfig, curation rule) from a notebook's ``globals()``.
+
+    Papermill only warns about parameters a notebook does not declare; here every
+    public global holding a literal must be one of NOTEBOOK_PARAMS, else ValueError
+    names the unknown ones. ``data_dir`` "" means the default folder
+    (``$MTBC_DATA``, else ../shared/data/BUSI). Call it before assigning other globals."""
+    literal = (type(None), bool, int, float, str, list, tuple, dict)
+    values, unknown = {}, []
+    for k, v in namespace.items():
+        if k.startswith("_") or k in _IPYTHON or not isinstance(v, literal):
+            continue
+        (values.__setitem__(k, v) if k in NOTEBOOK_PARAMS else unknown.append(k))
+    if unknown:
+        raise ValueError(f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(sorted(unknown))}; "
+                         f"valid: {', '.join(NOTEBOOK_PARAMS)}")
+    for k, v in values.items():
+        want = NOTEBOOK_PARAMS[k]
+        if not isinstance(v, want) or (want is not bool and isinstance(v, bool)):
+            if not (want is float and isinstance(v, int) and not isinstance(v, bool)):
+                raise ValueError(f"parameter {k}={v!r}; expected a {want.__name__}")
+    curation = values.pop("curation", "paper")
+    if curation not in RULES:
+        raise ValueError(f"parameter curation={curation!r}; expected one of {', '.join(RULES)}")
+    from mtbc_lib.data import DataError
+
+    try:
+        folder = config.data_dir(values.pop("data_dir", "") or None)
+    except FileNotFoundError as exc:
+        raise DataError(str(exc)) from None
+    cfg = DedupConfig(**{k: (float(v) if k == "threshold" else v) for k, v in values.items()})
+    return folder, cfg, curation
+
+
+def calibration_table(result: AuditResult, keep=None, thresholds=None):
+    """How well each threshold reproduces a keep-list (default: the published one) when
+    groups come from whole-image SSIM only ("whole images") or from whole-image or
+    aligned-overlap SSIM ("common field of view"): per threshold and method, the number
+    of images whose paper-rule decision (drop every member) differs, and the group sizes.
+
+    Exact for whole-image SSIM down to the candidate filter's margin (pairs with SSIM >=
+    0.7 are all candidates on BUSI, see bench_dedup.py). Returns a long DataFrame."""
+    import pandas as pd
+
+    from mtbc_lib.data import PUBLISHED_KEEP_LIST, read_keep_list
+
+    keep = read_keep_list(PUBLISHED_KEEP_LIST) if keep is None else set(keep)
+    thresholds = np.round(np.arange(0.70, 0.995, 0.005), 3) if thresholds is None else thresholds
+    idx = result.index
+    n = len(idx)
+    removed = np.array([(c, int(i)) not in keep for c, i in zip(idx["class"], idx["id"])])
+    p = result.pairs
+    rows = []
+    for method, score in (("whole images", p["plain_ssim"].to_numpy()),
+                          ("common field of view", p["score"].to_numpy())):
+        for t in thresholds:
+            e = np.nan_to_num(score, nan=-np.inf) >= t
+            lab = _components(n, p["i"].to_numpy()[e], p["j"].to_numpy()[e])
+            size = np.bincount(lab)[lab]
+            grouped = size >= 2
+            counts = np.bincount(np.bincount(lab)[np.bincount(lab) >= 2], minlength=5)
+            rows.append({"method": method, "threshold": float(t), "disagreements": int((grouped != removed).sum()),
+                         "extra_removed": int((grouped & ~removed).sum()),
+                         "missed": int((~grouped & removed).sum()), "images_in_groups": int(grouped.sum()),
+                         "duplets": int(counts[2]), "triplets": int(counts[3]), "quadruplets": int(counts[4]),
+                         "larger": int(counts[5:].sum())})
+    return pd.DataFrame(rows)
+
+
+def threshold_margin(result: AuditResult, k: int = 6):
+    """The ``k`` lowest-scoring same-scan pairs and the ``k`` highest-scoring other pairs:
+    how much room the threshold has. Returns a DataFrame."""
+    p = result.pairs
+    cols = ["name_i", "name_j", "plain_ssim", "aligned_ssim", "score", "duplicate"]
+    import pandas as pd
+
+    return pd.concat([p[p["duplicate"]].nsmallest(k, "score")[cols],
+                      p[~p["duplicate"]].nlargest(k, "score")[cols]]).sort_values("score", ascending=False)
+
+
+def conflict_table(result: AuditResult, max_iou: float | None = None):
+    """One row per group with a label conflict (or, with ``max_iou``, per group whose
+    members' masks agree less than that): members with their class, the lowest mask IoU."""
+    import pandas as pd
+
+    g = result.groups
+    pick = g["label_conflict"] if max_iou is None else g["mask_iou_min"] < max_iou
+    rows = []
+    for gid, m in g[pick].groupby("group"):
+        rows.append({"group": gid, "members": ", ".join(result.index.loc[m["row"], "name"]),
+                     "classes": m["classes"].iloc[0], "method": m["method"].iloc[0],
+                     "min_ssim": m["min_ssim"].iloc[0], "mask_iou_min": m["mask_iou_min"].iloc[0]})
+    return pd.DataFrame(rows, columns=["group", "members", "classes", "method", "min_ssim", "mask_iou_min"])
+
+
+def find_group(result: AuditResult, name: str) -> int:
+    """The group number of an image given by name (e.g. "benign (42)"); -1 if none."""
+    rows = result.index.index[result.index["name"] == name]
+    if not len(rows):
+        raise ValueError(f"no image named {name!r}; expected e.g. 'benign (42)'")
+    g = result.groups.loc[result.groups["row"] == rows[0], "group"]
+    return int(g.iloc[0]) if len(g) else -1

@@ -1,0 +1,90 @@
+"""Tests of the ``mtbc`` command (mtbc_lib.cli), run as a subprocess
+(``python -m mtbc_lib.cli``) on a tiny generated folder and on bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from mtbc_lib import cli, dedup
+from mtbc_lib.data import read_keep_list
+from test_dedup import write_synthetic_busi
+
+
+def _mtbc(*args, tmp_path):
+    env = dict(os.environ, MTBC_CACHE=str(tmp_path / "cache"))
+    return subprocess.run([sys.executable, "-m", "mtbc_lib.cli", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def busi(tmp_path_factory):
+    return write_synthetic_busi(tmp_path_factory.mktemp("cli") / "BUSI")
+
+
+def test_audit_writes_duplicates_and_keep_list(busi, tmp_path):
+    out = tmp_path / "audit"
+    run = _mtbc("audit", busi, "--out", out, tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "2 groups (1 quadruplets, 1 duplets) holding 6 images" in run.stdout
+    assert "audit: decoding images" in run.stderr  # the tqdm bar
+    dup = pd.read_csv(out / "duplicates.csv")
+    assert list(dup.columns[:4]) == ["group", "class", "id", "file"]
+    assert list(dup["group"]) == [1, 1, 1, 1, 2, 2] and dup["label_conflict"].tolist()[:4] == [True] * 4
+    assert set(dup["file"]) >= {"benign/benign (2).png", "normal/normal (4).png"}
+    keep = read_keep_list(out / "curated.csv")
+    assert keep == {("benign", 3), ("malignant", 3), ("normal", 1), ("normal", 2)}  # rule "paper"
+    assert (out / "curated.csv").read_bytes().count(b"\r\n") == 4
+    assert sorted(p.name for p in out.iterdir()) == ["curated.csv", "duplicates.csv", "pairs.csv"]
+
+
+def test_audit_keep_one_and_options(busi, tmp_path):
+    out = tmp_path / "k1"
+    run = _mtbc("audit", busi, "--out", out, "--curation", "keep-one", "--no-extended", "--quiet",
+                "--workers", "1", tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "" and "decoding" not in run.stderr
+    # whole-image SSIM only: benign 1 and its rescaled copy malignant 1 (conflicting labels)
+    assert read_keep_list(out / "curated.csv") == {
+        (c, i) for c in ("benign", "malignant", "normal") for i in (1, 2, 3, 4)
+        if (c, i) not in {("benign", 1), ("malignant", 1), ("benign", 4), ("malignant", 4)}}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["audit", "{tmp}/missing", "--out", "{tmp}/o"], "does not exist"),
+    (["audit", "{busi}", "--out", "{tmp}/o", "--threshold", "1.5"], "--threshold"),
+    (["audit", "{busi}"], "required: --out"),
+    (["audit", "{busi}", "--out", "{tmp}/o", "--curation", "all"], "invalid choice"),
+    ([], "required: COMMAND"),
+])
+def test_bad_input_one_line_exit_2(busi, tmp_path, args, message):
+    run = _mtbc(*[a.format(tmp=tmp_path, busi=busi) for a in args], tmp_path=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.startswith("mtbc: error: ") and run.stderr.count("\n") == 1, run.stderr
+    assert message in run.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_corrupt_png_and_unwritable_output(busi, tmp_path):
+    import shutil
+
+    bad = tmp_path / "BUSI"
+    shutil.copytree(busi, bad)
+    (bad / "normal" / "normal (1)_mask.png").write_bytes(b"not a png")
+    run = _mtbc("audit", bad, "--out", tmp_path / "o", "--quiet", tmp_path=tmp_path)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1
+    assert "normal (1)_mask.png: not a PNG file" in run.stderr
+    (tmp_path / "file").write_text("x")
+    run = _mtbc("audit", busi, "--out", tmp_path / "file", "--quiet", tmp_path=tmp_path)
+    assert run.returncode == 2 and run.stderr.startswith("mtbc: error: ") and run.stderr.count("\n") == 1
+
+
+def test_parser_has_subcommands():
+    parser = cli.build_parser()
+    assert set(cli.SUBCOMMANDS) == {"audit"}
+    args = parser.parse_args(["audit", "x", "--out", "y"])
+    assert args.threshold == dedup.DedupConfig().threshold and args.curation == "paper" and args.extended

@@ -1,0 +1,266 @@
+"""Tests of mtbc_lib.dedup: the SSIM, the search on small generated scans (a crop, a
+rescale, a crop + rescale of one synthetic scan are found, unrelated scans are not),
+label conflicts, mask agreement, the curation rules, the cached keep-list, the output
+files, bad input. Real-data checks (the paper's groups) behind @pytest.mark.data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage as ndi
+
+from mtbc_lib import dedup
+from mtbc_lib.data import DataError, read_keep_list
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch, request):
+    if request.node.get_closest_marker("data") is None:
+        monkeypatch.setenv("MTBC_CACHE", str(tmp_path / "cache"))
+
+
+# ----------------------------------------------------------------------------- synthetic scans
+
+def _scan(seed: int, h: int = 150, w: int = 190):
+    """A fake ultrasound frame: smooth random texture, speckle, depth ramp, dark lesion."""
+    rng = np.random.default_rng(seed)
+    img = 110 + 420 * ndi.gaussian_filter(rng.normal(size=(h, w)), 4) + 10 * rng.normal(size=(h, w))
+    img += np.linspace(50, -50, h)[:, None]
+    yy, xx = np.mgrid[:h, :w]
+    lesion = ((yy - h * 0.55) / (h * 0.14)) ** 2 + ((xx - w * 0.45) / (w * 0.16)) ** 2 < 1
+    img[lesion] *= 0.35
+    return np.clip(img, 0, 255).astype(np.uint8), lesion
+
+
+def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if a.dtype == bool:
+        return np.asarray(Image.fromarray(a).resize(size, Image.Resampling.NEAREST))
+    return np.asarray(Image.fromarray(a).resize(size, Image.Resampling.BILINEAR))
+
+
+def _save(root: Path, cls: str, i: int, img: np.ndarray, mask: np.ndarray) -> None:
+    d = root / cls
+    d.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(d / f"{cls} ({i}).png")
+    if cls == "normal":
+        Image.fromarray(np.zeros(img.shape + (3,), np.uint8)).save(d / f"{cls} ({i})_mask.png")
+    else:
+        Image.fromarray(mask).convert("1").save(d / f"{cls} ({i})_mask.png")
+
+
+def write_synthetic_busi(root) -> Path:
+    """A 10-image BUSI-layout folder with two duplicate groups:
+
+    - group A (label conflict): benign 1 (a 190x150 scan), benign 2 (a crop of it),
+      malignant 1 (the whole scan rescaled x1.2), malignant 2 (a crop rescaled x0.8);
+    - group B (labels agree): normal 3 (a scan) and normal 4 (a crop of it);
+    - benign 3, malignant 3, normal 1, normal 2: unrelated scans.
+    """
+    root = Path(root)
+    a, la = _scan(1)
+    _save(root, "benign", 1, a, la)
+    _save(root, "benign", 2, a[12:140, 30:185], la[12:140, 30:185])
+    _save(root, "malignant", 1, _resize(a, (228, 180)), _resize(la, (228, 180)))
+    _save(root, "malignant", 2, _resize(a[20:145, 10:170], (128, 100)), _resize(la[20:145, 10:170], (128, 100)))
+    for k, (cls, i) in enumerate([("benign", 3), ("malignant", 3), ("normal", 1), ("normal", 2)]):
+        s, ls = _scan(10 + k)
+        _save(root, cls, i, s, ls)
+    s, ls = _scan(30)
+    _save(root, "normal", 3, s, ls)
+    _save(root, "normal", 4, s[15:, :150], ls[15:, :150])
+    return root
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = write_synthetic_busi(tmp_path_factory.mktemp("syn") / "BUSI")
+    return root, dedup.find_groups(root, progress=False, workers=1)
+
+
+def _members(result) -> list[set[str]]:
+    names = result.index["name"]
+    return [set(names[g["row"]]) for _, g in result.groups.groupby("group")]
+
+
+# ----------------------------------------------------------------------------- SSIM
+
+def test_ssim_pairs_equals_scikit_image():
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, (6, 32, 32), dtype=np.uint8)
+    base[3] = np.clip(base[0].astype(int) + rng.integers(-20, 20, (32, 32)), 0, 255)  # a near copy
+    i, j = np.triu_indices(6, 1)
+    got = dedup.ssim_pairs(base, i, j)
+    want = [structural_similarity(base[a], base[b], data_range=255) for a, b in zip(i, j)]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert got[list(zip(i, j)).index((0, 3))] > 0.8 > max(np.delete(got, list(zip(i, j)).index((0, 3))))
+
+
+# ----------------------------------------------------------------------------- search
+
+def test_crops_and_rescales_found_unrelated_scans_not(synthetic):
+    _, r = synthetic
+    assert _members(r) == [{"benign (1)", "benign (2)", "malignant (1)", "malignant (2)"},
+                           {"normal (3)", "normal (4)"}]
+    assert r.group_sizes() == {2: 1, 4: 1}
+    grouped = set(r.groups["row"])
+    others = r.pairs[~r.pairs["i"].isin(grouped) | ~r.pairs["j"].isin(grouped)]
+    assert not others["duplicate"].any() and others["score"].max() < 0.5
+    # the crop + rescale is aligned: scale 1/0.8 between malignant 2 and the scan (benign 1)
+    p = r.pairs[(r.pairs["name_i"] == "benign (1)") & (r.pairs["name_j"] == "malignant (2)")].iloc[0]
+    assert p["aligned_ssim"] > 0.98 > 0.5 > p["plain_ssim"]
+    assert p["sy"] == pytest.approx(160 / 128, rel=0.01) and p["sx"] == pytest.approx(125 / 100, rel=0.01)
+
+
+def test_whole_image_ssim_alone_misses_the_crops(synthetic):
+    root, _ = synthetic
+    r = dedup.find_groups(root, dedup.DedupConfig(extended=False), progress=False, workers=1)
+    assert _members(r) == [{"benign (1)", "malignant (1)"}]  # only the whole-image rescale
+    assert set(r.groups["method"]) == {"paper"} and set(r.groups["linked_by"]) == {"paper"}
+
+
+def test_methods_label_conflicts_and_mask_agreement(synthetic):
+    _, r = synthetic
+    g = r.groups.set_index(r.index["name"][r.groups["row"]].to_numpy())
+    assert g.loc["benign (1)", "label_conflict"] and g.loc["benign (1)", "classes"] == "benign+malignant"
+    assert not g.loc["normal (3)", "label_conflict"]
+    assert set(g["method"]) == {"extended"}  # both groups need the alignment
+    assert g.loc["malignant (1)", "linked_by"] == "paper" and g.loc["benign (2)", "linked_by"] == "extended"
+    inside = r.pairs[r.pairs["group"] == 1]
+    assert len(inside) == 6 and inside["mask_iou"].min() > 0.9  # the same lesion, aligned
+    assert r.pairs.loc[r.pairs["group"] == 2, "mask_iou"].tolist() == [1.0]  # two empty masks agree
+
+
+def test_curation_rules(synthetic):
+    _, r = synthetic
+    everyone = {(c, int(i)) for c, i in zip(r.index["class"], r.index["id"])}
+    outside = {("benign", 3), ("malignant", 3), ("normal", 1), ("normal", 2)}
+    assert r.keep("paper") == outside
+    # keep-one: the conflicting group goes entirely, the agreeing one keeps its largest image
+    assert r.keep("keep-one") == outside | {("normal", 3)}
+    assert len(everyone) == 10
+    with pytest.raises(ValueError, match="keep-one"):
+        r.keep("keep-all")
+
+
+def test_write_audit_files(synthetic, tmp_path):
+    _, r = synthetic
+    paths = dedup.write_audit(r, tmp_path / "out", curation="keep-one")
+    import pandas as pd
+
+    dup = pd.read_csv(paths["duplicates"])
+    assert list(dup.columns) == dedup.DUPLICATE_COLUMNS
+    assert list(dup["file"])[:2] == ["benign/benign (1).png", "benign/benign (2).png"]
+    assert read_keep_list(paths["curated"]) == r.keep("keep-one")
+    assert paths["curated"].read_bytes().startswith(b"class;id\r\nbenign;3\r\n")
+    assert len(pd.read_csv(paths["pairs"])) == len(r.pairs)
+    assert not list((tmp_path / "out").glob("*.tmp"))
+
+
+def test_keep_list_is_cached(synthetic, monkeypatch, tmp_path):
+    root, r = synthetic
+    monkeypatch.setenv("MTBC_CACHE", str(tmp_path / "c"))
+    assert dedup.keep_list(root, "keep-one") == r.keep("keep-one")
+    cached, = (tmp_path / "c").glob("dedup_*.json")
+    assert json.loads(cached.read_text())["groups"][1] == [["normal", 3], ["normal", 4]]
+
+    def boom(*a, **k):
+        raise AssertionError("searched again")
+
+    monkeypatch.setattr(dedup, "find_groups", boom)
+    assert dedup.keep_list(root, "paper") == r.keep("paper")
+    with pytest.raises(ValueError, match="unknown curation rule"):
+        dedup.keep_list(root, "none")
+
+
+def test_bad_input_raises_one_line_data_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        dedup.find_groups(tmp_path / "missing", progress=False, workers=1)
+    root = write_synthetic_busi(tmp_path / "BUSI")
+    (root / "benign" / "benign (2).png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(DataError, match=r"benign \(2\)\.png.*cannot be decoded") as exc:
+        dedup.find_groups(root, progress=False, workers=2)
+    assert "\n" not in str(exc.value)
+
+
+def test_transforms_compose_and_convert():
+    p, q = (1.2, 0.9, 3.0, -4.0), (0.5, 2.0, 1.0, 7.0)
+    pq = dedup._compose(p, q)
+    y = np.array([5.0, 11.0])
+    assert pq[0] * y[0] + pq[2] == pytest.approx(p[0] * (q[0] * y[0] + q[2]) + p[2])
+    assert dedup._compose(p, dedup._invert(p)) == pytest.approx((1, 1, 0, 0))
+    back = dedup._to_full(dedup._to_det(p, (0.25, 0.3), (0.5, 0.1)), (0.25, 0.3), (0.5, 0.1))
+    assert back == pytest.approx(p)
+
+
+def test_notebook_params_reject_unknown_names():
+    folder, cfg, rule = dedup.params_from_namespace({"threshold": 0.9, "size": 48, "curation": "keep-one",
+                                                     "data_dir": "", "np": np})
+    assert cfg.threshold == 0.9 and cfg.size == 48 and rule == "keep-one" and folder.is_dir()
+    with pytest.raises(ValueError, match="unknown parameter treshold"):
+        dedup.params_from_namespace({"treshold": 0.9})
+    with pytest.raises(ValueError, match="curation"):
+        dedup.params_from_namespace({"curation": "all"})
+
+
+# ----------------------------------------------------------------------------- real data
+
+@pytest.fixture(scope="module")
+def busi_audit():
+    from mtbc_lib import config
+
+    try:
+        root = config.data_dir()
+    except FileNotFoundError as exc:
+        pytest.skip(f"real BUSI data absent: {exc}")
+    return dedup.find_groups(root, progress=False)
+
+
+def _key_name(c, i):
+    return f"{c} ({i})"
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_busi_reproduces_the_published_groups(busi_audit):
+    """The published removal set is exactly 5 quadruplets, 22 triplets and 122 duplets
+    of our groups; we find one duplet more (malignant 11 / 113, a crop + rescale)."""
+    from mtbc_lib.data import PUBLISHED_KEEP_LIST
+
+    r = busi_audit
+    published = read_keep_list(PUBLISHED_KEEP_LIST)
+    assert len(published) == 450
+    sizes_in_published = {}
+    for _, g in r.groups.groupby("group"):
+        removed = [(c, int(i)) not in published for c, i in zip(g["class"], g["id"])]
+        assert all(removed) or not any(removed), "a group split by the published list"
+        if all(removed):
+            sizes_in_published[len(g)] = sizes_in_published.get(len(g), 0) + 1
+    assert sizes_in_published == {2: 122, 3: 22, 4: 5}
+    assert r.group_sizes() == {2: 123, 3: 22, 4: 5}
+    assert published - r.keep("paper") == {("malignant", 11), ("malignant", 113)}
+    assert r.keep("paper") <= published
+    diff = dedup.compare_published(r)
+    assert set(diff["name"]) == {"malignant (11)", "malignant (113)"} and set(diff["ours"]) == {"removed"}
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_busi_threshold_margin_and_conflicts(busi_audit):
+    r = busi_audit
+    dup = r.pairs[r.pairs["duplicate"]]
+    # a wide gap: same-scan pairs score >= 0.96, the closest different frames <= 0.92
+    assert dup["score"].min() > 0.96 and r.pairs.loc[~r.pairs["duplicate"], "score"].max() < 0.92
+    # the paper's example: one scan stored as benign 42, benign 131 and malignant 51
+    g = r.groups[r.groups["row"].isin(r.index.index[r.index["name"].isin(["benign (42)", "benign (131)",
+                                                                            "malignant (51)"])])]
+    assert g["group"].nunique() == 1 and g["size"].iloc[0] == 3 and g["label_conflict"].all()
+    # whole-image SSIM alone connects only part of the groups
+    methods = r.groups.drop_duplicates("group")["method"].value_counts()
+    assert methods["paper"] + methods["extended"] == 150 and methods["extended"] > 50
+    assert len(r.keep("keep-one")) == 780 - len(r.groups) + int(r.groups["keep_one"].sum())

@@ -1,0 +1,100 @@
+"""Tests of mtbc_lib.widgets.DuplicateExplorer, driven from Python (filters, stepping,
+marking, export), and of the duplicate-audit figures of mtbc_lib.plots, on the small
+generated folder of test_dedup."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mtbc_lib import dedup, plots
+from mtbc_lib.data import read_keep_list
+from mtbc_lib.widgets import DuplicateExplorer
+from test_dedup import write_synthetic_busi
+
+OUTSIDE = {("benign", 3), ("malignant", 3), ("normal", 1), ("normal", 2)}
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    root = write_synthetic_busi(tmp_path_factory.mktemp("w") / "BUSI")
+    return dedup.find_groups(root, progress=False, workers=1)
+
+
+def test_filters_and_stepping(result):
+    ex = DuplicateExplorer(result, height=64)
+    assert ex.visible_groups == [1, 2] and ex.current == 1
+    assert "group <b>1</b>" in ex.position.value and "label conflict" in ex.position.value
+    assert len(ex.members.children) == 4 and "mask IoU" in ex.scores.value
+    assert ex.next() == 2 and len(ex.members.children) == 2
+    assert ex.next() == 1 and ex.previous() == 2  # wraps around
+    ex.next_button.click()
+    assert ex.current == 1
+    ex.set_filters(size=2)
+    assert ex.visible_groups == [2] and ex.current == 2
+    ex.set_filters(cls="malignant")
+    assert ex.visible_groups == [1]
+    ex.set_filters(conflict=False)
+    assert ex.visible_groups == [2]
+    ex.set_filters(size=4, conflict=True)
+    assert ex.visible_groups == [1]
+    ex.conflict_filter.value = "labels agree only"  # the widget itself
+    assert ex.visible_groups == [] and ex.current is None and "no group" in ex.position.value
+    assert ex.next() is None
+    with pytest.raises(ValueError, match="cls"):
+        ex.set_filters(cls="cyst")
+
+
+def test_mark_and_export(result, tmp_path):
+    ex = DuplicateExplorer(result, height=64)
+    # initial marks follow the keep-one suggestion
+    assert ex.keep_set() == result.keep("keep-one") == OUTSIDE | {("normal", 3)}
+    ex.mark("benign", 1, True)
+    ex.mark("normal", 3, False)
+    ex.mark("normal", 4, True)
+    path = ex.export(tmp_path / "mine.csv")
+    assert read_keep_list(path) == OUTSIDE | {("benign", 1), ("normal", 4)}
+    assert path.read_bytes().startswith(b"class;id\r\n")
+    with pytest.raises(ValueError, match="in no duplicate group"):
+        ex.mark("normal", 1, False)
+    # the toggles and the export button do the same
+    ex.go_to(2)
+    toggle = {p.children[1].value.split("<b>")[1].split("</b>")[0]: p.children[2] for p in ex.members.children}
+    toggle["normal (3)"].value = "keep"
+    toggle["normal (4)"].value = "drop"
+    ex.export_path.value = str(tmp_path / "button.csv")
+    ex.export_button.click()
+    assert read_keep_list(tmp_path / "button.csv") == OUTSIDE | {("benign", 1), ("normal", 3)}
+    assert "wrote 6 images" in ex.status.value
+    ex.export_path.value = str(tmp_path / "no" / "such" / "dir" / "\0bad.csv")
+    ex.export_button.click()
+    assert "color:#c53030" in ex.status.value
+
+
+def test_paper_initial_marks_drop_every_member(result):
+    ex = DuplicateExplorer(result, initial="paper")
+    assert ex.keep_set() == result.keep("paper") == OUTSIDE
+    with pytest.raises(ValueError, match="initial"):
+        DuplicateExplorer(result, initial="none")
+
+
+def test_audit_figures(result):
+    img = np.full((40, 60), 100, np.uint8)
+    mask = np.zeros((40, 60), bool)
+    mask[10:30, 20:40] = True
+    rgb = plots.mask_overlay(img, mask, height=20)
+    assert rgb.shape == (20, 30, 3) and (rgb == (255, 60, 60)).all(axis=2).any()
+    assert (rgb[0, 0] == 100).all()
+    fig = plots.group_slider(result, height=32)
+    steps = fig.layout.sliders[0].steps
+    assert [s.label for s in steps] == ["1", "2"] and len(fig.data) == 4  # one image trace per slot
+    assert steps[1].args[0]["visible"] == [True, True, False, False]
+    assert steps[0].args[0]["source"][0] == fig.data[0].source
+    assert fig.data[0].source.startswith(("data:image/webp;base64,", "data:image/jpeg;base64,"))
+    assert "label conflict" in steps[0].args[1]["title.text"] and "normal (4)" in steps[1].args[1]["title.text"]
+    hist = plots.ssim_distribution(result.pairs, 0.94)
+    assert len(hist.data) == 2 and hist.layout.shapes[0].x0 == 0.94
+    gal = plots.group_gallery(result, [1, 2], height=40)
+    assert len(gal.axes) == 8
+    with pytest.raises(ValueError, match="no such duplicate group"):
+        plots.group_gallery(result, [9])
