@@ -40,13 +40,19 @@ reproduce: $(STAMP)
 	@test -d "$$MTBC_DATA" || { echo "make reproduce: MTBC_DATA=$$MTBC_DATA is not a folder (expected the BUSI folder holding benign/ malignant/ normal/)" >&2; exit 2; }
 	$(MAKE) audit grid book
 
-audit: $(STAMP)
-	$(BIN)/papermill notebooks/dataset_audit.ipynb book/dataset_audit.ipynb -p data_dir "$$MTBC_DATA"
-	$(BIN)/papermill notebooks/duplicate_explorer.ipynb book/duplicate_explorer.ipynb -p data_dir "$$MTBC_DATA"
+# Executed notebooks for the book, each stamped with the machine it ran on.
+book/%.ipynb: notebooks/%.ipynb
+	$(BIN)/papermill $< $@ -p data_dir "$$MTBC_DATA"
+	$(BIN)/python -m mtbc_lib.provenance stamp $@
 
+audit: $(STAMP)
+	$(MAKE) -B book/dataset_audit.ipynb book/duplicate_explorer.ipynb
+
+# The ablation grid (U-Net++: all six trainings; nnU-Net: the three the results chapter needs).
 grid: $(STAMP)
-	$(BIN)/mtbc grid --data "$$MTBC_DATA"
-	$(BIN)/papermill notebooks/results.ipynb book/results.ipynb
+	$(BIN)/mtbc grid --backbone unetplusplus --data "$$MTBC_DATA"
+	$(BIN)/mtbc grid --backbone nnunet --settings st-seg st-cls mt-do --data "$$MTBC_DATA"
+	$(MAKE) -B book/results.ipynb
 
 clean:
 	rm -rf _build

@@ -39,3 +39,28 @@ def cache_dir() -> Path:
     p = Path(os.environ.get("MTBC_CACHE", Path.home() / ".cache" / "mtbc")).expanduser()
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+_LITERALS = (type(None), bool, int, float, str, list, tuple, dict)
+_IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython"}
+
+
+def notebook_params(namespace: dict, valid) -> dict:
+    """The parameters of a notebook from its ``globals()``, checked against ``valid``.
+
+    Papermill injects parameters as a cell of assignments after the ``parameters`` cell
+    and only *warns* about names the notebook does not declare. Every public global
+    holding a literal (None, bool, number, str, list, tuple, dict) must therefore be a
+    valid name: any other — a misspelt or unknown parameter — raises ValueError listing
+    the valid names. Modules, functions, other objects, names starting with ``_`` and
+    IPython's own are ignored. Call it before the notebook assigns any other global."""
+    valid = list(valid)
+    values, unknown = {}, []
+    for k, v in namespace.items():
+        if k.startswith("_") or k in _IPYTHON_NAMES or not isinstance(v, _LITERALS):
+            continue
+        (values.__setitem__(k, v) if k in valid else unknown.append(k))
+    if unknown:
+        raise ValueError(f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(sorted(unknown))}; "
+                         f"valid: {', '.join(valid)}")
+    return values

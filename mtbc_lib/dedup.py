@@ -854,7 +854,6 @@ def summary(result: AuditResult) -> str:
 #: Notebook parameters of dataset_audit / duplicate_explorer and their types.
 NOTEBOOK_PARAMS = {"data_dir": str, "threshold": float, "size": int, "resample": str, "extended": bool,
                    "curation": str}
-_IPYTHON = {"In", "Out", "exit", "quit", "get_ipython"}
 
 
 def params_from_namespace(namespace: dict) -> tuple[Path, DedupConfig, str]:
@@ -864,15 +863,7 @@ def params_from_namespace(namespace: dict) -> tuple[Path, DedupConfig, str]:
     public global holding a literal must be one of NOTEBOOK_PARAMS, else ValueError
     names the unknown ones. ``data_dir`` "" means the default folder
     (``$MTBC_DATA``, else ../shared/data/BUSI). Call it before assigning other globals."""
-    literal = (type(None), bool, int, float, str, list, tuple, dict)
-    values, unknown = {}, []
-    for k, v in namespace.items():
-        if k.startswith("_") or k in _IPYTHON or not isinstance(v, literal):
-            continue
-        (values.__setitem__(k, v) if k in NOTEBOOK_PARAMS else unknown.append(k))
-    if unknown:
-        raise ValueError(f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(sorted(unknown))}; "
-                         f"valid: {', '.join(NOTEBOOK_PARAMS)}")
+    values = config.notebook_params(namespace, NOTEBOOK_PARAMS)
     for k, v in values.items():
         want = NOTEBOOK_PARAMS[k]
         if not isinstance(v, want) or (want is not bool and isinstance(v, bool)):

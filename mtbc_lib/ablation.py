@@ -1,0 +1,285 @@
+"""The ablation grid of the paper's Table 5: six trainings per backbone, ten rows.
+
+Only six trainings are needed per backbone — ST(Seg), ST(Seg)+DO, ST(Cls), ST(Cls)+DO,
+MT, MT+DO; every "+PR" row, and the ST(Seg+Cls)+PR rows that combine a separately
+trained segmenter and classifier, are computed here from the per-image test outputs
+that :mod:`mtbc_lib.train` saves (``fold<k>_test.csv``), without retraining.
+
+:func:`run_grid` executes ``notebooks/train.ipynb`` through papermill once per setting
+(locally, or on a Dask cluster), skipping settings whose results are complete;
+:func:`ablation_table` assembles ``results/ablation.csv`` (DESIGN.md's columns).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import NORMAL, REPO_ROOT
+from .metrics import CLS_METRICS, SEG_METRICS, TABLE_METRICS, aggregate, classification_metrics, segmentation_metrics
+from .refine import refine_labels
+
+#: The six trainings per backbone: setting name -> train.ipynb parameters.
+SETTINGS: dict[str, dict] = {
+    "st-seg": {"task": "seg", "oversampling": False},
+    "st-seg-do": {"task": "seg", "oversampling": True},
+    "st-cls": {"task": "cls", "oversampling": False},
+    "st-cls-do": {"task": "cls", "oversampling": True},
+    "mt": {"task": "mt", "oversampling": False},
+    "mt-do": {"task": "mt", "oversampling": True},
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One configuration of Table 5: which run gives the mask, which the label, and
+    whether prediction refinement (PR) is applied on top."""
+
+    configuration: str  # name exactly as in PAPER.md's Table 5
+    seg: str | None  # setting whose masks are scored (None: no DSC columns)
+    cls: str | None  # setting whose labels are scored (None: no F1/ACC columns)
+    pr: bool = False
+
+
+#: The ten rows of Table 5, in the paper's order.
+ROWS: tuple[Row, ...] = (
+    Row("ST(Seg)", "st-seg", None),
+    Row("ST(Seg)+DO", "st-seg-do", None),
+    Row("ST(Cls)", None, "st-cls"),
+    Row("ST(Cls)+DO", None, "st-cls-do"),
+    Row("ST(Seg+Cls)+PR", "st-seg", "st-cls", pr=True),
+    Row("ST(Seg+Cls)+PR+DO", "st-seg-do", "st-cls-do", pr=True),
+    Row("MT", "mt", "mt"),
+    Row("MT+PR", "mt", "mt", pr=True),
+    Row("MT+DO", "mt-do", "mt-do"),
+    Row("MT+PR+DO", "mt-do", "mt-do", pr=True),
+)
+
+#: The published Table 5 (U-Net++, Curated BUSI): configuration -> {metric: (mean, sd)}.
+PAPER_TABLE5: dict[str, dict[str, tuple[float, float]]] = {}
+_PAPER_ROWS = """
+ST(Seg)            .799 .036 .731 .040 .000 .000 .661 .017 - - - - - - - - - -
+ST(Seg)+DO         .797 .056 .730 .052 .234 .469 .692 .044 - - - - - - - - - -
+ST(Cls)            - - - - - - - - .707 .057 .673 .069 .694 .048 .693 .038 .698 .038
+ST(Cls)+DO         - - - - - - - - .745 .018 .717 .077 .643 .088 .720 .042 .725 .036
+ST(Seg+Cls)+PR     .744 .051 .726 .041 .719 .081 .734 .031 .707 .057 .673 .069 .694 .048 .693 .038 .698 .038
+ST(Seg+Cls)+PR+DO  .770 .046 .730 .052 .656 .231 .739 .023 .751 .025 .717 .077 .679 .116 .729 .049 .733 .043
+MT                 .806 .055 .713 .066 .000 .000 .658 .025 .788 .018 .687 .070 .643 .162 .730 .036 .742 .028
+MT+PR              .787 .057 .707 .062 .594 .277 .731 .025 .788 .018 .687 .070 .643 .162 .730 .036 .742 .028
+MT+DO              .773 .050 .717 .058 .703 .156 .742 .018 .830 .015 .789 .023 .721 .094 .799 .018 .802 .027
+MT+PR+DO           .773 .050 .711 .057 .781 .157 .751 .018 .826 .029 .791 .025 .741 .060 .801 .026 .802 .018
+"""
+for _line in _PAPER_ROWS.strip().splitlines():
+    _name, *_vals = _line.split()
+    PAPER_TABLE5[_name] = {
+        m: (float(_vals[2 * i]), float(_vals[2 * i + 1]))
+        for i, m in enumerate(TABLE_METRICS) if _vals[2 * i] != "-"
+    }
+
+
+def run_name(backbone: str, setting: str, profile: str) -> str:
+    """Name of one training of the grid: its results folder and executed notebook."""
+    return f"{backbone}-{setting}-{profile}"
+
+
+def _fold_tables(run_dir: Path) -> dict[int, pd.DataFrame]:
+    """The per-image test outputs of a finished run, by fold (index = (class, id))."""
+    tables = {}
+    for f in sorted(run_dir.glob("fold*_test.csv")):
+        k = int(f.stem[len("fold"):].split("_")[0])
+        tables[k] = pd.read_csv(f).set_index(["class", "id"]).sort_index()
+    if not tables:
+        raise FileNotFoundError(f"{run_dir}: no fold*_test.csv; expected the results of a finished training run")
+    return tables
+
+
+def row_outputs(row: Row, runs: dict[str, Path]) -> pd.DataFrame:
+    """Per-image test outputs of one configuration over all folds: columns fold, class,
+    id, label, pred (the final label; absent without a classifier) and dice (the final
+    per-image Dice; absent without a segmenter).
+
+    runs maps each setting the row needs to its results folder. With PR the final label
+    is normal when the classifier says normal or the segmenter's mask is empty, and a
+    normal label empties the mask (so its Dice is 1 for a normal image, 0 otherwise)."""
+    seg = _fold_tables(runs[row.seg]) if row.seg else None
+    cls = _fold_tables(runs[row.cls]) if row.cls else None
+    out = []
+    for k in sorted(set(seg or cls) & set(cls or seg)):
+        s, c = (seg[k] if seg else None), (cls[k] if cls else None)
+        if s is not None and c is not None and not s.index.equals(c.index):
+            raise ValueError(f"fold {k}: {row.seg} and {row.cls} were tested on different images; "
+                             "expected the same splits (same curation and seed)")
+        ref = s if s is not None else c
+        t = pd.DataFrame({"fold": k, "label": ref["label"].to_numpy()}, index=ref.index)
+        if c is not None:
+            t["pred"] = c["pred"].to_numpy().astype(np.int64)
+        if s is not None:
+            t["dice"] = s["dice"].to_numpy()
+        if row.pr:
+            t["pred"] = refine_labels(t["pred"].to_numpy(), s["mask_empty"].to_numpy().astype(bool))
+            t["dice"] = np.where(t["pred"] == NORMAL, (t["label"] == NORMAL).astype(float), t["dice"])
+        out.append(t)
+    return pd.concat(out).reset_index()
+
+
+def fold_metrics(row: Row, runs: dict[str, Path]) -> pd.DataFrame:
+    """Table 5's metrics of one configuration, one row per fold."""
+    per_fold = []
+    for k, t in row_outputs(row, runs).groupby("fold"):
+        m = {"fold": k}
+        if "dice" in t:
+            m.update({n: v for n, v in segmentation_metrics(t["dice"], t["label"]).items() if n in SEG_METRICS})
+        if "pred" in t:
+            m.update({n: v for n, v in classification_metrics(t["label"], t["pred"]).items() if n in CLS_METRICS})
+        per_fold.append(m)
+    return pd.DataFrame(per_fold)
+
+
+def row_metrics(row: Row, runs: dict[str, Path]) -> dict[str, float]:
+    """Fold mean and SD (``metrics.aggregate``) of Table 5's metrics for one configuration."""
+    per_fold = fold_metrics(row, runs)
+    names = (SEG_METRICS if row.seg else ()) + (CLS_METRICS if row.cls else ())
+    return aggregate(per_fold.to_dict("records"), names) | {"folds": len(per_fold)}
+
+
+def runs_of(row: Row, backbone: str, profile: str, results_dir: str | os.PathLike = "results") -> dict[str, Path] | None:
+    """The results folders a configuration needs, or None while any is incomplete."""
+    runs = {s: Path(results_dir) / run_name(backbone, s, profile) for s in (row.seg, row.cls) if s}
+    return runs if all(is_complete(p) for p in runs.values()) else None
+
+
+def ablation_table(backbone: str, profile: str, results_dir: str | os.PathLike = "results") -> pd.DataFrame:
+    """Table 5 for one backbone from the finished runs under ``results_dir``: one row per
+    configuration whose runs are complete, DESIGN.md's columns (metrics and ``_sd`` twins;
+    NaN where the configuration has no such metric)."""
+    results_dir = Path(results_dir)
+    rows = []
+    for row in ROWS:
+        runs = runs_of(row, backbone, profile, results_dir)
+        if runs is None:
+            continue
+        rows.append({"backbone": backbone, "profile": profile, "configuration": row.configuration}
+                    | row_metrics(row, runs))
+    columns = ["backbone", "profile", "configuration"] + [c for m in TABLE_METRICS for c in (m, m + "_sd")] + ["folds"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def is_complete(run_dir: Path) -> bool:
+    """A run is complete when its summary exists (the engine writes it after the last fold)."""
+    return (Path(run_dir) / "summary.json").is_file()
+
+
+def execute_setting(backbone: str, setting: str, profile: str, out_dir: str | os.PathLike = "results",
+                    notebook_dir: str | os.PathLike = "book/runs", data_dir: str | None = None,
+                    extra: dict | None = None, repo_root: str | os.PathLike = REPO_ROOT) -> str:
+    """Execute ``notebooks/train.ipynb`` for one setting with papermill, writing the
+    executed notebook to ``notebook_dir/<run name>.ipynb`` (atomically: a failed or
+    interrupted run leaves the previous copy, and its checkpoints let the next call
+    resume). Returns the run name. Runs in whatever process calls it: locally, or on a
+    Dask worker."""
+    import papermill
+
+    name = run_name(backbone, setting, profile)
+    repo_root = Path(repo_root)
+    nb_dir = Path(notebook_dir) if Path(notebook_dir).is_absolute() else repo_root / notebook_dir
+    nb_dir.mkdir(parents=True, exist_ok=True)
+    params = {"backbone": backbone, "profile": profile, "out_dir": str(out_dir), "run_name": name,
+              "data_dir": data_dir or ""} | SETTINGS[setting] | (extra or {})
+    tmp = nb_dir / f".{name}.ipynb.part"
+    papermill.execute_notebook(str(repo_root / "notebooks" / "train.ipynb"), str(tmp), parameters=params,
+                               cwd=str(repo_root), progress_bar=False, kernel_name="python3")
+    from .provenance import stamp
+
+    stamp(tmp)  # the machine it ran on, for the book's provenance page
+    os.replace(tmp, nb_dir / f"{name}.ipynb")
+    return name
+
+
+def run_grid(backbone: str, profile: str, settings: list[str] | None = None, scheduler: str | None = None,
+             out_dir: str | os.PathLike = "results", notebook_dir: str | os.PathLike = "book/runs",
+             data_dir: str | None = None, extra: dict | None = None) -> list[str]:
+    """Train every setting of the grid that is not complete yet, then rewrite
+    ``out_dir/ablation.csv``. Locally the settings run one after the other; with
+    ``scheduler`` (``tcp://HOST:PORT`` of a running dask.distributed scheduler) each is
+    a task on the cluster, whose workers must see this repository and the data at the
+    same paths. Returns the run names executed."""
+    settings = list(SETTINGS) if settings is None else settings
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; valid: {', '.join(SETTINGS)}")
+    todo = [s for s in settings if not is_complete(Path(out_dir) / run_name(backbone, s, profile))]
+    kwargs = dict(out_dir=str(Path(out_dir).resolve()), notebook_dir=str(Path(notebook_dir).resolve()),
+                  data_dir=data_dir, extra=extra)
+    if scheduler:
+        from dask.distributed import Client
+
+        with Client(scheduler) as client:
+            futures = [client.submit(execute_setting, backbone, s, profile, pure=False, **kwargs) for s in todo]
+            done = client.gather(futures)
+    else:
+        done = [execute_setting(backbone, s, profile, **kwargs) for s in todo]
+    write_ablation_csv(out_dir)
+    return done
+
+
+def write_ablation_csv(results_dir: str | os.PathLike = "results") -> Path:
+    """(Re)write ``results_dir/ablation.csv`` from every backbone and profile that has
+    complete runs there. Atomic."""
+    results_dir = Path(results_dir)
+    # run names are <backbone>-<setting>-<profile>; neither backbone nor profile has a dash
+    pairs = sorted({(p.name.split("-")[0], p.name.split("-")[-1]) for p in results_dir.glob("*-*") if is_complete(p)})
+    tables = [ablation_table(b, prof, results_dir) for b, prof in pairs]
+    table = pd.concat(tables, ignore_index=True) if tables else ablation_table("", "", results_dir)
+    path = results_dir / "ablation.csv"
+    tmp = path.with_suffix(".csv.part")
+    table.to_csv(tmp, index=False, float_format="%.4f")
+    os.replace(tmp, path)
+    return path
+
+
+def compare_with_paper(table: pd.DataFrame) -> pd.DataFrame:
+    """Our Table 5 (one backbone and profile, as :func:`ablation_table` gives it) beside
+    the paper's, cell by cell: index = configuration (all ten, in the paper's order),
+    columns = (metric, "ours" | "paper" | "diff"), diff = ours − paper."""
+    ours = table.set_index("configuration")
+    cols = pd.MultiIndex.from_product([TABLE_METRICS, ["ours", "paper", "diff"]])
+    out = pd.DataFrame(index=[r.configuration for r in ROWS], columns=cols, dtype=float)
+    for conf in out.index:
+        for m in TABLE_METRICS:
+            paper = PAPER_TABLE5[conf].get(m, (np.nan, np.nan))[0]
+            mine = ours.at[conf, m] if conf in ours.index else np.nan
+            out.loc[conf, (m, "ours")], out.loc[conf, (m, "paper")] = mine, paper
+            out.loc[conf, (m, "diff")] = mine - paper
+    return out
+
+
+def comparison_styler(table: pd.DataFrame):
+    """An HTML view of :func:`compare_with_paper`: each cell "ours (paper)" with our fold
+    SD, coloured by the difference (green: ours higher, red: lower; white within ±.02)."""
+    cmp = compare_with_paper(table)
+    ours = table.set_index("configuration")
+    text = pd.DataFrame(index=cmp.index, columns=list(TABLE_METRICS), dtype=object)
+    diff = cmp.xs("diff", axis=1, level=1)
+    for conf in cmp.index:
+        for m in TABLE_METRICS:
+            o, p = cmp.at[conf, (m, "ours")], cmp.at[conf, (m, "paper")]
+            sd = ours.at[conf, m + "_sd"] if conf in ours.index else np.nan
+            if np.isnan(p) and np.isnan(o):
+                text.at[conf, m] = "–"
+            elif np.isnan(o):
+                text.at[conf, m] = f"not run ({p:.3f})"
+            else:
+                text.at[conf, m] = f"{o:.3f}±{sd:.3f} ({p:.3f})"
+
+    def colour(col):
+        d = diff[col.name]
+        return ["" if np.isnan(v) or abs(v) <= 0.02 else
+                f"background-color: {'#c8e6c9' if v > 0 else '#ffcdd2'}" for v in d]
+
+    return text.style.apply(colour, axis=0).set_caption(
+        "Ours (mean ± SD over folds), the paper's value in brackets; green: we score over .02 higher, "
+        "red: over .02 lower")

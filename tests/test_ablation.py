@@ -1,0 +1,111 @@
+"""The ablation grid: Table 5 rows from saved per-image test outputs, and the grid runner
+(papermill, locally and through a Dask cluster on loopback)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mtbc_lib import ablation
+from mtbc_lib.config import NORMAL
+from mtbc_lib.metrics import TABLE_METRICS
+
+
+def _write_run(root, name, rows_per_fold, folds=(0, 1)):
+    """A finished run as the engine leaves it: fold<k>_test.csv files and summary.json."""
+    d = root / name
+    d.mkdir(parents=True)
+    for k in folds:
+        pd.DataFrame(rows_per_fold(k)).to_csv(d / f"fold{k}_test.csv", index=False)
+    (d / "summary.json").write_text(json.dumps({"folds": list(folds)}))
+    return d
+
+
+# Four test images per fold: a benign, a malignant and two normal ones.
+TRUTH = {"class": ["benign", "malignant", "normal", "normal"], "id": [1, 2, 3, 4], "label": [0, 1, NORMAL, NORMAL]}
+
+
+def test_paper_table_parsed_and_ten_rows():
+    assert [r.configuration for r in ablation.ROWS] == list(ablation.PAPER_TABLE5)
+    assert ablation.PAPER_TABLE5["MT+PR+DO"]["dsc_avg"] == (.751, .018)
+    assert ablation.PAPER_TABLE5["MT+PR+DO"]["acc"] == (.802, .018)
+    assert "f1_benign" not in ablation.PAPER_TABLE5["ST(Seg)"]
+    # "DSC avg" is image-weighted over Curated BUSI's 222 / 164 / 64 images
+    p = ablation.PAPER_TABLE5["MT+PR+DO"]
+    assert abs((222 * p["dsc_benign"][0] + 164 * p["dsc_malignant"][0] + 64 * p["dsc_normal"][0]) / 450
+               - p["dsc_avg"][0]) < 0.001
+
+
+def test_prediction_refinement_combines_segmenter_and_classifier(tmp_path):
+    # segmenter: perfect lesions on benign/malignant; predicts a (wrong) lesion on normal 3,
+    # an empty mask on normal 4; classifier: right on all but calls the malignant normal.
+    seg = _write_run(tmp_path, "unet-st-seg-fast", lambda k: TRUTH | {
+        "dice": [1.0, 0.8, 0.0, 1.0], "mask_empty": [False, False, False, True]})
+    cls = _write_run(tmp_path, "unet-st-cls-fast", lambda k: TRUTH | {"pred": [0, NORMAL, NORMAL, NORMAL]})
+    runs = {"st-seg": seg, "st-cls": cls}
+    raw_seg = ablation.row_metrics(ablation.ROWS[0], runs)
+    assert raw_seg["dsc_normal"] == pytest.approx(0.5) and raw_seg["dsc_malignant"] == pytest.approx(0.8)
+    assert np.isnan(raw_seg.get("acc", np.nan))
+    pr = ablation.row_metrics(ablation.Row("x", "st-seg", "st-cls", pr=True), runs)
+    # classifier's "normal" empties the mask of normal 3 (now right) and of the malignant (now 0)
+    assert pr["dsc_normal"] == pytest.approx(1.0)
+    assert pr["dsc_malignant"] == pytest.approx(0.0)
+    assert pr["dsc_benign"] == pytest.approx(1.0)
+    assert pr["acc"] == pytest.approx(0.75)
+    assert pr["dsc_avg_sd"] == pytest.approx(0.0)  # two identical folds
+
+
+def test_refinement_turns_an_empty_mask_into_a_normal_label(tmp_path):
+    mt = _write_run(tmp_path, "unet-mt-fast", lambda k: TRUTH | {
+        "dice": [0.0, 0.9, 1.0, 1.0], "mask_empty": [True, False, True, True], "pred": [0, 1, 0, NORMAL]})
+    runs = {"mt": mt}
+    raw = ablation.row_metrics(ablation.Row("MT", "mt", "mt"), runs)
+    pr = ablation.row_metrics(ablation.Row("MT+PR", "mt", "mt", pr=True), runs)
+    assert raw["acc"] == pytest.approx(0.75) and pr["acc"] == pytest.approx(0.75)  # one fixed, one broken
+    assert pr["f1_normal"] > raw["f1_normal"]
+
+
+def test_ablation_table_has_the_columns_and_only_complete_rows(tmp_path):
+    full = TRUTH | {"dice": [0.9, 0.7, 1.0, 0.0], "mask_empty": [False, False, True, False], "pred": [0, 1, 2, 2]}
+    for s in ("st-seg", "st-cls", "mt"):
+        _write_run(tmp_path, ablation.run_name("unet", s, "fast"), lambda k: full)
+    (tmp_path / "unet-mt-do-fast").mkdir()  # started, not finished: no summary.json
+    table = ablation.ablation_table("unet", "fast", tmp_path)
+    assert list(table["configuration"]) == ["ST(Seg)", "ST(Cls)", "ST(Seg+Cls)+PR", "MT", "MT+PR"]
+    for m in TABLE_METRICS:
+        assert m in table.columns and m + "_sd" in table.columns
+    assert table.set_index("configuration").loc["ST(Seg)", "f1_weighted"] != table.set_index(
+        "configuration").loc["ST(Seg)", "f1_weighted"]  # NaN: a segmenter has no F1
+    path = ablation.write_ablation_csv(tmp_path)
+    assert pd.read_csv(path)["configuration"].tolist() == list(table["configuration"])
+
+
+def test_unknown_setting_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="valid: st-seg"):
+        ablation.run_grid("unet", "fast", settings=["st-sge"], out_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_grid_through_a_dask_cluster_on_loopback(tmp_path, make_busi):
+    """Two tiny settings (1 epoch per fold, generated images) executed by papermill on the
+    workers of a LocalCluster bound to 127.0.0.1; their rows land in ablation.csv."""
+    from dask.distributed import LocalCluster
+
+    data = make_busi(n_per_class=8)
+    extra = {"curation": "none", "epochs": 1, "batch_size": 4, "image_size": 64}
+    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
+                      processes=True) as cluster:
+        done = ablation.run_grid("unet", "fast", settings=["st-seg", "st-cls"], scheduler=cluster.scheduler_address,
+                                 out_dir=tmp_path / "results", notebook_dir=tmp_path / "runs",
+                                 data_dir=str(data), extra=extra)
+    assert sorted(done) == ["unet-st-cls-fast", "unet-st-seg-fast"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["unet-st-cls-fast.ipynb", "unet-st-seg-fast.ipynb"]
+    table = pd.read_csv(tmp_path / "results" / "ablation.csv")
+    assert table["configuration"].tolist() == ["ST(Seg)", "ST(Cls)", "ST(Seg+Cls)+PR"]
+    assert table[["dsc_avg", "acc"]].iloc[2].between(0, 1).all()
+    # complete settings are skipped on the next call
+    assert ablation.run_grid("unet", "fast", settings=["st-seg", "st-cls"], out_dir=tmp_path / "results",
+                             notebook_dir=tmp_path / "runs", data_dir=str(data), extra=extra) == []
