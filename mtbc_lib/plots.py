@@ -389,3 +389,87 @@ def class_counts_figure(counts):
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+# --------------------------------------------------------------------------- results chapter
+# (used by notebooks/results.ipynb; data come from mtbc_lib.ablation)
+
+def fold_points(per_fold: dict, metrics=("dsc_avg", "f1_weighted", "acc"), paper: dict | None = None):
+    """One panel per metric: each configuration's fold values as points, its mean as a
+    bar outline, and the paper's mean as a black diamond when ``paper`` (configuration ->
+    {metric: (mean, sd)}) is given. per_fold: configuration -> ``ablation.fold_metrics``
+    frame. Returns a plotly Figure."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=list(metrics), shared_yaxes=True)
+    for j, m in enumerate(metrics, start=1):
+        confs = [c for c, f in per_fold.items() if m in f]
+        for c in confs:
+            f = per_fold[c]
+            fig.add_trace(go.Scatter(x=[c] * len(f), y=f[m], mode="markers", marker=dict(size=8, color="#1f77b4"),
+                                     text=[f"fold {k}" for k in f["fold"]], showlegend=False,
+                                     hovertemplate="%{x} %{text}: %{y:.3f}<extra></extra>"), row=1, col=j)
+            fig.add_trace(go.Scatter(x=[c], y=[f[m].mean()], mode="markers", showlegend=False,
+                                     marker=dict(symbol="line-ew-open", size=26, color="#1f77b4", line=dict(width=2)),
+                                     hovertemplate="%{x} mean: %{y:.3f}<extra></extra>"), row=1, col=j)
+            if paper and m in paper.get(c, {}):
+                fig.add_trace(go.Scatter(x=[c], y=[paper[c][m][0]], mode="markers", showlegend=False,
+                                         marker=dict(symbol="diamond", size=9, color="black"),
+                                         hovertemplate="%{x} paper: %{y:.3f}<extra></extra>"), row=1, col=j)
+    fig.update_yaxes(range=[0, 1])
+    fig.update_layout(height=380, template="plotly_white", margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def confusion_matrices(outputs: dict):
+    """Confusion matrices (counts over all test folds, rows = true class) of the
+    configurations that predict a label. outputs: configuration -> ``ablation.row_outputs``
+    frame. Returns a matplotlib Figure (closed)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from mtbc_lib.config import CLASSES
+    from mtbc_lib.metrics import confusion_matrix
+
+    confs = [c for c, t in outputs.items() if "pred" in t]
+    if not confs:
+        raise ValueError("outputs: no configuration predicts a label")
+    fig, axes = plt.subplots(1, len(confs), figsize=(3.1 * len(confs), 3.0), squeeze=False)
+    for ax, c in zip(axes[0], confs):
+        cm = confusion_matrix(outputs[c]["label"], outputs[c]["pred"])
+        sns.heatmap(cm, annot=True, fmt="d", cbar=False, cmap="Blues", ax=ax, xticklabels=CLASSES,
+                    yticklabels=CLASSES, square=True)
+        ax.set_title(c, fontsize=9)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def dice_by_class(outputs: dict):
+    """Per-image Dice distributions by true class (box + points), one colour per
+    configuration that segments. outputs: configuration -> ``ablation.row_outputs`` frame.
+    Returns a matplotlib Figure (closed)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    from mtbc_lib.config import CLASSES
+
+    frames = [t.assign(configuration=c, true_class=[CLASSES[k] for k in t["label"]])
+              for c, t in outputs.items() if "dice" in t]
+    if not frames:
+        raise ValueError("outputs: no configuration predicts a mask")
+    d = pd.concat(frames, ignore_index=True)
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    sns.boxplot(d, x="true_class", y="dice", hue="configuration", order=list(CLASSES), ax=ax, fliersize=0)
+    sns.stripplot(d, x="true_class", y="dice", hue="configuration", order=list(CLASSES), ax=ax, dodge=True,
+                  size=2, alpha=0.4, legend=False, palette="dark:black")
+    ax.set_ylabel("Dice per image")
+    ax.set_xlabel("true class")
+    ax.set_ylim(-0.02, 1.02)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -1,0 +1,183 @@
+"""Evaluation metrics of the paper: per-image Dice/IoU, per-class DSC, F1, accuracy,
+AUC, confusion matrix, and the mean ± SD over cross-validation folds.
+
+Conventions (PAPER.md):
+
+- Dice and IoU are computed **per image** on binary masks; when prediction and ground
+  truth are both empty the score is 1, when exactly one of them is empty it is 0. So
+  "DSC normal" is the share of normal images whose predicted mask is empty.
+- ``dsc_<class>`` is the mean per-image Dice over the test images of that class,
+  ``dsc_avg`` the mean over *all* test images (image-weighted average of the classes).
+- ``f1_<class>`` one-vs-rest F1 of each class, ``f1_weighted`` their support-weighted
+  mean, ``acc`` the accuracy; ``auc_<class>`` one-vs-rest ROC AUC when class
+  probabilities are given, ``auc_macro`` their mean.
+- Fold aggregation: mean and *sample* standard deviation (``ddof=1``, pandas' default)
+  over the folds. Table 5 of the paper is consistent with ``ddof=1``: ST(Seg)+DO has
+  DSC normal .234 ± .469; with one non-zero fold out of four, x = (0, 0, 0, a), the mean
+  is a/4 and the SD is a/2 with ddof=1 (a/4·√3 ≈ .433 a with ddof=0), and .469 ≈ 2 × .234.
+
+The names match DESIGN.md's ablation columns (``dsc_benign``, ``dsc_malignant``,
+``dsc_normal``, ``dsc_avg``, ``f1_benign``, ``f1_malignant``, ``f1_normal``,
+``f1_weighted``, ``acc``). Inputs may be numpy arrays or torch tensors.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from mtbc_lib.config import CLASSES
+
+__all__ = [
+    "SEG_METRICS", "CLS_METRICS", "TABLE_METRICS", "DDOF",
+    "dice_iou", "dice", "iou", "segmentation_metrics", "confusion_matrix",
+    "classification_metrics", "aggregate",
+]
+
+#: Segmentation metric names, in the column order of Table 5.
+SEG_METRICS: tuple[str, ...] = tuple(f"dsc_{c}" for c in CLASSES) + ("dsc_avg",)
+#: Classification metric names, in the column order of Table 5.
+CLS_METRICS: tuple[str, ...] = tuple(f"f1_{c}" for c in CLASSES) + ("f1_weighted", "acc")
+#: The nine columns of Table 5.
+TABLE_METRICS: tuple[str, ...] = SEG_METRICS + CLS_METRICS
+#: Degrees of freedom of the fold standard deviation (sample SD, see module doc).
+DDOF: int = 1
+
+
+def _np(x) -> np.ndarray:
+    """numpy view of a numpy array, torch tensor (any device) or sequence."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _binary_stack(x, name: str) -> np.ndarray:
+    """(N, H, W) or (N, 1, H, W) masks (bool, or anything where > 0.5 is foreground
+    for floats and != 0 for ints) -> (N, H*W) bool."""
+    a = _np(x)
+    if a.ndim == 4 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != 3:
+        raise ValueError(f"{name}: masks have shape {a.shape}; expected (N, H, W) or (N, 1, H, W)")
+    if a.dtype != bool:
+        a = a > 0.5 if np.issubdtype(a.dtype, np.floating) else a != 0
+    return a.reshape(len(a), -1)
+
+
+def dice_iou(pred, target) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image Dice and IoU of binary masks.
+
+    pred, target: (N, H, W) or (N, 1, H, W) binary masks (bool; floats are thresholded
+    at 0.5 — pass probabilities, not logits). Returns two (N,) float64 arrays; an image
+    whose two masks are both empty scores 1, one empty and one not scores 0."""
+    p, t = _binary_stack(pred, "pred"), _binary_stack(target, "target")
+    if p.shape != t.shape:
+        raise ValueError(f"dice_iou: pred has {p.shape[0]} masks of {p.shape[1]} px, target "
+                         f"{t.shape[0]} of {t.shape[1]} px; expected the same shape")
+    inter = (p & t).sum(1).astype(np.float64)
+    sp, st = p.sum(1).astype(np.float64), t.sum(1).astype(np.float64)
+    union = sp + st - inter
+    both_empty = (sp + st) == 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = np.where(both_empty, 1.0, 2.0 * inter / (sp + st))
+        j = np.where(both_empty, 1.0, inter / union)
+    return d, j
+
+
+def dice(pred, target) -> np.ndarray:
+    """Per-image Dice (N,), see :func:`dice_iou`."""
+    return dice_iou(pred, target)[0]
+
+
+def iou(pred, target) -> np.ndarray:
+    """Per-image IoU (N,), see :func:`dice_iou`."""
+    return dice_iou(pred, target)[1]
+
+
+def segmentation_metrics(dice_scores, labels, iou_scores=None) -> dict[str, float]:
+    """Per-class and average DSC from per-image Dice scores.
+
+    dice_scores: (N,) per-image Dice; labels: (N,) true class indices (CLASSES order).
+    Returns ``dsc_benign``, ``dsc_malignant``, ``dsc_normal`` (NaN for a class with no
+    image), ``dsc_avg`` (mean over all N images), and the same ``iou_*`` when
+    ``iou_scores`` is given."""
+    d, y = _np(dice_scores).astype(np.float64), _np(labels).astype(np.int64)
+    if d.shape != y.shape or d.ndim != 1:
+        raise ValueError(f"segmentation_metrics: dice_scores {d.shape} and labels {y.shape}; "
+                         "expected two (N,) arrays")
+    out: dict[str, float] = {}
+    for prefix, s in (("dsc", d), ("iou", None if iou_scores is None else _np(iou_scores).astype(np.float64))):
+        if s is None:
+            continue
+        for k, c in enumerate(CLASSES):
+            sel = y == k
+            out[f"{prefix}_{c}"] = float(s[sel].mean()) if sel.any() else float("nan")
+        out[f"{prefix}_avg"] = float(s.mean()) if len(s) else float("nan")
+    return out
+
+
+def confusion_matrix(y_true, y_pred, num_classes: int = len(CLASSES)) -> np.ndarray:
+    """(C, C) int64 counts, rows = true class, columns = predicted class."""
+    t, p = _np(y_true).astype(np.int64).ravel(), _np(y_pred).astype(np.int64).ravel()
+    if t.shape != p.shape:
+        raise ValueError(f"confusion_matrix: {t.shape[0]} true and {p.shape[0]} predicted labels; expected equal")
+    if len(t) and (min(t.min(), p.min()) < 0 or max(t.max(), p.max()) >= num_classes):
+        raise ValueError(f"confusion_matrix: labels outside 0..{num_classes - 1}")
+    return np.bincount(t * num_classes + p, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def classification_metrics(y_true, y_pred, probs=None) -> dict[str, float]:
+    """F1 per class (one-vs-rest; 0 when the class is neither present nor predicted,
+    as scikit-learn's ``zero_division=0``), support-weighted F1,
+    accuracy, and, when ``probs`` (N, C) class probabilities are given, one-vs-rest ROC
+    AUC per class (NaN when the class is absent or the only one) and their mean
+    ``auc_macro``. y_true, y_pred: (N,) class indices."""
+    t, p = _np(y_true).astype(np.int64), _np(y_pred).astype(np.int64)
+    cm = confusion_matrix(t, p)
+    tp = np.diag(cm).astype(np.float64)
+    support = cm.sum(1).astype(np.float64)
+    predicted = cm.sum(0).astype(np.float64)
+    denom = support + predicted
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    out = {f"f1_{c}": float(f1[k]) for k, c in enumerate(CLASSES)}
+    out["f1_weighted"] = float((f1 * support).sum() / support.sum()) if support.sum() else float("nan")
+    out["acc"] = float(tp.sum() / cm.sum()) if cm.sum() else float("nan")
+    if probs is not None:
+        pr = _np(probs).astype(np.float64)
+        if pr.shape != (len(t), len(CLASSES)):
+            raise ValueError(f"classification_metrics: probs shape {pr.shape}; expected ({len(t)}, {len(CLASSES)})")
+        aucs = []
+        for k, c in enumerate(CLASSES):
+            out[f"auc_{c}"] = _auc(t == k, pr[:, k])
+            aucs.append(out[f"auc_{c}"])
+        out["auc_macro"] = float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else float("nan")
+    return out
+
+
+def _auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC by the rank-sum (Mann-Whitney) formula, ties counted half."""
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    from scipy.stats import rankdata
+
+    ranks = rankdata(score)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def aggregate(per_fold: Sequence[Mapping[str, float]], names: Iterable[str] | None = None,
+              ddof: int = DDOF) -> dict[str, float]:
+    """Mean and SD over folds: ``{name: mean, name + "_sd": sd}`` for every metric
+    (every key of the first fold unless ``names`` is given). NaN folds are skipped; SD
+    is NaN with fewer than ``ddof + 1`` finite values."""
+    if not per_fold:
+        raise ValueError("aggregate: no folds given")
+    names = list(per_fold[0]) if names is None else list(names)
+    out: dict[str, float] = {}
+    for n in names:
+        v = np.asarray([f.get(n, np.nan) for f in per_fold], dtype=np.float64)
+        v = v[np.isfinite(v)]
+        out[n] = float(v.mean()) if len(v) else float("nan")
+        out[n + "_sd"] = float(v.std(ddof=ddof)) if len(v) > ddof else float("nan")
+    return out

@@ -1,0 +1,257 @@
+"""Tests of the training engine (mtbc_lib.train) on a tiny generated dataset: configuration
+checks, augmentation, the files a run writes, resume-after-kill equality, skipping of
+finished folds and the divergence stop."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mtbc_lib import train
+from mtbc_lib.config import CLASSES
+from mtbc_lib.data import BusiArrays
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def tiny_arrays(n_per_class: int = 8, size: int = 32, seed: int = 0) -> BusiArrays:
+    """Generated BUSI-like arrays: noisy background, a bright disc (benign) or a darker
+    disc (malignant), nothing for normal images."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    images, masks, labels, classes, ids = [], [], [], [], []
+    for k, c in enumerate(CLASSES):
+        for i in range(n_per_class):
+            img = rng.integers(0, 60, (size, size)).astype(np.uint8)
+            m = np.zeros((size, size), bool)
+            if c != "normal":
+                r = int(rng.integers(4, size // 3))
+                cy, cx = rng.integers(r, size - r, 2)
+                m = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+                img[m] = 200 if c == "benign" else 130
+            images.append(img), masks.append(m), labels.append(k), classes.append(c), ids.append(i + 1)
+    return BusiArrays(images=np.stack(images), masks=np.stack(masks), labels=np.array(labels, np.int64),
+                      classes=np.array(classes), ids=np.array(ids, np.int64),
+                      names=[f"{c} ({i})" for c, i in zip(classes, ids)],
+                      orig_sizes=np.full((len(ids), 2), size, np.int64))
+
+
+def tiny_config(out_dir, **kw) -> train.TrainConfig:
+    base = dict(backbone="nnunet", task="mt", oversampling=True, epochs=3, patience=10, batch_size=4,
+                lr=1e-3, image_size=32, n_folds=2, out_dir=str(out_dir / "results"), run_name="tiny", profile="fast",
+                device="cpu", eval_batch_size=16, num_threads=1)  # tiny ops: 1 thread is faster
+    return train.TrainConfig(**(base | kw))
+
+
+# ----------------------------------------------------------------------------- configuration
+
+def test_profiles_fill_unset_fields_and_given_values_win():
+    paper = train.TrainConfig().resolve()
+    assert (paper.epochs, paper.patience, paper.batch_size, paper.lr) == (200, 50, 2, 1e-4)
+    assert (paper.plateau_factor, paper.plateau_patience, paper.min_lr, paper.amp) == (0.5, 20, 1e-6, "off")
+    assert paper.seed == 1993 and paper.lam == 0.35 and paper.folds == [0, 1, 2, 3]
+    fast = train.TrainConfig(profile="fast", epochs=7).resolve()
+    assert fast.epochs == 7 and fast.batch_size == train.PROFILES["fast"]["batch_size"]
+
+
+def test_run_name_derivation():
+    assert train.TrainConfig(oversampling=True).resolve().run_name == "unetplusplus-mt-do-paper-paper"
+    assert train.TrainConfig(task="seg", curation="none", profile="fast").resolve().run_name == \
+        "unetplusplus-seg-none-fast"
+    assert train.TrainConfig(lam=0.5, limit=5).resolve().run_name == "unetplusplus-mt-paper-paper-lam0.5-limit5"
+    assert train.TrainConfig(run_name="mine").resolve().run_name == "mine"
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(task="segm"), "parameter task='segm': expected one of seg, cls, mt"),
+    (dict(backbone="resnet"), "parameter backbone='resnet': expected one of unetplusplus"),
+    (dict(curation="strict"), "expected one of paper, keep-one, none"),
+    (dict(profile="slow"), "expected one of paper, fast"),
+    (dict(folds=[4]), "fold numbers in 0..3"),
+    (dict(epochs="ten"), "parameter epochs='ten': expected an int or None"),
+    (dict(oversampling="yes"), "expected a bool"),
+    (dict(lam=1.5), "expected a weight in [0, 1]"),
+    (dict(amp="maybe"), "expected one of auto, on, off"),
+    (dict(image_size=100), "multiple of 32"),
+    (dict(deep_supervision=True), "needs backbone 'nnunet'"),
+])
+def test_bad_values_fail_with_one_line(kw, message):
+    with pytest.raises(ValueError) as e:
+        train.TrainConfig(**kw).resolve()
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_folds_accept_int_string_and_list():
+    assert train.TrainConfig(folds=2).resolve().folds == [2]
+    assert train.TrainConfig(folds="3,1").resolve().folds == [1, 3]
+    assert train.TrainConfig(folds=[]).resolve().folds == [0, 1, 2, 3]
+
+
+def test_config_from_namespace_rejects_undeclared_names():
+    import os
+
+    ns = {"task": "seg", "epochs": 3, "train": train, "os": os, "_private": 1, "In": [], "Out": {},
+          "__name__": "__main__", "get_ipython": print}
+    cfg = train.config_from_namespace(ns)
+    assert cfg.task == "seg" and cfg.epochs == 3
+    with pytest.raises(ValueError) as e:
+        train.config_from_namespace(ns | {"bogus": 1, "epoch": 5})
+    msg = str(e.value)
+    assert msg.startswith("unknown parameters bogus, epoch; valid: backbone, task,") and "\n" not in msg
+
+
+def test_config_roundtrips_through_json():
+    cfg = train.TrainConfig(profile="fast", folds=[1]).resolve()
+    again = train.TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+def test_augmentation_moves_image_and_mask_together():
+    a = tiny_arrays(4, 64)
+    sel = a.labels != 2
+    m = torch.from_numpy(a.masks[sel][:, None]).float()
+    x = m.clone()  # an image that is its own mask
+    g = torch.Generator().manual_seed(3)
+    xa, ma = train.augment_batch(x, m, g)
+    assert set(ma.unique().tolist()) <= {0.0, 1.0}  # nearest keeps masks binary
+    assert not torch.equal(ma, m)  # something moved
+    inter = ((xa > 0.5) & (ma > 0.5)).sum().item()
+    union = ((xa > 0.5) | (ma > 0.5)).sum().item()
+    assert inter / union > 0.9
+    # lesion area is kept (rotation of a centred-enough disc, flips)
+    assert ma.sum().item() == pytest.approx(m.sum().item(), rel=0.1)
+    # reproducible from the generator state
+    xb, mb = train.augment_batch(x, m, torch.Generator().manual_seed(3))
+    assert torch.equal(xa, xb) and torch.equal(ma, mb)
+
+
+# ----------------------------------------------------------------------------- runs
+
+def _fold_files(run_dir, k):
+    return {"test": pd.read_csv(run_dir / f"fold{k}_test.csv"),
+            "metrics": json.loads((run_dir / f"fold{k}_metrics.json").read_text()),
+            "history": pd.read_csv(run_dir / f"fold{k}_history.csv"),
+            "masks": train.load_masks(run_dir / f"fold{k}_masks.npz")}
+
+
+def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
+    arrays = tiny_arrays()
+    # uninterrupted
+    summary = train.run(tiny_config(tmp_path / "a"), arrays=arrays, progress=False)
+    assert summary["complete"] and summary["folds_finished"] == [0, 1]
+    run_a = tmp_path / "a" / "results" / "tiny"
+    # "killed" after 2 epochs of fold 0, then after 2 epochs of fold 1, then finished
+    cfg_b = tiny_config(tmp_path / "b", stop_after_epochs=2)
+    with pytest.raises(train.StopRequested, match="fold 0: stopped after epoch 2"):
+        train.run(cfg_b, arrays=arrays, progress=False)
+    run_b = tmp_path / "b" / "results" / "tiny"
+    assert (tmp_path / "b" / "checkpoints" / "tiny" / "fold0.ckpt").exists()
+    assert not (run_b / "fold0_metrics.json").exists()
+    with pytest.raises(train.StopRequested, match="fold 1: stopped after epoch 2"):
+        train.run(cfg_b, arrays=arrays, progress=False)
+    assert (run_b / "fold0_metrics.json").exists() and not (run_b / "summary.json").exists()
+    train.run(tiny_config(tmp_path / "b"), arrays=arrays, progress=False)
+    assert (run_b / "summary.json").exists()
+
+    for k in (0, 1):
+        a, b = _fold_files(run_a, k), _fold_files(run_b, k)
+        pd.testing.assert_frame_equal(a["test"], b["test"])
+        cols = [c for c in a["history"] if c not in ("seconds", "images_per_s")]
+        pd.testing.assert_frame_equal(a["history"][cols], b["history"][cols])
+        assert a["metrics"]["raw"] == b["metrics"]["raw"] and a["metrics"]["pr"] == b["metrics"]["pr"]
+        assert np.array_equal(a["masks"]["masks"], b["masks"]["masks"])
+    sa = json.loads((run_a / "summary.json").read_text())
+    sb = json.loads((run_b / "summary.json").read_text())
+    assert sa["raw"] == sb["raw"] and sa["pr"] == sb["pr"]
+
+
+def test_run_writes_documented_files_and_skips_finished_folds(tmp_path):
+    arrays = tiny_arrays()
+    cfg = tiny_config(tmp_path, epochs=2, folds=[0])
+    summary = train.run(cfg, arrays=arrays, progress=False)
+    run_dir = tmp_path / "results" / "tiny"
+    assert not summary["complete"] and not (run_dir / "summary.json").exists()
+    f = _fold_files(run_dir, 0)
+    split = train.make_splits(cfg.resolve(), arrays)[0]
+    t = f["test"]
+    assert list(t.columns) == ["class", "id", "name", "label", "p_benign", "p_malignant", "p_normal", "pred",
+                               "mask_empty", "dice", "iou", "dice_pr", "iou_pr", "label_pr"]
+    assert sorted(t["name"]) == sorted(arrays.names[i] for i in split.test)
+    assert np.allclose(t[["p_benign", "p_malignant", "p_normal"]].sum(axis=1), 1, atol=1e-5)
+    assert (t["pred"] == t[["p_benign", "p_malignant", "p_normal"]].to_numpy().argmax(1)).all()
+    # prediction refinement: a normal final label always comes with an empty mask
+    pr_normal = t["label_pr"] == 2
+    assert (t.loc[pr_normal, "dice_pr"] == (t.loc[pr_normal, "label"] == 2)).all()
+    assert f["masks"]["masks"].shape == (len(split.test), 32, 32)
+    assert np.array_equal(f["masks"]["masks"].reshape(len(t), -1).any(1), ~t["mask_empty"].astype(bool))
+    m = f["metrics"]
+    for name in ("dsc_benign", "dsc_malignant", "dsc_normal", "dsc_avg", "f1_benign", "f1_malignant",
+                 "f1_normal", "f1_weighted", "acc", "auc_macro"):
+        assert name in m["raw"] and name in m["pr"]
+    assert m["raw"]["dsc_avg"] == pytest.approx(t["dice"].mean())
+    assert m["config"]["run_name"] == "tiny" and m["epochs"] == 2 and "torch" in m["versions"]
+    assert m["n_train_oversampled"] > m["n_train"] == len(split.train)
+    assert list(f["history"]["epoch"]) == [1, 2]
+    # a second call skips the finished fold
+    mtime = (run_dir / "fold0_test.csv").stat().st_mtime_ns
+    train.run(cfg, arrays=arrays, progress=False)
+    assert (run_dir / "fold0_test.csv").stat().st_mtime_ns == mtime
+    # ...but refuses results made with another setting under the same name
+    with pytest.raises(ValueError, match="different configuration \\(differs in: lam\\)"):
+        train.run(tiny_config(tmp_path, epochs=2, folds=[0], lam=0.5), arrays=arrays, progress=False)
+
+
+@pytest.mark.parametrize("task", ["seg", "cls"])
+def test_single_task_outputs(tmp_path, task):
+    arrays = tiny_arrays()
+    train.run(tiny_config(tmp_path, task=task, epochs=1, folds=[0], oversampling=False), arrays=arrays,
+              progress=False)
+    f = _fold_files(tmp_path / "results" / "tiny", 0)
+    t, m = f["test"], f["metrics"]
+    if task == "seg":
+        assert t["p_benign"].isna().all() and t["pred"].isna().all()
+        assert (t["dice_pr"] == t["dice"]).all() and "dsc_avg" in m["raw"] and "acc" not in m["raw"]
+    else:
+        assert t["dice"].isna().all() and t["mask_empty"].isna().all() and "masks" not in f["masks"]
+        assert (t["label_pr"] == t["pred"]).all() and "acc" in m["raw"] and "dsc_avg" not in m["raw"]
+
+
+def test_diverging_run_stops_with_a_clear_message(tmp_path):
+    cfg = tiny_config(tmp_path, lr=1e30, epochs=2, folds=[0], amp="off")
+    with pytest.raises(train.TrainingDiverged, match=r"fold 0 epoch 1: .*loss is (nan|inf).*diverged"):
+        train.run(cfg, arrays=tiny_arrays(), progress=False)
+
+
+def test_metrics_table_and_confusion_from_a_run(tmp_path):
+    arrays = tiny_arrays()
+    train.run(tiny_config(tmp_path, epochs=1), arrays=arrays, progress=False)
+    res = train.load_run(tmp_path / "results" / "tiny")
+    assert sorted(res.metrics) == [0, 1] and res.summary["complete"]
+    table = train.metrics_table(res.metrics)
+    assert list(table.index.get_level_values("fold")) == ["0", "1", "mean", "sd"] * 2
+    assert table.loc[("none", "mean"), "acc"] == pytest.approx(res.summary["raw"]["acc"])
+    assert table.loc[("PR", "sd"), "dsc_avg"] == pytest.approx(res.summary["pr"]["dsc_avg_sd"])
+    assert train.confusion_table(res.metrics).to_numpy().sum() == len(arrays)
+    assert set(res.history["fold"]) == {0, 1} and len(res.test) == len(arrays)
+    assert not math.isnan(res.summary["raw"]["dsc_avg_sd"])
+
+
+# ----------------------------------------------------------------------------- real data
+
+@pytest.mark.data
+def test_load_data_limit_and_split_counts(data_dir):
+    cfg = train.TrainConfig(limit=6, data_dir=str(data_dir), oversampling=True).resolve()
+    arrays = train.load_data(cfg, progress=False)
+    assert np.bincount(arrays.labels).tolist() == [6, 6, 6]
+    counts = train.split_counts(cfg, arrays)
+    assert set(counts["split"]) == {"train", "train (DO)", "val", "test"}
+    assert counts[counts["split"] == "test"]["total"].sum() == 18  # every image tested once
+    full = train.load_data(train.TrainConfig(data_dir=str(data_dir)).resolve(), progress=False)
+    assert np.bincount(full.labels).tolist() == [222, 164, 64]  # Curated BUSI
