@@ -305,7 +305,7 @@ def load_busi(data_dir=None, size: int = 128, cache: bool = True, progress: bool
         if arrays is not None and arrays.images.shape[1:] == (size, size) and arrays.names == list(index["name"]):
             return arrays
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bar: also readable in the static book (a widget bar would be empty)
 
     items = list(zip(index["image"], index["masks"]))
     n = len(items)

@@ -429,7 +429,7 @@ def _invert(p):
 # ----------------------------------------------------------------------------- search
 
 def _decode_all(index, cfg: DedupConfig, workers: int, progress: bool) -> list[dict]:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bar: also readable in the static book (a widget bar would be empty)
 
     items = list(zip(index["image"], index["masks"]))
     bar = tqdm(total=len(items), desc="audit: decoding images", unit="img", disable=not progress)
@@ -537,7 +537,7 @@ def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress:
     ``data_dir``: the BUSI folder (default: ``config.data_dir()``); ``settings``: a
     DedupConfig; ``workers``: decoding processes. Bad input raises
     ``mtbc_lib.data.DataError`` (one line naming the file)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bar: also readable in the static book (a widget bar would be empty)
 
     from mtbc_lib.data import index_busi
 

@@ -85,6 +85,6 @@ def test_corrupt_png_and_unwritable_output(busi, tmp_path):
 
 def test_parser_has_subcommands():
     parser = cli.build_parser()
-    assert set(cli.SUBCOMMANDS) == {"audit"}
+    assert set(cli.SUBCOMMANDS) == {"audit", "grid"}
     args = parser.parse_args(["audit", "x", "--out", "y"])
     assert args.threshold == dedup.DedupConfig().threshold and args.curation == "paper" and args.extended
