@@ -283,3 +283,18 @@ def comparison_styler(table: pd.DataFrame):
     return text.style.apply(colour, axis=0).set_caption(
         "Ours (mean ± SD over folds), the paper's value in brackets; green: we score over .02 higher, "
         "red: over .02 lower")
+
+
+def gap_summary(table: pd.DataFrame, metrics=("dsc_avg", "acc")) -> str:
+    """One Markdown line per finished configuration: our mean of ``metrics`` against the
+    paper's and the gap, so the reading of the table is computed, not typed."""
+    lines = []
+    for _, r in table.iterrows():
+        parts = []
+        for m in metrics:
+            paper = PAPER_TABLE5[r["configuration"]].get(m)
+            if paper is not None and np.isfinite(r[m]):
+                parts.append(f"{m} {r[m]:.3f} vs {paper[0]:.3f} ({r[m] - paper[0]:+.3f})")
+        if parts:
+            lines.append(f"- **{r['configuration']}** ({r['folds']} folds): " + "; ".join(parts))
+    return "\n".join(lines) or "- no configuration has finished runs yet"

@@ -79,6 +79,8 @@ def test_ablation_table_has_the_columns_and_only_complete_rows(tmp_path):
         assert m in table.columns and m + "_sd" in table.columns
     assert table.set_index("configuration").loc["ST(Seg)", "f1_weighted"] != table.set_index(
         "configuration").loc["ST(Seg)", "f1_weighted"]  # NaN: a segmenter has no F1
+    reading = ablation.gap_summary(table)
+    assert "**MT+PR**" in reading and "vs 0.742" not in reading and "vs 0.731" in reading  # MT+PR dsc_avg
     path = ablation.write_ablation_csv(tmp_path)
     assert pd.read_csv(path)["configuration"].tolist() == list(table["configuration"])
 
