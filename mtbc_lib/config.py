@@ -41,8 +41,8 @@ def cache_dir() -> Path:
     return p
 
 
-_LITERALS = (type(None), bool, int, float, str, list, tuple, dict)
-_IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython"}
+_LITERALS = (type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set)
+_IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open"}
 
 
 def notebook_params(namespace: dict, valid) -> dict:

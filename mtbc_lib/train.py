@@ -292,30 +292,14 @@ def _parse_folds(folds, n_folds: int) -> list[int]:
     return sorted({int(k) for k in folds})
 
 
-#: Names a notebook namespace holds that are not parameters (IPython's own).
-_IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open"}
-_LITERAL_TYPES = (type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set)
-
-
 def config_from_namespace(namespace: dict) -> TrainConfig:
-    """The TrainConfig of a notebook's parameters, from its ``globals()``.
+    """The resolved TrainConfig of a notebook's parameters, from its ``globals()``: every
+    literal-valued public global must be a TrainConfig field, else ValueError listing the
+    valid names (see :func:`mtbc_lib.config.notebook_params`). Call it before any other
+    global is assigned."""
+    from mtbc_lib.config import notebook_params
 
-    Papermill injects parameters as a cell of assignments after the ``parameters``
-    cell and only *warns* about names the notebook does not declare. Every public
-    global holding a literal (None, bool, number, str, list, tuple, dict) must
-    therefore be a TrainConfig field: any other such name — a misspelt or unknown
-    parameter — raises ValueError listing the valid names. Modules, functions, classes
-    and other objects are ignored, as are names starting with ``_`` and IPython's own.
-    Call it before any other global is assigned. Returns the resolved config."""
-    names = [f.name for f in dataclasses.fields(TrainConfig)]
-    values, unknown = {}, []
-    for k, v in namespace.items():
-        if k.startswith("_") or k in _IPYTHON_NAMES or not isinstance(v, _LITERAL_TYPES):
-            continue
-        (values.__setitem__(k, v) if k in names else unknown.append(k))
-    if unknown:
-        raise ValueError(f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(sorted(unknown))}; "
-                         f"valid: {', '.join(names)}")
+    values = notebook_params(namespace, [f.name for f in dataclasses.fields(TrainConfig)])
     return TrainConfig(**values).resolve()
 
 
