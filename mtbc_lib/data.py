@@ -290,6 +290,36 @@ def cache_path(data_dir=None, size: int = 128, index=None) -> Path:
     return config.cache_dir() / f"busi_{size}px_{_cache_key(index, size)}.npz"
 
 
+
+def map_images(func, index, arg, workers: int = 2, progress: bool = True, desc: str = "decoding") -> list:
+    """``[func(image, masks, arg) for each row of index]`` (an :func:`index_busi` frame),
+    in index order, on a pool of ``workers`` processes (in-process when ``workers`` <= 1),
+    with a tqdm bar. ``func`` must be a module-level function (it is pickled)."""
+    from tqdm import tqdm  # text bar: also readable in the static book (a widget bar would be empty)
+
+    items = list(zip(index["image"], index["masks"]))
+    n = len(items)
+    results = []
+    bar = tqdm(total=n, desc=desc, unit="img", disable=not progress)
+    try:
+        if workers and workers > 1 and n > 1:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                try:
+                    for r in pool.map(func, *zip(*items), [arg] * n, chunksize=8):
+                        results.append(r)
+                        bar.update()
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+        else:
+            for img, masks in items:
+                results.append(func(img, masks, arg))
+                bar.update()
+    finally:
+        bar.close()
+    return results
+
+
 def load_busi(data_dir=None, size: int = 128, cache: bool = True, progress: bool = True,
               workers: int = 2) -> BusiArrays:
     """All BUSI images and masks resized to ``size x size`` (see module doc), in
@@ -305,28 +335,7 @@ def load_busi(data_dir=None, size: int = 128, cache: bool = True, progress: bool
         if arrays is not None and arrays.images.shape[1:] == (size, size) and arrays.names == list(index["name"]):
             return arrays
 
-    from tqdm import tqdm  # text bar: also readable in the static book (a widget bar would be empty)
-
-    items = list(zip(index["image"], index["masks"]))
-    n = len(items)
-    results = []
-    bar = tqdm(total=n, desc=f"decoding BUSI PNGs ({size}px)", unit="img", disable=not progress)
-    try:
-        if workers and workers > 1 and n > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                try:
-                    for r in pool.map(_load_one, *zip(*items), [size] * n, chunksize=8):
-                        results.append(r)
-                        bar.update()
-                except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
-        else:
-            for img, masks in items:
-                results.append(_load_one(img, masks, size))
-                bar.update()
-    finally:
-        bar.close()
+    results = map_images(_load_one, index, size, workers, progress, f"decoding BUSI PNGs ({size}px)")
     arrays = BusiArrays(
         images=np.stack([r[0] for r in results]).astype(np.uint8),
         masks=np.stack([r[1] for r in results]).astype(bool),
@@ -334,7 +343,7 @@ def load_busi(data_dir=None, size: int = 128, cache: bool = True, progress: bool
         classes=index["class"].to_numpy(str),
         ids=index["id"].to_numpy(np.int64),
         names=list(index["name"]),
-        orig_sizes=np.asarray([r[2] for r in results], dtype=np.int64).reshape(n, 2),
+        orig_sizes=np.asarray([r[2] for r in results], dtype=np.int64).reshape(len(results), 2),
     )
     if path is not None:
         _save_npz(path, arrays)

@@ -429,28 +429,9 @@ def _invert(p):
 # ----------------------------------------------------------------------------- search
 
 def _decode_all(index, cfg: DedupConfig, workers: int, progress: bool) -> list[dict]:
-    from tqdm import tqdm  # text bar: also readable in the static book (a widget bar would be empty)
+    from mtbc_lib.data import map_images
 
-    items = list(zip(index["image"], index["masks"]))
-    bar = tqdm(total=len(items), desc="audit: decoding images", unit="img", disable=not progress)
-    out = []
-    try:
-        if workers and workers > 1 and len(items) > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                try:
-                    for r in pool.map(_prepare, *zip(*items), [cfg] * len(items), chunksize=8):
-                        out.append(r)
-                        bar.update()
-                except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
-        else:
-            for img, masks in items:
-                out.append(_prepare(img, masks, cfg))
-                bar.update()
-    finally:
-        bar.close()
-    return out
+    return map_images(_prepare, index, cfg, workers, progress, "audit: decoding images")
 
 
 def _plain_candidates(small: np.ndarray, cfg: DedupConfig):
