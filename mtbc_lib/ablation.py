@@ -59,6 +59,22 @@ ROWS: tuple[Row, ...] = (
     Row("MT+PR+DO", "mt-do", "mt-do", pr=True),
 )
 
+#: How the book names the backbones.
+BACKBONE_TITLES = {"unetplusplus": "U-Net++", "nnunet": "nnU-Net", "unet": "U-Net"}
+
+
+def backbone_list(value) -> list[str]:
+    """The results notebook's ``backbones`` parameter as a list: a list, or one name or a
+    comma-separated string (what ``papermill -p backbones nnunet`` passes). Raises
+    ValueError naming an unknown backbone."""
+    names = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    unknown = [n for n in names if n not in BACKBONE_TITLES]
+    if unknown or not names:
+        raise ValueError(f"backbones: unknown {unknown or 'empty list'}; expected names out of "
+                         f"{', '.join(BACKBONE_TITLES)}")
+    return names
+
+
 #: The published Table 5 (U-Net++, Curated BUSI): configuration -> {metric: (mean, sd)}.
 PAPER_TABLE5: dict[str, dict[str, tuple[float, float]]] = {}
 _PAPER_ROWS = """
@@ -166,6 +182,17 @@ def ablation_table(backbone: str, profile: str, results_dir: str | os.PathLike =
                     | row_metrics(row, runs))
     columns = ["backbone", "profile", "configuration"] + [c for m in TABLE_METRICS for c in (m, m + "_sd")] + ["folds"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def comparison_runs(backbone: str, profile: str, results_dir: str | os.PathLike = "results") -> tuple[Path, Path] | None:
+    """The segmentation-only run and the multi-task run whose predictions the results
+    chapter sets side by side: the first complete pair of (ST(Seg)+DO, MT+DO),
+    (ST(Seg), MT), (ST(Seg), MT+DO), (ST(Seg)+DO, MT); None while there is none."""
+    for st, mt in (("st-seg-do", "mt-do"), ("st-seg", "mt"), ("st-seg", "mt-do"), ("st-seg-do", "mt")):
+        pair = tuple(Path(results_dir) / run_name(backbone, s, profile) for s in (st, mt))
+        if all(is_complete(p) for p in pair):
+            return pair
+    return None
 
 
 def is_complete(run_dir: Path) -> bool:
@@ -280,9 +307,11 @@ def comparison_styler(table: pd.DataFrame):
         return ["" if np.isnan(v) or abs(v) <= 0.02 else
                 f"background-color: {'#c8e6c9' if v > 0 else '#ffcdd2'}" for v in d]
 
+    who = ", ".join(f"{BACKBONE_TITLES.get(b, b)}, {p} profile" for b, p in
+                    table[["backbone", "profile"]].drop_duplicates().itertuples(index=False))
     return text.style.apply(colour, axis=0).set_caption(
-        "Ours (mean ± SD over folds), the paper's value in brackets; green: we score over .02 higher, "
-        "red: over .02 lower")
+        f"Ours ({who or 'no finished run'}: mean ± SD over folds), the paper's U-Net++ value in brackets; "
+        "green: we score over .02 higher, red: over .02 lower")
 
 
 def gap_summary(table: pd.DataFrame, metrics=("dsc_avg", "acc")) -> str:

@@ -138,6 +138,15 @@ def training_curves(history):
     return fig
 
 
+def _overlay(ax, mask, colour: str = "red") -> None:
+    """Paint a bool mask translucently over the image already on ``ax``."""
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+
+    if mask.any():
+        ax.imshow(np.ma.masked_where(~mask, mask), cmap=ListedColormap([colour]), alpha=0.4, vmin=0, vmax=1)
+
+
 def prediction_examples(arrays, results, fold: int | None = None, per_class: int = 2):
     """Test images with the ground-truth outline (green) and the predicted mask (red,
     after prediction refinement when a label is predicted): per class the best and the
@@ -184,8 +193,7 @@ def prediction_examples(arrays, results, fold: int | None = None, per_class: int
             m = masks["masks"][pred_by_name[r["name"]]].copy()
             if not np.isnan(r.get("label_pr", np.nan)) and int(r["label_pr"]) == CLASSES.index("normal"):
                 m[:] = False  # prediction refinement empties the mask of a "normal" label
-            if m.any():
-                ax.imshow(np.ma.masked_where(~m, m), cmap="autumn", alpha=0.45, vmin=0, vmax=1)
+            _overlay(ax, m)
             title += f", DSC {r['dice_pr']:.2f}"
         if "label_pr" in r and not np.isnan(r["label_pr"]):
             title += f"\npredicted {CLASSES[int(r['label_pr'])]}"
@@ -193,6 +201,92 @@ def prediction_examples(arrays, results, fold: int | None = None, per_class: int
         ax.axis("off")
     fig.suptitle(f"Fold {fold} test images (green: ground truth, red: prediction after refinement)",
                  fontsize=9)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def comparison_cases(st_test, mt_test):
+    """Which test images :func:`comparison_examples` shows: among the lesion images (benign,
+    malignant) the best, the median ("typical") and the worst Dice of the multi-task model
+    after refinement, then the image that refinement helped most and the one it hurt most
+    (each only if there is one; an image already shown gets both case names). st_test / mt_test: the runs' per-image test tables
+    (``RunResults.test``); only images tested by both count. Returns a list of
+    (case, row of mt_test)."""
+    import pandas as pd
+
+    t = mt_test.merge(st_test[["fold", "name", "dice"]].rename(columns={"dice": "dice_st"}), on=["fold", "name"])
+    if t.empty:
+        raise ValueError("test: the single-task and multi-task runs share no test image "
+                         "(expected the same curation, seed and folds)")
+    lesion = t[t["class"] != "normal"].sort_values(["dice_pr", "name"], ascending=[False, True])
+    cases = []
+    if len(lesion):
+        cases += [("best", lesion.iloc[0]), ("typical", lesion.iloc[len(lesion) // 2]), ("worst", lesion.iloc[-1])]
+    gain = (t["dice_pr"] - t["dice"]).sort_values(kind="stable")
+    for case, k, sign in (("refinement helps", -1, 1), ("refinement hurts", 0, -1)):
+        if len(gain) and sign * gain.iloc[k] > 0:
+            row = t.loc[gain.index[k]]
+            shown = [i for i, (_, r) in enumerate(cases) if r["name"] == row["name"]]
+            if shown:  # already a row: name both cases there
+                cases[shown[0]] = (f"{cases[shown[0]][0]}, {case}", cases[shown[0]][1])
+            else:
+                cases.append((case, row))
+    return [(name, pd.Series(row)) for name, row in cases]
+
+
+def comparison_examples(arrays, st_run, mt_run):
+    """Image with its ground truth, the single-task segmenter's mask, the multi-task
+    model's mask and label before and after prediction refinement, for the cases of
+    :func:`comparison_cases` (one row each).
+
+    arrays: the runs' ``BusiArrays`` (same curation); st_run: ``train.load_run`` of a
+    segmentation-only run (ST(Seg) or ST(Seg)+DO); mt_run: of a multi-task run. Returns a
+    matplotlib Figure (closed, so that it is displayed once, as the cell's value)."""
+    import matplotlib.pyplot as plt
+
+    from mtbc_lib.config import CLASSES, NORMAL
+
+    for run, what in ((st_run, "segmentation"), (mt_run, "multi-task")):
+        if run.test.empty:
+            raise ValueError(f"{run.run_dir}: no finished fold (expected a {what} run with test outputs)")
+    if "p_normal" in st_run.test and st_run.test["p_normal"].notna().any():
+        raise ValueError(f"{st_run.run_dir}: expected a segmentation-only run (its test table has class scores)")
+    cases = comparison_cases(st_run.test, mt_run.test)
+    by_name = {n: i for i, n in enumerate(arrays.names)}
+    masks = {}  # (run, fold) -> {name: mask}
+
+    def mask_of(run, fold, name):
+        if (id(run), fold) not in masks:
+            m = run.masks(fold)
+            masks[id(run), fold] = dict(zip(map(str, m["names"]), m["masks"]))
+        return masks[id(run), fold][name]
+
+    do = ["+DO" if json.loads((r.run_dir / "config.json").read_text())["config"]["oversampling"] else ""
+          for r in (st_run, mt_run)]
+    cols = ["image, ground truth", f"ST(Seg){do[0]}", f"MT{do[1]}", f"MT+PR{do[1]}"]
+    fig, axes = plt.subplots(len(cases), len(cols), figsize=(2.2 * len(cols), 2.35 * len(cases)), squeeze=False)
+    for row_axes, (case, r) in zip(axes, cases):
+        if r["name"] not in by_name:
+            raise ValueError(f"arrays: test image {r['name']!r} is missing (expected the runs' curation)")
+        image, truth = arrays.images[by_name[r["name"]]], arrays.masks[by_name[r["name"]]]
+        k, name = int(r["fold"]), r["name"]
+        mt_raw = mask_of(mt_run, k, name)
+        panels = [(None, f"{case}: {name}\nfold {k}, true {CLASSES[int(r['label'])]}"),
+                  (mask_of(st_run, k, name), f"DSC {r['dice_st']:.2f}"),
+                  (mt_raw, f"DSC {r['dice']:.2f}, says {CLASSES[int(r['pred'])]}"),
+                  (mt_raw & (int(r["label_pr"]) != NORMAL), f"DSC {r['dice_pr']:.2f}, says {CLASSES[int(r['label_pr'])]}")]
+        for ax, (pred, title) in zip(row_axes, panels):
+            ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+            if truth.any():
+                ax.contour(truth, levels=[0.5], colors="lime", linewidths=1)
+            if pred is not None:
+                _overlay(ax, pred)
+            ax.set_title(title, fontsize=7.5)
+            ax.set_xticks([]), ax.set_yticks([])
+    for ax, c in zip(axes[0], cols):
+        ax.set_title(f"{c}\n" + ax.get_title(), fontsize=7.5)
+    fig.suptitle(f"{st_run.run_dir.name} vs {mt_run.run_dir.name} (green: ground truth, red: prediction)", fontsize=9)
     fig.tight_layout()
     plt.close(fig)
     return fig
@@ -394,11 +488,12 @@ def class_counts_figure(counts):
 # --------------------------------------------------------------------------- results chapter
 # (used by notebooks/results.ipynb; data come from mtbc_lib.ablation)
 
-def fold_points(per_fold: dict, metrics=("dsc_avg", "f1_weighted", "acc"), paper: dict | None = None):
+def fold_points(per_fold: dict, metrics=("dsc_avg", "f1_weighted", "acc"), paper: dict | None = None,
+                title: str = ""):
     """One panel per metric: each configuration's fold values as points, its mean as a
     bar outline, and the paper's mean as a black diamond when ``paper`` (configuration ->
     {metric: (mean, sd)}) is given. per_fold: configuration -> ``ablation.fold_metrics``
-    frame. Returns a plotly Figure."""
+    frame; title: the figure's title. Returns a plotly Figure."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -418,14 +513,15 @@ def fold_points(per_fold: dict, metrics=("dsc_avg", "f1_weighted", "acc"), paper
                                          marker=dict(symbol="diamond", size=9, color="black"),
                                          hovertemplate="%{x} paper: %{y:.3f}<extra></extra>"), row=1, col=j)
     fig.update_yaxes(range=[0, 1])
-    fig.update_layout(height=380, template="plotly_white", margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_layout(height=400, template="plotly_white", margin=dict(l=10, r=10, t=70 if title else 40, b=10),
+                      title=dict(text=title, font=dict(size=13)) if title else None)
     return fig
 
 
-def confusion_matrices(outputs: dict):
+def confusion_matrices(outputs: dict, title: str = "", per_row: int = 4):
     """Confusion matrices (counts over all test folds, rows = true class) of the
-    configurations that predict a label. outputs: configuration -> ``ablation.row_outputs``
-    frame. Returns a matplotlib Figure (closed)."""
+    configurations that predict a label, ``per_row`` to a row. outputs: configuration ->
+    ``ablation.row_outputs`` frame. Returns a matplotlib Figure (closed)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -435,23 +531,29 @@ def confusion_matrices(outputs: dict):
     confs = [c for c, t in outputs.items() if "pred" in t]
     if not confs:
         raise ValueError("outputs: no configuration predicts a label")
-    fig, axes = plt.subplots(1, len(confs), figsize=(3.1 * len(confs), 3.0), squeeze=False)
-    for ax, c in zip(axes[0], confs):
+    ncols = min(per_row, len(confs))
+    nrows = -(-len(confs) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.1 * ncols, 3.0 * nrows + (0.3 if title else 0)), squeeze=False)
+    for ax in axes.flat[len(confs):]:
+        ax.axis("off")
+    for ax, c in zip(axes.flat, confs):
         cm = confusion_matrix(outputs[c]["label"], outputs[c]["pred"])
         sns.heatmap(cm, annot=True, fmt="d", cbar=False, cmap="Blues", ax=ax, xticklabels=CLASSES,
                     yticklabels=CLASSES, square=True)
         ax.set_title(c, fontsize=9)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     plt.close(fig)
     return fig
 
 
-def dice_by_class(outputs: dict):
+def dice_by_class(outputs: dict, title: str = ""):
     """Per-image Dice distributions by true class (box + points), one colour per
-    configuration that segments. outputs: configuration -> ``ablation.row_outputs`` frame.
-    Returns a matplotlib Figure (closed)."""
+    configuration that segments. outputs: configuration -> ``ablation.row_outputs`` frame;
+    title: the axes' title. Returns a matplotlib Figure (closed)."""
     import matplotlib.pyplot as plt
     import pandas as pd
     import seaborn as sns
@@ -463,13 +565,15 @@ def dice_by_class(outputs: dict):
     if not frames:
         raise ValueError("outputs: no configuration predicts a mask")
     d = pd.concat(frames, ignore_index=True)
-    fig, ax = plt.subplots(figsize=(8, 3.4))
+    fig, ax = plt.subplots(figsize=(9.5, 3.4))
     sns.boxplot(d, x="true_class", y="dice", hue="configuration", order=list(CLASSES), ax=ax, fliersize=0)
     sns.stripplot(d, x="true_class", y="dice", hue="configuration", order=list(CLASSES), ax=ax, dodge=True,
                   size=2, alpha=0.4, legend=False, palette="dark:black")
     ax.set_ylabel("Dice per image")
     ax.set_xlabel("true class")
     ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=10)
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), fontsize=8, title_fontsize=8)
     fig.tight_layout()
     plt.close(fig)
     return fig

@@ -108,6 +108,36 @@ def test_grid_through_a_dask_cluster_on_loopback(tmp_path, make_busi):
     table = pd.read_csv(tmp_path / "results" / "ablation.csv")
     assert table["configuration"].tolist() == ["ST(Seg)", "ST(Cls)", "ST(Seg+Cls)+PR"]
     assert table[["dsc_avg", "acc"]].iloc[2].between(0, 1).all()
+    # the results chapter executes on this partial grid (no multi-task run yet)
+    import papermill
+
+    from mtbc_lib.config import REPO_ROOT
+
+    out = papermill.execute_notebook(str(REPO_ROOT / "notebooks" / "results.ipynb"), str(tmp_path / "results.ipynb"),
+                                     parameters={"results_dir": str(tmp_path / "results"), "backbones": "unet",
+                                                 "data_dir": str(data)}, progress_bar=False, kernel_name="python3")
+    text = json.dumps(out["cells"])
+    assert "3 of 10 configurations have finished runs" in text and "not run yet" in text
     # complete settings are skipped on the next call
     assert ablation.run_grid("unet", "fast", settings=["st-seg", "st-cls"], out_dir=tmp_path / "results",
                              notebook_dir=tmp_path / "runs", data_dir=str(data), extra=extra) == []
+
+
+def test_comparison_runs_pairs_like_with_like(tmp_path):
+    full = TRUTH | {"dice": [0.9, 0.7, 1.0, 0.0], "mask_empty": [False, False, True, False], "pred": [0, 1, 2, 2]}
+    assert ablation.comparison_runs("unet", "fast", tmp_path) is None
+    for s in ("st-seg", "mt-do"):
+        _write_run(tmp_path, ablation.run_name("unet", s, "fast"), lambda k: full)
+    assert [p.name for p in ablation.comparison_runs("unet", "fast", tmp_path)] == ["unet-st-seg-fast", "unet-mt-do-fast"]
+    _write_run(tmp_path, ablation.run_name("unet", "st-seg-do", "fast"), lambda k: full)
+    assert [p.name for p in ablation.comparison_runs("unet", "fast", tmp_path)] == ["unet-st-seg-do-fast", "unet-mt-do-fast"]
+    styled = ablation.comparison_styler(ablation.ablation_table("unet", "fast", tmp_path)).to_html()
+    assert "U-Net, fast profile" in styled and "not run (" in styled
+
+
+def test_backbone_list_accepts_a_papermill_string_and_names_an_unknown_backbone():
+    assert ablation.backbone_list("nnunet") == ["nnunet"]
+    assert ablation.backbone_list("unetplusplus, nnunet") == ["unetplusplus", "nnunet"]
+    assert ablation.backbone_list(["unet"]) == ["unet"]
+    with pytest.raises(ValueError, match=r"backbones: unknown \['unet\+\+'\]"):
+        ablation.backbone_list(["unet++"])

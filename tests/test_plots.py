@@ -78,3 +78,57 @@ def test_execution_time_figure_colours_failed_runs_apart():
 def test_execution_time_figure_needs_a_duration():
     with pytest.raises(ValueError, match="papermill"):
         plots.execution_time_figure(_runs({"a.ipynb": None}))
+
+
+def _run_dir(root, name, test: pd.DataFrame, masks: dict[str, "np.ndarray"]):
+    """A finished one-fold run folder as the engine writes it (test table and packed masks)."""
+    import numpy as np
+
+    d = root / name
+    d.mkdir()
+    test.to_csv(d / "fold0_test.csv", index=False)
+    (d / "config.json").write_text(json.dumps({"config": {"oversampling": name == "mt"}}))
+    pd.DataFrame({"epoch": [1], "loss": [0.5]}).to_csv(d / "fold0_history.csv", index=False)
+    (d / "fold0_metrics.json").write_text("{}")
+    m = np.stack([masks[n] for n in test["name"]])
+    np.savez_compressed(d / "fold0_masks.npz", masks=np.packbits(m, axis=-1), shape=np.asarray(m.shape),
+                        names=test["name"].to_numpy(str), classes=test["class"].to_numpy(str), ids=test["id"].to_numpy())
+    return d
+
+
+def test_comparison_examples_picks_best_typical_worst_and_refinement_cases(tmp_path):
+    import numpy as np
+
+    from mtbc_lib import data, train
+
+    names = ["benign (1)", "benign (2)", "malignant (3)", "normal (4)", "normal (5)"]
+    lesion = np.zeros((16, 16), bool)
+    lesion[4:10, 4:10] = True
+    empty = np.zeros((16, 16), bool)
+    truth = [lesion, lesion, lesion, empty, empty]
+    base = {"class": [n.split()[0] for n in names], "id": [1, 2, 3, 4, 5], "name": names, "label": [0, 0, 1, 2, 2]}
+    st = pd.DataFrame(base | {"dice": [0.9, 0.5, 0.1, 1.0, 0.0], "mask_empty": [False] * 4 + [False]})
+    # MT: benign 2 called normal (refinement empties a good mask: hurts), normal 5 has a
+    # spurious mask but is called normal (refinement empties it: helps)
+    mt = pd.DataFrame(base | {"p_normal": 0.1, "pred": [0, 2, 1, 2, 2], "label_pr": [0, 2, 1, 2, 2],
+                              "dice": [0.8, 0.7, 0.3, 1.0, 0.0], "dice_pr": [0.8, 0.0, 0.3, 1.0, 1.0]})
+    spurious = np.zeros((16, 16), bool)
+    spurious[0:3, 0:3] = True
+    st_run = train.load_run(_run_dir(tmp_path, "st", st, dict(zip(names, truth[:4] + [spurious]))))
+    mt_run = train.load_run(_run_dir(tmp_path, "mt", mt, dict(zip(names, truth[:4] + [spurious]))))
+    cases = plots.comparison_cases(st_run.test, mt_run.test)
+    assert [(c, r["name"]) for c, r in cases] == [
+        ("best", "benign (1)"), ("typical", "malignant (3)"), ("worst, refinement hurts", "benign (2)"),
+        ("refinement helps", "normal (5)")]
+    arrays = data.BusiArrays(images=np.full((5, 16, 16), 100, np.uint8), masks=np.stack(truth),
+                             labels=np.array([0, 0, 1, 2, 2]), classes=np.array(base["class"]),
+                             ids=np.arange(1, 6), names=names, orig_sizes=np.full((5, 2), 16))
+    fig = plots.comparison_examples(arrays, st_run, mt_run)
+    assert len(fig.axes) == 4 * 4
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[0].startswith("image, ground truth\nbest: benign (1)")
+    assert [t.split("\n")[0] for t in titles[1:4]] == ["ST(Seg)", "MT+DO", "MT+PR+DO"]
+    assert "DSC 0.00, says normal" in titles[2 * 4 + 3]  # worst case after refinement
+    # the segmentation-only slot refuses a run with class scores
+    with pytest.raises(ValueError, match="segmentation-only"):
+        plots.comparison_examples(arrays, mt_run, mt_run)
