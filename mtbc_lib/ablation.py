@@ -314,6 +314,27 @@ def comparison_styler(table: pd.DataFrame):
         "green: we score over .02 higher, red: over .02 lower")
 
 
+def budget_table(backbone: str, profile: str, results_dir: str | os.PathLike = "results") -> pd.DataFrame:
+    """How a backbone's finished runs used their training budget, one row per setting:
+    the epoch of the best validation loss in each fold (out of the epochs run), in how
+    many folds it was the last epoch run (the network was still improving when the budget
+    ran out), and the training minutes summed over folds."""
+    import json
+
+    rows = []
+    for setting in SETTINGS:
+        d = Path(results_dir) / run_name(backbone, setting, profile)
+        if not is_complete(d):
+            continue
+        m = [json.loads(p.read_text()) for p in sorted(d.glob("fold*_metrics.json"))]
+        rows.append({"setting": setting,
+                     "best epoch per fold": ", ".join(f"{f['best_epoch']}/{f['epochs']}" for f in m),
+                     "folds still improving": sum(f["best_epoch"] == f["epochs"] for f in m),
+                     "folds": len(m), "training minutes": round(sum(f["train_seconds"] for f in m) / 60, 1)})
+    return pd.DataFrame(rows, columns=["setting", "best epoch per fold", "folds still improving", "folds",
+                                       "training minutes"])
+
+
 def gap_summary(table: pd.DataFrame, metrics=("dsc_avg", "acc")) -> str:
     """One Markdown line per finished configuration: our mean of ``metrics`` against the
     paper's and the gap, so the reading of the table is computed, not typed."""
