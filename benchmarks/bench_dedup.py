@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mtbc_lib.config import atomic_write
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
@@ -190,9 +192,7 @@ def main(argv=None) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS / "bench_dedup.md.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, RESULTS / "bench_dedup.md")
+    atomic_write(RESULTS / "bench_dedup.md", lambda p: p.write_text(text))
     return 0
 
 

@@ -32,10 +32,11 @@ import platform
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from mtbc_lib.config import atomic_write
 
 MODES = ("train fp32", "train bf16+CL", "infer fp32", "infer bf16+CL")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -128,14 +129,6 @@ def table(rows: list[dict]) -> list[list[str]]:
     return out
 
 
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=16)
@@ -173,8 +166,8 @@ def main(argv=None) -> None:
     md = "\n".join(["| " + " | ".join(r) + " |" if i != 1 else
                     "|" + "|".join("---" for _ in tab[0]) + "|\n| " + " | ".join(r) + " |"
                     for i, r in enumerate(tab)])
-    _write(RESULTS / "bench_models.md", f"# Model speed and memory (CPU)\n\n{meta}\n\n{md}\n")
-    _write(RESULTS / "bench_models.csv", "\n".join(",".join(r) for r in tab) + "\n")
+    atomic_write(RESULTS / "bench_models.md", lambda p: p.write_text(f"# Model speed and memory (CPU)\n\n{meta}\n\n{md}\n"))
+    atomic_write(RESULTS / "bench_models.csv", lambda p: p.write_text("\n".join(",".join(r) for r in tab) + "\n"))
     print()
     print(md)
     print()

@@ -27,7 +27,6 @@ import argparse
 import os
 import platform
 import sys
-import tempfile
 import time
 import warnings
 from datetime import datetime, timezone
@@ -40,7 +39,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mtbc_lib import train  # noqa: E402
+from mtbc_lib import train, trainconfig  # noqa: E402
+from mtbc_lib.config import atomic_write  # noqa: E402
 from mtbc_lib.losses import MultiTaskLoss  # noqa: E402
 from mtbc_lib.models import build_model  # noqa: E402
 
@@ -191,15 +191,6 @@ def report(args, settings, runs, rounds: int, n_epoch: int, n_params: float, bf1
     return "\n".join(lines)
 
 
-def write_atomic(out: Path, text: str) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", default="unetplusplus")
@@ -214,13 +205,13 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args(argv)
 
-    cfg = train.TrainConfig(backbone=args.backbone, task=args.task, oversampling=True).resolve()
+    cfg = trainconfig.TrainConfig(backbone=args.backbone, task=args.task, oversampling=True).resolve()
     arrays = train.load_data(cfg, progress=False)
     split = train.make_splits(cfg, arrays)[0]
     idx = train._train_indices(cfg, split, arrays.labels)
     idx = idx[np.random.default_rng(0).permutation(len(idx))]
     bf16 = train.resolve_amp("auto", torch.device("cpu"))
-    fast = train.PROFILES["fast"]
+    fast = trainconfig.PROFILES["fast"]
     load_before = loadavg()
     t_start = time.perf_counter()
 
@@ -249,7 +240,7 @@ def main(argv=None) -> None:
                   f"({r['images']} images in {r['seconds']:.1f} s)", flush=True)
         text = report(args, settings, runs, rnd + 1, len(idx), n_params, bf16, load_before,
                       time.perf_counter() - t_start)
-        write_atomic(Path(args.out), text)
+        atomic_write(Path(args.out), lambda p: p.write_text(text))
     print(text)
 
 

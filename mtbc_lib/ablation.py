@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import NORMAL, REPO_ROOT
+from .config import NORMAL, REPO_ROOT, atomic_write
 from .metrics import CLS_METRICS, SEG_METRICS, TABLE_METRICS, aggregate, classification_metrics, segmentation_metrics
 from .refine import refine_labels
 
@@ -262,10 +262,7 @@ def write_ablation_csv(results_dir: str | os.PathLike = "results") -> Path:
     tables = [ablation_table(b, prof, results_dir) for b, prof in pairs]
     table = pd.concat(tables, ignore_index=True) if tables else ablation_table("", "", results_dir)
     path = results_dir / "ablation.csv"
-    tmp = path.with_suffix(".csv.part")
-    table.to_csv(tmp, index=False, float_format="%.4f")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda p: table.to_csv(p, index=False, float_format="%.4f"))
 
 
 def compare_with_paper(table: pd.DataFrame) -> pd.DataFrame:

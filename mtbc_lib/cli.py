@@ -93,7 +93,7 @@ def _run_audit(args) -> int:
 def _add_grid(sub) -> None:
     from mtbc_lib.ablation import SETTINGS
     from mtbc_lib.models import BACKBONES
-    from mtbc_lib.train import PROFILES
+    from mtbc_lib.trainconfig import PROFILES
 
     p = sub.add_parser(
         "grid", help="train the ablation grid (papermill, one notebook per setting) and write ablation.csv",

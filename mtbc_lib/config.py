@@ -1,9 +1,12 @@
-"""Shared constants and the one place that knows where the data lives."""
+"""Shared constants, the one place that knows where the data lives, and the one atomic
+file writer."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 #: Class names in label-index order (label 0 = benign, 1 = malignant, 2 = normal).
 CLASSES: tuple[str, ...] = ("benign", "malignant", "normal")
@@ -39,6 +42,28 @@ def cache_dir() -> Path:
     p = Path(os.environ.get("MTBC_CACHE", Path.home() / ".cache" / "mtbc")).expanduser()
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` on a temporary path beside ``path`` (hidden, ending in ``.part``),
+    then rename it over ``path``: readers never see a half-written file, and an
+    interrupted write leaves the previous file. The file gets the usual permissions (the
+    umask's), not mkstemp's 0600. Returns ``path``. (``write`` must write to exactly the
+    path it is given: ``np.savez`` appends ``.npz`` to a path, so give it an open file.)"""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 _LITERALS = (type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
@@ -39,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from mtbc_lib import config
-from mtbc_lib.config import CLASSES
+from mtbc_lib.config import CLASSES, atomic_write
 
 __all__ = [
     "DataError", "IMAGE_MODES", "MASK_MODES", "CURATIONS", "PUBLISHED_KEEP_LIST",
@@ -56,8 +55,6 @@ PUBLISHED_KEEP_LIST: Path = Path(__file__).resolve().parent / "resources" / "map
 _CACHE_VERSION = 1
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _KEEP_HEADER = "class;id"
-_UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it)
-os.umask(_UMASK)
 
 
 class DataError(ValueError):
@@ -251,26 +248,14 @@ def _cache_key(index, size: int) -> str:
     return h.hexdigest()[:20]
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(binary file)`` on a temporary file beside ``path``, then os.replace it
-    into place (readers never see a half-written file); usual permissions (umask)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save_npz(path: Path, arrays: BusiArrays) -> None:
-    _atomic_write(path, lambda fh: np.savez(
-        fh, images=arrays.images, masks=arrays.masks, labels=arrays.labels,
-        classes=arrays.classes.astype(str), ids=arrays.ids,
-        names=np.asarray(arrays.names, dtype=str), orig_sizes=arrays.orig_sizes))
+    def write(p: Path) -> None:
+        with open(p, "wb") as fh:  # np.savez would append .npz to the temporary path
+            np.savez(fh, images=arrays.images, masks=arrays.masks, labels=arrays.labels,
+                     classes=arrays.classes.astype(str), ids=arrays.ids,
+                     names=np.asarray(arrays.names, dtype=str), orig_sizes=arrays.orig_sizes)
+
+    atomic_write(path, write)
 
 
 def _load_npz(path: Path) -> BusiArrays | None:
@@ -389,7 +374,7 @@ def write_keep_list(pairs: Iterable[tuple[str, int]], path) -> None:
         clean.add((str(c), int(i)))
     rows = sorted(clean, key=lambda p: (CLASSES.index(p[0]), p[1]))
     data = "\r\n".join([_KEEP_HEADER] + [f"{c};{i}" for c, i in rows]).encode()
-    _atomic_write(path, lambda fh: fh.write(data))
+    atomic_write(path, lambda p: p.write_bytes(data))
 
 
 def _keep_paper(data_dir):

@@ -47,10 +47,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,7 +55,7 @@ import numpy as np
 from PIL import Image
 
 from mtbc_lib import config
-from mtbc_lib.config import CLASSES
+from mtbc_lib.config import CLASSES, atomic_write
 
 __all__ = ["RESAMPLE", "RULES", "DedupConfig", "AuditResult", "find_groups", "ssim_pairs",
            "curated_keep", "keep_list", "write_audit", "DUPLICATE_COLUMNS", "PAIR_COLUMNS"]
@@ -688,21 +685,6 @@ def curated_keep(index, groups, rule: str = "paper") -> set[tuple[str, int]]:
     return {(c, int(i)) for c, i in zip(index["class"], index["id"])} - drop
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_audit(result: AuditResult, out_dir, curation: str = "paper") -> dict[str, Path]:
     """Write ``duplicates.csv`` (one row per image of a multi-image group),
     ``pairs.csv`` (every scored pair) and ``curated.csv`` (the keep-list of ``curation``
@@ -713,9 +695,9 @@ def write_audit(result: AuditResult, out_dir, curation: str = "paper") -> dict[s
     out = Path(out_dir)
     paths = {"duplicates": out / "duplicates.csv", "pairs": out / "pairs.csv", "curated": out / "curated.csv"}
     dup = result.groups.drop(columns=["row"])
-    _atomic_write_text(paths["duplicates"], dup.to_csv(index=False, float_format="%.4f", lineterminator="\n"))
+    atomic_write(paths["duplicates"], lambda p: dup.to_csv(p, index=False, float_format="%.4f", lineterminator="\n"))
     pairs = result.pairs.drop(columns=["i", "j"]).rename(columns={"name_i": "image_i", "name_j": "image_j"})
-    _atomic_write_text(paths["pairs"], pairs.to_csv(index=False, float_format="%.4f", lineterminator="\n"))
+    atomic_write(paths["pairs"], lambda p: pairs.to_csv(p, index=False, float_format="%.4f", lineterminator="\n"))
     write_keep_list(keep, paths["curated"])
     return paths
 
@@ -753,7 +735,7 @@ def keep_list(data_dir=None, rule: str = "paper", *, settings: DedupConfig | Non
         cached = {rule_: sorted([c, i] for c, i in res.keep(rule_)) for rule_ in RULES}
         cached["groups"] = [[[c, int(i)] for c, i in zip(g["class"], g["id"])]
                             for _, g in res.groups.groupby("group", sort=True)]
-        _atomic_write_text(path, json.dumps(cached))
+        atomic_write(path, lambda p: p.write_text(json.dumps(cached)))
     return {(c, int(i)) for c, i in cached[rule]}
 
 

@@ -98,13 +98,13 @@ def execution_time_figure(runs):
 
 
 # --------------------------------------------------------------------------- training runs
-# (used by notebooks/train.ipynb; data come from mtbc_lib.train.load_run)
+# (used by notebooks/train.ipynb; data come from mtbc_lib.runs.load_run)
 
 def training_curves(history):
     """Loss, Dice and accuracy per epoch, training (dashed) and validation (solid), one
     colour per fold; the best epoch of each fold (lowest validation loss) is marked.
 
-    ``history``: ``train.load_run(...)["history"]`` (columns ``fold``, ``epoch``,
+    ``history``: ``runs.load_run(...).history`` (columns ``fold``, ``epoch``,
     ``train_loss``, ``val_loss``, ``train_dice``, ``val_dice``, ``train_acc``,
     ``val_acc``); metrics a task does not have (all NaN) are left out.
     Returns a ``plotly.graph_objects.Figure``."""
@@ -152,7 +152,7 @@ def prediction_examples(arrays, results, fold: int | None = None, per_class: int
     after prediction refinement when a label is predicted): per class the best and the
     worst Dice of one fold (the first images, for a classification-only run).
 
-    arrays: the run's ``BusiArrays``; results: ``train.load_run(run_dir)``; fold: which
+    arrays: the run's ``BusiArrays``; results: ``runs.load_run(run_dir)``; fold: which
     fold (default: the first finished one). Returns a matplotlib Figure (closed, so that
     it is displayed once, as the cell's value)."""
     import matplotlib.pyplot as plt
@@ -240,7 +240,7 @@ def comparison_examples(arrays, st_run, mt_run):
     model's mask and label before and after prediction refinement, for the cases of
     :func:`comparison_cases` (one row each).
 
-    arrays: the runs' ``BusiArrays`` (same curation); st_run: ``train.load_run`` of a
+    arrays: the runs' ``BusiArrays`` (same curation); st_run: ``runs.load_run`` of a
     segmentation-only run (ST(Seg) or ST(Seg)+DO); mt_run: of a multi-task run. Returns a
     matplotlib Figure (closed, so that it is displayed once, as the cell's value)."""
     import matplotlib.pyplot as plt

@@ -21,7 +21,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import nbformat
 
-from mtbc_lib.config import REPO_ROOT
+from mtbc_lib.config import REPO_ROOT, atomic_write
 
 #: The executed notebooks of the book live here (``book/*.ipynb``, ``book/runs/*.ipynb``).
 BOOK_DIR: Path = REPO_ROOT / "book"
@@ -146,14 +145,7 @@ def stamp(path: str | os.PathLike, env: dict | None = None) -> None:
     if "papermill" not in nb.metadata:
         raise ValueError(f"{path}: not executed by papermill (no metadata.papermill); run papermill first")
     nb.metadata.setdefault(METADATA_KEY, {})["environment"] = env if env is not None else environment()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".ipynb")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            nbformat.write(nb, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda p: nbformat.write(nb, str(p)))
 
 
 # --------------------------------------------------------------------------- stored runs

@@ -12,7 +12,7 @@ import time
 import nbformat
 import pytest
 
-from mtbc_lib import train
+from mtbc_lib import trainconfig
 from mtbc_lib.config import REPO_ROOT
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "train.ipynb"
@@ -33,7 +33,7 @@ def test_notebook_structure_and_declared_parameters():
         stmt = ast.parse(line).body[0]
         assert isinstance(stmt, ast.AnnAssign), f"parameter line without a type: {line!r}"
         declared[stmt.target.id] = ast.literal_eval(stmt.value)  # literals only
-    fields = train.TrainConfig.__dataclass_fields__
+    fields = trainconfig.TrainConfig.__dataclass_fields__
     assert set(declared) <= set(fields)
     for name, value in declared.items():
         default = fields[name].default
@@ -60,7 +60,7 @@ def _num(v) -> str:
 def test_profile_table_in_notebook_matches_the_code():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
-    paper, fast = train.PROFILES["paper"], train.PROFILES["fast"]
+    paper, fast = trainconfig.PROFILES["paper"], trainconfig.PROFILES["fast"]
     for label, key in (("batch size", "batch_size"), ("maximum epochs", "epochs"),
                        ("Adam learning rate", "lr")):
         assert f"| {label} | {_num(paper[key])} | {_num(fast[key])} |" in text, label

@@ -80,7 +80,7 @@ def test_execution_time_figure_needs_a_duration():
         plots.execution_time_figure(_runs({"a.ipynb": None}))
 
 
-def _run_dir(root, name, test: pd.DataFrame, masks: dict[str, "np.ndarray"]):
+def _run_dir(root, name, test: pd.DataFrame, masks: dict):
     """A finished one-fold run folder as the engine writes it (test table and packed masks)."""
     import numpy as np
 
@@ -99,7 +99,7 @@ def _run_dir(root, name, test: pd.DataFrame, masks: dict[str, "np.ndarray"]):
 def test_comparison_examples_picks_best_typical_worst_and_refinement_cases(tmp_path):
     import numpy as np
 
-    from mtbc_lib import data, train
+    from mtbc_lib import data, runs
 
     names = ["benign (1)", "benign (2)", "malignant (3)", "normal (4)", "normal (5)"]
     lesion = np.zeros((16, 16), bool)
@@ -114,8 +114,8 @@ def test_comparison_examples_picks_best_typical_worst_and_refinement_cases(tmp_p
                               "dice": [0.8, 0.7, 0.3, 1.0, 0.0], "dice_pr": [0.8, 0.0, 0.3, 1.0, 1.0]})
     spurious = np.zeros((16, 16), bool)
     spurious[0:3, 0:3] = True
-    st_run = train.load_run(_run_dir(tmp_path, "st", st, dict(zip(names, truth[:4] + [spurious]))))
-    mt_run = train.load_run(_run_dir(tmp_path, "mt", mt, dict(zip(names, truth[:4] + [spurious]))))
+    st_run = runs.load_run(_run_dir(tmp_path, "st", st, dict(zip(names, truth[:4] + [spurious]))))
+    mt_run = runs.load_run(_run_dir(tmp_path, "mt", mt, dict(zip(names, truth[:4] + [spurious]))))
     cases = plots.comparison_cases(st_run.test, mt_run.test)
     assert [(c, r["name"]) for c, r in cases] == [
         ("best", "benign (1)"), ("typical", "malignant (3)"), ("worst, refinement hurts", "benign (2)"),

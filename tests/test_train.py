@@ -1,6 +1,6 @@
-"""Tests of the training engine (mtbc_lib.train) on a tiny generated dataset: configuration
-checks, augmentation, the files a run writes, resume-after-kill equality, skipping of
-finished folds and the divergence stop."""
+"""Tests of the training engine (mtbc_lib.train) and of the files a run writes
+(mtbc_lib.runs) on a tiny generated dataset: augmentation, the files a run writes,
+resume-after-kill equality, skipping of finished folds and the divergence stop."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mtbc_lib import train
+from mtbc_lib import runs, train, trainconfig
 from mtbc_lib.config import CLASSES
 from mtbc_lib.data import BusiArrays
 
@@ -41,74 +41,11 @@ def tiny_arrays(n_per_class: int = 8, size: int = 32, seed: int = 0) -> BusiArra
                       orig_sizes=np.full((len(ids), 2), size, np.int64))
 
 
-def tiny_config(out_dir, **kw) -> train.TrainConfig:
+def tiny_config(out_dir, **kw) -> trainconfig.TrainConfig:
     base = dict(backbone="nnunet", task="mt", oversampling=True, epochs=3, patience=10, batch_size=4,
                 lr=1e-3, image_size=32, n_folds=2, out_dir=str(out_dir / "results"), run_name="tiny", profile="fast",
                 device="cpu", eval_batch_size=16, num_threads=1)  # tiny ops: 1 thread is faster
-    return train.TrainConfig(**(base | kw))
-
-
-# ----------------------------------------------------------------------------- configuration
-
-def test_profiles_fill_unset_fields_and_given_values_win():
-    paper = train.TrainConfig().resolve()
-    assert (paper.epochs, paper.patience, paper.batch_size, paper.lr) == (200, 50, 2, 1e-4)
-    assert (paper.plateau_factor, paper.plateau_patience, paper.min_lr, paper.amp) == (0.5, 20, 1e-6, "off")
-    assert paper.seed == 1993 and paper.lam == 0.35 and paper.folds == [0, 1, 2, 3]
-    fast = train.TrainConfig(profile="fast", epochs=7).resolve()
-    assert fast.epochs == 7 and fast.batch_size == train.PROFILES["fast"]["batch_size"]
-
-
-def test_run_name_derivation():
-    assert train.TrainConfig(oversampling=True).resolve().run_name == "unetplusplus-mt-do-paper-paper"
-    assert train.TrainConfig(task="seg", curation="none", profile="fast").resolve().run_name == \
-        "unetplusplus-seg-none-fast"
-    assert train.TrainConfig(lam=0.5, limit=5).resolve().run_name == "unetplusplus-mt-paper-paper-lam0.5-limit5"
-    assert train.TrainConfig(run_name="mine").resolve().run_name == "mine"
-
-
-@pytest.mark.parametrize("kw, message", [
-    (dict(task="segm"), "parameter task='segm': expected one of seg, cls, mt"),
-    (dict(backbone="resnet"), "parameter backbone='resnet': expected one of unetplusplus"),
-    (dict(curation="strict"), "expected one of paper, keep-one, none"),
-    (dict(profile="slow"), "expected one of paper, fast"),
-    (dict(folds=[4]), "fold numbers in 0..3"),
-    (dict(epochs="ten"), "parameter epochs='ten': expected an int or None"),
-    (dict(oversampling="yes"), "expected a bool"),
-    (dict(lam=1.5), "expected a weight in [0, 1]"),
-    (dict(amp="maybe"), "expected one of auto, on, off"),
-    (dict(image_size=100), "multiple of 32"),
-    (dict(deep_supervision=True), "needs backbone 'nnunet'"),
-])
-def test_bad_values_fail_with_one_line(kw, message):
-    with pytest.raises(ValueError) as e:
-        train.TrainConfig(**kw).resolve()
-    assert message in str(e.value) and "\n" not in str(e.value)
-
-
-def test_folds_accept_int_string_and_list():
-    assert train.TrainConfig(folds=2).resolve().folds == [2]
-    assert train.TrainConfig(folds="3,1").resolve().folds == [1, 3]
-    assert train.TrainConfig(folds=[]).resolve().folds == [0, 1, 2, 3]
-
-
-def test_config_from_namespace_rejects_undeclared_names():
-    import os
-
-    ns = {"task": "seg", "epochs": 3, "train": train, "os": os, "_private": 1, "In": [], "Out": {},
-          "__name__": "__main__", "get_ipython": print}
-    cfg = train.config_from_namespace(ns)
-    assert cfg.task == "seg" and cfg.epochs == 3
-    with pytest.raises(ValueError) as e:
-        train.config_from_namespace(ns | {"bogus": 1, "epoch": 5})
-    msg = str(e.value)
-    assert msg.startswith("unknown parameters bogus, epoch; valid: backbone, task,") and "\n" not in msg
-
-
-def test_config_roundtrips_through_json():
-    cfg = train.TrainConfig(profile="fast", folds=[1]).resolve()
-    again = train.TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
-    assert again == cfg
+    return trainconfig.TrainConfig(**(base | kw))
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -138,7 +75,7 @@ def _fold_files(run_dir, k):
     return {"test": pd.read_csv(run_dir / f"fold{k}_test.csv"),
             "metrics": json.loads((run_dir / f"fold{k}_metrics.json").read_text()),
             "history": pd.read_csv(run_dir / f"fold{k}_history.csv"),
-            "masks": train.load_masks(run_dir / f"fold{k}_masks.npz")}
+            "masks": runs.load_masks(run_dir / f"fold{k}_masks.npz")}
 
 
 def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
@@ -232,13 +169,13 @@ def test_diverging_run_stops_with_a_clear_message(tmp_path):
 def test_metrics_table_and_confusion_from_a_run(tmp_path):
     arrays = tiny_arrays()
     train.run(tiny_config(tmp_path, epochs=1), arrays=arrays, progress=False)
-    res = train.load_run(tmp_path / "results" / "tiny")
+    res = runs.load_run(tmp_path / "results" / "tiny")
     assert sorted(res.metrics) == [0, 1] and res.summary["complete"]
-    table = train.metrics_table(res.metrics)
+    table = runs.metrics_table(res.metrics)
     assert list(table.index.get_level_values("fold")) == ["0", "1", "mean", "sd"] * 2
     assert table.loc[("none", "mean"), "acc"] == pytest.approx(res.summary["raw"]["acc"])
     assert table.loc[("PR", "sd"), "dsc_avg"] == pytest.approx(res.summary["pr"]["dsc_avg_sd"])
-    assert train.confusion_table(res.metrics).to_numpy().sum() == len(arrays)
+    assert runs.confusion_table(res.metrics).to_numpy().sum() == len(arrays)
     assert set(res.history["fold"]) == {0, 1} and len(res.test) == len(arrays)
     assert not math.isnan(res.summary["raw"]["dsc_avg_sd"])
 
@@ -247,11 +184,11 @@ def test_metrics_table_and_confusion_from_a_run(tmp_path):
 
 @pytest.mark.data
 def test_load_data_limit_and_split_counts(data_dir):
-    cfg = train.TrainConfig(limit=6, data_dir=str(data_dir), oversampling=True).resolve()
+    cfg = trainconfig.TrainConfig(limit=6, data_dir=str(data_dir), oversampling=True).resolve()
     arrays = train.load_data(cfg, progress=False)
     assert np.bincount(arrays.labels).tolist() == [6, 6, 6]
     counts = train.split_counts(cfg, arrays)
     assert set(counts["split"]) == {"train", "train (DO)", "val", "test"}
     assert counts[counts["split"] == "test"]["total"].sum() == 18  # every image tested once
-    full = train.load_data(train.TrainConfig(data_dir=str(data_dir)).resolve(), progress=False)
+    full = train.load_data(trainconfig.TrainConfig(data_dir=str(data_dir)).resolve(), progress=False)
     assert np.bincount(full.labels).tolist() == [222, 164, 64]  # Curated BUSI

@@ -1,0 +1,236 @@
+"""A run's files: where they go, writing them atomically, and reading them back.
+
+Files (``<run>`` = the run name, ``results`` = ``out_dir``)::
+
+    results/<run>/config.json           the resolved TrainConfig
+    results/<run>/fold<k>_history.csv   one row per epoch (loss, Dice, accuracy, train/val, lr),
+                                        rewritten after every epoch
+    results/<run>/fold<k>_test.csv      one row per test image: class, id, name, label,
+                                        p_benign, p_malignant, p_normal, pred, mask_empty,
+                                        dice, iou, dice_pr, iou_pr, label_pr
+    results/<run>/fold<k>_masks.npz     predicted test masks (np.packbits of (n,S,S) bool)
+    results/<run>/fold<k>_metrics.json  fold metrics (raw and with PR) + config + versions
+    results/<run>/summary.json          mean ± SD over the folds; written after the last fold
+    checkpoints/<run>/fold<k>.ckpt      rolling checkpoint (every epoch, RNG states included)
+    checkpoints/<run>/fold<k>.best.pt   weights of the best epoch (+ config, epoch, val loss)
+
+Every file is written atomically (:func:`mtbc_lib.config.atomic_write`).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtbc_lib.config import CLASSES, REPO_ROOT, atomic_write
+from mtbc_lib.trainconfig import TrainConfig, config_diff
+
+__all__ = ["run_paths", "versions", "write_json", "check_same_config", "write_history", "save_masks",
+           "load_masks", "summarize", "RunResults", "load_run", "metrics_table", "confusion_table"]
+
+def write_json(path: Path, obj) -> None:
+    """``obj`` (numpy scalars and arrays, paths allowed) as indented JSON, atomically."""
+    atomic_write(path, lambda p: p.write_text(json.dumps(_jsonable(obj), indent=1, allow_nan=True) + "\n"))
+
+
+def _jsonable(o):
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return _jsonable(o.tolist())
+    if isinstance(o, Path):
+        return str(o)
+    return o
+
+
+def run_paths(cfg: TrainConfig) -> tuple[Path, Path]:
+    """(results folder, checkpoint folder) of a resolved config. A relative ``out_dir``
+    is taken relative to the repository root; checkpoints default to
+    ``<out_dir>/../checkpoints/<run name>`` (gitignored, unlike results/)."""
+    out = Path(cfg.out_dir).expanduser()
+    out = out if out.is_absolute() else REPO_ROOT / out
+    ck = Path(cfg.ckpt_dir).expanduser() if cfg.ckpt_dir else out.parent / "checkpoints" / cfg.run_name
+    ck = ck if ck.is_absolute() else REPO_ROOT / ck
+    return out / cfg.run_name, ck
+
+
+def versions() -> dict[str, Any]:
+    """Versions of Python, the key packages and this code (git commit, dirty flag)."""
+    import torch
+
+    try:
+        from mtbc_lib.provenance import package_versions
+
+        v = dict(package_versions())
+    except Exception:  # noqa: BLE001 - provenance is optional here
+        v = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+    v["torch_runtime"] = torch.__version__
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        v["mtbc_commit"] = commit.stdout.strip() if commit.returncode == 0 else None
+        v["mtbc_dirty"] = bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        v["mtbc_commit"], v["mtbc_dirty"] = None, None
+    v["machine"] = f"{platform.machine()} {platform.processor() or ''}".strip()
+    v["torch_threads"] = torch.get_num_threads()
+    return v
+
+
+def check_same_config(path: Path, cfg: TrainConfig, what: str) -> None:
+    """Stored results (a JSON file with a ``config``) must come from the same setting as
+    ``cfg``: raise ValueError naming the fields that differ in a way that changes the
+    numbers (:func:`mtbc_lib.trainconfig.config_diff`)."""
+    try:
+        stored = json.loads(path.read_text())["config"] if path.suffix == ".json" else None
+    except (OSError, ValueError, KeyError):
+        return
+    if stored is None:
+        return
+    diff = config_diff(stored, cfg.to_dict())
+    if diff:
+        raise ValueError(f"{path}: {what} were made with a different configuration (differs in: "
+                         f"{', '.join(diff)}); choose another run_name or out_dir, or delete that folder")
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    """A fold's per-epoch rows as CSV, atomically."""
+    import pandas as pd
+
+    atomic_write(path, lambda p: pd.DataFrame(history).to_csv(p, index=False))
+
+
+def save_masks(path: Path, masks: np.ndarray | None, sub) -> None:
+    """A fold's predicted test masks, bit-packed, with the images' names, classes and ids
+    (names only for a classification run). Not atomic by itself: give it
+    :func:`~mtbc_lib.config.atomic_write`'s temporary path."""
+    with open(path, "wb") as fh:
+        if masks is None:
+            np.savez_compressed(fh, names=np.asarray(sub.names, dtype=str))
+        else:
+            np.savez_compressed(fh, masks=np.packbits(masks, axis=-1), shape=np.asarray(masks.shape),
+                                names=np.asarray(sub.names, dtype=str), classes=sub.classes.astype(str),
+                                ids=sub.ids)
+
+
+def load_masks(path) -> dict[str, np.ndarray]:
+    """A ``fold<k>_masks.npz`` as {"masks": (n, S, S) bool or absent, "names", "classes", "ids"}."""
+    with np.load(path, allow_pickle=False) as z:
+        out = {k: z[k] for k in z.files}
+    if "masks" in out:
+        n, h, w = out.pop("shape").tolist()
+        out["masks"] = np.unpackbits(out["masks"], axis=-1, count=w).astype(bool).reshape(n, h, w)
+    return out
+
+
+def summarize(cfg: TrainConfig, write: bool = False) -> dict:
+    """Mean ± SD over the finished folds (``metrics.aggregate``, ddof=1), raw and with
+    PR. With ``write``, writes ``summary.json`` when all folds are finished."""
+    from mtbc_lib.metrics import aggregate
+
+    cfg = cfg.resolve()
+    run_dir, _ = run_paths(cfg)
+    per_fold = []
+    for k in range(cfg.n_folds):
+        p = run_dir / f"fold{k}_metrics.json"
+        if p.exists():
+            per_fold.append(json.loads(p.read_text()))
+    summary: dict[str, Any] = {"run": cfg.run_name, "folds_finished": [m["fold"] for m in per_fold],
+                               "complete": len(per_fold) == cfg.n_folds}
+    for key in ("raw", "pr"):
+        scalars = [{k: v for k, v in m[key].items() if isinstance(v, (int, float))} for m in per_fold]
+        summary[key] = aggregate(scalars) if scalars else {}
+    summary["per_fold"] = [{"fold": m["fold"], "best_epoch": m["best_epoch"], "epochs": m["epochs"],
+                            "train_seconds": m["train_seconds"],
+                            "raw": {k: v for k, v in m["raw"].items() if k != "confusion"},
+                            "pr": {k: v for k, v in m["pr"].items() if k != "confusion"}} for m in per_fold]
+    summary["train_seconds"] = float(sum(m["train_seconds"] for m in per_fold))
+    summary["sd"] = "sample standard deviation over folds (ddof=1)"
+    summary["config"] = cfg.to_dict()
+    summary["versions"] = versions()
+    if write and summary["complete"]:
+        write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+# ------------------------------------------------------------------------- reading
+
+@dataclass
+class RunResults:
+    """What a finished (or partly finished) run wrote (see :func:`load_run`)."""
+
+    run_dir: Path
+    history: Any      # DataFrame, one row per fold and epoch (column ``fold``)
+    test: Any         # DataFrame, one row per fold and test image (column ``fold``)
+    metrics: dict     # {fold: fold<k>_metrics.json}
+    summary: dict | None  # summary.json (None until every fold is finished)
+
+    def masks(self, fold: int) -> dict[str, np.ndarray]:
+        """The predicted test masks of a fold (:func:`load_masks`)."""
+        return load_masks(self.run_dir / f"fold{fold}_masks.npz")
+
+
+def load_run(run_dir) -> RunResults:
+    """Read every file of a run's results folder (finished folds only)."""
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    hist, test, metrics = [], [], {}
+    for p in sorted(run_dir.glob("fold*_metrics.json")):
+        k = int(p.name[4:].split("_")[0])
+        metrics[k] = json.loads(p.read_text())
+        hist.append(pd.read_csv(run_dir / f"fold{k}_history.csv").assign(fold=k))
+        test.append(pd.read_csv(run_dir / f"fold{k}_test.csv").assign(fold=k))
+    s = run_dir / "summary.json"
+    return RunResults(run_dir=run_dir,
+                      history=pd.concat(hist, ignore_index=True) if hist else pd.DataFrame(),
+                      test=pd.concat(test, ignore_index=True) if test else pd.DataFrame(),
+                      metrics=metrics, summary=json.loads(s.read_text()) if s.exists() else None)
+
+
+def metrics_table(metrics: dict[int, dict], which: tuple[str, ...] = ("raw", "pr")):
+    """Per-fold test metrics (Table 5's columns present for the task) with the fold mean
+    and SD (ddof=1) as the last rows; one block per ``which`` ("raw", "pr")."""
+    import pandas as pd
+
+    from mtbc_lib.metrics import TABLE_METRICS, aggregate
+
+    rows = []
+    for key in which:
+        folds = [metrics[k][key] for k in sorted(metrics)]
+        cols = [c for c in TABLE_METRICS if folds and c in folds[0]]
+        for k, f in zip(sorted(metrics), folds):
+            rows.append({"refinement": "PR" if key == "pr" else "none", "fold": str(k), **{c: f[c] for c in cols}})
+        if folds:
+            agg = aggregate(folds, cols)
+            rows.append({"refinement": "PR" if key == "pr" else "none", "fold": "mean",
+                         **{c: agg[c] for c in cols}})
+            rows.append({"refinement": "PR" if key == "pr" else "none", "fold": "sd",
+                         **{c: agg[c + "_sd"] for c in cols}})
+    return pd.DataFrame(rows).set_index(["refinement", "fold"]) if rows else pd.DataFrame()
+
+
+def confusion_table(metrics: dict[int, dict], which: str = "pr"):
+    """Confusion matrix summed over the finished folds (rows: true, columns: predicted),
+    as a DataFrame; None for a run without class predictions."""
+    import pandas as pd
+
+    mats = [np.asarray(m[which]["confusion"]) for m in metrics.values() if "confusion" in m[which]]
+    if not mats:
+        return None
+    return pd.DataFrame(sum(mats), index=pd.Index(CLASSES, name="true"),
+                        columns=pd.Index(CLASSES, name="predicted"))

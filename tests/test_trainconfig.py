@@ -1,0 +1,71 @@
+"""mtbc_lib.trainconfig: profiles, run names, one-line errors for bad parameters, folds,
+notebook parameters and the JSON round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mtbc_lib import trainconfig
+
+
+def test_profiles_fill_unset_fields_and_given_values_win():
+    paper = trainconfig.TrainConfig().resolve()
+    assert (paper.epochs, paper.patience, paper.batch_size, paper.lr) == (200, 50, 2, 1e-4)
+    assert (paper.plateau_factor, paper.plateau_patience, paper.min_lr, paper.amp) == (0.5, 20, 1e-6, "off")
+    assert paper.seed == 1993 and paper.lam == 0.35 and paper.folds == [0, 1, 2, 3]
+    fast = trainconfig.TrainConfig(profile="fast", epochs=7).resolve()
+    assert fast.epochs == 7 and fast.batch_size == trainconfig.PROFILES["fast"]["batch_size"]
+
+
+def test_run_name_derivation():
+    assert trainconfig.TrainConfig(oversampling=True).resolve().run_name == "unetplusplus-mt-do-paper-paper"
+    assert trainconfig.TrainConfig(task="seg", curation="none", profile="fast").resolve().run_name == \
+        "unetplusplus-seg-none-fast"
+    assert trainconfig.TrainConfig(lam=0.5, limit=5).resolve().run_name == "unetplusplus-mt-paper-paper-lam0.5-limit5"
+    assert trainconfig.TrainConfig(run_name="mine").resolve().run_name == "mine"
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(task="segm"), "parameter task='segm': expected one of seg, cls, mt"),
+    (dict(backbone="resnet"), "parameter backbone='resnet': expected one of unetplusplus"),
+    (dict(curation="strict"), "expected one of paper, keep-one, none"),
+    (dict(profile="slow"), "expected one of paper, fast"),
+    (dict(folds=[4]), "fold numbers in 0..3"),
+    (dict(epochs="ten"), "parameter epochs='ten': expected an int or None"),
+    (dict(oversampling="yes"), "expected a bool"),
+    (dict(lam=1.5), "expected a weight in [0, 1]"),
+    (dict(amp="maybe"), "expected one of auto, on, off"),
+    (dict(image_size=100), "multiple of 32"),
+    (dict(deep_supervision=True), "needs backbone 'nnunet'"),
+])
+def test_bad_values_fail_with_one_line(kw, message):
+    with pytest.raises(ValueError) as e:
+        trainconfig.TrainConfig(**kw).resolve()
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_folds_accept_int_string_and_list():
+    assert trainconfig.TrainConfig(folds=2).resolve().folds == [2]
+    assert trainconfig.TrainConfig(folds="3,1").resolve().folds == [1, 3]
+    assert trainconfig.TrainConfig(folds=[]).resolve().folds == [0, 1, 2, 3]
+
+
+def test_config_from_namespace_rejects_undeclared_names():
+    import os
+
+    ns = {"task": "seg", "epochs": 3, "trainconfig": trainconfig, "os": os, "_private": 1, "In": [], "Out": {},
+          "__name__": "__main__", "get_ipython": print}
+    cfg = trainconfig.config_from_namespace(ns)
+    assert cfg.task == "seg" and cfg.epochs == 3
+    with pytest.raises(ValueError) as e:
+        trainconfig.config_from_namespace(ns | {"bogus": 1, "epoch": 5})
+    msg = str(e.value)
+    assert msg.startswith("unknown parameters bogus, epoch; valid: backbone, task,") and "\n" not in msg
+
+
+def test_config_roundtrips_through_json():
+    cfg = trainconfig.TrainConfig(profile="fast", folds=[1]).resolve()
+    again = trainconfig.TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
