@@ -92,23 +92,25 @@ def test_unknown_setting_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_grid_through_a_dask_cluster_on_loopback(tmp_path, make_busi):
-    """Two tiny settings (1 epoch per fold, generated images) executed by papermill on the
-    workers of a LocalCluster bound to 127.0.0.1; their rows land in ablation.csv."""
+    """Three tiny settings (1 epoch per fold, generated images) executed by papermill on the
+    workers of a LocalCluster bound to 127.0.0.1; their rows land in ablation.csv, and the
+    results chapter executes on them."""
     from dask.distributed import LocalCluster
 
     data = make_busi(n_per_class=8)
     extra = {"curation": "none", "epochs": 1, "batch_size": 4, "image_size": 64}
     with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
                       processes=True) as cluster:
-        done = ablation.run_grid("unet", "fast", settings=["st-seg", "st-cls"], scheduler=cluster.scheduler_address,
+        done = ablation.run_grid("unet", "fast", settings=["st-seg", "st-cls", "mt"], scheduler=cluster.scheduler_address,
                                  out_dir=tmp_path / "results", notebook_dir=tmp_path / "runs",
                                  data_dir=str(data), extra=extra)
-    assert sorted(done) == ["unet-st-cls-fast", "unet-st-seg-fast"]
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["unet-st-cls-fast.ipynb", "unet-st-seg-fast.ipynb"]
+    names = ["unet-mt-fast", "unet-st-cls-fast", "unet-st-seg-fast"]
+    assert sorted(done) == names
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [n + ".ipynb" for n in names]
     table = pd.read_csv(tmp_path / "results" / "ablation.csv")
-    assert table["configuration"].tolist() == ["ST(Seg)", "ST(Cls)", "ST(Seg+Cls)+PR"]
+    assert table["configuration"].tolist() == ["ST(Seg)", "ST(Cls)", "ST(Seg+Cls)+PR", "MT", "MT+PR"]
     assert table[["dsc_avg", "acc"]].iloc[2].between(0, 1).all()
-    # the results chapter executes on this partial grid (no multi-task run yet)
+    # the results chapter executes on this partial grid, predictions figure included
     import papermill
 
     from mtbc_lib.config import REPO_ROOT
@@ -116,10 +118,12 @@ def test_grid_through_a_dask_cluster_on_loopback(tmp_path, make_busi):
     out = papermill.execute_notebook(str(REPO_ROOT / "notebooks" / "results.ipynb"), str(tmp_path / "results.ipynb"),
                                      parameters={"results_dir": str(tmp_path / "results"), "backbones": "unet",
                                                  "data_dir": str(data)}, progress_bar=False, kernel_name="python3")
-    text = json.dumps(out["cells"])
-    assert "3 of 10 configurations have finished runs" in text and "not run yet" in text
+    outputs = [o for c in out["cells"] for o in c.get("outputs", [])]
+    text = json.dumps(outputs)
+    assert "5 of 10 configurations have finished runs" in text and "not run yet" not in text
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # confusion, Dice, predictions
     # complete settings are skipped on the next call
-    assert ablation.run_grid("unet", "fast", settings=["st-seg", "st-cls"], out_dir=tmp_path / "results",
+    assert ablation.run_grid("unet", "fast", settings=["st-seg", "st-cls", "mt"], out_dir=tmp_path / "results",
                              notebook_dir=tmp_path / "runs", data_dir=str(data), extra=extra) == []
 
 
