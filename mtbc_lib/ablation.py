@@ -323,7 +323,7 @@ def budget_table(backbone: str, profile: str, results_dir: str | os.PathLike = "
         d = Path(results_dir) / run_name(backbone, setting, profile)
         if not is_complete(d):
             continue
-        m = [json.loads(p.read_text()) for p in sorted(d.glob("fold*_metrics.json"))]
+        m = json.loads((d / "summary.json").read_text())["per_fold"]
         rows.append({"setting": setting,
                      "best epoch per fold": ", ".join(f"{f['best_epoch']}/{f['epochs']}" for f in m),
                      "folds still improving": sum(f["best_epoch"] == f["epochs"] for f in m),

@@ -138,13 +138,17 @@ def training_curves(history):
     return fig
 
 
-def _overlay(ax, mask, colour: str = "red") -> None:
-    """Paint a bool mask translucently over the image already on ``ax``."""
+def _show(ax, image, truth, pred=None) -> None:
+    """A grey test image on ``ax`` with its ground-truth outline (green) and a predicted
+    bool mask painted translucently (red), when given."""
     import numpy as np
     from matplotlib.colors import ListedColormap
 
-    if mask.any():
-        ax.imshow(np.ma.masked_where(~mask, mask), cmap=ListedColormap([colour]), alpha=0.4, vmin=0, vmax=1)
+    ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+    if truth.any():
+        ax.contour(truth, levels=[0.5], colors="lime", linewidths=1)
+    if pred is not None and pred.any():
+        ax.imshow(np.ma.masked_where(~pred, pred), cmap=ListedColormap(["red"]), alpha=0.4, vmin=0, vmax=1)
 
 
 def prediction_examples(arrays, results, fold: int | None = None, per_class: int = 2):
@@ -185,16 +189,14 @@ def prediction_examples(arrays, results, fold: int | None = None, per_class: int
     fig, axes = plt.subplots(1, len(picks), figsize=(2.3 * len(picks), 2.9), squeeze=False)
     for ax, r in zip(axes[0], picks):
         i = by_name[r["name"]]
-        ax.imshow(arrays.images[i], cmap="gray", vmin=0, vmax=255)
-        if arrays.masks[i].any():
-            ax.contour(arrays.masks[i], levels=[0.5], colors="lime", linewidths=1)
+        m = None
         title = f"{r['name']}\ntrue {CLASSES[int(r['label'])]}"
         if have_masks:
             m = masks["masks"][pred_by_name[r["name"]]].copy()
             if not np.isnan(r.get("label_pr", np.nan)) and int(r["label_pr"]) == CLASSES.index("normal"):
                 m[:] = False  # prediction refinement empties the mask of a "normal" label
-            _overlay(ax, m)
             title += f", DSC {r['dice_pr']:.2f}"
+        _show(ax, arrays.images[i], arrays.masks[i], m)
         if "label_pr" in r and not np.isnan(r["label_pr"]):
             title += f"\npredicted {CLASSES[int(r['label_pr'])]}"
         ax.set_title(title, fontsize=8)
@@ -210,9 +212,9 @@ def comparison_cases(st_test, mt_test):
     """Which test images :func:`comparison_examples` shows: among the lesion images (benign,
     malignant) the best, the median ("typical") and the worst Dice of the multi-task model
     after refinement, then the image that refinement helped most and the one it hurt most
-    (each only if there is one; an image already shown gets both case names). st_test / mt_test: the runs' per-image test tables
-    (``RunResults.test``); only images tested by both count. Returns a list of
-    (case, row of mt_test)."""
+    (each only if there is one; an image already shown gets both case names).
+    st_test / mt_test: the runs' per-image test tables (``RunResults.test``); only images
+    tested by both count. Returns a list of (case, row of mt_test)."""
     import pandas as pd
 
     t = mt_test.merge(st_test[["fold", "name", "dice"]].rename(columns={"dice": "dice_st"}), on=["fold", "name"])
@@ -250,8 +252,8 @@ def comparison_examples(arrays, st_run, mt_run):
     for run, what in ((st_run, "segmentation"), (mt_run, "multi-task")):
         if run.test.empty:
             raise ValueError(f"{run.run_dir}: no finished fold (expected a {what} run with test outputs)")
-    if "p_normal" in st_run.test and st_run.test["p_normal"].notna().any():
-        raise ValueError(f"{st_run.run_dir}: expected a segmentation-only run (its test table has class scores)")
+    if st_run.config["task"] != "seg":
+        raise ValueError(f"{st_run.run_dir}: expected a segmentation-only run (task seg), got task {st_run.config['task']!r}")
     cases = comparison_cases(st_run.test, mt_run.test)
     by_name = {n: i for i, n in enumerate(arrays.names)}
     masks = {}  # (run, fold) -> {name: mask}
@@ -262,8 +264,7 @@ def comparison_examples(arrays, st_run, mt_run):
             masks[id(run), fold] = dict(zip(map(str, m["names"]), m["masks"]))
         return masks[id(run), fold][name]
 
-    do = ["+DO" if json.loads((r.run_dir / "config.json").read_text())["config"]["oversampling"] else ""
-          for r in (st_run, mt_run)]
+    do = ["+DO" if r.config["oversampling"] else "" for r in (st_run, mt_run)]
     cols = ["image, ground truth", f"ST(Seg){do[0]}", f"MT{do[1]}", f"MT+PR{do[1]}"]
     fig, axes = plt.subplots(len(cases), len(cols), figsize=(2.2 * len(cols), 2.35 * len(cases)), squeeze=False)
     for row_axes, (case, r) in zip(axes, cases):
@@ -277,11 +278,7 @@ def comparison_examples(arrays, st_run, mt_run):
                   (mt_raw, f"DSC {r['dice']:.2f}, says {CLASSES[int(r['pred'])]}"),
                   (mt_raw & (int(r["label_pr"]) != NORMAL), f"DSC {r['dice_pr']:.2f}, says {CLASSES[int(r['label_pr'])]}")]
         for ax, (pred, title) in zip(row_axes, panels):
-            ax.imshow(image, cmap="gray", vmin=0, vmax=255)
-            if truth.any():
-                ax.contour(truth, levels=[0.5], colors="lime", linewidths=1)
-            if pred is not None:
-                _overlay(ax, pred)
+            _show(ax, image, truth, pred)
             ax.set_title(title, fontsize=7.5)
             ax.set_xticks([]), ax.set_yticks([])
     for ax, c in zip(axes[0], cols):

@@ -174,6 +174,7 @@ class RunResults:
     """What a finished (or partly finished) run wrote (see :func:`load_run`)."""
 
     run_dir: Path
+    config: dict | None  # config.json's resolved TrainConfig (None if absent)
     history: Any      # DataFrame, one row per fold and epoch (column ``fold``)
     test: Any         # DataFrame, one row per fold and test image (column ``fold``)
     metrics: dict     # {fold: fold<k>_metrics.json}
@@ -195,8 +196,8 @@ def load_run(run_dir) -> RunResults:
         metrics[k] = json.loads(p.read_text())
         hist.append(pd.read_csv(run_dir / f"fold{k}_history.csv").assign(fold=k))
         test.append(pd.read_csv(run_dir / f"fold{k}_test.csv").assign(fold=k))
-    s = run_dir / "summary.json"
-    return RunResults(run_dir=run_dir,
+    s, c = run_dir / "summary.json", run_dir / "config.json"
+    return RunResults(run_dir=run_dir, config=json.loads(c.read_text())["config"] if c.exists() else None,
                       history=pd.concat(hist, ignore_index=True) if hist else pd.DataFrame(),
                       test=pd.concat(test, ignore_index=True) if test else pd.DataFrame(),
                       metrics=metrics, summary=json.loads(s.read_text()) if s.exists() else None)

@@ -149,9 +149,8 @@ def test_backbone_list_accepts_a_papermill_string_and_names_an_unknown_backbone(
 
 def test_budget_table_counts_folds_still_improving(tmp_path):
     d = _write_run(tmp_path, ablation.run_name("unet", "mt", "fast"), lambda k: TRUTH)
-    for k, best in ((0, 8), (1, 3)):
-        (d / f"fold{k}_metrics.json").write_text(json.dumps(
-            {"fold": k, "best_epoch": best, "epochs": 8, "stopped": "max epochs", "train_seconds": 90}))
+    (d / "summary.json").write_text(json.dumps({"per_fold": [
+        {"fold": k, "best_epoch": best, "epochs": 8, "train_seconds": 90} for k, best in ((0, 8), (1, 3))]}))
     t = ablation.budget_table("unet", "fast", tmp_path)
     assert t.to_dict("records") == [{"setting": "mt", "best epoch per fold": "8/8, 3/8", "folds still improving": 1,
                                      "folds": 2, "training minutes": 3.0}]

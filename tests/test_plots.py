@@ -87,7 +87,7 @@ def _run_dir(root, name, test: pd.DataFrame, masks: dict):
     d = root / name
     d.mkdir()
     test.to_csv(d / "fold0_test.csv", index=False)
-    (d / "config.json").write_text(json.dumps({"config": {"oversampling": name == "mt"}}))
+    (d / "config.json").write_text(json.dumps({"config": {"task": "mt" if name == "mt" else "seg", "oversampling": name == "mt"}}))
     pd.DataFrame({"epoch": [1], "loss": [0.5]}).to_csv(d / "fold0_history.csv", index=False)
     (d / "fold0_metrics.json").write_text("{}")
     m = np.stack([masks[n] for n in test["name"]])
