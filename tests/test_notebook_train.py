@@ -60,13 +60,14 @@ def _num(v) -> str:
 def test_profile_table_in_notebook_matches_the_code():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
-    paper, fast = trainconfig.PROFILES["paper"], trainconfig.PROFILES["fast"]
+    profiles = list(trainconfig.PROFILES.values())
+    assert "| | " + " | ".join(f"`{name}`" for name in trainconfig.PROFILES) + " |" in text
     for label, key in (("batch size", "batch_size"), ("maximum epochs", "epochs"),
-                       ("Adam learning rate", "lr")):
-        assert f"| {label} | {_num(paper[key])} | {_num(fast[key])} |" in text, label
-    assert f"| {paper['patience']} | {fast['patience']} |" in text
-    assert f"{paper['plateau_factor']} / {paper['plateau_patience']} / {_num(paper['min_lr'])} | " \
-           f"{fast['plateau_factor']} / {fast['plateau_patience']} / {_num(fast['min_lr'])} |" in text
+                       ("Adam learning rate", "lr"),
+                       ("early stopping (epochs without a lower validation loss)", "patience")):
+        assert f"| {label} | " + " | ".join(_num(p[key]) for p in profiles) + " |" in text, label
+    assert " | ".join(f"{p['plateau_factor']} / {p['plateau_patience']} / {_num(p['min_lr'])}"
+                      for p in profiles) + " |" in text
 
 
 def _papermill(tmp_path, *args, timeout=300):

@@ -31,7 +31,7 @@ def test_run_name_derivation():
     (dict(task="segm"), "parameter task='segm': expected one of seg, cls, mt"),
     (dict(backbone="resnet"), "parameter backbone='resnet': expected one of unetplusplus"),
     (dict(curation="strict"), "expected one of paper, keep-one, none"),
-    (dict(profile="slow"), "expected one of paper, fast"),
+    (dict(profile="slow"), "expected one of paper, fast, steady"),
     (dict(folds=[4]), "fold numbers in 0..3"),
     (dict(epochs="ten"), "parameter epochs='ten': expected an int or None"),
     (dict(oversampling="yes"), "expected a bool"),
