@@ -13,8 +13,8 @@ In one run:
    timed on a random sample of ``--sample`` pairs and extrapolated to all 303,810, plus the
    time to decode and resize the PNGs (measured in step 3, single process).
 3. **Exactness of the candidate filter**: the whole-image SSIM of *all* 303,810 pairs,
-   computed exactly with the vectorised ``dedup.ssim_pairs`` (equal to scikit-image, see
-   tests/test_dedup.py); the groups of pairs >= threshold must equal the groups of our
+   computed exactly with the vectorised ``registration.ssim_pairs`` (equal to scikit-image, see
+   tests/test_registration.py); the groups of pairs >= threshold must equal the groups of our
    search restricted to its whole-image ("paper") edges; the margin of the filter is the
    lowest candidate score (correlation of centred 16x16 thumbnails) of a pair with SSIM
    >= 0.5 / 0.7 / threshold, against the filter's cut.
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     from PIL import Image
     from skimage.metrics import structural_similarity
 
-    from mtbc_lib import config, dedup
+    from mtbc_lib import config, dedup, registration
     from mtbc_lib.data import index_busi, read_image
 
     data = config.data_dir(args.data)
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     t_decode = time.perf_counter() - t
     i, j = np.triu_indices(n, 1)
     t = time.perf_counter()
-    full = dedup.ssim_pairs(thumbs, i, j, batch=1024)
+    full = registration.ssim_pairs(thumbs, i, j, batch=1024)
     t_exact = time.perf_counter() - t
 
     # 2. brute force with scikit-image on a sample of pairs
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
               f"The SSIM stage alone, after decoding: brute force {per_pair * n_pairs:.0f} s, ours (candidate filter "
               f"+ exact SSIM of the candidates, stage `paper_search`) {res.timings['paper_search']:.2f} s: "
               f"**{per_pair * n_pairs / res.timings['paper_search']:.0f}x**.",
-              f"Largest difference between scikit-image and `dedup.ssim_pairs` on the sample: {max_err:.1e}.", ""]
+              f"Largest difference between scikit-image and `registration.ssim_pairs` on the sample: {max_err:.1e}.", ""]
 
     # 3. the exact all-pairs groups equal our whole-image groups
     thr = cfg.threshold
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     corr = np.einsum("ij,ij->i", x[i], x[j])
     margins = {s: float(corr[full >= s].min()) for s in (0.5, 0.7, thr)}
     lines += ["## 3. Candidate filter against all pairs (exact, vectorised)", "",
-              f"Exact whole-image SSIM of all {n_pairs:,} pairs with `dedup.ssim_pairs`: {t_exact:.1f} s.",
+              f"Exact whole-image SSIM of all {n_pairs:,} pairs with `registration.ssim_pairs`: {t_exact:.1f} s.",
               f"Pairs >= {thr}: {int((full >= thr).sum())}; groups: {len(groups(exact_lab))}; "
               f"**our whole-image groups equal the brute-force groups: {same}**.",
               f"Filter: candidate if the centred 16x16 thumbnails correlate >= {cfg.candidate_corr} "

@@ -1,4 +1,4 @@
-"""Tests of mtbc_lib.dedup: the SSIM, the search on small generated scans (a crop, a
+"""Tests of mtbc_lib.dedup: the search on small generated scans (a crop, a
 rescale, a crop + rescale of one synthetic scan are found, unrelated scans are not),
 label conflicts, mask agreement, the curation rules, the cached keep-list, the output
 files, bad input. Real-data checks (the paper's groups) behind @pytest.mark.data."""
@@ -84,21 +84,6 @@ def synthetic(tmp_path_factory):
 def _members(result) -> list[set[str]]:
     names = result.index["name"]
     return [set(names[g["row"]]) for _, g in result.groups.groupby("group")]
-
-
-# ----------------------------------------------------------------------------- SSIM
-
-def test_ssim_pairs_equals_scikit_image():
-    from skimage.metrics import structural_similarity
-
-    rng = np.random.default_rng(3)
-    base = rng.integers(0, 256, (6, 32, 32), dtype=np.uint8)
-    base[3] = np.clip(base[0].astype(int) + rng.integers(-20, 20, (32, 32)), 0, 255)  # a near copy
-    i, j = np.triu_indices(6, 1)
-    got = dedup.ssim_pairs(base, i, j)
-    want = [structural_similarity(base[a], base[b], data_range=255) for a, b in zip(i, j)]
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
-    assert got[list(zip(i, j)).index((0, 3))] > 0.8 > max(np.delete(got, list(zip(i, j)).index((0, 3))))
 
 
 # ----------------------------------------------------------------------------- search
@@ -187,15 +172,6 @@ def test_bad_input_raises_one_line_data_error(tmp_path):
         dedup.find_groups(root, progress=False, workers=2)
     assert "\n" not in str(exc.value)
 
-
-def test_transforms_compose_and_convert():
-    p, q = (1.2, 0.9, 3.0, -4.0), (0.5, 2.0, 1.0, 7.0)
-    pq = dedup._compose(p, q)
-    y = np.array([5.0, 11.0])
-    assert pq[0] * y[0] + pq[2] == pytest.approx(p[0] * (q[0] * y[0] + q[2]) + p[2])
-    assert dedup._compose(p, dedup._invert(p)) == pytest.approx((1, 1, 0, 0))
-    back = dedup._to_full(dedup._to_det(p, (0.25, 0.3), (0.5, 0.1)), (0.25, 0.3), (0.5, 0.1))
-    assert back == pytest.approx(p)
 
 
 def test_notebook_params_reject_unknown_names():

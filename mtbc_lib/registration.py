@@ -1,0 +1,263 @@
+"""Image geometry for the duplicate search (:mod:`mtbc_lib.dedup`): SSIM of thumbnail
+pairs, scale-space keypoints with descriptors, and similarity transforms (fit from
+keypoint matches, Lucas-Kanade refinement, warping, composition) with the common field
+of view of two images.
+
+Coordinates: a transform ``(sy, sx, ty, tx)`` maps pixel centres of image j to image i:
+``y_i = sy * y_j + ty``, ``x_i = sx * x_j + tx``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["ssim_pairs", "keypoints", "fit_similarity", "warp", "refine", "overlap_boxes", "mask_iou",
+           "to_full", "to_det", "whole", "compose", "invert", "DESC"]
+
+SIGMAS = tuple(1.6 * 2 ** (k / 3) for k in range(8))  # DoG scales, detection-image pixels
+DESC = 8  # descriptor grid side (8x8 samples spanning +-4 sigma)
+
+
+# ----------------------------------------------------------------------------- SSIM
+
+def _window_sums(a: np.ndarray, win: int) -> np.ndarray:
+    """Sums over every win x win window lying inside the last two axes (valid windows)."""
+    c = np.cumsum(a, axis=-1)
+    c = np.concatenate([np.zeros_like(c[..., :1]), c], axis=-1)
+    a = c[..., win:] - c[..., :-win]
+    c = np.cumsum(a, axis=-2)
+    c = np.concatenate([np.zeros_like(c[..., :1, :]), c], axis=-2)
+    return c[..., win:, :] - c[..., :-win, :]
+
+
+def ssim_pairs(thumbs: np.ndarray, i, j, win: int = 7, data_range: float = 255.0,
+               batch: int = 512) -> np.ndarray:
+    """SSIM of thumbnail pairs as ``skimage.metrics.structural_similarity`` computes it
+    with its defaults (uniform ``win`` x ``win`` window, sample covariance, K1 = 0.01,
+    K2 = 0.03, mean over the windows inside the image), vectorised: window sums are exact
+    integers (cumulative sums in int64), the rest float64.
+
+    thumbs: (N, S, S) uint8; i, j: (P,) int indices. Returns (P,) float64."""
+    i = np.asarray(i, dtype=np.int64).reshape(-1)
+    j = np.asarray(j, dtype=np.int64).reshape(-1)
+    x = np.asarray(thumbs).astype(np.int64)
+    n = win * win
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    norm = n / (n - 1.0)
+    sx = _window_sums(x, win)
+    mu = sx / n
+    var = norm * (_window_sums(x * x, win) / n - mu * mu)
+    out = np.empty(len(i), dtype=np.float64)
+    for a in range(0, len(i), batch):
+        ii, jj = i[a:a + batch], j[a:a + batch]
+        mi, mj = mu[ii], mu[jj]
+        cov = norm * (_window_sums(x[ii] * x[jj], win) / n - mi * mj)
+        s = ((2 * mi * mj + c1) * (2 * cov + c2)) / ((mi * mi + mj * mj + c1) * (var[ii] + var[jj] + c2))
+        out[a:a + batch] = s.mean(axis=(1, 2))
+    return out
+
+
+# ----------------------------------------------------------------------------- per image
+
+def _max_filter(a: np.ndarray, sizes) -> np.ndarray:
+    """Maximum over a centred box of ``sizes`` (odd, one per axis), outside = 0 (what
+    ``scipy.ndimage.maximum_filter(a, sizes, mode="constant")`` gives for a >= 0), as
+    shifted ``np.maximum`` passes (faster on these small stacks)."""
+    out = a
+    for axis, size in enumerate(sizes):
+        r = size // 2
+        if r == 0:
+            continue
+        pad = [(0, 0)] * a.ndim
+        pad[axis] = (r, r)
+        p = np.pad(out, pad)
+        n = out.shape[axis]
+        out = p.take(range(0, n), axis=axis)
+        for k in range(1, size):
+            out = np.maximum(out, p.take(range(k, k + n), axis=axis))
+    return out
+
+
+def _local_maxima(dog: np.ndarray, n: int, margin: np.ndarray, floor: float = 1.0):
+    """(level, y, x) of the ``n`` strongest local maxima of ``dog`` (L, H, W; >= 0) over
+    3x5x5 neighbourhoods (outside = 0), above ``floor``, on levels 1..L-2, at least
+    ``margin[level]`` pixels from the border; strongest first."""
+    L, h, w = dog.shape
+    peak = (dog == _max_filter(dog, (3, 5, 5))) & (dog > floor)
+    peak[0] = peak[-1] = False
+    ls, ys, xs = np.nonzero(peak)
+    r = margin[ls]
+    ok = (ys >= r) & (xs >= r) & (ys < h - 1 - r) & (xs < w - 1 - r)
+    ls, ys, xs = ls[ok], ys[ok], xs[ok]
+    order = np.lexsort((xs, ys, ls, -dog[ls, ys, xs]))[:n]
+    return ls[order], ys[order], xs[order]
+
+
+def keypoints(g: np.ndarray, n: int):
+    """Difference-of-Gaussian blobs of a float32 image: (K, 3) [y, x, sigma] and (K, 64)
+    unit descriptors (band-pass samples on an 8x8 grid spanning +-4 sigma), K <= n."""
+    from scipy import ndimage as ndi
+
+    sig = np.asarray(SIGMAS, dtype=np.float32)
+    levels, prev, cur = [], 0.0, g
+    for s in sig:  # incremental blurs: G(s_k) = G(s_{k-1}) * gauss(sqrt(s_k^2 - s_{k-1}^2))
+        cur = ndi.gaussian_filter(cur, float(np.sqrt(s * s - prev * prev)), truncate=3.0)
+        levels.append(cur)
+        prev = s
+    stack = np.stack(levels)
+    dog = np.abs((stack[1:] - stack[:-1]) / (sig[1:] / sig[:-1] - 1)[:, None, None])
+    ss, ys, xs = _local_maxima(dog, n, np.ceil(DESC / 2 * sig[:-1]).astype(np.int64))
+    s = sig[ss]
+    u = (np.arange(DESC, dtype=np.float32) - (DESC - 1) / 2) / ((DESC - 1) / 2) * (DESC / 2)
+    yy = (ys[:, None, None] + u[None, :, None] * s[:, None, None]) * np.ones((1, 1, DESC), np.float32)
+    xx = (xs[:, None, None] + u[None, None, :] * s[:, None, None]) * np.ones((1, DESC, 1), np.float32)
+    lo = np.broadcast_to(ss[:, None, None].astype(np.float32), yy.shape)
+    hi = np.broadcast_to(np.minimum(ss + 5, len(sig) - 1)[:, None, None].astype(np.float32), yy.shape)
+    sample = [yy.ravel(), xx.ravel()]
+    d = (ndi.map_coordinates(stack, [lo.ravel(), *sample], order=1)
+         - ndi.map_coordinates(stack, [hi.ravel(), *sample], order=1)).reshape(len(ys), -1)
+    d = d - d.mean(axis=1, keepdims=True)
+    d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-6)
+    return np.stack([ys, xs, s], 1).astype(np.float32), d.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- alignment
+
+def fit_similarity(pa: np.ndarray, pb: np.ndarray, log_ratio: np.ndarray, tol: float = 2.0):
+    """Robust fit of pa = s * pb + t from point matches (each match proposes one
+    hypothesis; the one with most inliers is refined by least squares).
+    Returns (inlier count, (s, ty, tx)) or (0, None)."""
+    if len(pa) < 2:
+        return 0, None
+    s_h = np.exp(log_ratio)
+    t_h = pa - s_h[:, None] * pb                                # (M, 2) one hypothesis per match
+    pred = s_h[:, None, None] * pb[None] + t_h[:, None, :]       # (M, M, 2)
+    inl = (np.linalg.norm(pa[None] - pred, axis=2) < tol) & (np.abs(log_ratio[None] - log_ratio[:, None]) < 0.3)
+    best = inl[np.argmax(inl.sum(1))]
+    s, t = 1.0, np.zeros(2)
+    for _ in range(3):
+        if best.sum() < 2:
+            return 0, None
+        x, y = pb[best], pa[best]
+        xm, ym = x.mean(0), y.mean(0)
+        den = ((x - xm) ** 2).sum()
+        if den < 1e-6:
+            return 0, None
+        s = float(((x - xm) * (y - ym)).sum() / den)
+        t = ym - s * xm
+        best = np.linalg.norm(pa - (s * pb + t), axis=1) < tol
+    if not 0.2 < s < 5:
+        return 0, None
+    return int(best.sum()), (s, float(t[0]), float(t[1]))
+
+
+def warp(img: np.ndarray, p, shape, order: int = 1, step: int = 1):
+    """Sample ``img`` (image j) on the pixel grid of image i (``shape``, every ``step``-th
+    pixel) through the transform p = (sy, sx, ty, tx) (j -> i).
+    Returns (values, valid mask, ys, xs), each (ceil(H / step), ceil(W / step))."""
+    from scipy import ndimage as ndi
+
+    sy, sx, ty, tx = p
+    yy = (np.arange(0, shape[0], step, dtype=np.float32) - ty) / sy
+    xx = (np.arange(0, shape[1], step, dtype=np.float32) - tx) / sx
+    valid = ((yy >= 0) & (yy <= img.shape[0] - 1))[:, None] & ((xx >= 0) & (xx <= img.shape[1] - 1))[None, :]
+    ys, xs = np.meshgrid(yy, xx, indexing="ij")
+    return ndi.map_coordinates(img, [ys, xs], order=order, mode="nearest"), valid, ys, xs
+
+
+def refine(a: np.ndarray, b: np.ndarray, p, iters: int = 8, step: int = 2):
+    """Lucas-Kanade (Gauss-Newton on zero-mean differences, on every ``step``-th pixel of
+    a) refinement of p = (sy, sx, ty, tx), b -> a, both float32 images. Keeps the start
+    if that correlates better."""
+    from scipy import ndimage as ndi
+
+    a = ndi.gaussian_filter(a, 0.7)[::step, ::step]
+    b = ndi.gaussian_filter(b, 0.7)
+    gy, gx = np.gradient(b)
+    p0 = p = np.asarray(p, dtype=np.float64)
+    shape = (a.shape[0] * step, a.shape[1] * step)
+
+    def warp_b(q):
+        v, m, ys, xs = warp(b, q, shape, step=step)
+        return v[: a.shape[0], : a.shape[1]], m[: a.shape[0], : a.shape[1]], ys, xs
+
+    def corr(q):
+        v, m, _, _ = warp_b(q)
+        return float(np.corrcoef(a[m], v[m])[0, 1]) if m.sum() > 32 else -1.0
+
+    for _ in range(iters):
+        v, m, ys, xs = warp_b(p)
+        if m.sum() < 32:
+            break
+        ym, xm = ys[: a.shape[0], : a.shape[1]][m], xs[: a.shape[0], : a.shape[1]][m]
+        jy = ndi.map_coordinates(gy, [ym, xm], order=1)
+        jx = ndi.map_coordinates(gx, [ym, xm], order=1)
+        jac = np.stack([-jy * ym / p[0], -jx * xm / p[1], -jy / p[0], -jx / p[1]], 1)
+        jac -= jac.mean(0)
+        e = (a[m] - a[m].mean()) - (v[m] - v[m].mean())
+        dp = np.linalg.lstsq(jac, e, rcond=None)[0]
+        if not np.all(np.isfinite(dp)) or np.abs(dp[:2]).max() > 0.1 or np.abs(dp[2:]).max() > 8:
+            break
+        p = p + dp
+        if np.abs(dp[2:]).max() < 0.01:
+            break
+    return p if corr(p) >= corr(p0) else p0
+
+
+def to_full(p_det, scale_i, scale_j):
+    """Transform in detection-copy pixels -> full-resolution pixel centres."""
+    sy, sx, ty, tx = p_det
+    (fyi, fxi), (fyj, fxj) = scale_i, scale_j
+    out = []
+    for s, t, fi, fj in ((sy, ty, fyi, fyj), (sx, tx, fxi, fxj)):
+        out.append((s * fj / fi, (s * (0.5 * fj - 0.5) + t + 0.5) / fi - 0.5))
+    return (out[0][0], out[1][0], out[0][1], out[1][1])
+
+
+def overlap_boxes(shape_i, shape_j, p):
+    """Pillow boxes (left, top, right, bottom; pixel edges) of the common field of view
+    in image i and in image j, or None if they hardly overlap."""
+    sy, sx, ty, tx = p
+    ey, ex = ty + 0.5 - 0.5 * sy, tx + 0.5 - 0.5 * sx  # the same map on pixel edges
+    (hi, wi), (hj, wj) = shape_i, shape_j
+    y0, y1 = max(0.0, ey), min(float(hi), sy * hj + ey)
+    x0, x1 = max(0.0, ex), min(float(wi), sx * wj + ex)
+    bi = (x0, y0, x1, y1)
+    bj = (max(0.0, (x0 - ex) / sx), max(0.0, (y0 - ey) / sy), min(float(wj), (x1 - ex) / sx), min(float(hj), (y1 - ey) / sy))
+    if min(bi[2] - bi[0], bi[3] - bi[1], bj[2] - bj[0], bj[3] - bj[1]) < 16:
+        return None
+    return bi, bj
+
+
+def mask_iou(mask_i, mask_j, p_det) -> float:
+    """IoU of two masks (detection copies) in i's frame over the common field of view;
+    1.0 when both are empty there."""
+    v, valid, _, _ = warp(mask_j.astype(np.float32), p_det, mask_i.shape, order=0)
+    a, b = mask_i[valid], v[valid] > 0.5
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def to_det(p, scale_i, scale_j):
+    """Full-resolution transform -> detection-copy pixels (inverse of to_full)."""
+    sy, sx, ty, tx = p
+    (fyi, fxi), (fyj, fxj) = scale_i, scale_j
+    out = []
+    for s, t, fi, fj in ((sy, ty, fyi, fyj), (sx, tx, fxi, fxj)):
+        out.append((s * fi / fj, (s * (0.5 / fj - 0.5) + t + 0.5) * fi - 0.5))
+    return (out[0][0], out[1][0], out[0][1], out[1][1])
+
+
+def whole(shape_i, shape_j):
+    """The transform that stretches image j onto image i (what resizing both does)."""
+    sy, sx = shape_i[0] / shape_j[0], shape_i[1] / shape_j[1]
+    return (sy, sx, 0.5 * sy - 0.5, 0.5 * sx - 0.5)
+
+
+def compose(p_ij, p_jk):
+    """k -> j -> i."""
+    return (p_ij[0] * p_jk[0], p_ij[1] * p_jk[1], p_ij[0] * p_jk[2] + p_ij[2], p_ij[1] * p_jk[3] + p_ij[3])
+
+
+def invert(p):
+    return (1 / p[0], 1 / p[1], -p[2] / p[0], -p[3] / p[1])

@@ -1,0 +1,57 @@
+"""Tests of mtbc_lib.registration: SSIM equal to scikit-image's, transforms that compose
+and convert, a similarity fit that ignores outlier matches, keypoints that follow a shift."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from mtbc_lib import registration as reg
+
+
+def test_ssim_pairs_equals_scikit_image():
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, (6, 32, 32), dtype=np.uint8)
+    base[3] = np.clip(base[0].astype(int) + rng.integers(-20, 20, (32, 32)), 0, 255)  # a near copy
+    i, j = np.triu_indices(6, 1)
+    got = reg.ssim_pairs(base, i, j)
+    want = [structural_similarity(base[a], base[b], data_range=255) for a, b in zip(i, j)]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert got[list(zip(i, j)).index((0, 3))] > 0.8 > max(np.delete(got, list(zip(i, j)).index((0, 3))))
+
+
+def test_transforms_compose_and_convert():
+    p, q = (1.2, 0.9, 3.0, -4.0), (0.5, 2.0, 1.0, 7.0)
+    pq = reg.compose(p, q)
+    y = np.array([5.0, 11.0])
+    assert pq[0] * y[0] + pq[2] == pytest.approx(p[0] * (q[0] * y[0] + q[2]) + p[2])
+    assert reg.compose(p, reg.invert(p)) == pytest.approx((1, 1, 0, 0))
+    back = reg.to_full(reg.to_det(p, (0.25, 0.3), (0.5, 0.1)), (0.25, 0.3), (0.5, 0.1))
+    assert back == pytest.approx(p)
+
+
+def test_fit_similarity_recovers_the_transform_despite_outliers():
+    rng = np.random.default_rng(0)
+    pb = rng.uniform(0, 100, (12, 2))
+    pa = 1.5 * pb + np.array([4.0, -7.0])
+    pa[:3] = rng.uniform(0, 100, (3, 2))  # three wrong matches
+    n, (s, ty, tx) = reg.fit_similarity(pa, pb, np.full(12, np.log(1.5)))
+    assert n == 9 and (s, ty, tx) == pytest.approx((1.5, 4.0, -7.0))
+    assert reg.fit_similarity(pa[:1], pb[:1], np.zeros(1)) == (0, None)
+
+
+def test_keypoints_follow_a_shift_of_the_image():
+    g = 100 * ndi.gaussian_filter(np.random.default_rng(1).normal(size=(96, 120)), 3).astype(np.float32)
+    kp, desc = reg.keypoints(g, 16)
+    kp2, desc2 = reg.keypoints(np.roll(g, (5, 8), axis=(0, 1)), 16)
+    assert len(kp) > 4 and desc.shape == (len(kp), reg.DESC * reg.DESC)
+    assert np.allclose(np.linalg.norm(desc, axis=1), 1, atol=1e-4)
+    # every blob away from the wrapped border reappears 5 px down, 8 px right, same descriptor
+    inner = (kp[:, 0] > 20) & (kp[:, 0] < 60) & (kp[:, 1] > 20) & (kp[:, 1] < 90)
+    assert inner.sum() >= 3
+    for (y, x, s), d in zip(kp[inner], desc[inner]):
+        k = np.argmin(np.abs(kp2[:, 0] - y - 5) + np.abs(kp2[:, 1] - x - 8) + np.abs(kp2[:, 2] - s))
+        assert kp2[k, :2] == pytest.approx((y + 5, x + 8)) and d @ desc2[k] > 0.99
