@@ -7,7 +7,9 @@ that :mod:`mtbc_lib.train` saves (``fold<k>_test.csv``), without retraining.
 
 :func:`run_grid` executes ``notebooks/train.ipynb`` through papermill once per setting
 (locally, or on a Dask cluster), skipping settings whose results are complete;
-:func:`ablation_table` assembles ``results/ablation.csv`` (DESIGN.md's columns).
+:func:`ablation_table` assembles ``results/ablation.csv`` (DESIGN.md's columns);
+:func:`profile_table` sets the same configurations trained under different profiles side by
+side.
 """
 
 from __future__ import annotations
@@ -63,15 +65,14 @@ ROWS: tuple[Row, ...] = (
 BACKBONE_TITLES = {"unetplusplus": "U-Net++", "nnunet": "nnU-Net", "unet": "U-Net"}
 
 
-def backbone_list(value) -> list[str]:
-    """The results notebook's ``backbones`` parameter as a list: a list, or one name or a
-    comma-separated string (what ``papermill -p backbones nnunet`` passes). Raises
-    ValueError naming an unknown backbone."""
-    names = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
-    unknown = [n for n in names if n not in BACKBONE_TITLES]
-    if unknown or not names:
-        raise ValueError(f"backbones: unknown {unknown or 'empty list'}; expected names out of "
-                         f"{', '.join(BACKBONE_TITLES)}")
+def name_list(param: str, value, valid, empty_ok: bool = False) -> list[str]:
+    """A list-valued notebook parameter (``backbones``, ``other_profiles``) as a list: a
+    list, or one name or a comma-separated string (what ``papermill -p backbones nnunet``
+    passes). Raises ValueError naming the parameter and any name not in ``valid``."""
+    names = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+    unknown = [n for n in names if n not in valid]
+    if unknown or not (names or empty_ok):
+        raise ValueError(f"{param}: unknown {unknown or 'empty list'}; expected names out of {', '.join(valid)}")
     return names
 
 
@@ -309,6 +310,34 @@ def comparison_styler(table: pd.DataFrame):
     return text.style.apply(colour, axis=0).set_caption(
         f"Ours ({who or 'no finished run'}: mean ± SD over folds), the paper's U-Net++ value in brackets; "
         "green: we score over .02 higher, red: over .02 lower")
+
+
+def profile_table(backbone: str, profiles, results_dir: str | os.PathLike = "results",
+                  metrics=("dsc_avg", "dsc_normal", "f1_weighted", "acc")) -> pd.DataFrame:
+    """The configurations finished under at least two of ``profiles``, side by side:
+    index = configuration (the paper's order), columns = (metric, profile | "paper"),
+    our fold means (NaN where a profile has not run it) and the paper's U-Net++ mean."""
+    tables = {p: ablation_table(backbone, p, results_dir).set_index("configuration") for p in profiles}
+    confs = [r.configuration for r in ROWS if sum(r.configuration in t.index for t in tables.values()) >= 2]
+    out = pd.DataFrame(index=confs, columns=pd.MultiIndex.from_product([metrics, [*profiles, "paper"]]), dtype=float)
+    for conf in confs:
+        for m in metrics:
+            for p, t in tables.items():
+                out.loc[conf, (m, p)] = t.at[conf, m] if conf in t.index else np.nan
+            out.loc[conf, (m, "paper")] = PAPER_TABLE5[conf].get(m, (np.nan,))[0]
+    return out
+
+
+def profile_runs(backbone: str, profiles, results_dir: str | os.PathLike = "results") -> dict[str, dict[str, Path]]:
+    """The settings finished under at least two of ``profiles``: setting -> {profile:
+    results folder}, for the profiles that finished it."""
+    out = {}
+    for setting in SETTINGS:
+        dirs = {p: Path(results_dir) / run_name(backbone, setting, p) for p in profiles}
+        dirs = {p: d for p, d in dirs.items() if is_complete(d)}
+        if len(dirs) >= 2:
+            out[setting] = dirs
+    return out
 
 
 def budget_table(backbone: str, profile: str, results_dir: str | os.PathLike = "results") -> pd.DataFrame:

@@ -138,6 +138,36 @@ def training_curves(history):
     return fig
 
 
+def profile_curves(histories: dict, title: str = ""):
+    """The same setting trained under several profiles: training loss, validation loss
+    and validation Dice per epoch, one colour per profile and one line per fold, so a
+    reader sees which profile trains steadily and which swings.
+
+    ``histories``: profile name -> ``runs.load_run(...).history``.
+    Returns a ``plotly.graph_objects.Figure``."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    if not histories:
+        raise ValueError("histories: empty; expected {profile: history} of at least one finished run")
+    panels = (("train_loss", "training loss"), ("val_loss", "validation loss"), ("val_dice", "validation Dice"))
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for _, t in panels])
+    for i, (profile, history) in enumerate(histories.items()):
+        c = qualitative.D3[i % len(qualitative.D3)]
+        for fold, h in history.groupby("fold", sort=True):
+            for j, (col, label) in enumerate(panels, start=1):
+                fig.add_trace(go.Scatter(
+                    x=h["epoch"], y=h[col], mode="lines+markers", line=dict(color=c, width=1.2), marker=dict(size=4),
+                    name=profile, legendgroup=profile, showlegend=bool(j == 1 and fold == history["fold"].min()),
+                    hovertemplate=f"{profile}, fold {fold}<br>epoch %{{x}}<br>{label} %{{y:.3f}}<extra></extra>"),
+                    row=1, col=j)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_layout(title=title or None, height=380, template="plotly_white",
+                      margin=dict(l=10, r=10, t=60 if title else 40, b=40), legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
 def _show(ax, image, truth, pred=None) -> None:
     """A grey test image on ``ax`` with its ground-truth outline (green) and a predicted
     bool mask painted translucently (red), when given."""

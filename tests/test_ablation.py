@@ -139,12 +139,18 @@ def test_comparison_runs_pairs_like_with_like(tmp_path):
     assert "U-Net, fast profile" in styled and "not run (" in styled
 
 
-def test_backbone_list_accepts_a_papermill_string_and_names_an_unknown_backbone():
-    assert ablation.backbone_list("nnunet") == ["nnunet"]
-    assert ablation.backbone_list("unetplusplus, nnunet") == ["unetplusplus", "nnunet"]
-    assert ablation.backbone_list(["unet"]) == ["unet"]
+def test_name_list_accepts_a_papermill_string_and_names_an_unknown_name():
+    backbones = ablation.BACKBONE_TITLES
+    assert ablation.name_list("backbones", "nnunet", backbones) == ["nnunet"]
+    assert ablation.name_list("backbones", "unetplusplus, nnunet", backbones) == ["unetplusplus", "nnunet"]
+    assert ablation.name_list("backbones", ["unet"], backbones) == ["unet"]
     with pytest.raises(ValueError, match=r"backbones: unknown \['unet\+\+'\]"):
-        ablation.backbone_list(["unet++"])
+        ablation.name_list("backbones", ["unet++"], backbones)
+    with pytest.raises(ValueError, match=r"backbones: unknown empty list"):
+        ablation.name_list("backbones", "", backbones)
+    assert ablation.name_list("other_profiles", "", ["fast", "steady"], empty_ok=True) == []
+    with pytest.raises(ValueError, match=r"other_profiles: unknown \['slow'\]; expected names out of fast, steady"):
+        ablation.name_list("other_profiles", "steady,slow", ["fast", "steady"], empty_ok=True)
 
 
 def test_budget_table_counts_folds_still_improving(tmp_path):
@@ -154,3 +160,19 @@ def test_budget_table_counts_folds_still_improving(tmp_path):
     t = ablation.budget_table("unet", "fast", tmp_path)
     assert t.to_dict("records") == [{"setting": "mt", "best epoch per fold": "8/8, 3/8", "folds still improving": 1,
                                      "folds": 2, "training minutes": 3.0}]
+
+
+def test_profile_table_sets_configurations_of_two_profiles_side_by_side(tmp_path):
+    good = TRUTH | {"dice": [0.9, 0.8, 1.0, 1.0], "mask_empty": [False, False, True, True], "pred": [0, 1, 2, 2]}
+    poor = TRUTH | {"dice": [0.5, 0.4, 0.0, 1.0], "mask_empty": [False, False, False, True], "pred": [0, 0, 0, 2]}
+    for s in ("mt", "mt-do"):
+        _write_run(tmp_path, ablation.run_name("unet", s, "fast"), lambda k: poor)
+    _write_run(tmp_path, ablation.run_name("unet", "mt-do", "steady"), lambda k: good)
+    t = ablation.profile_table("unet", ["fast", "steady"], tmp_path)
+    assert list(t.index) == ["MT+DO", "MT+PR+DO"]  # MT ran under one profile only
+    assert t.at["MT+DO", ("acc", "fast")] == pytest.approx(0.5)
+    assert t.at["MT+DO", ("acc", "steady")] == pytest.approx(1.0)
+    assert t.at["MT+PR+DO", ("dsc_avg", "paper")] == pytest.approx(.751)
+    assert ablation.profile_table("unet", ["fast", "paper"], tmp_path).empty
+    assert ablation.profile_runs("unet", ["fast", "steady"], tmp_path) == {
+        "mt-do": {"fast": tmp_path / "unet-mt-do-fast", "steady": tmp_path / "unet-mt-do-steady"}}

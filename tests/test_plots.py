@@ -132,3 +132,15 @@ def test_comparison_examples_picks_best_typical_worst_and_refinement_cases(tmp_p
     # the segmentation-only slot refuses a run with class scores
     with pytest.raises(ValueError, match="segmentation-only"):
         plots.comparison_examples(arrays, mt_run, mt_run)
+
+
+def test_profile_curves_one_line_per_fold_and_panel_one_legend_entry_per_profile():
+    def history(loss):
+        return pd.DataFrame({"fold": [0, 0, 1, 1], "epoch": [1, 2, 1, 2], "train_loss": loss,
+                             "val_loss": loss, "val_dice": [0.2, 0.4, 0.3, 0.5]})
+
+    fig = plots.profile_curves({"fast": history([0.5, 0.6, 0.5, 0.4]), "steady": history([0.5, 0.4, 0.5, 0.3])})
+    assert len(fig.data) == 2 * 2 * 3  # profiles x folds x panels
+    assert sorted(t.name for t in fig.data if t.showlegend) == ["fast", "steady"]
+    with pytest.raises(ValueError, match="histories: empty"):
+        plots.profile_curves({})
