@@ -137,9 +137,9 @@ def main(argv=None) -> int:
 
     # 3. the exact all-pairs groups equal our whole-image groups
     thr = cfg.threshold
-    exact_lab = dedup._components(n, i[full >= thr], j[full >= thr])
+    exact_lab = dedup.components(n, i[full >= thr], j[full >= thr])
     paper_edges = res.pairs[res.pairs["plain_ssim"] >= thr]
-    ours_lab = dedup._components(n, paper_edges["i"], paper_edges["j"])
+    ours_lab = dedup.components(n, paper_edges["i"], paper_edges["j"])
 
     def groups(lab):
         out = {}

@@ -38,9 +38,10 @@ Search (fast, exact at the setting for the ``paper`` edges, see benchmarks/bench
    Lucas-Kanade refinement with a separate scale per axis) and verified with SSIM on the
    aligned overlap.
 
-The image geometry (SSIM, keypoints, transforms) lives in :mod:`mtbc_lib.registration`;
-its transforms ``(sy, sx, ty, tx)`` map pixel centres of image j to image i, here in
-full-resolution pixels.
+The image geometry (SSIM, keypoints, transforms) lives in :mod:`mtbc_lib.registration`
+(its transforms ``(sy, sx, ty, tx)`` map pixel centres of image j to image i, here in
+full-resolution pixels); the tables and figures that read a search's result are in
+:mod:`mtbc_lib.audit`.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ from mtbc_lib import registration as reg
 from mtbc_lib.config import CLASSES, atomic_write
 
 __all__ = ["RESAMPLE", "RULES", "DedupConfig", "AuditResult", "find_groups",
-           "curated_keep", "keep_list", "write_audit", "DUPLICATE_COLUMNS", "PAIR_COLUMNS"]
+           "curated_keep", "keep_list", "write_audit", "summary", "components", "DUPLICATE_COLUMNS",
+           "PAIR_COLUMNS"]
 
 #: Resize filters for the SSIM thumbnails (Pillow).
 RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "area": Image.Resampling.BOX,
@@ -251,7 +253,8 @@ def _keypoint_pairs(prep: list[dict], cfg: DedupConfig) -> list[tuple[int, int, 
     return out
 
 
-def _components(n: int, i, j) -> np.ndarray:
+def components(n: int, i, j) -> np.ndarray:
+    """Connected-component label (0..) of each of ``n`` nodes, given the edges (i, j)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -322,7 +325,7 @@ def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress:
         return max(r.get("plain_ssim", -np.inf), r.get("aligned_ssim", -np.inf))
 
     edges = sorted(k for k, r in scored.items() if score(r) >= thr)
-    label = _components(n, [a for a, _ in edges], [b for _, b in edges])
+    label = components(n, [a for a, _ in edges], [b for _, b in edges])
     sizes = np.bincount(label, minlength=n)
     members: dict[int, list[int]] = {}
     for k in range(n):
@@ -412,7 +415,7 @@ def _group_table(index, pairs, groups: list[list[int]], root: Path):
         inside = pairs[pairs["group"] == g]
         paper_edges = inside[inside["method"] == "paper"]
         # "paper" if the whole-image SSIM edges alone connect the group
-        lab = _components(len(m), [m.index(a) for a in paper_edges["i"]], [m.index(b) for b in paper_edges["j"]])
+        lab = components(len(m), [m.index(a) for a in paper_edges["i"]], [m.index(b) for b in paper_edges["j"]])
         method = "paper" if len(set(lab)) == 1 else "extended"
         cls = sorted({index.at[k, "class"] for k in m}, key=CLASSES.index)
         conflict = len(cls) > 1
@@ -501,59 +504,6 @@ def keep_list(data_dir=None, rule: str = "paper", *, settings: DedupConfig | Non
 
 # ----------------------------------------------------------------------------- reporting
 
-def compare_published(result: AuditResult, keep=None):
-    """Images on which the ``paper`` rule (drop every group member) disagrees with a
-    keep-list (default: the published Curated BUSI v1 list), with the evidence.
-
-    Returns a DataFrame: ``class, id, name, ours, published, group, partners, evidence``
-    (``partners``: the group's other members; ``evidence``: the image's best scored
-    pair, whole-image and aligned SSIM)."""
-    import pandas as pd
-
-    from mtbc_lib.data import PUBLISHED_KEEP_LIST, read_keep_list
-
-    keep = read_keep_list(PUBLISHED_KEEP_LIST) if keep is None else set(keep)
-    ours = result.keep("paper")
-    idx = result.index
-    rows = []
-    for k in range(len(idx)):
-        key = (idx.at[k, "class"], int(idx.at[k, "id"]))
-        if (key in ours) == (key in keep):
-            continue
-        g = result.groups[result.groups["row"] == k]
-        group = int(g["group"].iloc[0]) if len(g) else -1
-        partners = ", ".join(result.index.at[r, "name"] for r in result.groups.loc[
-            result.groups["group"] == group, "row"] if r != k) if group > 0 else ""
-        mine = result.pairs[(result.pairs["i"] == k) | (result.pairs["j"] == k)]
-        if len(mine):
-            best = mine.loc[mine["score"].idxmax()]
-            other = best["name_j"] if best["i"] == k else best["name_i"]
-            ev = (f"best pair {other}: whole-image SSIM {best['plain_ssim']:.3f}, aligned SSIM "
-                  f"{best['aligned_ssim']:.3f} (threshold {result.config.threshold})")
-        else:
-            ev = "no candidate pair (no similar thumbnail, no keypoint match)"
-        rows.append({"class": key[0], "id": key[1], "name": idx.at[k, "name"],
-                     "ours": "kept" if key in ours else "removed",
-                     "published": "kept" if key in keep else "removed",
-                     "group": group, "partners": partners, "evidence": ev})
-    return pd.DataFrame(rows, columns=["class", "id", "name", "ours", "published", "group", "partners", "evidence"])
-
-
-def class_counts(result: AuditResult, keep_lists: dict):
-    """Images per class: all, and kept by each named keep-list ({name: set of pairs}).
-    Returns a DataFrame indexed by class (plus a "total" row)."""
-    import pandas as pd
-
-    idx = result.index
-    data = {"all": idx["class"].value_counts()}
-    for name, keep in keep_lists.items():
-        kept = [c for c, i in zip(idx["class"], idx["id"]) if (c, int(i)) in keep]
-        data[name] = pd.Series(kept, dtype=object).value_counts()
-    out = pd.DataFrame(data).reindex(list(CLASSES)).fillna(0).astype(int)
-    out.loc["total"] = out.sum()
-    return out
-
-
 def summary(result: AuditResult) -> str:
     """A few lines: images, groups by size and method, label conflicts, keep-list sizes."""
     g = result.groups.drop_duplicates("group")
@@ -603,73 +553,3 @@ def params_from_namespace(namespace: dict) -> tuple[Path, DedupConfig, str]:
         raise DataError(str(exc)) from None
     cfg = DedupConfig(**{k: (float(v) if k == "threshold" else v) for k, v in values.items()})
     return folder, cfg, curation
-
-
-def calibration_table(result: AuditResult, keep=None, thresholds=None):
-    """How well each threshold reproduces a keep-list (default: the published one) when
-    groups come from whole-image SSIM only ("whole images") or from whole-image or
-    aligned-overlap SSIM ("common field of view"): per threshold and method, the number
-    of images whose paper-rule decision (drop every member) differs, and the group sizes.
-
-    Exact for whole-image SSIM down to the candidate filter's margin (pairs with SSIM >=
-    0.7 are all candidates on BUSI, see bench_dedup.py). Returns a long DataFrame."""
-    import pandas as pd
-
-    from mtbc_lib.data import PUBLISHED_KEEP_LIST, read_keep_list
-
-    keep = read_keep_list(PUBLISHED_KEEP_LIST) if keep is None else set(keep)
-    thresholds = np.round(np.arange(0.70, 0.995, 0.005), 3) if thresholds is None else thresholds
-    idx = result.index
-    n = len(idx)
-    removed = np.array([(c, int(i)) not in keep for c, i in zip(idx["class"], idx["id"])])
-    p = result.pairs
-    rows = []
-    for method, score in (("whole images", p["plain_ssim"].to_numpy()),
-                          ("common field of view", p["score"].to_numpy())):
-        for t in thresholds:
-            e = np.nan_to_num(score, nan=-np.inf) >= t
-            lab = _components(n, p["i"].to_numpy()[e], p["j"].to_numpy()[e])
-            size = np.bincount(lab)[lab]
-            grouped = size >= 2
-            counts = np.bincount(np.bincount(lab)[np.bincount(lab) >= 2], minlength=5)
-            rows.append({"method": method, "threshold": float(t), "disagreements": int((grouped != removed).sum()),
-                         "extra_removed": int((grouped & ~removed).sum()),
-                         "missed": int((~grouped & removed).sum()), "images_in_groups": int(grouped.sum()),
-                         "duplets": int(counts[2]), "triplets": int(counts[3]), "quadruplets": int(counts[4]),
-                         "larger": int(counts[5:].sum())})
-    return pd.DataFrame(rows)
-
-
-def threshold_margin(result: AuditResult, k: int = 6):
-    """The ``k`` lowest-scoring same-scan pairs and the ``k`` highest-scoring other pairs:
-    how much room the threshold has. Returns a DataFrame."""
-    p = result.pairs
-    cols = ["name_i", "name_j", "plain_ssim", "aligned_ssim", "score", "duplicate"]
-    import pandas as pd
-
-    return pd.concat([p[p["duplicate"]].nsmallest(k, "score")[cols],
-                      p[~p["duplicate"]].nlargest(k, "score")[cols]]).sort_values("score", ascending=False)
-
-
-def conflict_table(result: AuditResult, max_iou: float | None = None):
-    """One row per group with a label conflict (or, with ``max_iou``, per group whose
-    members' masks agree less than that): members with their class, the lowest mask IoU."""
-    import pandas as pd
-
-    g = result.groups
-    pick = g["label_conflict"] if max_iou is None else g["mask_iou_min"] < max_iou
-    rows = []
-    for gid, m in g[pick].groupby("group"):
-        rows.append({"group": gid, "members": ", ".join(result.index.loc[m["row"], "name"]),
-                     "classes": m["classes"].iloc[0], "method": m["method"].iloc[0],
-                     "min_ssim": m["min_ssim"].iloc[0], "mask_iou_min": m["mask_iou_min"].iloc[0]})
-    return pd.DataFrame(rows, columns=["group", "members", "classes", "method", "min_ssim", "mask_iou_min"])
-
-
-def find_group(result: AuditResult, name: str) -> int:
-    """The group number of an image given by name (e.g. "benign (42)"); -1 if none."""
-    rows = result.index.index[result.index["name"] == name]
-    if not len(rows):
-        raise ValueError(f"no image named {name!r}; expected e.g. 'benign (42)'")
-    g = result.groups.loc[result.groups["row"] == rows[0], "group"]
-    return int(g.iloc[0]) if len(g) else -1

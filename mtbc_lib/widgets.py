@@ -173,7 +173,7 @@ class DuplicateExplorer:
             from PIL import Image
 
             from mtbc_lib.data import read_image, read_mask
-            from mtbc_lib.plots import mask_overlay
+            from mtbc_lib.audit import mask_overlay
 
             r = self.result.index.loc[row]
             buf = io.BytesIO()

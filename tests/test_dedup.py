@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from mtbc_lib import dedup
+from mtbc_lib import audit, dedup
 from mtbc_lib.data import DataError, read_keep_list
 
 
@@ -221,7 +221,7 @@ def test_busi_reproduces_the_published_groups(busi_audit):
     assert r.group_sizes() == {2: 123, 3: 22, 4: 5}
     assert published - r.keep("paper") == {("malignant", 11), ("malignant", 113)}
     assert r.keep("paper") <= published
-    diff = dedup.compare_published(r)
+    diff = audit.compare_published(r)
     assert set(diff["name"]) == {"malignant (11)", "malignant (113)"} and set(diff["ours"]) == {"removed"}
 
 

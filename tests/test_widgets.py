@@ -1,13 +1,11 @@
 """Tests of mtbc_lib.widgets.DuplicateExplorer, driven from Python (filters, stepping,
-marking, export), and of the duplicate-audit figures of mtbc_lib.plots, on the small
-generated folder of test_dedup."""
+marking, export), on the small generated folder of test_dedup."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from mtbc_lib import dedup, plots
+from mtbc_lib import dedup
 from mtbc_lib.data import read_keep_list
 from mtbc_lib.widgets import DuplicateExplorer
 from test_dedup import write_synthetic_busi
@@ -76,25 +74,3 @@ def test_paper_initial_marks_drop_every_member(result):
     assert ex.keep_set() == result.keep("paper") == OUTSIDE
     with pytest.raises(ValueError, match="initial"):
         DuplicateExplorer(result, initial="none")
-
-
-def test_audit_figures(result):
-    img = np.full((40, 60), 100, np.uint8)
-    mask = np.zeros((40, 60), bool)
-    mask[10:30, 20:40] = True
-    rgb = plots.mask_overlay(img, mask, height=20)
-    assert rgb.shape == (20, 30, 3) and (rgb == (255, 60, 60)).all(axis=2).any()
-    assert (rgb[0, 0] == 100).all()
-    fig = plots.group_slider(result, height=32)
-    steps = fig.layout.sliders[0].steps
-    assert [s.label for s in steps] == ["1", "2"] and len(fig.data) == 4  # one image trace per slot
-    assert steps[1].args[0]["visible"] == [True, True, False, False]
-    assert steps[0].args[0]["source"][0] == fig.data[0].source
-    assert fig.data[0].source.startswith(("data:image/webp;base64,", "data:image/jpeg;base64,"))
-    assert "label conflict" in steps[0].args[1]["title.text"] and "normal (4)" in steps[1].args[1]["title.text"]
-    hist = plots.ssim_distribution(result.pairs, 0.94)
-    assert len(hist.data) == 2 and hist.layout.shapes[0].x0 == 0.94
-    gal = plots.group_gallery(result, [1, 2], height=40)
-    assert len(gal.axes) == 8
-    with pytest.raises(ValueError, match="no such duplicate group"):
-        plots.group_gallery(result, [9])

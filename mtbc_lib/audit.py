@@ -1,0 +1,332 @@
+"""Reading a duplicate search (:func:`mtbc_lib.dedup.find_groups`): the tables and
+figures of the dataset-audit chapter (notebooks/dataset_audit.ipynb) and of the
+duplicate explorer (notebooks/duplicate_explorer.ipynb, mtbc_lib.widgets): agreement with
+the published keep-list, class counts, threshold calibration and margin, label and mask
+conflicts, galleries of the groups."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mtbc_lib.config import CLASSES
+from mtbc_lib.dedup import AuditResult, components
+
+__all__ = ["compare_published", "class_counts", "calibration_table", "threshold_margin", "conflict_table",
+           "find_group", "mask_overlay", "ssim_distribution", "group_gallery", "group_slider",
+           "calibration_figure", "class_counts_figure"]
+
+
+# ----------------------------------------------------------------------------- tables
+
+def compare_published(result: AuditResult, keep=None):
+    """Images on which the ``paper`` rule (drop every group member) disagrees with a
+    keep-list (default: the published Curated BUSI v1 list), with the evidence.
+
+    Returns a DataFrame: ``class, id, name, ours, published, group, partners, evidence``
+    (``partners``: the group's other members; ``evidence``: the image's best scored
+    pair, whole-image and aligned SSIM)."""
+    import pandas as pd
+
+    from mtbc_lib.data import PUBLISHED_KEEP_LIST, read_keep_list
+
+    keep = read_keep_list(PUBLISHED_KEEP_LIST) if keep is None else set(keep)
+    ours = result.keep("paper")
+    idx = result.index
+    rows = []
+    for k in range(len(idx)):
+        key = (idx.at[k, "class"], int(idx.at[k, "id"]))
+        if (key in ours) == (key in keep):
+            continue
+        g = result.groups[result.groups["row"] == k]
+        group = int(g["group"].iloc[0]) if len(g) else -1
+        partners = ", ".join(result.index.at[r, "name"] for r in result.groups.loc[
+            result.groups["group"] == group, "row"] if r != k) if group > 0 else ""
+        mine = result.pairs[(result.pairs["i"] == k) | (result.pairs["j"] == k)]
+        if len(mine):
+            best = mine.loc[mine["score"].idxmax()]
+            other = best["name_j"] if best["i"] == k else best["name_i"]
+            ev = (f"best pair {other}: whole-image SSIM {best['plain_ssim']:.3f}, aligned SSIM "
+                  f"{best['aligned_ssim']:.3f} (threshold {result.config.threshold})")
+        else:
+            ev = "no candidate pair (no similar thumbnail, no keypoint match)"
+        rows.append({"class": key[0], "id": key[1], "name": idx.at[k, "name"],
+                     "ours": "kept" if key in ours else "removed",
+                     "published": "kept" if key in keep else "removed",
+                     "group": group, "partners": partners, "evidence": ev})
+    return pd.DataFrame(rows, columns=["class", "id", "name", "ours", "published", "group", "partners", "evidence"])
+
+
+def class_counts(result: AuditResult, keep_lists: dict):
+    """Images per class: all, and kept by each named keep-list ({name: set of pairs}).
+    Returns a DataFrame indexed by class (plus a "total" row)."""
+    import pandas as pd
+
+    idx = result.index
+    data = {"all": idx["class"].value_counts()}
+    for name, keep in keep_lists.items():
+        kept = [c for c, i in zip(idx["class"], idx["id"]) if (c, int(i)) in keep]
+        data[name] = pd.Series(kept, dtype=object).value_counts()
+    out = pd.DataFrame(data).reindex(list(CLASSES)).fillna(0).astype(int)
+    out.loc["total"] = out.sum()
+    return out
+
+
+def calibration_table(result: AuditResult, keep=None, thresholds=None):
+    """How well each threshold reproduces a keep-list (default: the published one) when
+    groups come from whole-image SSIM only ("whole images") or from whole-image or
+    aligned-overlap SSIM ("common field of view"): per threshold and method, the number
+    of images whose paper-rule decision (drop every member) differs, and the group sizes.
+
+    Exact for whole-image SSIM down to the candidate filter's margin (pairs with SSIM >=
+    0.7 are all candidates on BUSI, see bench_dedup.py). Returns a long DataFrame."""
+    import pandas as pd
+
+    from mtbc_lib.data import PUBLISHED_KEEP_LIST, read_keep_list
+
+    keep = read_keep_list(PUBLISHED_KEEP_LIST) if keep is None else set(keep)
+    thresholds = np.round(np.arange(0.70, 0.995, 0.005), 3) if thresholds is None else thresholds
+    idx = result.index
+    n = len(idx)
+    removed = np.array([(c, int(i)) not in keep for c, i in zip(idx["class"], idx["id"])])
+    p = result.pairs
+    rows = []
+    for method, score in (("whole images", p["plain_ssim"].to_numpy()),
+                          ("common field of view", p["score"].to_numpy())):
+        for t in thresholds:
+            e = np.nan_to_num(score, nan=-np.inf) >= t
+            lab = components(n, p["i"].to_numpy()[e], p["j"].to_numpy()[e])
+            size = np.bincount(lab)[lab]
+            grouped = size >= 2
+            counts = np.bincount(np.bincount(lab)[np.bincount(lab) >= 2], minlength=5)
+            rows.append({"method": method, "threshold": float(t), "disagreements": int((grouped != removed).sum()),
+                         "extra_removed": int((grouped & ~removed).sum()),
+                         "missed": int((~grouped & removed).sum()), "images_in_groups": int(grouped.sum()),
+                         "duplets": int(counts[2]), "triplets": int(counts[3]), "quadruplets": int(counts[4]),
+                         "larger": int(counts[5:].sum())})
+    return pd.DataFrame(rows)
+
+
+def threshold_margin(result: AuditResult, k: int = 6):
+    """The ``k`` lowest-scoring same-scan pairs and the ``k`` highest-scoring other pairs:
+    how much room the threshold has. Returns a DataFrame."""
+    p = result.pairs
+    cols = ["name_i", "name_j", "plain_ssim", "aligned_ssim", "score", "duplicate"]
+    import pandas as pd
+
+    return pd.concat([p[p["duplicate"]].nsmallest(k, "score")[cols],
+                      p[~p["duplicate"]].nlargest(k, "score")[cols]]).sort_values("score", ascending=False)
+
+
+def conflict_table(result: AuditResult, max_iou: float | None = None):
+    """One row per group with a label conflict (or, with ``max_iou``, per group whose
+    members' masks agree less than that): members with their class, the lowest mask IoU."""
+    import pandas as pd
+
+    g = result.groups
+    pick = g["label_conflict"] if max_iou is None else g["mask_iou_min"] < max_iou
+    rows = []
+    for gid, m in g[pick].groupby("group"):
+        rows.append({"group": gid, "members": ", ".join(result.index.loc[m["row"], "name"]),
+                     "classes": m["classes"].iloc[0], "method": m["method"].iloc[0],
+                     "min_ssim": m["min_ssim"].iloc[0], "mask_iou_min": m["mask_iou_min"].iloc[0]})
+    return pd.DataFrame(rows, columns=["group", "members", "classes", "method", "min_ssim", "mask_iou_min"])
+
+
+def find_group(result: AuditResult, name: str) -> int:
+    """The group number of an image given by name (e.g. "benign (42)"); -1 if none."""
+    rows = result.index.index[result.index["name"] == name]
+    if not len(rows):
+        raise ValueError(f"no image named {name!r}; expected e.g. 'benign (42)'")
+    g = result.groups.loc[result.groups["row"] == rows[0], "group"]
+    return int(g.iloc[0]) if len(g) else -1
+
+
+# ----------------------------------------------------------------------------- figures
+
+def mask_overlay(image, mask, height: int | None = None, colour=(255, 60, 60)):
+    """A grey image as RGB with its mask outlined in ``colour``.
+
+    image: (H, W) uint8; mask: (H, W) bool; height: resize so the result is this many
+    pixels high (aspect kept; nearest neighbour for the mask). Returns (h, w, 3) uint8."""
+    import numpy as np
+    from PIL import Image
+    from scipy import ndimage as ndi
+
+    image = np.asarray(image, dtype=np.uint8)
+    mask = np.asarray(mask, dtype=bool)
+    if image.shape != mask.shape:
+        raise ValueError(f"mask_overlay: image {image.shape} and mask {mask.shape} differ; expected one size")
+    if height is not None and height != image.shape[0]:
+        w = max(1, round(image.shape[1] * height / image.shape[0]))
+        image = np.asarray(Image.fromarray(image).resize((w, height), Image.Resampling.BOX))
+        mask = np.asarray(Image.fromarray(mask).resize((w, height), Image.Resampling.NEAREST))
+    rgb = np.repeat(image[..., None], 3, axis=2)
+    edge = mask & ~ndi.binary_erosion(mask, iterations=max(1, image.shape[0] // 150))
+    rgb[edge] = colour
+    return rgb
+
+
+def _member_tiles(result, group: int, height: int):
+    """[(RGB tile, caption)] of a duplicate group's members, in the group table's order."""
+    from mtbc_lib.data import read_image, read_mask
+
+    g = result.groups[result.groups["group"] == group]
+    if g.empty:
+        raise ValueError(f"group {group}: no such duplicate group (valid: 1..{result.groups['group'].max()})")
+    tiles = []
+    for _, r in g.iterrows():
+        row = result.index.loc[int(r["row"])]
+        tiles.append((mask_overlay(read_image(row["image"]), read_mask(row["masks"]), height),
+                      f"{row['name']} ({r['width']}x{r['height']})"))
+    return tiles
+
+
+def ssim_distribution(pairs, threshold: float):
+    """Histogram of the SSIM of every scored pair: whole-image SSIM and, for aligned
+    pairs, SSIM on the aligned overlap; log counts; the decision threshold as a line.
+
+    pairs: ``AuditResult.pairs``. Returns a ``plotly.graph_objects.Figure``."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for col, name, colour in (("plain_ssim", "whole images", "#2b6cb0"),
+                              ("aligned_ssim", "aligned overlap (crops, rescales)", "#dd6b20")):
+        v = pairs[col].dropna()
+        fig.add_trace(go.Histogram(x=v, name=f"{name} ({len(v)} pairs)", xbins=dict(start=-0.2, end=1.0, size=0.01),
+                                   marker_color=colour, opacity=0.65))
+    fig.add_vline(x=threshold, line=dict(color="black", dash="dash"),
+                  annotation_text=f"threshold {threshold}", annotation_position="top left")
+    fig.update_layout(barmode="overlay", template="plotly_white", height=360, yaxis_type="log",
+                      xaxis_title="SSIM (candidate pairs)", yaxis_title="pairs (log)",
+                      margin=dict(l=10, r=10, t=30, b=40), legend=dict(orientation="h", y=1.12))
+    return fig
+
+
+def group_gallery(result, groups, height: int = 110):
+    """Duplicate groups side by side, one row per group: each member with its mask
+    outline (red), file name, size; the row title gives the group's classes and SSIM.
+
+    result: ``dedup.AuditResult``; groups: group numbers. Returns a matplotlib Figure
+    (closed, so that it is displayed once, as the cell's value)."""
+    import matplotlib.pyplot as plt
+
+    groups = list(groups)
+    if not groups:
+        raise ValueError("group_gallery: no group given")
+    rows = [(_member_tiles(result, g, height), result.groups[result.groups["group"] == g].iloc[0]) for g in groups]
+    cols = max(len(t) for t, _ in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2.6 * cols, 2.4 * len(rows)), squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.96, bottom=0.06, wspace=0.04, hspace=0.42)
+    for r, (tiles, info) in enumerate(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(tiles):
+                ax.imshow(tiles[c][0])
+                ax.set_title(tiles[c][1], fontsize=8)
+        conflict = " - LABEL CONFLICT" if info["label_conflict"] else ""
+        y = axes[r][0].get_position().y0
+        fig.text(0.01, y - 0.12 / len(rows), f"group {info['group']}: {info['classes']}{conflict}, {info['method']}, "
+                 f"SSIM {info['min_ssim']:.3f}-{info['max_ssim']:.3f}, mask IoU >= {info['mask_iou_min']:.2f}",
+                 fontsize=8, ha="left", va="top")
+    plt.close(fig)
+    return fig
+
+
+#: A 1x1 white GIF: the source of an unused image slot.
+_BLANK_PIXEL = "data:image/gif;base64,R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw=="
+
+
+def group_slider(result, groups=None, height: int = 64, quality: int = 50):
+    """A plotly figure with a slider over duplicate groups: the members side by side
+    (small WebP images, JPEG if Pillow lacks WebP, with the mask outline), the title
+    naming the files, classes and SSIM.
+
+    result: ``dedup.AuditResult``; groups: group numbers (default: all). Keep ``height``
+    small: every image is embedded in the figure. Returns a ``go.Figure``."""
+    import base64
+    import io
+
+    import plotly.graph_objects as go
+    from PIL import Image, features
+    from plotly.subplots import make_subplots
+
+    fmt = "WEBP" if features.check("webp") else "JPEG"
+
+    groups = list(result.groups["group"].unique()) if groups is None else list(groups)
+    if not groups:
+        raise ValueError("group_slider: no duplicate group to show")
+    cols = int(result.groups[result.groups["group"].isin(groups)]["size"].max())
+    steps = []
+    for g in groups:
+        info = result.groups[result.groups["group"] == g].iloc[0]
+        tiles = _member_tiles(result, g, height)
+        uris, names = [], []
+        for tile, caption in tiles:
+            buf = io.BytesIO()
+            Image.fromarray(tile).save(buf, format=fmt, quality=quality)
+            uris.append(f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode())
+            names.append(caption)
+        blank = cols - len(tiles)
+        conflict = " <b>label conflict</b>" if info["label_conflict"] else ""
+        title = (f"group {g}: " + " | ".join(names) + f"<br>{info['classes']}{conflict}, {info['method']}, "
+                 f"SSIM {info['min_ssim']:.3f}-{info['max_ssim']:.3f}")
+        # each step restyles the `cols` image traces (source per trace; empty slots hidden)
+        steps.append(dict(method="update", label=str(g), args=[
+            {"source": uris + [_BLANK_PIXEL] * blank, "visible": [True] * len(tiles) + [False] * blank,
+             "hovertemplate": [n + "<extra></extra>" for n in names] + [""] * blank},
+            {"title.text": title}]))
+    fig = make_subplots(rows=1, cols=cols, horizontal_spacing=0.01)
+    first = steps[0]["args"][0]
+    for c in range(cols):
+        fig.add_trace(go.Image(source=first["source"][c], visible=first["visible"][c],
+                               hovertemplate=first["hovertemplate"][c]), row=1, col=c + 1)
+    fig.update_layout(sliders=[dict(active=0, steps=steps, currentvalue=dict(prefix="group "), pad=dict(t=10))],
+                      title=dict(text=steps[0]["args"][1]["title.text"], font=dict(size=12)), template="plotly_white",
+                      height=height * 2 + 180, margin=dict(l=10, r=10, t=70, b=10))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return fig
+
+
+def calibration_figure(table):
+    """Images whose curation decision differs from the published list, per SSIM
+    threshold, for whole-image SSIM and for SSIM on the common field of view.
+
+    table: ``calibration_table(...)``. Returns a ``go.Figure``."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for (method, t), colour in zip(table.groupby("method", sort=False), ("#2b6cb0", "#dd6b20")):
+        fig.add_trace(go.Scatter(
+            x=t["threshold"], y=t["disagreements"], mode="lines+markers", name=method, marker=dict(size=4, color=colour),
+            customdata=t[["extra_removed", "missed", "duplets", "triplets", "quadruplets", "larger"]].to_numpy(),
+            hovertemplate=("threshold %{x}<br>%{y} images differ (%{customdata[0]} extra removed, "
+                           "%{customdata[1]} missed)<br>groups: %{customdata[2]} duplets, %{customdata[3]} triplets, "
+                           "%{customdata[4]} quadruplets, %{customdata[5]} larger<extra>" + method + "</extra>")))
+    fig.update_layout(template="plotly_white", height=360, yaxis_type="log", xaxis_title="SSIM threshold",
+                      yaxis_title="images decided unlike the published list (log)",
+                      margin=dict(l=10, r=10, t=30, b=40), legend=dict(orientation="h", y=1.12))
+    return fig
+
+
+def class_counts_figure(counts):
+    """Grouped bars: images per class in each keep-list.
+
+    counts: ``class_counts(...)`` (classes as rows, lists as columns; a "total"
+    row is ignored). Returns a matplotlib Figure (closed)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    long = counts.drop(index="total", errors="ignore").rename_axis("class").reset_index().melt(
+        id_vars="class", var_name="list", value_name="images")
+    fig, ax = plt.subplots(figsize=(7.5, 3.2))
+    sns.barplot(data=long, x="class", y="images", hue="list", ax=ax, palette="deep")
+    for c in ax.containers:
+        ax.bar_label(c, fontsize=7)
+    ax.legend(fontsize=8, frameon=False)
+    ax.set_xlabel("")
+    sns.despine(fig)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -1,0 +1,75 @@
+"""Tests of mtbc_lib.audit: the tables and figures read off a duplicate search, on the
+small generated folder of test_dedup (group 1: four images, benign + malignant; group 2:
+two normal images; four unrelated scans)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mtbc_lib import audit, dedup
+from test_dedup import write_synthetic_busi
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    root = write_synthetic_busi(tmp_path_factory.mktemp("a") / "BUSI")
+    return dedup.find_groups(root, progress=False, workers=1)
+
+
+def test_compare_published_lists_only_the_images_decided_differently(result):
+    keep = result.keep("paper") | {("normal", 3)}  # a list that keeps one member of group 2
+    diff = audit.compare_published(result, keep)
+    assert diff[["name", "ours", "published", "group"]].values.tolist() == [["normal (3)", "removed", "kept", 2]]
+    assert diff["partners"].iloc[0] == "normal (4)" and "aligned SSIM" in diff["evidence"].iloc[0]
+    assert audit.compare_published(result, result.keep("paper")).empty
+
+
+def test_class_counts_per_keep_list(result):
+    counts = audit.class_counts(result, {"paper": result.keep("paper"), "keep-one": result.keep("keep-one")})
+    assert counts.loc["total"].tolist() == [10, 4, 5]
+    assert counts.loc["normal"].tolist() == [4, 2, 3]
+    assert audit.class_counts_figure(counts).axes[0].get_legend() is not None
+
+
+def test_calibration_finds_the_threshold_that_reproduces_a_keep_list(result):
+    t = audit.calibration_table(result, result.keep("paper"), thresholds=[0.5, 0.94, 0.999])
+    fov = t[t["method"] == "common field of view"].set_index("threshold")
+    assert fov.at[0.94, "disagreements"] == 0 and fov.at[0.94, "quadruplets"] == 1
+    assert fov.at[0.999, "missed"] > 0  # too strict: copies not grouped
+    whole = t[t["method"] == "whole images"].set_index("threshold")
+    assert whole.at[0.94, "missed"] > 0  # crops need the common field of view
+    assert len(audit.calibration_figure(t).data) == 2
+
+
+def test_conflicts_margin_and_group_lookup(result):
+    conflicts = audit.conflict_table(result)
+    assert conflicts["group"].tolist() == [1] and conflicts["classes"].iloc[0] == "benign+malignant"
+    assert audit.conflict_table(result, max_iou=0.5).empty  # the copies' masks agree
+    m = audit.threshold_margin(result, k=2)
+    assert len(m) == 4 and m["score"].is_monotonic_decreasing
+    assert audit.find_group(result, "normal (4)") == 2 and audit.find_group(result, "normal (1)") == -1
+    with pytest.raises(ValueError, match="no image named 'normal 4'"):
+        audit.find_group(result, "normal 4")
+
+
+def test_audit_figures(result):
+    img = np.full((40, 60), 100, np.uint8)
+    mask = np.zeros((40, 60), bool)
+    mask[10:30, 20:40] = True
+    rgb = audit.mask_overlay(img, mask, height=20)
+    assert rgb.shape == (20, 30, 3) and (rgb == (255, 60, 60)).all(axis=2).any()
+    assert (rgb[0, 0] == 100).all()
+    fig = audit.group_slider(result, height=32)
+    steps = fig.layout.sliders[0].steps
+    assert [s.label for s in steps] == ["1", "2"] and len(fig.data) == 4  # one image trace per slot
+    assert steps[1].args[0]["visible"] == [True, True, False, False]
+    assert steps[0].args[0]["source"][0] == fig.data[0].source
+    assert fig.data[0].source.startswith(("data:image/webp;base64,", "data:image/jpeg;base64,"))
+    assert "label conflict" in steps[0].args[1]["title.text"] and "normal (4)" in steps[1].args[1]["title.text"]
+    hist = audit.ssim_distribution(result.pairs, 0.94)
+    assert len(hist.data) == 2 and hist.layout.shapes[0].x0 == 0.94
+    gal = audit.group_gallery(result, [1, 2], height=40)
+    assert len(gal.axes) == 8
+    with pytest.raises(ValueError, match="no such duplicate group"):
+        audit.group_gallery(result, [9])
