@@ -65,14 +65,15 @@ ROWS: tuple[Row, ...] = (
 BACKBONE_TITLES = {"unetplusplus": "U-Net++", "nnunet": "nnU-Net", "unet": "U-Net"}
 
 
-def name_list(param: str, value, valid, empty_ok: bool = False) -> list[str]:
-    """A list-valued notebook parameter (``backbones``, ``other_profiles``) as a list: a
-    list, or one name or a comma-separated string (what ``papermill -p backbones nnunet``
-    passes). Raises ValueError naming the parameter and any name not in ``valid``."""
+def name_list(param: str, value, valid=None, empty_ok: bool = False) -> list[str]:
+    """A list-valued notebook parameter (``backbones``, ``other_profiles``, ``probes``) as a
+    list: a list, or one name or a comma-separated string (what ``papermill -p backbones
+    nnunet`` passes). Raises ValueError naming the parameter and any name not in ``valid``
+    (None: any name)."""
     names = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
-    unknown = [n for n in names if n not in valid]
+    unknown = [n for n in names if valid is not None and n not in valid]
     if unknown or not (names or empty_ok):
-        raise ValueError(f"{param}: unknown {unknown or 'empty list'}; expected names out of {', '.join(valid)}")
+        raise ValueError(f"{param}: unknown {unknown or 'empty list'}; expected names out of {', '.join(valid or [])}")
     return names
 
 
@@ -338,6 +339,40 @@ def profile_runs(backbone: str, profiles, results_dir: str | os.PathLike = "resu
         if len(dirs) >= 2:
             out[setting] = dirs
     return out
+
+
+def probe_comparison(probe_dir: str | os.PathLike, results_dir: str | os.PathLike = "results",
+                     metrics=("dsc_avg", "dsc_normal", "f1_weighted", "acc")):
+    """A probe (a run of one grid setting with other epochs or folds, e.g. one fold trained
+    longer) beside the grid run of the same setting and profile, on the probe's folds.
+
+    Returns (table, histories): table has one row per run, fold and refinement ("none",
+    "PR") with the best epoch out of the epochs run and ``metrics``; histories maps each
+    run's label to its per-epoch history on those folds (for :func:`plots.profile_curves`).
+    Raises FileNotFoundError naming a missing run."""
+    from .runs import load_run
+
+    probe = load_run(probe_dir)
+    if not probe.metrics or probe.config is None:
+        raise FileNotFoundError(f"{probe_dir}: no finished fold; expected a run's results folder")
+    c = probe.config
+    setting = next(s for s, v in SETTINGS.items() if v == {"task": c["task"], "oversampling": c["oversampling"]})
+    base_dir = Path(results_dir) / run_name(c["backbone"], setting, c["profile"])
+    if not is_complete(base_dir):
+        raise FileNotFoundError(f"{base_dir}: not a finished run; the probe {probe_dir} is compared with it")
+    base = load_run(base_dir)
+    folds = sorted(probe.metrics)
+    runs = {f"{base_dir.name} ({base.config['epochs']} epochs)": base,
+            f"{Path(probe_dir).name} ({c['epochs']} epochs)": probe}
+    rows = []
+    for label, run in runs.items():
+        for k in folds:
+            m = run.metrics[k]
+            for key, name in (("raw", "none"), ("pr", "PR")):
+                rows.append({"run": label, "fold": k, "refinement": name,
+                             "best epoch": f"{m['best_epoch']}/{m['epochs']}"} | {x: m[key].get(x, np.nan) for x in metrics})
+    histories = {label: run.history[run.history["fold"].isin(folds)] for label, run in runs.items()}
+    return pd.DataFrame(rows), histories
 
 
 def budget_table(backbone: str, profile: str, results_dir: str | os.PathLike = "results") -> pd.DataFrame:

@@ -141,11 +141,13 @@ def training_curves(history):
 
 
 def profile_curves(histories: dict, title: str = ""):
-    """The same setting trained under several profiles: training loss, validation loss
-    and validation Dice per epoch, one colour per profile and one line per fold, so a
-    reader sees which profile trains steadily and which swings.
+    """The same setting trained in several ways (profiles, or a run and a longer probe of
+    it): training loss, validation loss and validation Dice per epoch, one colour per run
+    (the first solid, the others dashed, so a run that repeats another's first epochs
+    does not hide it) and one line per fold, so a reader sees which trains steadily and
+    which swings.
 
-    ``histories``: profile name -> ``runs.load_run(...).history``.
+    ``histories``: label (a profile, a run) -> ``runs.load_run(...).history``.
     Returns a ``plotly.graph_objects.Figure``."""
     import plotly.graph_objects as go
     from plotly.colors import qualitative
@@ -160,7 +162,8 @@ def profile_curves(histories: dict, title: str = ""):
         for fold, h in history.groupby("fold", sort=True):
             for j, (col, label) in enumerate(panels, start=1):
                 fig.add_trace(go.Scatter(
-                    x=h["epoch"], y=h[col], mode="lines+markers", line=dict(color=c, width=1.2), marker=dict(size=4),
+                    x=h["epoch"], y=h[col], mode="lines+markers", marker=dict(size=4),
+                    line=dict(color=c, width=1.5 if i == 0 else 1.2, dash="solid" if i == 0 else "dash"),
                     name=profile, legendgroup=profile, showlegend=bool(j == 1 and fold == history["fold"].min()),
                     hovertemplate=f"{profile}, fold {fold}<br>epoch %{{x}}<br>{label} %{{y:.3f}}<extra></extra>"),
                     row=1, col=j)

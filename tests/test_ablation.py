@@ -176,3 +176,34 @@ def test_profile_table_sets_configurations_of_two_profiles_side_by_side(tmp_path
     assert ablation.profile_table("unet", ["fast", "paper"], tmp_path).empty
     assert ablation.profile_runs("unet", ["fast", "steady"], tmp_path) == {
         "mt-do": {"fast": tmp_path / "unet-mt-do-fast", "steady": tmp_path / "unet-mt-do-steady"}}
+
+
+def _write_full_run(root, name, epochs, folds, dice):
+    """A run's folder with every file load_run reads (config, metrics, history, tests)."""
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"config": {"backbone": "unet", "task": "mt", "oversampling": True,
+                                                          "profile": "steady", "epochs": epochs}}))
+    for k in folds:
+        fold = {"dsc_avg": dice, "dsc_normal": 1.0, "f1_weighted": 0.5, "acc": 0.5}
+        (d / f"fold{k}_metrics.json").write_text(json.dumps(
+            {"raw": fold, "pr": fold | {"dsc_avg": dice + 0.01}, "best_epoch": epochs, "epochs": epochs}))
+        pd.DataFrame({"epoch": range(1, epochs + 1), "train_loss": 0.5, "val_loss": 0.5, "val_dice": dice}).to_csv(
+            d / f"fold{k}_history.csv", index=False)
+        pd.DataFrame(TRUTH).to_csv(d / f"fold{k}_test.csv", index=False)
+    (d / "summary.json").write_text("{}")
+    return d
+
+
+def test_probe_comparison_sets_a_longer_fold_beside_the_grid_run(tmp_path):
+    _write_full_run(tmp_path, "unet-mt-do-steady", 12, (0, 1, 2, 3), 0.5)
+    probe = _write_full_run(tmp_path / "probes", "unet-mt-do-steady24", 24, (0,), 0.6)
+    table, histories = ablation.probe_comparison(probe, tmp_path)
+    assert table[["run", "fold", "refinement", "best epoch", "dsc_avg"]].values.tolist() == [
+        ["unet-mt-do-steady (12 epochs)", 0, "none", "12/12", 0.5],
+        ["unet-mt-do-steady (12 epochs)", 0, "PR", "12/12", 0.51],
+        ["unet-mt-do-steady24 (24 epochs)", 0, "none", "24/24", 0.6],
+        ["unet-mt-do-steady24 (24 epochs)", 0, "PR", "24/24", 0.61]]
+    assert [len(h) for h in histories.values()] == [12, 24]  # fold 0 only
+    with pytest.raises(FileNotFoundError, match="unet-mt-do-steady: not a finished run"):
+        ablation.probe_comparison(probe, tmp_path / "elsewhere")
