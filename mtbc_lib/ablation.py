@@ -346,15 +346,16 @@ def probe_comparison(probe_dir: str | os.PathLike, results_dir: str | os.PathLik
     """A probe (a run of one grid setting with other epochs or folds, e.g. one fold trained
     longer) beside the grid run of the same setting and profile, on the probe's folds.
 
-    Returns (table, histories): table has one row per run, fold and refinement ("none",
-    "PR") with the best epoch out of the epochs run and ``metrics``; histories maps each
-    run's label to its per-epoch history on those folds (for :func:`plots.profile_curves`).
-    Raises FileNotFoundError naming a missing run."""
+    Returns (table, histories), or None while the probe has no finished fold: table has
+    one row per run, fold and refinement ("none", "PR") with the best epoch out of the
+    epochs run and ``metrics``; histories maps each run's label to its per-epoch history
+    on those folds (for :func:`plots.profile_curves`). Raises FileNotFoundError when the
+    grid run to compare with is not finished."""
     from .runs import load_run
 
     probe = load_run(probe_dir)
     if not probe.metrics or probe.config is None:
-        raise FileNotFoundError(f"{probe_dir}: no finished fold; expected a run's results folder")
+        return None
     c = probe.config
     setting = next(s for s, v in SETTINGS.items() if v == {"task": c["task"], "oversampling": c["oversampling"]})
     base_dir = Path(results_dir) / run_name(c["backbone"], setting, c["profile"])

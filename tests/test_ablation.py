@@ -207,3 +207,4 @@ def test_probe_comparison_sets_a_longer_fold_beside_the_grid_run(tmp_path):
     assert [len(h) for h in histories.values()] == [12, 24]  # fold 0 only
     with pytest.raises(FileNotFoundError, match="unet-mt-do-steady: not a finished run"):
         ablation.probe_comparison(probe, tmp_path / "elsewhere")
+    assert ablation.probe_comparison(tmp_path / "probes" / "not-run-yet", tmp_path) is None
