@@ -9,7 +9,8 @@ that :mod:`mtbc_lib.train` saves (``fold<k>_test.csv``), without retraining.
 (locally, or on a Dask cluster), skipping settings whose results are complete;
 :func:`ablation_table` assembles ``results/ablation.csv`` (DESIGN.md's columns);
 :func:`profile_table` sets the same configurations trained under different profiles side by
-side.
+side, :func:`probe_comparison` a probe (one setting trained otherwise, e.g. longer) beside its
+grid run.
 """
 
 from __future__ import annotations

@@ -154,18 +154,18 @@ def profile_curves(histories: dict, title: str = ""):
     from plotly.subplots import make_subplots
 
     if not histories:
-        raise ValueError("histories: empty; expected {profile: history} of at least one finished run")
+        raise ValueError("histories: empty; expected {label: history} of at least one finished run")
     panels = (("train_loss", "training loss"), ("val_loss", "validation loss"), ("val_dice", "validation Dice"))
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for _, t in panels])
-    for i, (profile, history) in enumerate(histories.items()):
+    for i, (name, history) in enumerate(histories.items()):
         c = qualitative.D3[i % len(qualitative.D3)]
         for fold, h in history.groupby("fold", sort=True):
             for j, (col, label) in enumerate(panels, start=1):
                 fig.add_trace(go.Scatter(
                     x=h["epoch"], y=h[col], mode="lines+markers", marker=dict(size=4),
                     line=dict(color=c, width=1.5 if i == 0 else 1.2, dash="solid" if i == 0 else "dash"),
-                    name=profile, legendgroup=profile, showlegend=bool(j == 1 and fold == history["fold"].min()),
-                    hovertemplate=f"{profile}, fold {fold}<br>epoch %{{x}}<br>{label} %{{y:.3f}}<extra></extra>"),
+                    name=name, legendgroup=name, showlegend=bool(j == 1 and fold == history["fold"].min()),
+                    hovertemplate=f"{name}, fold {fold}<br>epoch %{{x}}<br>{label} %{{y:.3f}}<extra></extra>"),
                     row=1, col=j)
     fig.update_xaxes(title_text="epoch")
     fig.update_layout(title=title or None, height=380, template="plotly_white",
