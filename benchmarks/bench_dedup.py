@@ -41,11 +41,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mtbc_lib.config import atomic_write
-
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
+
+from mtbc_lib.config import atomic_write  # noqa: E402
 
 
 def _load() -> str:
