@@ -23,8 +23,10 @@ import numpy as np
 import pandas as pd
 
 from .config import NORMAL, REPO_ROOT, atomic_write
+from .models import BACKBONES
 from .metrics import CLS_METRICS, SEG_METRICS, TABLE_METRICS, aggregate, classification_metrics, segmentation_metrics
 from .refine import refine_labels
+from .trainconfig import TrainConfig
 
 #: The six trainings per backbone: setting name -> train.ipynb parameters.
 SETTINGS: dict[str, dict] = {
@@ -63,7 +65,7 @@ ROWS: tuple[Row, ...] = (
 )
 
 #: How the book names the backbones.
-BACKBONE_TITLES = {"unetplusplus": "U-Net++", "nnunet": "nnU-Net", "unet": "U-Net"}
+BACKBONE_TITLES = {name: entry.title for name, entry in BACKBONES.items()}
 
 
 def name_list(param: str, value, valid=None, empty_ok: bool = False) -> list[str]:
@@ -101,8 +103,11 @@ for _line in _PAPER_ROWS.strip().splitlines():
 
 
 def run_name(backbone: str, setting: str, profile: str) -> str:
-    """Name of one training of the grid: its results folder and executed notebook."""
-    return f"{backbone}-{setting}-{profile}"
+    """Name of one training of the grid: its results folder and executed notebook (the
+    one scheme of :meth:`TrainConfig.derived_run_name`, e.g. ``unetplusplus-mt-do-fast``)."""
+    if setting not in SETTINGS:
+        raise ValueError(f"setting: unknown {setting!r}; valid: {', '.join(SETTINGS)}")
+    return TrainConfig(backbone=backbone, profile=profile, **SETTINGS[setting]).resolve().run_name
 
 
 def _fold_tables(run_dir: Path) -> dict[int, pd.DataFrame]:
@@ -171,6 +176,11 @@ def runs_of(row: Row, backbone: str, profile: str, results_dir: str | os.PathLik
     return runs if all(is_complete(p) for p in runs.values()) else None
 
 
+#: Columns of ``results/ablation.csv``.
+ABLATION_COLUMNS = ["backbone", "profile", "configuration"] + [c for m in TABLE_METRICS for c in (m, m + "_sd")] \
+    + ["folds"]
+
+
 def ablation_table(backbone: str, profile: str, results_dir: str | os.PathLike = "results") -> pd.DataFrame:
     """Table 5 for one backbone from the finished runs under ``results_dir``: one row per
     configuration whose runs are complete, DESIGN.md's columns (metrics and ``_sd`` twins;
@@ -183,8 +193,21 @@ def ablation_table(backbone: str, profile: str, results_dir: str | os.PathLike =
             continue
         rows.append({"backbone": backbone, "profile": profile, "configuration": row.configuration}
                     | row_metrics(row, runs))
-    columns = ["backbone", "profile", "configuration"] + [c for m in TABLE_METRICS for c in (m, m + "_sd")] + ["folds"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=ABLATION_COLUMNS)
+
+
+def run_table(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """The Table 5 rows one finished run gives on its own (an MT+DO run: MT+DO and
+    MT+PR+DO), in :func:`ablation_table`'s columns, for a run outside the grid such as a
+    calibration run; backbone and profile from its ``config.json``."""
+    import json
+
+    run_dir = Path(run_dir)
+    c = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())["config"])
+    setting = c.setting()
+    rows = [{"backbone": c.backbone, "profile": c.profile, "configuration": r.configuration}
+            | row_metrics(r, {setting: run_dir}) for r in ROWS if {r.seg, r.cls} - {None} == {setting}]
+    return pd.DataFrame(rows, columns=ABLATION_COLUMNS)
 
 
 def comparison_runs(backbone: str, profile: str, results_dir: str | os.PathLike = "results") -> tuple[Path, Path] | None:
@@ -242,7 +265,9 @@ def run_grid(backbone: str, profile: str, settings: list[str] | None = None, sch
     if unknown:
         raise ValueError(f"unknown setting(s) {unknown}; valid: {', '.join(SETTINGS)}")
     todo = [s for s in settings if not is_complete(Path(out_dir) / run_name(backbone, s, profile))]
-    kwargs = dict(out_dir=str(Path(out_dir).resolve()), notebook_dir=str(Path(notebook_dir).resolve()),
+    out = Path(out_dir).resolve()  # stored repo-relative where it can be (configs are committed)
+    kwargs = dict(out_dir=str(out.relative_to(REPO_ROOT)) if out.is_relative_to(REPO_ROOT) else str(out),
+                  notebook_dir=str(Path(notebook_dir).resolve()),
                   data_dir=data_dir, extra=extra)
     if scheduler:
         from dask.distributed import Client
@@ -259,11 +284,18 @@ def run_grid(backbone: str, profile: str, settings: list[str] | None = None, sch
 def write_ablation_csv(results_dir: str | os.PathLike = "results") -> Path:
     """(Re)write ``results_dir/ablation.csv`` from every backbone and profile that has
     complete runs there. Atomic."""
+    import json
+
     results_dir = Path(results_dir)
-    # run names are <backbone>-<setting>-<profile>; neither backbone nor profile has a dash
-    pairs = sorted({(p.name.split("-")[0], p.name.split("-")[-1]) for p in results_dir.glob("*-*") if is_complete(p)})
+    pairs = set()
+    for p in results_dir.iterdir():
+        if is_complete(p) and (p / "config.json").is_file():
+            c = TrainConfig.from_dict(json.loads((p / "config.json").read_text())["config"])
+            if p.name == run_name(c.backbone, c.setting(), c.profile):  # a grid run, not a variant
+                pairs.add((c.backbone, c.profile))
+    pairs = sorted(pairs)
     tables = [ablation_table(b, prof, results_dir) for b, prof in pairs]
-    table = pd.concat(tables, ignore_index=True) if tables else ablation_table("", "", results_dir)
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=ABLATION_COLUMNS)
     path = results_dir / "ablation.csv"
     return atomic_write(path, lambda p: table.to_csv(p, index=False, float_format="%.4f"))
 
@@ -375,6 +407,17 @@ def probe_comparison(probe_dir: str | os.PathLike, results_dir: str | os.PathLik
                              "best epoch": f"{m['best_epoch']}/{m['epochs']}"} | {x: m[key].get(x, np.nan) for x in metrics})
     histories = {label: run.history[run.history["fold"].isin(folds)] for label, run in runs.items()}
     return pd.DataFrame(rows), histories
+
+
+def run_budget(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """How each finished fold of one run used its budget: epochs run, the best epoch, why
+    training stopped and the training minutes."""
+    from .runs import load_run
+
+    m = load_run(run_dir).metrics
+    return pd.DataFrame([{"fold": k, "epochs run": f["epochs"], "best epoch": f["best_epoch"],
+                          "stopped by": f["stopped"], "training minutes": round(f["train_seconds"] / 60, 1)}
+                         for k, f in sorted(m.items())])
 
 
 def budget_table(backbone: str, profile: str, results_dir: str | os.PathLike = "results") -> pd.DataFrame:

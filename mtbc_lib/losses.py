@@ -1,39 +1,31 @@
 """Losses: soft Dice on the mask, softmax focal loss on the class logits, and the
 paper's multi-task loss ``L = λ·Dice + (1 − λ)·Focal`` (λ = 0.35).
 
-Choices, and why (the paper's code is the reference for "what the paper uses"):
+Both terms are MONAI's losses, set to compute exactly the paper's terms (checked in
+``tests/test_losses.py`` against the formulas written out):
 
 Dice
-    The paper's code uses MONAI's ``DiceLoss(sigmoid=True, squared_pred=True,
-    smooth_nr=1, smooth_dr=1)`` with MONAI's default ``batch=False``: a soft Dice
-    **per image**, ``1 − (2·Σ p·g + 1) / (Σ p² + Σ g² + 1)`` with ``p = sigmoid(logits)``,
-    averaged over the batch. :func:`dice_loss` computes exactly that by default
-    (``per_image=True, smooth=1, squared=True``).
-
-    This matters for normal images, whose masks are empty: with the +1 smoothing an
-    empty target gives ``1 − 1 / (Σ p² + 1)``, which is 0 for an empty prediction and
-    grows with every false-positive pixel, so normal images teach the network to
-    predict nothing. ``segmentation_models_pytorch.losses.DiceLoss("binary")`` does not
-    fit here: it always pools the whole batch into one Dice (``dims=(0, 2)``) and sets
-    the loss to 0 whenever the batch's target is empty (so a batch of two normal images
-    gives no gradient at all, whatever is predicted). With ``per_image=False,
-    smooth=0, squared=False`` our function equals smp's loss on non-empty targets (tested).
+    ``DiceLoss(sigmoid=True, squared_pred=True, smooth_nr=1, smooth_dr=1, batch=False)``:
+    a soft Dice **per image**, ``1 − (2·Σ p·g + 1) / (Σ p² + Σ g² + 1)`` with
+    ``p = sigmoid(logits)``, averaged over the batch (:func:`dice_loss`'s defaults).
+    With the +1 smoothing an empty target (a normal image) gives ``1 − 1 / (Σ p² + 1)``:
+    0 for an empty prediction, growing with every false-positive pixel, so normal images
+    teach the network to predict nothing. (segmentation-models-pytorch's binary
+    ``DiceLoss`` pools the whole batch into one Dice and gives no gradient on a batch of
+    empty targets, so it does not fit.)
 
 Focal
-    ``smp.losses.FocalLoss`` in "multiclass" mode is a sum of one-vs-rest *sigmoid*
-    focal terms, not the softmax focal loss of the paper's code
-    (``α·(1 − p_t)^γ · CE`` on the softmax, α = 1, γ = 2), so :func:`focal_loss` is the
-    plain function. With γ = 0 and α = 1 it equals cross-entropy (tested).
+    ``α·(1 − p_t)^γ · CE`` on the softmax of the class logits, α = 1, γ = 2, averaged over
+    the batch: MONAI's ``FocalLoss(use_softmax=True)`` summed over the classes.
 
 Deep supervision
-    For a list of mask logits (full resolution first) the Dice of output *i* (0-based)
-    is weighted ``1/(i+1)`` — 1, 1/2, 1/3, 1/4, … from full resolution down — and the
-    weighted Dice terms are **summed, not normalised**, as PAPER.md states for their
-    code (so with 5 outputs the Dice term is up to 1 + 1/2 + … + 1/5 ≈ 2.28 times a
-    single Dice; ``ds_normalize=True`` divides by the weight sum instead). The target
-    is brought to each output's size by max-pooling (``ds_downsample="maxpool"``: a
-    pixel of the coarse target is lesion if any pixel under it is, so small lesions
-    do not vanish and a lesion image never gets an empty coarse target) or by nearest
+    For a list of mask logits (finest first) the Dice of output *i* (0-based) is weighted
+    ``1/(i+1)`` — 1, 1/2, 1/3, 1/4 — and the weighted terms are **summed, not
+    normalised**, as in the paper's code (``ds_normalize=True`` divides by the weight sum
+    instead). The paper's networks give all four outputs at full resolution; for a
+    network whose coarser outputs are smaller (``nnunet-planned``) the target is brought
+    to each output's size by max-pooling (``ds_downsample="maxpool"``: a coarse pixel is
+    lesion if any pixel under it is, so small lesions do not vanish) or by nearest
     neighbour (``"nearest"``, nnU-Net's choice).
 """
 
@@ -43,36 +35,35 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from monai.losses import DiceLoss, FocalLoss
 
 from .models import TASKS
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0,
               squared: bool = True, per_image: bool = True) -> torch.Tensor:
-    """Soft Dice loss on sigmoid probabilities.
+    """Soft Dice loss on sigmoid probabilities: MONAI's ``DiceLoss(sigmoid=True)``.
 
-    logits: (B, 1, H, W) (or (B, H, W)) mask logits; target: same shape, {0, 1} (bool or
-    float). ``per_image``: one Dice per image, averaged over the batch (the paper's
-    code); else one Dice over the whole batch. ``squared``: Σ p² + Σ g² in the
+    logits: (B, 1, H, W) mask logits; target: same shape, {0, 1} (bool or float).
+    ``per_image``: one Dice per image, averaged over the batch (the paper's code; MONAI's
+    ``batch=False``); else one Dice over the whole batch. ``squared``: Σ p² + Σ g² in the
     denominator (Milletari et al.; the paper's code) instead of Σ p + Σ g. ``smooth`` is
     added to numerator and denominator (1 in the paper's code; it makes an empty target
     with an empty prediction a perfect score). Returns a scalar tensor in [0, 1].
     """
-    if logits.shape != target.shape:
+    if logits.shape != target.shape or logits.ndim < 3:
         raise ValueError(f"dice_loss: logits {tuple(logits.shape)} and target {tuple(target.shape)} "
-                         "must have the same shape")
-    p = torch.sigmoid(logits.float())
-    g = target.to(p.dtype)
-    dims = tuple(range(1, p.ndim)) if per_image else tuple(range(p.ndim))
-    inter = (p * g).sum(dims)
-    denom = ((p * p).sum(dims) + (g * g).sum(dims)) if squared else (p.sum(dims) + g.sum(dims))
-    dice = (2 * inter + smooth) / (denom + smooth).clamp_min(1e-7)
-    return 1 - dice.mean()
+                         "must have the same (B, 1, H, W) shape")
+    loss = DiceLoss(sigmoid=True, squared_pred=squared, smooth_nr=smooth, smooth_dr=smooth, batch=not per_image)
+    return loss(logits.float(), target.float())
 
 
 def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float = 2.0,
                alpha: float = 1.0) -> torch.Tensor:
-    """Softmax focal loss ``mean_b α·(1 − p_t)^γ · (−log p_t)`` (Lin et al. 2017).
+    """Softmax focal loss ``mean_b α·(1 − p_t)^γ · (−log p_t)`` (Lin et al. 2017), from
+    MONAI's ``FocalLoss(use_softmax=True)`` summed over the classes (only the true class
+    has a non-zero term) and averaged over the batch; α is a plain factor (MONAI's own
+    ``alpha`` weighs a background class instead, which is not the paper's term).
 
     logits: (B, C) class logits; labels: (B,) int64 class indices. γ = 0, α = 1 gives
     the cross-entropy. Returns a scalar tensor.
@@ -80,9 +71,9 @@ def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float = 2.0,
     if logits.ndim != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(f"focal_loss: expected logits (B, C) and labels (B,), got "
                          f"{tuple(logits.shape)} and {tuple(labels.shape)}")
-    ce = F.cross_entropy(logits.float(), labels.long(), reduction="none")
-    pt = torch.exp(-ce)
-    return (alpha * (1 - pt).pow(gamma) * ce).mean()
+    per_class = FocalLoss(use_softmax=True, gamma=gamma, to_onehot_y=True, reduction="none")(
+        logits.float(), labels.long()[:, None])
+    return alpha * per_class.sum(1).mean()
 
 
 def deep_supervision_weights(n: int, normalize: bool = False) -> list[float]:

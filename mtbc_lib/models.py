@@ -1,36 +1,24 @@
-"""Networks: a backbone registry, the classification head, and the three tasks.
+"""Networks: the backbone registry and :func:`build_model`.
 
-A model is one encoder shared by up to two heads:
-
-- the **segmentation** branch (decoder + 1×1 convolution) gives mask logits at the
-  input resolution;
-- the **classification** branch reads the two deepest encoder feature maps, global-
-  average-pools each, concatenates them and classifies through a small MLP
-  (→ 512 → 256 → ``num_classes``), as the paper's branch reads the deepest features
-  plus the next level and ends in a 512 → 256 → 3 MLP.
-
-Tasks (:data:`TASKS`): ``"seg"`` (mask only), ``"cls"`` (label only: the same encoder,
-no decoder is built) and ``"mt"`` (both heads on one shared encoder).
+Tasks (:data:`TASKS`): ``"seg"`` (mask only), ``"cls"`` (label only) and ``"mt"`` (both
+from one shared encoder).
 
 Backbones (:data:`BACKBONES`):
 
-``unetplusplus``, ``unet``
-    U-Net++ / U-Net of segmentation-models-pytorch with a ResNet-34 encoder
-    (deepest features 512 channels, next level 256) trained from scratch by default.
-``nnunet``
-    ``PlainConvUNet`` of dynamic-network-architectures (the nnU-Net team's own network
-    package) configured the way nnU-Net's default ``ExperimentPlanner`` plans a 2D
-    network (see :func:`nnunet_plan`): for a 128×128 single-channel input 6 stages of
-    32, 64, 128, 256, 512, 512 features, 3×3 kernels, 2 convolutions per stage in
-    encoder and decoder, instance norm, leaky ReLU, optional deep supervision.
+``unetplusplus``, ``nnunet``
+    The paper's two networks (:mod:`mtbc_lib.paper_networks`), from MONAI's blocks, with
+    deep supervision on by default: 14,927,455 and 15,819,799 parameters for ``"mt"``.
+``unetplusplus-r34``, ``unet-r34``, ``nnunet-planned``
+    Other networks (:mod:`mtbc_lib.other_networks`): segmentation-models-pytorch's
+    U-Net++ / U-Net with a ResNet-34 encoder, and nnU-Net's planned ``PlainConvUNet``.
 
-``forward(x)`` takes ``x`` of shape (B, in_channels, H, W), float (the project feeds
-grey images scaled to [0, 1]) and returns a dict:
+Every model's ``forward(x)`` takes ``x`` (B, in_channels, H, W), float (grey images
+scaled to [0, 1]), and returns a dict:
 
-- ``"mask"``: (B, 1, H, W) mask logits; with deep supervision *and* ``model.training``
-  a list of logits, full resolution first, each half the size of the previous one
-  ((B,1,H,W), (B,1,H/2,W/2), …). In eval mode it is always the single full-resolution
-  tensor.
+- ``"mask"``: (B, 1, H, W) mask logits; with deep supervision *and* ``model.training``, a
+  list of logit maps, the finest first (the paper's networks: four maps, all at full
+  resolution; ``nnunet-planned``: each half the size of the previous one). In eval mode
+  always the single finest tensor.
 - ``"label"``: (B, num_classes) class logits.
 
 ``"seg"`` models have no ``"label"`` key, ``"cls"`` models no ``"mask"`` key.
@@ -38,300 +26,98 @@ grey images scaled to [0, 1]) and returns a dict:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
-import torch
 from torch import nn
 
 #: The tasks a model can be built for.
 TASKS: tuple[str, ...] = ("seg", "cls", "mt")
 
-#: Default encoder for the segmentation-models-pytorch backbones (deepest features: 512
-#: channels, the width of the paper's MLP input).
-DEFAULT_SMP_ENCODER = "resnet34"
+
+def _paper_unetplusplus(task, in_channels, num_classes, deep_supervision):
+    from mtbc_lib.paper_networks import UNetPlusPlus
+    return UNetPlusPlus(task, in_channels, num_classes, deep_supervision)
 
 
-# --------------------------------------------------------------------------- head
-class ClassificationHead(nn.Module):
-    """Global-average-pool the deepest and next-deepest encoder features, concatenate
-    them and classify with an MLP ``(c_deep + c_next) → 512 → 256 → num_classes``
-    (ReLU after each hidden layer, dropout ``dropout`` before each of the two last
-    linear layers).
-
-    The paper's branch (their U-Net++ code) passes the deepest and next level through
-    one more convolution block to 512 channels before pooling and has no dropout; we
-    pool both levels directly (no extra convolutions, which keeps the head identical
-    across backbones) and add a light dropout because the training set is small
-    (≈ 270 training images per fold before oversampling). ``dropout=0`` removes it.
-
-    forward(deep (B, c_deep, h, w), nxt (B, c_next, 2h, 2w)) -> (B, num_classes) logits.
-    """
-
-    def __init__(self, c_deep: int, c_next: int, num_classes: int = 3,
-                 hidden: tuple[int, int] = (512, 256), dropout: float = 0.2):
-        super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.mlp = nn.Sequential(
-            nn.Linear(c_deep + c_next, hidden[0]), nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(hidden[0], hidden[1]), nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(hidden[1], num_classes),
-        )
-
-    def forward(self, deep: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([self.pool(deep).flatten(1), self.pool(nxt).flatten(1)], dim=1)
-        return self.mlp(pooled)
+def _paper_nnunet(task, in_channels, num_classes, deep_supervision):
+    from mtbc_lib.paper_networks import NnUNet
+    return NnUNet(task, in_channels, num_classes, deep_supervision)
 
 
-# ----------------------------------------------------------------------- the model
-class MultiTaskNet(nn.Module):
-    """Encoder + optional segmentation branch + optional classification head.
-
-    The maths lives in the parts; this class only wires them. ``encoder(x)`` returns
-    the list of feature maps, shallow to deep (both libraries' encoders do);
-    ``decode(model, features, deep_supervision)`` returns the mask logits (a list, full
-    resolution first, when deep supervision is on and the model is training).
-    """
-
-    def __init__(self, backbone: str, task: str, encoder: nn.Module,
-                 decode: Callable | None, head: nn.Module | None,
-                 decoder_parts: nn.ModuleDict | None, deep_supervision: bool = False,
-                 divisor: int = 32):
-        super().__init__()
-        self.backbone, self.task, self.deep_supervision = backbone, task, deep_supervision
-        self.divisor = divisor  # H and W must be multiples of this (2 ** number of poolings)
-        self.encoder = encoder
-        self.decoder = decoder_parts  # decoder (+ segmentation head), None for "cls"
-        self.head = head              # classification head, None for "seg"
-        self._decode = decode
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-        """x (B, C, H, W) -> {"mask": (B,1,H,W) logits or list, "label": (B,K) logits}."""
-        if x.ndim != 4:
-            raise ValueError(f"model input: expected a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
-        if x.shape[-2] % self.divisor or x.shape[-1] % self.divisor:
-            raise ValueError(f"model input: height and width must be multiples of {self.divisor} "
-                             f"for backbone {self.backbone!r}, got {tuple(x.shape[-2:])}")
-        features = self.encoder(x)
-        out: dict[str, torch.Tensor | list[torch.Tensor]] = {}
-        if self.decoder is not None:
-            out["mask"] = self._decode(self, features, self.deep_supervision and self.training)
-        if self.head is not None:
-            out["label"] = self.head(features[-1], features[-2])
-        return out
+def _other(name: str) -> Callable[..., nn.Module]:
+    def build(task, in_channels, num_classes, deep_supervision, **options):
+        from mtbc_lib import other_networks
+        return getattr(other_networks, name)(task=task, in_channels=in_channels, num_classes=num_classes,
+                                             deep_supervision=deep_supervision, **options)
+    return build
 
 
-# -------------------------------------------------------------- weights (optional)
-def _adapt_state_dict(state: dict, module: nn.Module) -> dict:
-    """Strip a leading ``encoder.`` and, where a 4-D conv weight differs from the
-    module's only in its input-channel count and the module expects 1 channel
-    (pretrained RGB weights, grey input), sum over the input channels."""
-    own = module.state_dict()
-    if any(k.startswith("encoder.") for k in state) and not any(k in own for k in state):
-        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-    out = {}
-    for k, v in state.items():
-        if k in own and v.ndim == 4 and own[k].ndim == 4 and v.shape != own[k].shape \
-                and v.shape[0] == own[k].shape[0] and own[k].shape[1] == 1:
-            v = v.sum(dim=1, keepdim=True)
-        out[k] = v
-    return out
-
-
-def _load_encoder_weights(encoder: nn.Module, path: str | os.PathLike) -> None:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"encoder_weights: {p} is not a file (expected a saved state dict "
-                                "of the encoder, or None to train from scratch)")
-    state = torch.load(p, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    try:
-        encoder.load_state_dict(_adapt_state_dict(state, encoder), strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise ValueError(f"encoder_weights: {p} does not match the encoder ({first})") from None
-
-
-def _is_path(weights) -> bool:
-    return isinstance(weights, os.PathLike) or (
-        isinstance(weights, str) and (os.sep in weights or weights.endswith((".pt", ".pth", ".bin"))
-                                      or Path(weights).expanduser().is_file()))
-
-
-# ------------------------------------------------------------------ smp backbones
-def _smp_decode(model: MultiTaskNet, features, deep_supervision: bool) -> torch.Tensor:
-    return model.decoder["head"](model.decoder["decoder"](features))
-
-
-def _build_smp(arch: str, backbone: str, task: str, in_channels: int, num_classes: int,
-               deep_supervision: bool, encoder_weights, encoder_name: str = DEFAULT_SMP_ENCODER,
-               head_dropout: float = 0.2) -> MultiTaskNet:
-    import segmentation_models_pytorch as smp
-    if deep_supervision:
-        raise ValueError(f"deep_supervision: not available for backbone {backbone!r} "
-                         "(segmentation-models-pytorch decoders give one output); use backbone 'nnunet'")
-    smp_weights = None if (encoder_weights is None or _is_path(encoder_weights)) else encoder_weights
-    if task == "cls":
-        encoder = smp.encoders.get_encoder(encoder_name, in_channels=in_channels, depth=5,
-                                           weights=smp_weights)
-        decoder_parts = None
-    else:
-        net = getattr(smp, arch)(encoder_name=encoder_name, encoder_weights=smp_weights,
-                                 in_channels=in_channels, classes=1, activation=None)
-        encoder = net.encoder
-        decoder_parts = nn.ModuleDict({"decoder": net.decoder, "head": net.segmentation_head})
-    if _is_path(encoder_weights):
-        _load_encoder_weights(encoder, encoder_weights)
-    chans = encoder.out_channels
-    head = None if task == "seg" else ClassificationHead(chans[-1], chans[-2], num_classes,
-                                                         dropout=head_dropout)
-    return MultiTaskNet(backbone, task, encoder,
-                        None if task == "cls" else _smp_decode, head, decoder_parts, False,
-                        divisor=encoder.output_stride)
-
-
-def _build_unetplusplus(**kw) -> MultiTaskNet:
-    return _build_smp("UnetPlusPlus", "unetplusplus", **kw)
-
-
-def _build_unet(**kw) -> MultiTaskNet:
-    return _build_smp("Unet", "unet", **kw)
-
-
-# ---------------------------------------------------------------- nnU-Net backbone
 @dataclass(frozen=True)
-class NnUNetPlan:
-    """The 2D ``PlainConvUNet`` topology nnU-Net's default planner derives for a patch."""
-    patch_size: tuple[int, int]
-    n_stages: int                      # resolution stages (pooling operations + 1)
-    features_per_stage: tuple[int, ...]
-    kernel_sizes: tuple[tuple[int, int], ...]
-    strides: tuple[tuple[int, int], ...]
-    n_conv_per_stage: tuple[int, ...]          # encoder
-    n_conv_per_stage_decoder: tuple[int, ...]
+class Backbone:
+    """A registry entry: how to build it, and how it uses deep supervision."""
+    build: Callable[..., nn.Module]    # build(task, in_channels, num_classes, deep_supervision, **options)
+    deep_supervision: bool             # the default
+    supports_deep_supervision: bool
+    title: str                         # how the book names it
+    options: tuple[str, ...] = ()      # keyword options beyond the common ones
 
 
-def nnunet_plan(patch_size: int | tuple[int, int] = 128, base_features: int = 32,
-                max_features: int = 512, min_edge: int = 4) -> NnUNetPlan:
-    """Plan a 2D nnU-Net the way nnU-Net v2's default ``ExperimentPlanner`` does for
-    isotropic spacing (the case of resized ultrasound images): each axis is pooled by
-    2 while the pooled map stays at least ``min_edge`` (4) pixels wide, features start
-    at ``base_features`` (32) and double per stage up to ``max_features`` (512 in 2D),
-    3×3 kernels everywhere, 2 convolutions per stage in encoder and decoder, first
-    stage not strided. For 128×128: 5 poolings (128 → 4), 6 stages, features
-    32, 64, 128, 256, 512, 512.
-
-    (Planner facts from nnU-Net v2: ``UNet_base_num_features = 32``,
-    ``UNet_max_features_2d = 512``, ``UNet_featuremap_min_edge_length = 4``, 2 blocks
-    per stage; the code here is our own re-statement for the isotropic 2D case.)"""
-    size = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
-    if len(size) != 2 or min(size) < min_edge:
-        raise ValueError(f"patch_size: expected a 2D size of at least {min_edge} pixels, got {patch_size}")
-    pools = []
-    for s in size:
-        n = 0
-        while s % 2 == 0 and s // 2 >= min_edge:
-            s //= 2
-            n += 1
-        pools.append(n)
-    n_stages = max(pools) + 1
-    strides = [(1, 1)] + [tuple(2 if i < p else 1 for p in pools) for i in range(n_stages - 1)]
-    features = tuple(min(max_features, base_features * 2 ** i) for i in range(n_stages))
-    return NnUNetPlan(size, n_stages, features, tuple([(3, 3)] * n_stages), tuple(strides),
-                      (2,) * n_stages, (2,) * (n_stages - 1))
-
-
-def _nnunet_decode(model: MultiTaskNet, skips, deep_supervision: bool):
-    decoder = model.decoder["decoder"]
-    # UNetDecoder computes every intermediate output only when its flag is set, so the
-    # flag follows train/eval: in eval mode only the full-resolution logits are made.
-    decoder.deep_supervision = deep_supervision
-    return decoder(skips)
-
-
-def _build_nnunet(task: str, in_channels: int, num_classes: int, deep_supervision: bool,
-                  encoder_weights, patch_size: int = 128, head_dropout: float = 0.2) -> MultiTaskNet:
-    from dynamic_network_architectures.architectures.unet import PlainConvUNet
-    if encoder_weights is not None and not _is_path(encoder_weights):
-        raise ValueError(f"encoder_weights: backbone 'nnunet' takes a path to a state dict or None, "
-                         f"got {encoder_weights!r}")
-    plan = nnunet_plan(patch_size)
-    net = PlainConvUNet(
-        input_channels=in_channels, n_stages=plan.n_stages,
-        features_per_stage=list(plan.features_per_stage), conv_op=nn.Conv2d,
-        kernel_sizes=[list(k) for k in plan.kernel_sizes], strides=[list(s) for s in plan.strides],
-        n_conv_per_stage=list(plan.n_conv_per_stage), num_classes=1,
-        n_conv_per_stage_decoder=list(plan.n_conv_per_stage_decoder), conv_bias=True,
-        norm_op=nn.InstanceNorm2d, norm_op_kwargs={"eps": 1e-5, "affine": True},
-        dropout_op=None, dropout_op_kwargs=None,
-        nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True},
-        deep_supervision=deep_supervision)
-    net.apply(PlainConvUNet.initialize)  # nnU-Net's He initialisation (neg. slope 1e-2)
-    encoder = net.encoder
-    if _is_path(encoder_weights):
-        _load_encoder_weights(encoder, encoder_weights)
-    decoder_parts = None if task == "cls" else nn.ModuleDict({"decoder": net.decoder})
-    f = plan.features_per_stage
-    head = None if task == "seg" else ClassificationHead(f[-1], f[-2], num_classes, dropout=head_dropout)
-    return MultiTaskNet("nnunet", task, encoder,
-                        None if task == "cls" else _nnunet_decode, head, decoder_parts,
-                        deep_supervision, divisor=2 ** (plan.n_stages - 1))
-
-
-#: Backbone name -> builder(task, in_channels, num_classes, deep_supervision, encoder_weights, **options).
-BACKBONES: dict[str, Callable[..., MultiTaskNet]] = {
-    "unetplusplus": _build_unetplusplus,
-    "unet": _build_unet,
-    "nnunet": _build_nnunet,
+#: Backbone name -> registry entry.
+BACKBONES: dict[str, Backbone] = {
+    "unetplusplus": Backbone(_paper_unetplusplus, True, True, "U-Net++"),
+    "nnunet": Backbone(_paper_nnunet, True, True, "nnU-Net"),
+    "unetplusplus-r34": Backbone(_other("build_unetplusplus_r34"), False, False, "U-Net++ (ResNet-34, smp)",
+                                 ("encoder_weights", "encoder_name", "head_dropout")),
+    "unet-r34": Backbone(_other("build_unet_r34"), False, False, "U-Net (ResNet-34, smp)",
+                         ("encoder_weights", "encoder_name", "head_dropout")),
+    "nnunet-planned": Backbone(_other("build_nnunet_planned"), False, True, "nnU-Net (planned, 32…512)",
+                               ("encoder_weights", "patch_size", "head_dropout")),
 }
 
 
-def _options_of(builder: Callable) -> set[str]:
-    """Keyword options a builder takes beyond the common ones."""
-    import inspect
-    common = {"task", "in_channels", "num_classes", "deep_supervision", "encoder_weights", "kw"}
-    params = set(inspect.signature(builder).parameters)
-    if "kw" in params:  # thin wrappers around _build_smp
-        params |= set(inspect.signature(_build_smp).parameters) - {"arch", "backbone"}
-    return params - common
+def backbone_entry(backbone: str) -> Backbone:
+    """The registry entry of ``backbone``; ValueError listing the valid names otherwise."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone: unknown {backbone!r}; valid: {', '.join(BACKBONES)}")
+    return BACKBONES[backbone]
+
+
+def default_deep_supervision(backbone: str, task: str) -> bool:
+    """Whether ``backbone`` trains with deep supervision by default for ``task``."""
+    return backbone_entry(backbone).deep_supervision and task != "cls"
 
 
 def build_model(backbone: str, task: str, in_channels: int = 1, num_classes: int = 3,
-                deep_supervision: bool = False, encoder_weights=None, **options) -> MultiTaskNet:
+                deep_supervision: bool | None = None, **options) -> nn.Module:
     """Build a network for ``task`` ("seg", "cls" or "mt") on ``backbone``.
 
-    encoder_weights: None (train from scratch: no weights can be downloaded here), a
-        path to a saved state dict of the encoder (a full model state dict whose keys
-        start with ``encoder.`` also works; RGB first-layer weights are summed to one
-        channel), or, for the smp backbones, an smp weight name such as "imagenet"
-        (downloaded by smp).
-    deep_supervision: nnunet only; when True and the model is training, "mask" is a
-        list of logits, full resolution first.
-    options: ``encoder_name`` (smp backbones, default "resnet34"), ``patch_size``
-        (nnunet planning, default 128), ``head_dropout`` (default 0.2).
+    deep_supervision: None for the backbone's default (on for the paper's networks);
+        True asks for the list of mask outputs in training mode (see the module docstring).
+    options: ``encoder_weights`` (the other networks: None = from scratch, a path to a
+        saved encoder state dict, or an smp weight name such as "imagenet"),
+        ``encoder_name`` (smp, default "resnet34"), ``patch_size`` (nnunet-planned,
+        default 128), ``head_dropout`` (the other networks' head, default 0.2).
 
     Returns a module whose forward maps (B, in_channels, H, W) to a dict with "mask"
     (B, 1, H, W) and/or "label" (B, num_classes) logits (see the module docstring).
     """
-    if backbone not in BACKBONES:
-        raise ValueError(f"backbone: unknown {backbone!r}; valid: {', '.join(BACKBONES)}")
+    entry = backbone_entry(backbone)
     if task not in TASKS:
         raise ValueError(f"task: unknown {task!r}; valid: {', '.join(TASKS)}")
-    if task == "cls" and deep_supervision:
+    if deep_supervision is None:
+        deep_supervision = default_deep_supervision(backbone, task)
+    if deep_supervision and task == "cls":
         raise ValueError("deep_supervision: only meaningful for tasks 'seg' and 'mt', got task 'cls'")
-    builder = BACKBONES[backbone]
-    accepted = _options_of(builder)
-    unknown = sorted(set(options) - accepted)
+    if deep_supervision and not entry.supports_deep_supervision:
+        valid = [b for b, e in BACKBONES.items() if e.supports_deep_supervision]
+        raise ValueError(f"deep_supervision: not available for backbone {backbone!r} (one mask output); "
+                         f"use one of {', '.join(valid)}")
+    unknown = sorted(set(options) - set(entry.options))
     if unknown:
         raise ValueError(f"build_model: unknown option(s) {', '.join(unknown)} for backbone {backbone!r}; "
-                         f"valid: {', '.join(sorted(accepted)) or 'none'}")
-    return builder(task=task, in_channels=in_channels, num_classes=num_classes,
-                   deep_supervision=deep_supervision, encoder_weights=encoder_weights, **options)
+                         f"valid: {', '.join(entry.options) or 'none'}")
+    return entry.build(task, in_channels, num_classes, deep_supervision, **options)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -13,15 +13,23 @@ Files (``<run>`` = the run name, ``results`` = ``out_dir``)::
     results/<run>/summary.json          mean ± SD over the folds; written after the last fold
     checkpoints/<run>/fold<k>.ckpt      rolling checkpoint (every epoch, RNG states included)
     checkpoints/<run>/fold<k>.best.pt   weights of the best epoch (+ config, epoch, val loss)
+    results/<run>/.fold<k>.lock         while a process trains fold k: who holds it (not committed)
 
-Every file is written atomically (:func:`mtbc_lib.config.atomic_write`).
+Every file is written atomically (:func:`mtbc_lib.config.atomic_write`). A fold is held
+by the process that trains it (:func:`hold`): a second process on the same fold (a
+repeated ``mtbc grid``, a retried Dask task, a notebook started by hand) stops at once,
+naming the holder; the lock of a killed process is recognised as stale and taken over.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import socket
 import subprocess
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +39,7 @@ import numpy as np
 from mtbc_lib.config import CLASSES, REPO_ROOT, atomic_write
 from mtbc_lib.trainconfig import TrainConfig, config_diff
 
-__all__ = ["run_paths", "versions", "write_json", "check_same_config", "write_history", "save_masks",
+__all__ = ["RunHeld", "hold", "run_paths", "versions", "write_json", "check_same_config", "write_history", "save_masks",
            "load_masks", "summarize", "RunResults", "load_run", "metrics_table", "confusion_table"]
 
 def write_json(path: Path, obj) -> None:
@@ -53,6 +61,65 @@ def _jsonable(o):
     if isinstance(o, Path):
         return str(o)
     return o
+
+
+class RunHeld(RuntimeError):
+    """Another live process holds the fold (see :func:`hold`)."""
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot, from /proc), or None if
+    there is no such process; with the pid it identifies a process even after pid reuse."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return "unknown"  # alive, start time not readable (no /proc)
+
+
+def _holder_alive(holder: dict) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return True  # cannot look at another machine's processes: assume it is alive
+    start = _process_start(int(holder.get("pid", -1)))
+    return start is not None and start in (holder.get("start"), "unknown")
+
+
+@contextmanager
+def hold(lock: Path, what: str):
+    """Hold ``lock`` (a file) while the block runs: written with O_EXCL, it names this
+    process (host, pid, start time); removed at the end. If a live process holds it,
+    raise :class:`RunHeld` with one line naming the holder; a lock whose process is gone
+    (killed, or its pid reused by another process) is stale and taken over."""
+    lock = Path(lock)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid()),
+          "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text())
+            except (OSError, ValueError):
+                holder = {}  # half-written by a process killed at that instant: stale
+            if holder and _holder_alive(holder):
+                raise RunHeld(f"{what}: held by process {holder.get('pid')} on {holder.get('host')} since "
+                              f"{holder.get('since')} ({lock}); wait for it to end or stop it") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+    else:
+        raise RunHeld(f"{what}: another process took {lock} at the same moment; try again")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(me))
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def run_paths(cfg: TrainConfig) -> tuple[Path, Path]:

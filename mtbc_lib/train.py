@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from mtbc_lib.config import CLASSES, NORMAL, atomic_write
-from mtbc_lib.runs import check_same_config, run_paths, save_masks, summarize, versions, write_history, write_json
+from mtbc_lib.runs import check_same_config, hold, run_paths, save_masks, summarize, versions, write_history, write_json
 from mtbc_lib.trainconfig import TrainConfig, config_diff
 
 __all__ = [
@@ -295,8 +295,8 @@ def _setup_torch(cfg: TrainConfig, device: torch.device) -> None:
 
 
 def _model_options(cfg: TrainConfig) -> dict:
-    """Extra build_model options: nnU-Net plans its topology for the input size."""
-    return {"patch_size": cfg.image_size} if cfg.backbone == "nnunet" else {}
+    """Extra build_model options: nnU-Net's planner plans its topology for the input size."""
+    return {"patch_size": cfg.image_size} if cfg.backbone == "nnunet-planned" else {}
 
 
 def train_fold(cfg: TrainConfig, arrays, split, fold: int, progress: bool = True,
@@ -372,12 +372,15 @@ def _train_fold(cfg: TrainConfig, arrays, split, fold: int, progress: bool,
     from tqdm import tqdm  # text bar: also readable in the static book (a widget bar would be empty)
 
     n_train = len(train_idx)
-    done = state["epoch"] >= cfg.epochs or state["bad_epochs"] >= cfg.patience
+    def budget_spent() -> bool:
+        return bool(cfg.budget_minutes) and state["train_seconds"] >= 60 * cfg.budget_minutes
+
+    done = state["epoch"] >= cfg.epochs or state["bad_epochs"] >= cfg.patience or budget_spent()
     bar = tqdm(total=cfg.epochs, initial=state["epoch"], desc=f"fold {fold}", unit="epoch",
                disable=not progress or done, dynamic_ncols=True)
     epochs_now = 0
     try:
-        while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
+        while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience and not budget_spent():
             t0 = time.perf_counter()
             tr = _train_epoch(model, opt, loss_fn, X, M, Y, train_idx, cfg.batch_size, gen, device, amp, cl,
                               fold, state["epoch"])
@@ -422,7 +425,8 @@ def _train_fold(cfg: TrainConfig, arrays, split, fold: int, progress: bool,
     test_seconds = time.perf_counter() - t0
     sub = arrays.subset(test_idx)
     table, masks, metrics = _test_outputs(cfg, sub, pred)
-    stopped = "early stopping" if state["bad_epochs"] >= cfg.patience else "max epochs"
+    stopped = ("early stopping" if state["bad_epochs"] >= cfg.patience else
+               "max epochs" if state["epoch"] >= cfg.epochs else "time budget")
     metrics.update(fold=fold, run=cfg.run_name, best_epoch=state["best_epoch"], epochs=state["epoch"],
                    stopped=stopped, best_val_loss=state["best_loss"], train_seconds=state["train_seconds"],
                    test_seconds=test_seconds, n_train=len(split.train), n_train_oversampled=n_train,
@@ -507,7 +511,10 @@ def run(cfg: TrainConfig, arrays=None, progress: bool = True,
             if progress:
                 print(f"fold {k}: finished earlier, results in {mpath.parent}")
             continue
-        m = train_fold(cfg, arrays, splits[k], k, progress=progress, callback=callback)
+        with hold(run_dir / f".fold{k}.lock", f"{cfg.run_name} fold {k}"):
+            if mpath.exists():  # finished by its holder between the check above and taking the lock
+                continue
+            m = train_fold(cfg, arrays, splits[k], k, progress=progress, callback=callback)
         if progress:
             r = m["raw"]
             bits = [f"{m['epochs']} epoch{'s' if m['epochs'] != 1 else ''} ({m['stopped']}), best epoch {m['best_epoch']}, "

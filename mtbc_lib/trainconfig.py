@@ -5,7 +5,8 @@ and the checks of notebook parameters.
 Profiles (``PROFILES``): ``"paper"`` is the published protocol exactly (fp32, batch 2,
 lr 1e-4, ≤ 200 epochs, early stopping 50, plateau factor .5 / patience 20 / min 1e-6);
 ``"fast"`` trades epochs for time on a small CPU, see ``PROFILES`` for what it changes
-and why; ``"steady"`` is ``"fast"`` with the paper's learning rate and 12 epochs.
+and why; ``"steady"`` is ``"fast"`` with the paper's learning rate and 12 epochs;
+``"gpu"`` is the paper's epoch budget with a GPU-sized batch.
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ PROFILES: dict[str, dict[str, Any]] = {
     "steady": dict(epochs=12, patience=12, batch_size=8, lr=1e-4,
                    plateau_factor=0.5, plateau_patience=4, min_lr=1e-6,
                    amp="auto", channels_last="auto"),
+    # The paper's epoch budget on a GPU: ≤ 200 epochs, early stopping 50, plateau 20, with
+    # a GPU-sized batch of 8 (4× fewer steps per epoch than batch 2) and the rate scaled by
+    # √4 (Adam's square-root rule for a larger batch: 2e-4); bf16 autocast where fast.
+    "gpu": dict(epochs=200, patience=50, batch_size=8, lr=2e-4,
+                plateau_factor=0.5, plateau_patience=20, min_lr=1e-6,
+                amp="auto", channels_last="off"),
 }
 #: Curation rules (see mtbc_lib.data.CURATIONS).
 CURATIONS: tuple[str, ...] = ("paper", "keep-one", "none")
@@ -86,11 +93,11 @@ class TrainConfig:
     data_dir: str = ""               # raw BUSI folder ("" = $MTBC_DATA or ../shared/data/BUSI)
     out_dir: str = "results"         # results go to out_dir/<run name>/ (relative: to the repo root)
     device: str = "auto"             # "auto" (GPU if any), "cpu", "cuda", "cuda:1", ...
-    profile: str = "paper"           # "paper" (the published protocol), "fast" or "steady" (see PROFILES)
+    profile: str = "paper"           # "paper" (the published protocol), "fast", "steady" or "gpu" (see PROFILES)
     limit: int = 0                   # use only the first `limit` images per class (0: all); smoke tests
     run_name: str = ""               # "" = derived from the setting (see run_name())
     # --- engine settings (also accepted as notebook parameters)
-    deep_supervision: bool = False   # nnunet only: Dice on every decoder level
+    deep_supervision: bool | None = None  # Dice on every mask output (None: the backbone's default, on for the paper's networks)
     gamma: float = 2.0               # focal loss exponent γ
     n_folds: int = 4                 # StratifiedKFold splits
     val_size: float = 0.2            # share of the training part held out for validation
@@ -105,6 +112,7 @@ class TrainConfig:
     ckpt_dir: str = ""               # "" = <out_dir>/../checkpoints/<run name>
     num_threads: int = 0             # torch CPU threads (0: torch's default)
     deterministic: bool = True       # torch.use_deterministic_algorithms
+    budget_minutes: float = 0.0      # per-fold training-time budget: no new epoch starts once spent (0: none)
     stop_after_epochs: int = 0       # test hook: stop (as if killed) after this many epochs
 
     # ------------------------------------------------------------------ derivation
@@ -116,23 +124,37 @@ class TrainConfig:
             if getattr(c, k) is None:
                 setattr(c, k, v)
         c.folds = _parse_folds(c.folds, c.n_folds)
+        if c.deep_supervision is None:
+            from mtbc_lib.models import default_deep_supervision
+
+            c.deep_supervision = default_deep_supervision(c.backbone, c.task)
         if not c.run_name:
             c.run_name = c.derived_run_name()
         c.validate()
         return c
 
+    def setting(self) -> str:
+        """The Table 5 training setting: ``st-seg``, ``st-cls`` or ``mt``, plus ``-do``."""
+        return {"seg": "st-seg", "cls": "st-cls", "mt": "mt"}[self.task] + ("-do" if self.oversampling else "")
+
     def derived_run_name(self) -> str:
-        """``<backbone>-<task>[-do][-ds]-<curation>-<profile>``, plus ``-<field><value>``
-        for each setting that differs from its default or profile (lam, epochs, ...)."""
-        parts = [self.backbone, self.task] + (["do"] if self.oversampling else []) \
-            + (["ds"] if self.deep_supervision else []) + [self.curation, self.profile]
+        """The one run-name scheme: ``<backbone>-<setting>-<profile>``, plus
+        ``-<field><value>`` for each setting that differs from its default, the profile's
+        value or the backbone's (``-curationkeep-one``, ``-epochs24``, ``-ds0``...), e.g.
+        ``unetplusplus-mt-do-fast`` or ``nnunet-st-seg-paper-lr0.0002``."""
+        from mtbc_lib.models import default_deep_supervision
+
+        parts = [self.backbone, self.setting(), self.profile]
         prof = PROFILES.get(self.profile, {})
-        for k in ("lam", "epochs", "patience", "batch_size", "lr", "image_size", "seed", "gamma",
-                  "plateau_factor", "plateau_patience", "min_lr", "amp"):
+        for k in ("curation", "lam", "epochs", "patience", "batch_size", "lr", "image_size", "seed", "gamma",
+                  "plateau_factor", "plateau_patience", "min_lr", "amp", "budget_minutes"):
             v = getattr(self, k)
             ref = prof[k] if k in prof else _FIELD_DEFAULTS[k]
             if v is not None and v != ref:
                 parts.append(f"{k.replace('_', '')}{v:g}" if isinstance(v, float) else f"{k.replace('_', '')}{v}")
+        if self.deep_supervision is not None and \
+                self.deep_supervision != default_deep_supervision(self.backbone, self.task):
+            parts.append(f"ds{int(self.deep_supervision)}")
         if self.limit:
             parts.append(f"limit{self.limit}")
         return "-".join(parts)
@@ -175,12 +197,15 @@ class TrainConfig:
             raise ValueError(f"parameter image_size={self.image_size!r}: expected a multiple of 32 (e.g. 128)")
         if self.n_folds < 2:
             raise ValueError(f"parameter n_folds={self.n_folds!r}: expected an integer >= 2")
+        if not (math.isfinite(self.budget_minutes) and self.budget_minutes >= 0):
+            raise ValueError(f"parameter budget_minutes={self.budget_minutes!r}: expected minutes >= 0 (0: no budget)")
         for k in ("limit", "num_threads", "stop_after_epochs"):
             if getattr(self, k) < 0:
                 raise ValueError(f"parameter {k}={getattr(self, k)!r}: expected an integer >= 0")
-        if self.deep_supervision and (self.backbone != "nnunet" or self.task == "cls"):
-            raise ValueError(f"parameter deep_supervision=True: needs backbone 'nnunet' and task seg or mt "
-                             f"(got {self.backbone!r}, {self.task!r})")
+        if self.deep_supervision and (self.task == "cls" or not BACKBONES[self.backbone].supports_deep_supervision):
+            valid = [b for b, e in BACKBONES.items() if e.supports_deep_supervision]
+            raise ValueError(f"parameter deep_supervision=True: needs task seg or mt and a backbone out of "
+                             f"{', '.join(valid)} (got {self.backbone!r}, {self.task!r})")
         if self.run_name and (os.sep in self.run_name or self.run_name.startswith(".")):
             raise ValueError(f"parameter run_name={self.run_name!r}: expected a plain folder name")
         _parse_folds(self.folds, self.n_folds)

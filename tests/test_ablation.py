@@ -12,6 +12,7 @@ import pytest
 from mtbc_lib import ablation
 from mtbc_lib.config import NORMAL
 from mtbc_lib.metrics import TABLE_METRICS
+from mtbc_lib.trainconfig import PROFILES, TrainConfig
 
 
 def _write_run(root, name, rows_per_fold, folds=(0, 1)):
@@ -21,6 +22,11 @@ def _write_run(root, name, rows_per_fold, folds=(0, 1)):
     for k in folds:
         pd.DataFrame(rows_per_fold(k)).to_csv(d / f"fold{k}_test.csv", index=False)
     (d / "summary.json").write_text(json.dumps({"folds": list(folds)}))
+    for setting, params in ablation.SETTINGS.items():  # config.json, for a grid run's name
+        for profile in PROFILES:
+            if name == ablation.run_name("unet-r34", setting, profile):
+                cfg = TrainConfig(backbone="unet-r34", profile=profile, **params).resolve()
+                (d / "config.json").write_text(json.dumps({"config": cfg.to_dict()}))
     return d
 
 
@@ -42,9 +48,9 @@ def test_paper_table_parsed_and_ten_rows():
 def test_prediction_refinement_combines_segmenter_and_classifier(tmp_path):
     # segmenter: perfect lesions on benign/malignant; predicts a (wrong) lesion on normal 3,
     # an empty mask on normal 4; classifier: right on all but calls the malignant normal.
-    seg = _write_run(tmp_path, "unet-st-seg-fast", lambda k: TRUTH | {
+    seg = _write_run(tmp_path, "unet-r34-st-seg-fast", lambda k: TRUTH | {
         "dice": [1.0, 0.8, 0.0, 1.0], "mask_empty": [False, False, False, True]})
-    cls = _write_run(tmp_path, "unet-st-cls-fast", lambda k: TRUTH | {"pred": [0, NORMAL, NORMAL, NORMAL]})
+    cls = _write_run(tmp_path, "unet-r34-st-cls-fast", lambda k: TRUTH | {"pred": [0, NORMAL, NORMAL, NORMAL]})
     runs = {"st-seg": seg, "st-cls": cls}
     raw_seg = ablation.row_metrics(ablation.ROWS[0], runs)
     assert raw_seg["dsc_normal"] == pytest.approx(0.5) and raw_seg["dsc_malignant"] == pytest.approx(0.8)
@@ -59,7 +65,7 @@ def test_prediction_refinement_combines_segmenter_and_classifier(tmp_path):
 
 
 def test_refinement_turns_an_empty_mask_into_a_normal_label(tmp_path):
-    mt = _write_run(tmp_path, "unet-mt-fast", lambda k: TRUTH | {
+    mt = _write_run(tmp_path, "unet-r34-mt-fast", lambda k: TRUTH | {
         "dice": [0.0, 0.9, 1.0, 1.0], "mask_empty": [True, False, True, True], "pred": [0, 1, 0, NORMAL]})
     runs = {"mt": mt}
     raw = ablation.row_metrics(ablation.Row("MT", "mt", "mt"), runs)
@@ -71,9 +77,9 @@ def test_refinement_turns_an_empty_mask_into_a_normal_label(tmp_path):
 def test_ablation_table_has_the_columns_and_only_complete_rows(tmp_path):
     full = TRUTH | {"dice": [0.9, 0.7, 1.0, 0.0], "mask_empty": [False, False, True, False], "pred": [0, 1, 2, 2]}
     for s in ("st-seg", "st-cls", "mt"):
-        _write_run(tmp_path, ablation.run_name("unet", s, "fast"), lambda k: full)
-    (tmp_path / "unet-mt-do-fast").mkdir()  # started, not finished: no summary.json
-    table = ablation.ablation_table("unet", "fast", tmp_path)
+        _write_run(tmp_path, ablation.run_name("unet-r34", s, "fast"), lambda k: full)
+    (tmp_path / "unet-r34-mt-do-fast").mkdir()  # started, not finished: no summary.json
+    table = ablation.ablation_table("unet-r34", "fast", tmp_path)
     assert list(table["configuration"]) == ["ST(Seg)", "ST(Cls)", "ST(Seg+Cls)+PR", "MT", "MT+PR"]
     for m in TABLE_METRICS:
         assert m in table.columns and m + "_sd" in table.columns
@@ -87,7 +93,7 @@ def test_ablation_table_has_the_columns_and_only_complete_rows(tmp_path):
 
 def test_unknown_setting_is_refused(tmp_path):
     with pytest.raises(ValueError, match="valid: st-seg"):
-        ablation.run_grid("unet", "fast", settings=["st-sge"], out_dir=tmp_path)
+        ablation.run_grid("unet-r34", "fast", settings=["st-sge"], out_dir=tmp_path)
 
 
 @pytest.mark.slow
@@ -101,10 +107,10 @@ def test_grid_through_a_dask_cluster_on_loopback(tmp_path, make_busi):
     extra = {"curation": "none", "epochs": 1, "batch_size": 4, "image_size": 64}
     with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
                       processes=True) as cluster:
-        done = ablation.run_grid("unet", "fast", settings=["st-seg", "st-cls", "mt"], scheduler=cluster.scheduler_address,
+        done = ablation.run_grid("unet-r34", "fast", settings=["st-seg", "st-cls", "mt"], scheduler=cluster.scheduler_address,
                                  out_dir=tmp_path / "results", notebook_dir=tmp_path / "runs",
                                  data_dir=str(data), extra=extra)
-    names = ["unet-mt-fast", "unet-st-cls-fast", "unet-st-seg-fast"]
+    names = ["unet-r34-mt-fast", "unet-r34-st-cls-fast", "unet-r34-st-seg-fast"]
     assert sorted(done) == names
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [n + ".ipynb" for n in names]
     table = pd.read_csv(tmp_path / "results" / "ablation.csv")
@@ -116,34 +122,34 @@ def test_grid_through_a_dask_cluster_on_loopback(tmp_path, make_busi):
     from mtbc_lib.config import REPO_ROOT
 
     out = papermill.execute_notebook(str(REPO_ROOT / "notebooks" / "results.ipynb"), str(tmp_path / "results.ipynb"),
-                                     parameters={"results_dir": str(tmp_path / "results"), "backbones": "unet",
+                                     parameters={"results_dir": str(tmp_path / "results"), "backbones": "unet-r34",
                                                  "data_dir": str(data)}, progress_bar=False, kernel_name="python3")
     outputs = [o for c in out["cells"] for o in c.get("outputs", [])]
     text = json.dumps(outputs)
     assert "5 of 10 configurations have finished runs" in text and "not run yet" not in text
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # confusion, Dice, predictions
     # complete settings are skipped on the next call
-    assert ablation.run_grid("unet", "fast", settings=["st-seg", "st-cls", "mt"], out_dir=tmp_path / "results",
+    assert ablation.run_grid("unet-r34", "fast", settings=["st-seg", "st-cls", "mt"], out_dir=tmp_path / "results",
                              notebook_dir=tmp_path / "runs", data_dir=str(data), extra=extra) == []
 
 
 def test_comparison_runs_pairs_like_with_like(tmp_path):
     full = TRUTH | {"dice": [0.9, 0.7, 1.0, 0.0], "mask_empty": [False, False, True, False], "pred": [0, 1, 2, 2]}
-    assert ablation.comparison_runs("unet", "fast", tmp_path) is None
+    assert ablation.comparison_runs("unet-r34", "fast", tmp_path) is None
     for s in ("st-seg", "mt-do"):
-        _write_run(tmp_path, ablation.run_name("unet", s, "fast"), lambda k: full)
-    assert [p.name for p in ablation.comparison_runs("unet", "fast", tmp_path)] == ["unet-st-seg-fast", "unet-mt-do-fast"]
-    _write_run(tmp_path, ablation.run_name("unet", "st-seg-do", "fast"), lambda k: full)
-    assert [p.name for p in ablation.comparison_runs("unet", "fast", tmp_path)] == ["unet-st-seg-do-fast", "unet-mt-do-fast"]
-    styled = ablation.comparison_styler(ablation.ablation_table("unet", "fast", tmp_path)).to_html()
-    assert "U-Net, fast profile" in styled and "not run (" in styled
+        _write_run(tmp_path, ablation.run_name("unet-r34", s, "fast"), lambda k: full)
+    assert [p.name for p in ablation.comparison_runs("unet-r34", "fast", tmp_path)] == ["unet-r34-st-seg-fast", "unet-r34-mt-do-fast"]
+    _write_run(tmp_path, ablation.run_name("unet-r34", "st-seg-do", "fast"), lambda k: full)
+    assert [p.name for p in ablation.comparison_runs("unet-r34", "fast", tmp_path)] == ["unet-r34-st-seg-do-fast", "unet-r34-mt-do-fast"]
+    styled = ablation.comparison_styler(ablation.ablation_table("unet-r34", "fast", tmp_path)).to_html()
+    assert "U-Net (ResNet-34, smp), fast profile" in styled and "not run (" in styled
 
 
 def test_name_list_accepts_a_papermill_string_and_names_an_unknown_name():
     backbones = ablation.BACKBONE_TITLES
     assert ablation.name_list("backbones", "nnunet", backbones) == ["nnunet"]
     assert ablation.name_list("backbones", "unetplusplus, nnunet", backbones) == ["unetplusplus", "nnunet"]
-    assert ablation.name_list("backbones", ["unet"], backbones) == ["unet"]
+    assert ablation.name_list("backbones", ["unet-r34"], backbones) == ["unet-r34"]
     with pytest.raises(ValueError, match=r"backbones: unknown \['unet\+\+'\]"):
         ablation.name_list("backbones", ["unet++"], backbones)
     with pytest.raises(ValueError, match=r"backbones: unknown empty list"):
@@ -154,10 +160,10 @@ def test_name_list_accepts_a_papermill_string_and_names_an_unknown_name():
 
 
 def test_budget_table_counts_folds_still_improving(tmp_path):
-    d = _write_run(tmp_path, ablation.run_name("unet", "mt", "fast"), lambda k: TRUTH)
+    d = _write_run(tmp_path, ablation.run_name("unet-r34", "mt", "fast"), lambda k: TRUTH)
     (d / "summary.json").write_text(json.dumps({"per_fold": [
         {"fold": k, "best_epoch": best, "epochs": 8, "train_seconds": 90} for k, best in ((0, 8), (1, 3))]}))
-    t = ablation.budget_table("unet", "fast", tmp_path)
+    t = ablation.budget_table("unet-r34", "fast", tmp_path)
     assert t.to_dict("records") == [{"setting": "mt", "best epoch per fold": "8/8, 3/8", "folds still improving": 1,
                                      "folds": 2, "training minutes": 3.0}]
 
@@ -166,23 +172,23 @@ def test_profile_table_sets_configurations_of_two_profiles_side_by_side(tmp_path
     good = TRUTH | {"dice": [0.9, 0.8, 1.0, 1.0], "mask_empty": [False, False, True, True], "pred": [0, 1, 2, 2]}
     poor = TRUTH | {"dice": [0.5, 0.4, 0.0, 1.0], "mask_empty": [False, False, False, True], "pred": [0, 0, 0, 2]}
     for s in ("mt", "mt-do"):
-        _write_run(tmp_path, ablation.run_name("unet", s, "fast"), lambda k: poor)
-    _write_run(tmp_path, ablation.run_name("unet", "mt-do", "steady"), lambda k: good)
-    t = ablation.profile_table("unet", ["fast", "steady"], tmp_path)
+        _write_run(tmp_path, ablation.run_name("unet-r34", s, "fast"), lambda k: poor)
+    _write_run(tmp_path, ablation.run_name("unet-r34", "mt-do", "steady"), lambda k: good)
+    t = ablation.profile_table("unet-r34", ["fast", "steady"], tmp_path)
     assert list(t.index) == ["MT+DO", "MT+PR+DO"]  # MT ran under one profile only
     assert t.at["MT+DO", ("acc", "fast")] == pytest.approx(0.5)
     assert t.at["MT+DO", ("acc", "steady")] == pytest.approx(1.0)
     assert t.at["MT+PR+DO", ("dsc_avg", "paper")] == pytest.approx(.751)
-    assert ablation.profile_table("unet", ["fast", "paper"], tmp_path).empty
-    assert ablation.profile_runs("unet", ["fast", "steady"], tmp_path) == {
-        "mt-do": {"fast": tmp_path / "unet-mt-do-fast", "steady": tmp_path / "unet-mt-do-steady"}}
+    assert ablation.profile_table("unet-r34", ["fast", "paper"], tmp_path).empty
+    assert ablation.profile_runs("unet-r34", ["fast", "steady"], tmp_path) == {
+        "mt-do": {"fast": tmp_path / "unet-r34-mt-do-fast", "steady": tmp_path / "unet-r34-mt-do-steady"}}
 
 
 def _write_full_run(root, name, epochs, folds, dice):
     """A run's folder with every file load_run reads (config, metrics, history, tests)."""
     d = root / name
     d.mkdir(parents=True)
-    (d / "config.json").write_text(json.dumps({"config": {"backbone": "unet", "task": "mt", "oversampling": True,
+    (d / "config.json").write_text(json.dumps({"config": {"backbone": "unet-r34", "task": "mt", "oversampling": True,
                                                           "profile": "steady", "epochs": epochs}}))
     for k in folds:
         fold = {"dsc_avg": dice, "dsc_normal": 1.0, "f1_weighted": 0.5, "acc": 0.5}
@@ -196,15 +202,15 @@ def _write_full_run(root, name, epochs, folds, dice):
 
 
 def test_probe_comparison_sets_a_longer_fold_beside_the_grid_run(tmp_path):
-    _write_full_run(tmp_path, "unet-mt-do-steady", 12, (0, 1, 2, 3), 0.5)
-    probe = _write_full_run(tmp_path / "probes", "unet-mt-do-steady24", 24, (0,), 0.6)
+    _write_full_run(tmp_path, "unet-r34-mt-do-steady", 12, (0, 1, 2, 3), 0.5)
+    probe = _write_full_run(tmp_path / "probes", "unet-r34-mt-do-steady24", 24, (0,), 0.6)
     table, histories = ablation.probe_comparison(probe, tmp_path)
     assert table[["run", "fold", "refinement", "best epoch", "dsc_avg"]].values.tolist() == [
-        ["unet-mt-do-steady (12 epochs)", 0, "none", "12/12", 0.5],
-        ["unet-mt-do-steady (12 epochs)", 0, "PR", "12/12", 0.51],
-        ["unet-mt-do-steady24 (24 epochs)", 0, "none", "24/24", 0.6],
-        ["unet-mt-do-steady24 (24 epochs)", 0, "PR", "24/24", 0.61]]
+        ["unet-r34-mt-do-steady (12 epochs)", 0, "none", "12/12", 0.5],
+        ["unet-r34-mt-do-steady (12 epochs)", 0, "PR", "12/12", 0.51],
+        ["unet-r34-mt-do-steady24 (24 epochs)", 0, "none", "24/24", 0.6],
+        ["unet-r34-mt-do-steady24 (24 epochs)", 0, "PR", "24/24", 0.61]]
     assert [len(h) for h in histories.values()] == [12, 24]  # fold 0 only
-    with pytest.raises(FileNotFoundError, match="unet-mt-do-steady: not a finished run"):
+    with pytest.raises(FileNotFoundError, match="unet-r34-mt-do-steady: not a finished run"):
         ablation.probe_comparison(probe, tmp_path / "elsewhere")
     assert ablation.probe_comparison(tmp_path / "probes" / "not-run-yet", tmp_path) is None

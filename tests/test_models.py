@@ -1,4 +1,5 @@
-"""Backbone registry, tasks, heads, deep supervision and optional encoder weights."""
+"""Backbone registry, and the other (non-paper) networks: tasks, heads, deep supervision and
+optional encoder weights. The paper's networks: tests/test_paper_networks.py."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import pytest
 import torch
 
 from mtbc_lib.losses import MultiTaskLoss
-from mtbc_lib.models import BACKBONES, TASKS, build_model, count_parameters, nnunet_plan
+from mtbc_lib.models import TASKS, build_model, count_parameters
+from mtbc_lib.other_networks import nnunet_plan
+
+OTHER = ["unetplusplus-r34", "unet-r34", "nnunet-planned"]
 
 torch.set_num_threads(1)
 
@@ -15,7 +19,7 @@ def _grad_norm(module: torch.nn.Module) -> float:
     return sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
 
 
-@pytest.mark.parametrize("backbone", list(BACKBONES))
+@pytest.mark.parametrize("backbone", OTHER)
 @pytest.mark.parametrize("task", TASKS)
 def test_every_backbone_and_task_runs_forward_and_backward(backbone, task):
     torch.manual_seed(0)
@@ -45,7 +49,7 @@ def test_every_backbone_and_task_runs_forward_and_backward(backbone, task):
 
 def test_mt_encoder_gets_gradient_from_each_loss_term_alone():
     torch.manual_seed(0)
-    model = build_model("unet", "mt").train()
+    model = build_model("unet-r34", "mt").train()
     x = torch.rand(2, 1, 64, 64)
     mask = torch.zeros(2, 1, 64, 64)
     mask[0, :, 10:30, 10:30] = 1
@@ -63,23 +67,23 @@ def test_mt_encoder_gets_gradient_from_each_loss_term_alone():
 
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(ValueError, match="unetplusplus, unet, nnunet"):
+    with pytest.raises(ValueError, match="unetplusplus, nnunet, unetplusplus-r34, unet-r34, nnunet-planned"):
         build_model("resnet", "mt")
     with pytest.raises(ValueError, match="seg, cls, mt"):
-        build_model("unet", "detect")
-    with pytest.raises(ValueError, match="valid: encoder_name, head_dropout"):
-        build_model("unet", "mt", patch_size=128)
+        build_model("unet-r34", "detect")
+    with pytest.raises(ValueError, match="valid: encoder_weights, encoder_name, head_dropout"):
+        build_model("unet-r34", "mt", patch_size=128)
 
 
 def test_options_reach_the_parts():
-    assert build_model("unet", "cls", encoder_name="resnet18").encoder.out_channels[-2:] == [256, 512]
+    assert build_model("unet-r34", "cls", encoder_name="resnet18").encoder.out_channels[-2:] == [256, 512]
     assert nnunet_plan(64).n_stages == 5
-    assert len(build_model("nnunet", "cls", patch_size=64).encoder.stages) == 5
-    head = build_model("nnunet", "cls", head_dropout=0.0).head
+    assert len(build_model("nnunet-planned", "cls", patch_size=64).encoder.stages) == 5
+    head = build_model("nnunet-planned", "cls", head_dropout=0.0).head
     assert all(m.p == 0.0 for m in head.modules() if isinstance(m, torch.nn.Dropout))
 
 
-def test_nnunet_is_planned_like_nnunet_for_128():
+def test_nnunet_planned_is_planned_like_nnunet_for_128():
     plan = nnunet_plan(128)
     assert plan.n_stages == 6  # 128 -> 64 -> 32 -> 16 -> 8 -> 4
     assert plan.features_per_stage == (32, 64, 128, 256, 512, 512)  # capped at 512 in 2D
@@ -89,7 +93,7 @@ def test_nnunet_is_planned_like_nnunet_for_128():
     assert nnunet_plan(256).n_stages == 7 and nnunet_plan(256).features_per_stage[-1] == 512
     assert nnunet_plan(64).features_per_stage == (32, 64, 128, 256, 512)
 
-    model = build_model("nnunet", "mt")
+    model = build_model("nnunet-planned", "mt")
     norms = [m for m in model.modules() if isinstance(m, torch.nn.InstanceNorm2d)]
     acts = [m for m in model.modules() if isinstance(m, torch.nn.LeakyReLU)]
     assert norms and all(n.affine for n in norms) and acts
@@ -100,7 +104,7 @@ def test_nnunet_is_planned_like_nnunet_for_128():
 
 
 def test_smp_default_encoder_deepest_features_are_512():
-    model = build_model("unetplusplus", "cls")
+    model = build_model("unetplusplus-r34", "cls")
     assert model.encoder.out_channels[-1] == 512 and model.encoder.out_channels[-2] == 256
     first = model.head.mlp[0]
     assert (first.in_features, first.out_features) == (512 + 256, 512)
@@ -110,7 +114,7 @@ def test_smp_default_encoder_deepest_features_are_512():
 
 def test_deep_supervision_returns_a_list_only_when_training():
     torch.manual_seed(0)
-    model = build_model("nnunet", "mt", deep_supervision=True).train()
+    model = build_model("nnunet-planned", "mt", deep_supervision=True).train()
     out = model(torch.rand(2, 1, 128, 128))
     sizes = [o.shape[-1] for o in out["mask"]]
     assert sizes == [128, 64, 32, 16, 8]  # full resolution first
@@ -130,23 +134,24 @@ def test_deep_supervision_returns_a_list_only_when_training():
 
 
 def test_deep_supervision_refused_where_unavailable():
-    with pytest.raises(ValueError, match="nnunet"):
-        build_model("unetplusplus", "mt", deep_supervision=True)
+    with pytest.raises(ValueError, match="use one of unetplusplus, nnunet, nnunet-planned"):
+        build_model("unetplusplus-r34", "mt", deep_supervision=True)
     with pytest.raises(ValueError, match="cls"):
-        build_model("nnunet", "cls", deep_supervision=True)
+        build_model("nnunet-planned", "cls", deep_supervision=True)
 
 
 def test_eval_is_deterministic_and_batch_independent():
     torch.manual_seed(0)
-    model = build_model("nnunet", "mt").eval()
+    model = build_model("nnunet-planned", "mt").eval()
     x = torch.rand(3, 1, 64, 64)
     with torch.no_grad():
         a, b = model(x), model(x[:1])
     torch.testing.assert_close(a["label"][:1], b["label"], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(a["mask"][:1], b["mask"], rtol=1e-4, atol=1e-5)
+    # (conv kernels chosen per batch size round differently: ~3e-5 seen on some CPUs)
+    torch.testing.assert_close(a["mask"][:1], b["mask"], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("backbone", ["unet", "nnunet"])
+@pytest.mark.parametrize("backbone", ["unet-r34", "nnunet-planned"])
 def test_encoder_weights_from_a_state_dict_file(tmp_path, backbone):
     torch.manual_seed(1)
     src = build_model(backbone, "mt")
@@ -165,29 +170,29 @@ def test_encoder_weights_from_a_state_dict_file(tmp_path, backbone):
 
 
 def test_rgb_encoder_weights_are_summed_to_one_channel(tmp_path):
-    rgb = build_model("unet", "cls", in_channels=3)
+    rgb = build_model("unet-r34", "cls", in_channels=3)
     path = tmp_path / "rgb.pt"
     torch.save(rgb.encoder.state_dict(), path)
-    grey = build_model("unet", "cls", in_channels=1, encoder_weights=path)
+    grey = build_model("unet-r34", "cls", in_channels=1, encoder_weights=path)
     w3 = rgb.encoder.state_dict()["conv1.weight"]
     torch.testing.assert_close(grey.encoder.state_dict()["conv1.weight"], w3.sum(1, keepdim=True))
 
 
 def test_bad_encoder_weights_give_one_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="encoder_weights"):
-        build_model("unet", "mt", encoder_weights=str(tmp_path / "missing.pt"))
+        build_model("unet-r34", "mt", encoder_weights=str(tmp_path / "missing.pt"))
     other = tmp_path / "other.pt"
-    torch.save(build_model("nnunet", "cls").encoder.state_dict(), other)
+    torch.save(build_model("nnunet-planned", "cls").encoder.state_dict(), other)
     with pytest.raises(ValueError, match="does not match"):
-        build_model("unet", "cls", encoder_weights=other)
+        build_model("unet-r34", "cls", encoder_weights=other)
     with pytest.raises(ValueError, match="encoder_weights"):
-        build_model("nnunet", "mt", encoder_weights="imagenet")
+        build_model("nnunet-planned", "mt", encoder_weights="imagenet")
 
 
 def test_a_few_steps_fit_a_tiny_batch():
     """The assembled model learns: 25 Adam steps on 2 images lower the multi-task loss."""
     torch.manual_seed(0)
-    model = build_model("unet", "mt", head_dropout=0.0).train()
+    model = build_model("unet-r34", "mt", head_dropout=0.0).train()
     x = torch.rand(2, 1, 64, 64)
     mask = torch.zeros(2, 1, 64, 64)
     mask[0, :, 16:40, 20:44] = 1
@@ -206,13 +211,13 @@ def test_a_few_steps_fit_a_tiny_batch():
 
 
 def test_parameter_count_is_reported():
-    assert count_parameters(build_model("nnunet", "cls")) < count_parameters(build_model("nnunet", "mt"))
+    assert count_parameters(build_model("nnunet-planned", "cls")) < count_parameters(build_model("nnunet-planned", "mt"))
 
 
 def test_bad_input_shape_is_refused():
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
-        build_model("unet", "seg")(torch.rand(1, 64, 64))
+        build_model("unet-r34", "seg")(torch.rand(1, 64, 64))
     with pytest.raises(ValueError, match="multiples of 32"):
-        build_model("nnunet", "mt")(torch.rand(1, 1, 100, 128))
+        build_model("nnunet-planned", "mt")(torch.rand(1, 1, 100, 128))
     with pytest.raises(ValueError, match="multiples of 32"):
-        build_model("unetplusplus", "cls")(torch.rand(1, 1, 128, 48))
+        build_model("unetplusplus-r34", "cls")(torch.rand(1, 1, 128, 48))

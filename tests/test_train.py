@@ -42,7 +42,7 @@ def tiny_arrays(n_per_class: int = 8, size: int = 32, seed: int = 0) -> BusiArra
 
 
 def tiny_config(out_dir, **kw) -> trainconfig.TrainConfig:
-    base = dict(backbone="nnunet", task="mt", oversampling=True, epochs=3, patience=10, batch_size=4,
+    base = dict(backbone="nnunet-planned", task="mt", oversampling=True, epochs=3, patience=10, batch_size=4,
                 lr=1e-3, image_size=32, n_folds=2, out_dir=str(out_dir / "results"), run_name="tiny", profile="fast",
                 device="cpu", eval_batch_size=16, num_threads=1)  # tiny ops: 1 thread is faster
     return trainconfig.TrainConfig(**(base | kw))
@@ -143,6 +143,24 @@ def test_run_writes_documented_files_and_skips_finished_folds(tmp_path):
     # ...but refuses results made with another setting under the same name
     with pytest.raises(ValueError, match="different configuration \\(differs in: lam\\)"):
         train.run(tiny_config(tmp_path, epochs=2, folds=[0], lam=0.5), arrays=arrays, progress=False)
+
+
+def test_a_fold_held_by_another_process_stops_the_run_at_once(tmp_path):
+    from test_runs import _holder
+
+    cfg = tiny_config(tmp_path, epochs=2, folds=[1])
+    run_dir = tmp_path / "results" / "tiny"
+    proc = _holder(run_dir / ".fold1.lock")
+    try:
+        with pytest.raises(runs.RunHeld, match=f"tiny fold 1: held by process {proc.pid}"):
+            train.run(cfg, arrays=tiny_arrays(), progress=False)
+        assert not list(run_dir.glob("fold1_*"))  # nothing trained
+    finally:
+        proc.kill()
+        proc.wait()
+    # the killed holder's lock is stale: the next run takes it over and trains the fold
+    train.run(cfg, arrays=tiny_arrays(), progress=False)
+    assert (run_dir / "fold1_metrics.json").exists() and not (run_dir / ".fold1.lock").exists()
 
 
 @pytest.mark.parametrize("task", ["seg", "cls"])

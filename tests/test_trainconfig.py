@@ -20,10 +20,16 @@ def test_profiles_fill_unset_fields_and_given_values_win():
 
 
 def test_run_name_derivation():
-    assert trainconfig.TrainConfig(oversampling=True).resolve().run_name == "unetplusplus-mt-do-paper-paper"
+    assert trainconfig.TrainConfig(oversampling=True).resolve().run_name == "unetplusplus-mt-do-paper"
     assert trainconfig.TrainConfig(task="seg", curation="none", profile="fast").resolve().run_name == \
-        "unetplusplus-seg-none-fast"
-    assert trainconfig.TrainConfig(lam=0.5, limit=5).resolve().run_name == "unetplusplus-mt-paper-paper-lam0.5-limit5"
+        "unetplusplus-st-seg-fast-curationnone"
+    assert trainconfig.TrainConfig(lam=0.5, limit=5).resolve().run_name == "unetplusplus-mt-paper-lam0.5-limit5"
+    # deep supervision is named only where it differs from the backbone's default
+    assert trainconfig.TrainConfig(deep_supervision=False).resolve().run_name == "unetplusplus-mt-paper-ds0"
+    assert trainconfig.TrainConfig(backbone="nnunet-planned", task="cls", profile="fast").resolve().run_name == \
+        "nnunet-planned-st-cls-fast"
+    assert trainconfig.TrainConfig().resolve().deep_supervision is True
+    assert trainconfig.TrainConfig(backbone="unet-r34").resolve().deep_supervision is False
     assert trainconfig.TrainConfig(run_name="mine").resolve().run_name == "mine"
 
 
@@ -31,14 +37,14 @@ def test_run_name_derivation():
     (dict(task="segm"), "parameter task='segm': expected one of seg, cls, mt"),
     (dict(backbone="resnet"), "parameter backbone='resnet': expected one of unetplusplus"),
     (dict(curation="strict"), "expected one of paper, keep-one, none"),
-    (dict(profile="slow"), "expected one of paper, fast, steady"),
+    (dict(profile="slow"), "expected one of paper, fast, steady, gpu"),
     (dict(folds=[4]), "fold numbers in 0..3"),
     (dict(epochs="ten"), "parameter epochs='ten': expected an int or None"),
     (dict(oversampling="yes"), "expected a bool"),
     (dict(lam=1.5), "expected a weight in [0, 1]"),
     (dict(amp="maybe"), "expected one of auto, on, off"),
     (dict(image_size=100), "multiple of 32"),
-    (dict(deep_supervision=True), "needs backbone 'nnunet'"),
+    (dict(backbone="unet-r34", deep_supervision=True), "a backbone out of unetplusplus, nnunet, nnunet-planned"),
 ])
 def test_bad_values_fail_with_one_line(kw, message):
     with pytest.raises(ValueError) as e:

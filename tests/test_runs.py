@@ -1,0 +1,75 @@
+"""A run's files: holding a fold against a second process, stale holds taken over."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from mtbc_lib import runs
+from mtbc_lib.config import REPO_ROOT
+
+
+def _holder(lock, seconds=60):
+    """A second process that holds ``lock`` (through runs.hold) and sleeps."""
+    code = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(REPO_ROOT)!r})
+        from pathlib import Path
+        from mtbc_lib import runs
+        with runs.hold(Path({str(lock)!r}), "test run fold 0"):
+            print("held", flush=True)
+            time.sleep({seconds})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_live_holder_stops_a_second_process_at_once_and_a_killed_one_is_taken_over(tmp_path):
+    lock = tmp_path / ".fold0.lock"
+    proc = _holder(lock)
+    try:
+        with pytest.raises(runs.RunHeld) as e:
+            with runs.hold(lock, "test run fold 0"):
+                pytest.fail("entered a held fold")
+        msg = str(e.value)
+        assert "\n" not in msg and f"held by process {proc.pid}" in msg and "test run fold 0" in msg
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert lock.exists()  # a killed process leaves its lock behind: stale
+    with runs.hold(lock, "test run fold 0"):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()  # released at the end
+
+
+def test_a_lock_whose_pid_was_reused_or_is_half_written_is_stale(tmp_path):
+    lock = tmp_path / ".fold1.lock"
+    import socket
+
+    # our own pid, but another start time: the process that wrote it is gone, the pid reused
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "start": "0", "since": "then"}))
+    with runs.hold(lock, "x"):
+        pass
+    lock.write_text("{\"host\": ")  # killed while writing
+    with runs.hold(lock, "x"):
+        pass
+    # another machine's holder cannot be checked: it is respected
+    lock.write_text(json.dumps({"host": "elsewhere", "pid": 1, "start": "1", "since": "then"}))
+    with pytest.raises(runs.RunHeld, match="held by process 1 on elsewhere"):
+        with runs.hold(lock, "x"):
+            pass
+
+
+def test_the_lock_is_released_when_the_block_fails(tmp_path):
+    lock = tmp_path / ".fold2.lock"
+    with pytest.raises(ZeroDivisionError):
+        with runs.hold(lock, "x"):
+            1 / 0
+    assert not lock.exists()
