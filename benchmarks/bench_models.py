@@ -1,11 +1,12 @@
-"""Speed and memory of every backbone in the multi-task setting on this CPU.
+"""Speed and memory of every backbone and task on this CPU.
 
     .venv/bin/python benchmarks/bench_models.py [--batch 16] [--size 128] [--warmup 2] [--steps 5]
 
-For each backbone, built for task "mt" at size×size with one input channel, batch
-``--batch``, four measurements, each in its own fresh subprocess:
+For each backbone and task ("seg", "cls", "mt"; with the backbone's default deep
+supervision), at size×size with one input channel, batch ``--batch``, four
+measurements, each in its own fresh subprocess:
 
-- ``train fp32``: forward + multi-task loss (λ = 0.35) + backward + Adam step, fp32;
+- ``train fp32``: forward + the task's loss (λ = 0.35 for "mt") + backward + Adam step, fp32;
 - ``train bf16+CL``: the same under ``torch.autocast("cpu", dtype=torch.bfloat16)`` with
   model and input in channels-last memory format (loss in fp32, weights fp32);
 - ``infer fp32`` / ``infer bf16+CL``: eval mode, ``torch.inference_mode``, forward only.
@@ -48,7 +49,7 @@ def _rss_mib() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
-def worker(backbone: str, mode: str, batch: int, size: int, warmup: int, steps: int) -> dict:
+def worker(backbone: str, task: str, mode: str, batch: int, size: int, warmup: int, steps: int) -> dict:
     """Run one measurement in this process and return its numbers."""
     import torch
 
@@ -58,7 +59,7 @@ def worker(backbone: str, mode: str, batch: int, size: int, warmup: int, steps: 
     torch.manual_seed(0)
     bf16 = "bf16" in mode
     train = mode.startswith("train")
-    model = build_model(backbone, "mt")
+    model = build_model(backbone, task)
     x = torch.rand(batch, 1, size, size)
     mask = torch.zeros(batch, 1, size, size)
     mask[::2, :, size // 4: size // 2, size // 4: size // 2] = 1
@@ -66,7 +67,7 @@ def worker(backbone: str, mode: str, batch: int, size: int, warmup: int, steps: 
     if bf16:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    loss_fn = MultiTaskLoss("mt")
+    loss_fn = MultiTaskLoss(task)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4) if train else None
     model.train(train)
     base = _rss_mib()
@@ -89,7 +90,7 @@ def worker(backbone: str, mode: str, batch: int, size: int, warmup: int, steps: 
             step()
         dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
-    return {"backbone": backbone, "mode": mode, "params": count_parameters(model),
+    return {"backbone": backbone, "task": task, "mode": mode, "params": count_parameters(model),
             "images_per_s": batch * steps / dt, "step_s": dt / steps,
             "base_rss_mib": base, "peak_rss_mib": peak, "threads": torch.get_num_threads()}
 
@@ -98,31 +99,32 @@ def run_all(args) -> list[dict]:
     from mtbc_lib.models import BACKBONES
 
     rows = []
-    for backbone in BACKBONES:
-        for mode in MODES:
-            cmd = [sys.executable, __file__, "--worker", backbone, mode, "--batch", str(args.batch),
+    from mtbc_lib.models import TASKS
+
+    for backbone, task, mode in ((b, t, m) for b in BACKBONES for t in TASKS for m in MODES):
+            cmd = [sys.executable, __file__, "--worker", backbone, task, mode, "--batch", str(args.batch),
                    "--size", str(args.size), "--warmup", str(args.warmup), "--steps", str(args.steps)]
             t0 = time.perf_counter()
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
-                sys.exit(f"bench_models: {backbone} / {mode} failed:\n{res.stderr[-2000:]}")
+                sys.exit(f"bench_models: {backbone} / {task} / {mode} failed:\n{res.stderr[-2000:]}")
             row = json.loads(res.stdout.strip().splitlines()[-1])
-            print(f"  {backbone:13s} {mode:14s} {row['images_per_s']:7.2f} img/s  "
+            print(f"  {backbone:16s} {task:3s} {mode:14s} {row['images_per_s']:7.2f} img/s  "
                   f"peak {row['peak_rss_mib']:7.0f} MiB  ({time.perf_counter() - t0:.0f} s)", flush=True)
             rows.append(row)
     return rows
 
 
 def table(rows: list[dict]) -> list[list[str]]:
-    """One line per backbone: parameters, images/s of the four modes, peak/base RSS."""
-    header = ["backbone", "params (M)", "train fp32 img/s", "train bf16+CL img/s",
+    """One line per backbone and task: parameters, images/s of the four modes, peak/base RSS."""
+    header = ["backbone", "task", "params (M)", "train fp32 img/s", "train bf16+CL img/s",
               "infer fp32 img/s", "infer bf16+CL img/s",
               "peak RSS train fp32 (MiB)", "peak RSS train bf16+CL (MiB)",
               "peak RSS infer fp32 (MiB)", "base RSS (MiB)"]
     out = [header]
-    for backbone in dict.fromkeys(r["backbone"] for r in rows):
-        by = {r["mode"]: r for r in rows if r["backbone"] == backbone}
-        out.append([backbone, f"{by['train fp32']['params'] / 1e6:.2f}"]
+    for backbone, task in dict.fromkeys((r["backbone"], r["task"]) for r in rows):
+        by = {r["mode"]: r for r in rows if (r["backbone"], r["task"]) == (backbone, task)}
+        out.append([backbone, task, f"{by['train fp32']['params'] / 1e6:.2f}"]
                    + [f"{by[m]['images_per_s']:.2f}" for m in MODES]
                    + [f"{by[m]['peak_rss_mib']:.0f}" for m in ("train fp32", "train bf16+CL", "infer fp32")]
                    + [f"{by['train fp32']['base_rss_mib']:.0f}"])
@@ -135,16 +137,19 @@ def main(argv=None) -> None:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--worker", nargs=2, metavar=("BACKBONE", "MODE"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", nargs=3, metavar=("BACKBONE", "TASK", "MODE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(*args.worker, args.batch, args.size, args.warmup, args.steps)))
         return
 
     import torch
+
+    from mtbc_lib.train import resolve_amp
+
     load0 = os.getloadavg()
     t0 = time.perf_counter()
-    print(f"bench_models: task mt, {args.size}x{args.size}, batch {args.batch}, "
+    print(f"bench_models: every backbone and task, {args.size}x{args.size}, batch {args.batch}, "
           f"{args.warmup} warm-up + {args.steps} timed steps, one subprocess per cell", flush=True)
     rows = run_all(args)
     load1 = os.getloadavg()
@@ -156,7 +161,9 @@ def main(argv=None) -> None:
         pass
     meta = (f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC in one run "
             f"({time.perf_counter() - t0:.0f} s) on {cpu}, {os.cpu_count()} logical CPUs, "
-            f"torch {torch.__version__} with {rows[0]['threads']} threads; task mt, "
+            f"torch {torch.__version__} with {rows[0]['threads']} threads, CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()} (the engine's amp='auto' "
+            f"{'uses' if resolve_amp('auto', torch.device('cpu')) else 'does not use'} bf16 here); every backbone and task, "
             f"{args.size}×{args.size}×1, batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps. "
             f"Shared machine: load average {load0[0]:.2f} before, {load1[0]:.2f} after "
             f"(other jobs competed for the same cores, so treat speeds as lower bounds). "
