@@ -55,6 +55,7 @@ grid: $(STAMP)
 	$(BIN)/mtbc grid --backbone unetplusplus-r34 --data "$$MTBC_DATA"
 	$(BIN)/mtbc grid --backbone nnunet-planned --settings st-seg st-cls mt-do --data "$$MTBC_DATA"
 	$(BIN)/mtbc grid --backbone unetplusplus-r34 --profile steady --settings mt-do --data "$$MTBC_DATA"
+	$(BIN)/python -m mtbc_lib.claims unetplusplus-r34 fast
 	$(MAKE) -B book/results.ipynb
 
 clean:

@@ -7,7 +7,7 @@ that :mod:`mtbc_lib.train` saves (``fold<k>_test.csv``), without retraining.
 
 :func:`run_grid` executes ``notebooks/train.ipynb`` through papermill once per setting
 (locally, or on a Dask cluster), skipping settings whose results are complete;
-:func:`ablation_table` assembles ``results/ablation.csv`` (DESIGN.md's columns);
+:func:`ablation_table` assembles ``results/ablation.csv`` (columns: :data:`ABLATION_COLUMNS`);
 :func:`profile_table` sets the same configurations trained under different profiles side by
 side, :func:`probe_comparison` a probe (one setting trained otherwise, e.g. longer) beside its
 grid run.
@@ -44,7 +44,7 @@ class Row:
     """One configuration of Table 5: which run gives the mask, which the label, and
     whether prediction refinement (PR) is applied on top."""
 
-    configuration: str  # name exactly as in PAPER.md's Table 5
+    configuration: str  # name exactly as in the paper's Table 5
     seg: str | None  # setting whose masks are scored (None: no DSC columns)
     cls: str | None  # setting whose labels are scored (None: no F1/ACC columns)
     pr: bool = False
@@ -183,7 +183,7 @@ ABLATION_COLUMNS = ["backbone", "profile", "configuration"] + [c for m in TABLE_
 
 def ablation_table(backbone: str, profile: str, results_dir: str | os.PathLike = "results") -> pd.DataFrame:
     """Table 5 for one backbone from the finished runs under ``results_dir``: one row per
-    configuration whose runs are complete, DESIGN.md's columns (metrics and ``_sd`` twins;
+    configuration whose runs are complete, :data:`ABLATION_COLUMNS` (metrics and ``_sd`` twins;
     NaN where the configuration has no such metric)."""
     results_dir = Path(results_dir)
     rows = []

@@ -1,7 +1,7 @@
 """Evaluation metrics of the paper: per-image Dice/IoU, per-class DSC, F1, accuracy,
 AUC, confusion matrix, and the mean ± SD over cross-validation folds.
 
-Conventions (PAPER.md):
+Conventions (the paper's):
 
 - Dice and IoU are computed **per image** on binary masks; when prediction and ground
   truth are both empty the score is 1, when exactly one of them is empty it is 0. So
@@ -16,7 +16,7 @@ Conventions (PAPER.md):
   DSC normal .234 ± .469; with one non-zero fold out of four, x = (0, 0, 0, a), the mean
   is a/4 and the SD is a/2 with ddof=1 (a/4·√3 ≈ .433 a with ddof=0), and .469 ≈ 2 × .234.
 
-The names match DESIGN.md's ablation columns (``dsc_benign``, ``dsc_malignant``,
+The names match the columns of ``results/ablation.csv`` (``dsc_benign``, ``dsc_malignant``,
 ``dsc_normal``, ``dsc_avg``, ``f1_benign``, ``f1_malignant``, ``f1_normal``,
 ``f1_weighted``, ``acc``). Inputs may be numpy arrays or torch tensors.
 """
