@@ -49,7 +49,7 @@ def train_fold(arrays_path: Path, fold: int, out_dir: str, budget: float, ckpt_d
     arrays = data._load_npz(arrays_path)
     cfg = config(out_dir, budget, ckpt_dir)
     cfg.folds = [fold]
-    train.run(cfg, arrays=arrays, progress=False)
+    train.run(cfg, arrays=arrays, progress=True)  # the fold log ends with its summary line
 
 
 def main(argv=None) -> int:
