@@ -200,10 +200,12 @@ def run_table(run_dir: str | os.PathLike) -> pd.DataFrame:
     """The Table 5 rows one finished run gives on its own (an MT+DO run: MT+DO and
     MT+PR+DO), in :func:`ablation_table`'s columns, for a run outside the grid such as a
     calibration run; backbone and profile from its ``config.json``."""
-    import json
+    from .runs import read_config
 
     run_dir = Path(run_dir)
-    c = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())["config"])
+    c = read_config(run_dir)
+    if c is None:
+        raise FileNotFoundError(f"{run_dir}: no config.json; expected the results folder of a training run")
     setting = c.setting()
     rows = [{"backbone": c.backbone, "profile": c.profile, "configuration": r.configuration}
             | row_metrics(r, {setting: run_dir}) for r in ROWS if {r.seg, r.cls} - {None} == {setting}]
@@ -284,15 +286,14 @@ def run_grid(backbone: str, profile: str, settings: list[str] | None = None, sch
 def write_ablation_csv(results_dir: str | os.PathLike = "results") -> Path:
     """(Re)write ``results_dir/ablation.csv`` from every backbone and profile that has
     complete runs there. Atomic."""
-    import json
+    from .runs import read_config
 
     results_dir = Path(results_dir)
     pairs = set()
     for p in results_dir.iterdir():
-        if is_complete(p) and (p / "config.json").is_file():
-            c = TrainConfig.from_dict(json.loads((p / "config.json").read_text())["config"])
-            if p.name == run_name(c.backbone, c.setting(), c.profile):  # a grid run, not a variant
-                pairs.add((c.backbone, c.profile))
+        c = read_config(p) if is_complete(p) else None
+        if c is not None and p.name == run_name(c.backbone, c.setting(), c.profile):  # a grid run, not a variant
+            pairs.add((c.backbone, c.profile))
     pairs = sorted(pairs)
     tables = [ablation_table(b, prof, results_dir) for b, prof in pairs]
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=ABLATION_COLUMNS)

@@ -39,7 +39,7 @@ import numpy as np
 from mtbc_lib.config import CLASSES, REPO_ROOT, atomic_write
 from mtbc_lib.trainconfig import TrainConfig, config_diff
 
-__all__ = ["RunHeld", "hold", "run_paths", "versions", "write_json", "check_same_config", "write_history", "save_masks",
+__all__ = ["RunHeld", "hold", "read_config", "run_paths", "versions", "write_json", "check_same_config", "write_history", "save_masks",
            "load_masks", "summarize", "RunResults", "load_run", "metrics_table", "confusion_table"]
 
 def write_json(path: Path, obj) -> None:
@@ -235,6 +235,12 @@ def summarize(cfg: TrainConfig, write: bool = False) -> dict:
 
 
 # ------------------------------------------------------------------------- reading
+
+def read_config(run_dir) -> TrainConfig | None:
+    """The resolved TrainConfig a run stored in its ``config.json`` (None if absent)."""
+    path = Path(run_dir) / "config.json"
+    return TrainConfig.from_dict(json.loads(path.read_text())["config"]) if path.is_file() else None
+
 
 @dataclass
 class RunResults:
