@@ -7,6 +7,10 @@ Per fold (the paper's protocol): the splits of :func:`mtbc_lib.data.cv_splits` o
 labels; deterministic oversampling of the training split only; Adam,
 ReduceLROnPlateau on the validation loss, early stopping; the lowest-validation-loss
 checkpoint is evaluated on the test fold, without and with prediction refinement (PR).
+The recipe fields of TrainConfig change the optimiser (AdamW, weight decay), the schedule
+(warm-up + cosine, stepped per batch), add gradient clipping, a moving average of the
+weights (validated and tested instead of the raw weights) and low-resolution first epochs;
+a recipe study evaluates on the validation split instead of the test fold.
 
 The files a run writes, and how to read them back, are in :mod:`mtbc_lib.runs`; the
 configuration (:class:`~mtbc_lib.trainconfig.TrainConfig`, the profiles) is in
@@ -202,7 +206,11 @@ def _batch_stats(out: dict, mask: torch.Tensor, label: torch.Tensor) -> tuple[fl
 
 
 def _train_epoch(model, opt, loss_fn, X, M, Y, idx: np.ndarray, bs: int, gen: torch.Generator,
-                 device, amp: bool, cl: bool, fold: int, epoch: int) -> dict[str, float]:
+                 device, amp: bool, cl: bool, fold: int, epoch: int, low_res: bool = False,
+                 grad_clip: float = 0.0, after_step: Callable[[], None] | None = None) -> dict[str, float]:
+    """One pass over the training indices ``idx`` in batches of ``bs``; ``low_res``: each
+    augmented batch is halved in size (images by area averaging, masks by majority);
+    ``after_step`` runs after every optimiser step (a per-step schedule, the weight average)."""
     model.train()
     perm = torch.from_numpy(idx)[torch.randperm(len(idx), generator=gen)]
     tot = {"loss": 0.0, "dice": 0.0, "acc": 0.0}
@@ -210,6 +218,8 @@ def _train_epoch(model, opt, loss_fn, X, M, Y, idx: np.ndarray, bs: int, gen: to
     for s in range(0, len(perm), bs):
         b = perm[s: s + bs].to(X.device)
         x, m = augment_batch(X[b].float().div_(255.0), M[b].float(), gen)
+        if low_res:
+            x, m = F.avg_pool2d(x, 2), (F.avg_pool2d(m, 2) > 0.5).float()
         y = Y[b]
         if cl:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -222,7 +232,11 @@ def _train_epoch(model, opt, loss_fn, X, M, Y, idx: np.ndarray, bs: int, gen: to
                                    "the run diverged (try a lower lr, or amp='off')")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
+        if after_step is not None:
+            after_step()
         d, c = _batch_stats(out, m, y)
         tot["loss"] += float(loss.detach()) * len(b)
         tot["dice"] += d
@@ -342,9 +356,21 @@ def _train_fold(cfg: TrainConfig, arrays, split, fold: int, progress: bool,
                             **_model_options(cfg)).to(device)
     if cl:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.plateau_factor,
-                                                       patience=cfg.plateau_patience, min_lr=cfg.min_lr)
+    opt = (torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam)(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    sched = _scheduler(cfg, opt, steps_per_epoch)
+    ema = None
+    if cfg.ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    evaluated = ema.module if ema is not None else model  # the weights validation and test use
+    def after_step():
+        if cfg.schedule == "cosine":
+            sched.step()
+        if ema is not None:
+            ema.update_parameters(model)
     loss_fn = MultiTaskLoss(task=cfg.task, lam=cfg.lam, gamma=cfg.gamma)
 
     state = {"epoch": 0, "best_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "history": [],
@@ -359,6 +385,8 @@ def _train_fold(cfg: TrainConfig, arrays, split, fold: int, progress: bool,
         model.load_state_dict(c["model"])
         opt.load_state_dict(c["optimizer"])
         sched.load_state_dict(c["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(c["ema"])
         gen.set_state(c["generator"])
         torch.set_rng_state(c["torch_rng"])
         state = c["state"]
@@ -366,7 +394,8 @@ def _train_fold(cfg: TrainConfig, arrays, split, fold: int, progress: bool,
     def save_checkpoint():
         blob = {"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "generator": gen.get_state(),
-                "torch_rng": torch.get_rng_state(), "state": state}
+                "torch_rng": torch.get_rng_state(), "state": state,
+                **({"ema": ema.state_dict()} if ema is not None else {})}
         atomic_write(ckpt, lambda p: torch.save(blob, p))
 
     from tqdm import tqdm  # text bar: also readable in the static book (a widget bar would be empty)
@@ -382,20 +411,22 @@ def _train_fold(cfg: TrainConfig, arrays, split, fold: int, progress: bool,
     try:
         while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience and not budget_spent():
             t0 = time.perf_counter()
+            lr = opt.param_groups[0]["lr"]
             tr = _train_epoch(model, opt, loss_fn, X, M, Y, train_idx, cfg.batch_size, gen, device, amp, cl,
-                              fold, state["epoch"])
-            va = _val_metrics(predict(model, Xv, cfg.eval_batch_size, device, amp, cl, Mv, Yv, loss_fn),
+                              fold, state["epoch"], low_res=state["epoch"] < cfg.low_res_epochs,
+                              grad_clip=cfg.grad_clip, after_step=after_step)
+            va = _val_metrics(predict(evaluated, Xv, cfg.eval_batch_size, device, amp, cl, Mv, Yv, loss_fn),
                               Mv, Yv, cfg.threshold)
             if not math.isfinite(va["loss"]):
                 raise TrainingDiverged(f"fold {fold} epoch {state['epoch'] + 1}: validation loss is "
                                        f"{va['loss']}; the run diverged (try a lower lr, or amp='off')")
-            lr = opt.param_groups[0]["lr"]
-            sched.step(va["loss"])
+            if cfg.schedule == "plateau":
+                sched.step(va["loss"])
             state["epoch"] += 1
             if va["loss"] < state["best_loss"]:
                 state.update(best_loss=va["loss"], best_epoch=state["epoch"], bad_epochs=0)
                 best = {"config": cfg.to_dict(), "epoch": state["epoch"], "val_loss": va["loss"],
-                        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+                        "model": {k: v.detach().cpu().clone() for k, v in evaluated.state_dict().items()}}
                 atomic_write(best_path, lambda p: torch.save(best, p))
             else:
                 state["bad_epochs"] += 1
@@ -418,19 +449,20 @@ def _train_fold(cfg: TrainConfig, arrays, split, fold: int, progress: bool,
     finally:
         bar.close()
 
-    # ---- test the best-validation weights
+    # ---- test the best-validation weights (on the validation split in a recipe study)
+    eval_idx = test_idx if cfg.evaluate_on == "test" else val_idx
     model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["model"])
     t0 = time.perf_counter()
-    pred = predict(model, X[test_idx], cfg.eval_batch_size, device, amp, cl)
+    pred = predict(model, X[eval_idx], cfg.eval_batch_size, device, amp, cl)
     test_seconds = time.perf_counter() - t0
-    sub = arrays.subset(test_idx)
+    sub = arrays.subset(eval_idx)
     table, masks, metrics = _test_outputs(cfg, sub, pred)
     stopped = ("early stopping" if state["bad_epochs"] >= cfg.patience else
                "max epochs" if state["epoch"] >= cfg.epochs else "time budget")
     metrics.update(fold=fold, run=cfg.run_name, best_epoch=state["best_epoch"], epochs=state["epoch"],
                    stopped=stopped, best_val_loss=state["best_loss"], train_seconds=state["train_seconds"],
                    test_seconds=test_seconds, n_train=len(split.train), n_train_oversampled=n_train,
-                   n_val=len(val_idx), n_test=len(test_idx), device=str(device), amp=amp, channels_last=cl,
+                   n_val=len(val_idx), n_test=len(test_idx), evaluated_on=cfg.evaluate_on, device=str(device), amp=amp, channels_last=cl,
                    config=cfg.to_dict(), versions=versions())
     write_history(run_dir / f"fold{fold}_history.csv", state["history"])
     atomic_write(run_dir / f"fold{fold}_test.csv", lambda p: table.to_csv(p, index=False))
@@ -438,6 +470,26 @@ def _train_fold(cfg: TrainConfig, arrays, split, fold: int, progress: bool,
     write_json(run_dir / f"fold{fold}_metrics.json", metrics)  # last: marks the fold finished
     ckpt.unlink(missing_ok=True)  # the rolling checkpoint is no longer needed; best weights stay
     return metrics
+
+
+def _scheduler(cfg: TrainConfig, opt, steps_per_epoch: int):
+    """"plateau": ReduceLROnPlateau on the validation loss, stepped once an epoch.
+    "cosine": stepped after every optimiser step; linear warm-up from lr/steps to lr over
+    ``warmup_epochs``, then cosine decay to ``min_lr`` at the end of epoch ``epochs``."""
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.plateau_factor,
+                                                          patience=cfg.plateau_patience, min_lr=cfg.min_lr)
+    warm = round(cfg.warmup_epochs * steps_per_epoch)
+    total = max(cfg.epochs * steps_per_epoch, warm + 1)
+    floor = min(cfg.min_lr / cfg.lr, 1.0)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = min((step - warm) / (total - warm), 1.0)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def _test_outputs(cfg: TrainConfig, sub, pred: dict):

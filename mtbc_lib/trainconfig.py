@@ -6,7 +6,9 @@ Profiles (``PROFILES``): ``"paper"`` is the published protocol exactly (fp32, ba
 lr 1e-4, ≤ 200 epochs, early stopping 50, plateau factor .5 / patience 20 / min 1e-6);
 ``"fast"`` trades epochs for time on a small CPU, see ``PROFILES`` for what it changes
 and why; ``"steady"`` is ``"fast"`` with the paper's learning rate and 12 epochs;
-``"gpu"`` is the paper's epoch budget with a GPU-sized batch.
+``"gpu"`` is the paper's epoch budget with a GPU-sized batch. Every profile uses the
+paper's recipe (``PAPER_RECIPE``: Adam, ReduceLROnPlateau, no clipping, no weight average,
+full resolution); the recipe fields change it (see ``mtbc_lib.recipe``).
 """
 
 from __future__ import annotations
@@ -66,6 +68,18 @@ PROFILES: dict[str, dict[str, Any]] = {
                 plateau_factor=0.5, plateau_patience=20, min_lr=1e-6,
                 amp="auto", channels_last="off"),
 }
+#: The published recipe, in every profile above: Adam without weight decay, ReduceLROnPlateau,
+#: no clipping, no weight averaging, every epoch at full resolution. Runs written before these
+#: fields existed used exactly this recipe (``config_diff`` reads a missing field so).
+PAPER_RECIPE: dict[str, Any] = dict(optimizer="adam", weight_decay=0.0, schedule="plateau", warmup_epochs=0.0,
+                                    grad_clip=0.0, ema=0.0, low_res_epochs=0)
+for _p in PROFILES.values():
+    for _k, _v in PAPER_RECIPE.items():
+        _p.setdefault(_k, _v)
+#: Optimisers, learning-rate schedules and evaluation splits (fields optimizer, schedule, evaluate_on).
+OPTIMIZERS: tuple[str, ...] = ("adam", "adamw")
+SCHEDULES: tuple[str, ...] = ("plateau", "cosine")
+EVALUATE_ON: tuple[str, ...] = ("test", "val")
 #: Curation rules (see mtbc_lib.data.CURATIONS).
 CURATIONS: tuple[str, ...] = ("paper", "keep-one", "none")
 #: Values of ``amp`` and ``channels_last``.
@@ -113,6 +127,15 @@ class TrainConfig:
     num_threads: int = 0             # torch CPU threads (0: torch's default)
     deterministic: bool = True       # torch.use_deterministic_algorithms
     budget_minutes: float = 0.0      # per-fold training-time budget: no new epoch starts once spent (0: none)
+    # --- the recipe (None: the profile's value; the paper's recipe in every profile but "cpu")
+    optimizer: str | None = None     # "adam" (the paper's) or "adamw" (decoupled weight decay)
+    weight_decay: float | None = None  # weight decay (Adam: L2 added to the gradient; AdamW: decoupled)
+    schedule: str | None = None      # "plateau" (ReduceLROnPlateau on the validation loss) or "cosine"
+    warmup_epochs: float | None = None  # "cosine": linear warm-up over these epochs, then cosine decay to min_lr at `epochs`
+    grad_clip: float | None = None   # clip the gradients' global norm to this value (0: no clipping)
+    ema: float | None = None         # decay of an exponential moving average of the weights, which validation and test use (0: none)
+    low_res_epochs: int | None = None  # progressive resizing: the first epochs train at image_size/2 (≈ 4× cheaper)
+    evaluate_on: str = "test"        # the split the best weights are evaluated on: "test"; "val" in recipe studies (test fold unread)
     stop_after_epochs: int = 0       # test hook: stop (as if killed) after this many epochs
 
     # ------------------------------------------------------------------ derivation
@@ -147,7 +170,8 @@ class TrainConfig:
         parts = [self.backbone, self.setting(), self.profile]
         prof = PROFILES.get(self.profile, {})
         for k in ("curation", "lam", "epochs", "patience", "batch_size", "lr", "image_size", "seed", "gamma",
-                  "plateau_factor", "plateau_patience", "min_lr", "amp", "budget_minutes"):
+                  "plateau_factor", "plateau_patience", "min_lr", "amp", "budget_minutes", *PAPER_RECIPE,
+                  "evaluate_on"):
             v = getattr(self, k)
             ref = prof[k] if k in prof else _FIELD_DEFAULTS[k]
             if v is not None and v != ref:
@@ -174,6 +198,21 @@ class TrainConfig:
             _choice("amp", self.amp, AMP_CHOICES)
         if self.channels_last is not None:
             _choice("channels_last", self.channels_last, AMP_CHOICES)
+        for k, valid in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+            if getattr(self, k) is not None:
+                _choice(k, getattr(self, k), valid)
+        _choice("evaluate_on", self.evaluate_on, EVALUATE_ON)
+        for k in ("weight_decay", "warmup_epochs", "grad_clip"):
+            v = getattr(self, k)
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"parameter {k}={v!r}: expected a number >= 0")
+        if self.ema is not None and not 0 <= self.ema < 1:
+            raise ValueError(f"parameter ema={self.ema!r}: expected a decay in [0, 1) (0: no averaging)")
+        if self.low_res_epochs is not None and self.low_res_epochs < 0:
+            raise ValueError(f"parameter low_res_epochs={self.low_res_epochs!r}: expected an integer >= 0")
+        if self.low_res_epochs and self.image_size % 64:
+            raise ValueError(f"parameter low_res_epochs={self.low_res_epochs!r}: needs an image_size that is a "
+                             f"multiple of 64 (got {self.image_size})")
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ValueError(f"parameter device={dev!r}: expected one of auto, cpu, cuda, cuda:N, mps")
@@ -240,7 +279,8 @@ def config_diff(a: dict, b: dict) -> list[str]:
     """The fields in which two config dicts (``TrainConfig.to_dict()``) differ in a way
     that changes a run's numbers (not where the data or the results live, the device...)."""
     keys = (set(a) | set(b)) - _NON_RESULT_FIELDS
-    return sorted(k for k in keys if a.get(k) != b.get(k))
+    old = {**PAPER_RECIPE, "evaluate_on": "test"}  # what a run written before these fields used
+    return sorted(k for k in keys if a.get(k, old.get(k)) != b.get(k, old.get(k)))
 
 
 def _check_type(name: str, value, spec) -> None:

@@ -1,0 +1,134 @@
+"""The recipe fields of TrainConfig (optimizer, schedule, weight averaging, clipping,
+progressive resizing, validation-only evaluation) and the recipe study's helpers."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mtbc_lib import recipe, train, trainconfig
+from mtbc_lib.models import build_model
+from test_train import _fold_files, tiny_arrays, tiny_config
+
+RECIPE = dict(optimizer="adamw", weight_decay=0.01, schedule="cosine", warmup_epochs=0.5, grad_clip=1.0,
+              ema=0.9, low_res_epochs=1, image_size=64, folds=[0], epochs=3)
+
+
+def test_killed_and_resumed_run_with_every_recipe_field_equals_an_uninterrupted_one(tmp_path):
+    arrays = tiny_arrays(8, 64)
+    train.run(tiny_config(tmp_path / "a", **RECIPE), arrays=arrays, progress=False)
+    with pytest.raises(train.StopRequested):
+        train.run(tiny_config(tmp_path / "b", stop_after_epochs=2, **RECIPE), arrays=arrays, progress=False)
+    train.run(tiny_config(tmp_path / "b", **RECIPE), arrays=arrays, progress=False)
+    a, b = (_fold_files(tmp_path / x / "results" / "tiny", 0) for x in "ab")
+    cols = [c for c in a["history"] if c not in ("seconds", "images_per_s")]
+    pd.testing.assert_frame_equal(a["history"][cols], b["history"][cols])
+    pd.testing.assert_frame_equal(a["test"], b["test"])
+    # the cosine schedule: warm-up, then decay (lr at the start of each epoch)
+    lr = a["history"]["lr"].to_numpy()
+    assert lr[0] < lr[1] and lr[2] < lr[1]
+
+
+def test_cosine_schedule_warms_up_then_decays_to_min_lr():
+    cfg = trainconfig.TrainConfig(profile="fast", schedule="cosine", warmup_epochs=1.0, epochs=4, lr=1e-3,
+                                  min_lr=1e-5).resolve()
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = train._scheduler(cfg, opt, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)  # linear warm-up over 10 steps
+    assert all(x >= y for x, y in zip(lrs[9:], lrs[10:]))  # then never rises
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)  # min_lr at the end of epoch 4
+
+
+def test_validation_only_evaluation_leaves_the_test_fold_unread(tmp_path):
+    arrays = tiny_arrays()
+    cfg = tiny_config(tmp_path, evaluate_on="val", folds=[0], epochs=1)
+    train.run(cfg, arrays=arrays, progress=False)
+    files = _fold_files(tmp_path / "results" / "tiny", 0)
+    split = train.make_splits(cfg.resolve(), arrays)[0]
+    evaluated = set(zip(files["test"]["class"], files["test"]["id"]))
+    assert evaluated == set(zip(arrays.classes[split.val], arrays.ids[split.val]))
+    assert not evaluated & set(zip(arrays.classes[split.test], arrays.ids[split.test]))
+    assert files["metrics"]["evaluated_on"] == "val"
+
+
+def test_low_resolution_epochs_train_on_half_size_batches():
+    arrays = tiny_arrays(4, 64)
+    model = build_model("nnunet-planned", "mt", patch_size=64)
+    sizes = []
+    model.register_forward_pre_hook(lambda m, args: sizes.append(tuple(args[0].shape[-2:])))
+    from mtbc_lib.losses import MultiTaskLoss
+
+    X = torch.from_numpy(arrays.images[:, None].copy())
+    M = torch.from_numpy(arrays.masks[:, None].astype(np.uint8))
+    Y = torch.from_numpy(arrays.labels)
+    opt = torch.optim.Adam(model.parameters())
+    for low in (True, False):
+        sizes.clear()
+        train._train_epoch(model, opt, MultiTaskLoss("mt"), X, M, Y, np.arange(len(Y)), 4, torch.Generator(),
+                           torch.device("cpu"), False, False, 0, 0, low_res=low)
+        assert set(sizes) == {(32, 32) if low else (64, 64)}
+
+
+def test_best_weights_are_the_moving_average_when_ema_is_on(tmp_path):
+    cfg = tiny_config(tmp_path, ema=0.5, folds=[0], stop_after_epochs=1)
+    with pytest.raises(train.StopRequested):
+        train.run(cfg, arrays=tiny_arrays(), progress=False)
+    ck = tmp_path / "checkpoints" / "tiny"
+    rolling = torch.load(ck / "fold0.ckpt", weights_only=True)
+    best = torch.load(ck / "fold0.best.pt", weights_only=True)["model"]
+    averaged = {k.removeprefix("module."): v for k, v in rolling["ema"].items() if k.startswith("module.")}
+    assert best.keys() == averaged.keys() == rolling["model"].keys()
+    assert all(torch.equal(best[k], averaged[k]) for k in best)
+    assert not all(torch.equal(best[k], rolling["model"][k]) for k in best)
+
+
+def test_runs_written_before_the_recipe_fields_match_the_paper_recipe():
+    cfg = trainconfig.TrainConfig(profile="steady").resolve()
+    old = {k: v for k, v in cfg.to_dict().items() if k not in (*trainconfig.PAPER_RECIPE, "evaluate_on")}
+    assert trainconfig.config_diff(old, cfg.to_dict()) == []
+    assert trainconfig.config_diff(old, trainconfig.TrainConfig(profile="steady", ema=0.99).resolve().to_dict()) == ["ema"]
+    assert cfg.run_name == "unetplusplus-mt-steady"
+    assert trainconfig.TrainConfig(profile="steady", schedule="cosine", evaluate_on="val").resolve().run_name == \
+        "unetplusplus-mt-steady-schedulecosine-evaluateonval"
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(optimizer="sgd"), "parameter optimizer='sgd': expected one of adam, adamw"),
+    (dict(schedule="step"), "parameter schedule='step': expected one of plateau, cosine"),
+    (dict(evaluate_on="train"), "parameter evaluate_on='train': expected one of test, val"),
+    (dict(ema=1.0), "parameter ema=1.0: expected a decay in [0, 1)"),
+    (dict(grad_clip=-1.0), "parameter grad_clip=-1.0: expected a number >= 0"),
+    (dict(low_res_epochs=2, image_size=96), "parameter low_res_epochs=2: needs an image_size that is a multiple of 64"),
+])
+def test_bad_recipe_values_fail_in_one_line(kw, message):
+    with pytest.raises(ValueError) as e:
+        trainconfig.TrainConfig(**kw).resolve()
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_recipe_candidates_are_distinct_runs_of_one_setting():
+    configs = {n: recipe.candidate_config(n) for n in recipe.CANDIDATES}
+    assert len({c.run_name for c in configs.values()}) == len(configs)
+    for c in configs.values():
+        assert (c.task, c.oversampling, c.folds, c.evaluate_on) == ("mt", True, [0], "val")
+        assert c.budget_minutes == recipe.BUDGET_MINUTES
+    with pytest.raises(ValueError, match="recipe candidate 'sgd': expected one of paper, "):
+        recipe.candidate_config("sgd")
+
+
+def test_verdict_ranks_by_the_mean_of_dice_and_accuracy():
+    table = pd.DataFrame({"val DSC avg (PR)": [.60, .70, .50], "val accuracy (PR)": [.70, .70, .95],
+                          "minutes": [25, 24, 26], "val images": [68, 68, 68]},
+                         index=pd.Index(["paper", "cosine", "lowres"], name="candidate"))
+    text = recipe.verdict(table)
+    assert text.startswith("Ranked by the mean of validation DSC avg and accuracy (both with PR): "
+                           "lowres (0.725), cosine (0.700), paper (0.650).")
+    assert "+0.075 above the published recipe" in text and "Not run yet: ema, r34." in text
+    assert recipe.verdict(table.iloc[:0]).startswith("No candidate has finished yet")
