@@ -410,7 +410,7 @@ def _train_fold(cfg: TrainConfig, arrays, split, fold: int, progress: bool,
     epochs_now = 0
     try:
         while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience and not budget_spent():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             lr = opt.param_groups[0]["lr"]
             tr = _train_epoch(model, opt, loss_fn, X, M, Y, train_idx, cfg.batch_size, gen, device, amp, cl,
                               fold, state["epoch"], low_res=state["epoch"] < cfg.low_res_epochs,
@@ -434,7 +434,7 @@ def _train_fold(cfg: TrainConfig, arrays, split, fold: int, progress: bool,
             state["train_seconds"] += dt
             row = {"epoch": state["epoch"], "lr": lr,
                    **{f"train_{k}": v for k, v in tr.items()}, **{f"val_{k}": v for k, v in va.items()},
-                   "seconds": dt, "images_per_s": n_train / dt}
+                   "seconds": dt, "cpu_seconds": time.process_time() - c0, "images_per_s": n_train / dt}
             state["history"].append(row)
             save_checkpoint()
             write_history(run_dir / f"fold{fold}_history.csv", state["history"])  # to follow a long run
