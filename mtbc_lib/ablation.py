@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import NORMAL, REPO_ROOT, atomic_write
+from .config import REPO_ROOT, atomic_write
 from .models import BACKBONES
 from .metrics import CLS_METRICS, SEG_METRICS, TABLE_METRICS, aggregate, classification_metrics, segmentation_metrics
-from .refine import refine_labels
+from .refine import refine_labels, refined_dice
 from .trainconfig import TrainConfig
 
 #: The six trainings per backbone: setting name -> train.ipynb parameters.
@@ -145,7 +145,7 @@ def row_outputs(row: Row, runs: dict[str, Path]) -> pd.DataFrame:
             t["dice"] = s["dice"].to_numpy()
         if row.pr:
             t["pred"] = refine_labels(t["pred"].to_numpy(), s["mask_empty"].to_numpy().astype(bool))
-            t["dice"] = np.where(t["pred"] == NORMAL, (t["label"] == NORMAL).astype(float), t["dice"])
+            t["dice"] = refined_dice(t["dice"], t["pred"], t["label"])
         out.append(t)
     return pd.concat(out).reset_index()
 

@@ -118,66 +118,61 @@ def segmentation_metrics(dice_scores, labels, iou_scores=None) -> dict[str, floa
 
 
 def confusion_matrix(y_true, y_pred, num_classes: int = len(CLASSES)) -> np.ndarray:
-    """(C, C) int64 counts, rows = true class, columns = predicted class."""
+    """(C, C) int64 counts, rows = true class, columns = predicted class (scikit-learn's)."""
+    from sklearn.metrics import confusion_matrix as sk_confusion
+
     t, p = _np(y_true).astype(np.int64).ravel(), _np(y_pred).astype(np.int64).ravel()
     if t.shape != p.shape:
         raise ValueError(f"confusion_matrix: {t.shape[0]} true and {p.shape[0]} predicted labels; expected equal")
     if len(t) and (min(t.min(), p.min()) < 0 or max(t.max(), p.max()) >= num_classes):
         raise ValueError(f"confusion_matrix: labels outside 0..{num_classes - 1}")
-    return np.bincount(t * num_classes + p, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    if not len(t):
+        return np.zeros((num_classes, num_classes), np.int64)
+    return sk_confusion(t, p, labels=np.arange(num_classes)).astype(np.int64)
 
 
 def classification_metrics(y_true, y_pred, probs=None) -> dict[str, float]:
     """F1 per class (one-vs-rest; 0 when the class is neither present nor predicted,
-    as scikit-learn's ``zero_division=0``), support-weighted F1,
-    accuracy, and, when ``probs`` (N, C) class probabilities are given, one-vs-rest ROC
-    AUC per class (NaN when the class is absent or the only one) and their mean
-    ``auc_macro``. y_true, y_pred: (N,) class indices."""
+    ``zero_division=0``), support-weighted F1, accuracy, and, when ``probs`` (N, C) class
+    probabilities are given, one-vs-rest ROC AUC per class (NaN when the class is absent
+    or the only one) and their mean ``auc_macro``; all from scikit-learn. y_true, y_pred:
+    (N,) class indices."""
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
     t, p = _np(y_true).astype(np.int64), _np(y_pred).astype(np.int64)
-    cm = confusion_matrix(t, p)
-    tp = np.diag(cm).astype(np.float64)
-    support = cm.sum(1).astype(np.float64)
-    predicted = cm.sum(0).astype(np.float64)
-    denom = support + predicted
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    confusion_matrix(t, p)  # checks the shapes and the label range
+    labels = np.arange(len(CLASSES))
+    nan = float("nan")
+    f1 = f1_score(t, p, labels=labels, average=None, zero_division=0) if len(t) else np.zeros(len(CLASSES))
     out = {f"f1_{c}": float(f1[k]) for k, c in enumerate(CLASSES)}
-    out["f1_weighted"] = float((f1 * support).sum() / support.sum()) if support.sum() else float("nan")
-    out["acc"] = float(tp.sum() / cm.sum()) if cm.sum() else float("nan")
+    out["f1_weighted"] = float(f1_score(t, p, labels=labels, average="weighted", zero_division=0)) if len(t) else nan
+    out["acc"] = float(accuracy_score(t, p)) if len(t) else nan
     if probs is not None:
         pr = _np(probs).astype(np.float64)
         if pr.shape != (len(t), len(CLASSES)):
             raise ValueError(f"classification_metrics: probs shape {pr.shape}; expected ({len(t)}, {len(CLASSES)})")
-        aucs = []
         for k, c in enumerate(CLASSES):
-            out[f"auc_{c}"] = _auc(t == k, pr[:, k])
-            aucs.append(out[f"auc_{c}"])
-        out["auc_macro"] = float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else float("nan")
+            pos = t == k
+            out[f"auc_{c}"] = float(roc_auc_score(pos, pr[:, k])) if 0 < pos.sum() < len(t) else nan
+        aucs = [out[f"auc_{c}"] for c in CLASSES]
+        out["auc_macro"] = float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else nan
     return out
-
-
-def _auc(positive: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC by the rank-sum (Mann-Whitney) formula, ties counted half."""
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    from scipy.stats import rankdata
-
-    ranks = rankdata(score)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def aggregate(per_fold: Sequence[Mapping[str, float]], names: Iterable[str] | None = None,
               ddof: int = DDOF) -> dict[str, float]:
     """Mean and SD over folds: ``{name: mean, name + "_sd": sd}`` for every metric
     (every key of the first fold unless ``names`` is given). NaN folds are skipped; SD
-    is NaN with fewer than ``ddof + 1`` finite values."""
+    is NaN with fewer than ``ddof + 1`` finite values (pandas' mean and std)."""
+    import pandas as pd
+
     if not per_fold:
         raise ValueError("aggregate: no folds given")
     names = list(per_fold[0]) if names is None else list(names)
+    table = pd.DataFrame([{n: f.get(n, np.nan) for n in names} for f in per_fold], columns=names, dtype=np.float64)
+    table = table.where(np.isfinite(table))
     out: dict[str, float] = {}
     for n in names:
-        v = np.asarray([f.get(n, np.nan) for f in per_fold], dtype=np.float64)
-        v = v[np.isfinite(v)]
-        out[n] = float(v.mean()) if len(v) else float("nan")
-        out[n + "_sd"] = float(v.std(ddof=ddof)) if len(v) > ddof else float("nan")
+        out[n] = float(table[n].mean())
+        out[n + "_sd"] = float(table[n].std(ddof=ddof))
     return out

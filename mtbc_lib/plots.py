@@ -8,6 +8,8 @@ import json
 
 from IPython.display import display
 
+from mtbc_lib.refine import refined_mask
+
 
 #: Plotly's own MIME type (JupyterLab renders it natively; the book through PlotlyMimeRenderer).
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
@@ -228,8 +230,8 @@ def prediction_examples(arrays, results, fold: int | None = None, per_class: int
         title = f"{r['name']}\ntrue {CLASSES[int(r['label'])]}"
         if have_masks:
             m = masks["masks"][pred_by_name[r["name"]]].copy()
-            if not np.isnan(r.get("label_pr", np.nan)) and int(r["label_pr"]) == CLASSES.index("normal"):
-                m[:] = False  # prediction refinement empties the mask of a "normal" label
+            if not np.isnan(r.get("label_pr", np.nan)):
+                m = refined_mask(m, r["label_pr"])
             title += f", DSC {r['dice_pr']:.2f}"
         _show(ax, arrays.images[i], arrays.masks[i], m)
         if "label_pr" in r and not np.isnan(r["label_pr"]):
@@ -282,7 +284,7 @@ def comparison_examples(arrays, st_run, mt_run):
     matplotlib Figure (closed, so that it is displayed once, as the cell's value)."""
     import matplotlib.pyplot as plt
 
-    from mtbc_lib.config import CLASSES, NORMAL
+    from mtbc_lib.config import CLASSES
 
     for run, what in ((st_run, "segmentation"), (mt_run, "multi-task")):
         if run.test.empty:
@@ -311,7 +313,7 @@ def comparison_examples(arrays, st_run, mt_run):
         panels = [(None, f"{case}: {name}\nfold {k}, true {CLASSES[int(r['label'])]}"),
                   (mask_of(st_run, k, name), f"DSC {r['dice_st']:.2f}"),
                   (mt_raw, f"DSC {r['dice']:.2f}, says {CLASSES[int(r['pred'])]}"),
-                  (mt_raw & (int(r["label_pr"]) != NORMAL), f"DSC {r['dice_pr']:.2f}, says {CLASSES[int(r['label_pr'])]}")]
+                  (refined_mask(mt_raw, r["label_pr"]), f"DSC {r['dice_pr']:.2f}, says {CLASSES[int(r['label_pr'])]}")]
         for ax, (pred, title) in zip(row_axes, panels):
             _show(ax, image, truth, pred)
             ax.set_title(title, fontsize=7.5)

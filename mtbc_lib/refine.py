@@ -18,7 +18,9 @@ lesion (b or m)   non-empty       classifier's    kept
 
 :func:`refine` is a pure function of the mask probabilities and class scores, so the
 two inputs may come from one multi-task model or from a separately trained segmenter
-and classifier ("ST(Seg+Cls)+PR").
+and classifier ("ST(Seg+Cls)+PR"). The same rule applied to saved per-image summaries
+(a label, "mask empty", a Dice, a stored mask) is :func:`refine_labels`,
+:func:`refined_dice` and :func:`refined_mask`; nothing else in the library restates it.
 """
 
 from __future__ import annotations
@@ -73,3 +75,17 @@ def refine_labels(labels, mask_empty, normal: int = NORMAL):
     out = labels.clone() if isinstance(labels, torch.Tensor) else np.array(labels, dtype=np.int64)
     out[is_normal] = normal
     return out
+
+
+def refined_dice(dice, labels_pr, truth, normal: int = NORMAL) -> np.ndarray:
+    """Per-image Dice after PR from the Dice before it: PR empties the mask of every image
+    it labels normal, so such an image scores 1 when its true mask is empty and 0
+    otherwise (in BUSI a true mask is empty exactly for the normal class, ``truth``);
+    every other image keeps its Dice. (N,) arrays -> (N,) float64."""
+    labels_pr, truth = np.asarray(labels_pr), np.asarray(truth)
+    return np.where(labels_pr == normal, (truth == normal).astype(np.float64), np.asarray(dice, dtype=np.float64))
+
+
+def refined_mask(mask, label_pr, normal: int = NORMAL):
+    """One stored binary mask after PR: emptied when the refined label is normal."""
+    return mask & (int(label_pr) != normal)

@@ -115,3 +115,22 @@ def test_refine_labels_truth_table_matches_refine():
     probs = np.where(empty[:, None, None], 0.1, 0.9) * np.ones((6, 4, 4))
     scores = np.eye(3)[labels]
     assert refine(probs, scores)[1].tolist() == out.tolist()
+
+
+def test_engine_pr_metrics_equal_the_table_computed_from_saved_outputs(tmp_path):
+    """The engine refines the predicted masks themselves (refine); the Table 5 arithmetic
+    refines the saved per-image summaries (refine_labels, refined_dice): same numbers."""
+    import json
+
+    from mtbc_lib import ablation, train
+    from test_train import tiny_arrays, tiny_config
+
+    train.run(tiny_config(tmp_path, epochs=2), arrays=tiny_arrays(), progress=False)
+    run_dir = tmp_path / "results" / "tiny"
+    for row in ablation.ROWS:
+        if row.seg == row.cls == "mt":  # MT and MT+PR
+            table = ablation.fold_metrics(row, {"mt": run_dir}).set_index("fold")
+            for k in (0, 1):
+                engine = json.loads((run_dir / f"fold{k}_metrics.json").read_text())["pr" if row.pr else "raw"]
+                for m in ablation.TABLE_METRICS:
+                    assert table.at[k, m] == pytest.approx(engine[m], abs=1e-12), (row.configuration, k, m)
