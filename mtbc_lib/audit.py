@@ -2,7 +2,8 @@
 figures of the dataset-audit chapter (notebooks/dataset_audit.ipynb) and of the
 duplicate explorer (notebooks/duplicate_explorer.ipynb, mtbc_lib.widgets): agreement with
 the published keep-list, class counts, threshold calibration and margin, label and mask
-conflicts, galleries of the groups."""
+conflicts, galleries of the groups; for the second level (frames of one lesion): its score
+distribution, margin, threshold sweep, the lesion groups that add images, and galleries."""
 
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ from mtbc_lib.dedup import AuditResult, components
 
 __all__ = ["compare_published", "class_counts", "calibration_table", "threshold_margin", "conflict_table",
            "find_group", "mask_overlay", "ssim_distribution", "group_gallery", "group_slider",
-           "calibration_figure", "class_counts_figure"]
+           "calibration_figure", "class_counts_figure", "lesion_distribution", "lesion_margin",
+           "lesion_threshold_table", "lesion_additions", "LEVELS"]
+
+#: Levels of grouping: "scan" (same-scan groups, ``AuditResult.groups``) and "lesion"
+#: (lesion groups, ``AuditResult.lesions``).
+LEVELS = ("scan", "lesion")
 
 
 # ----------------------------------------------------------------------------- tables
@@ -166,19 +172,49 @@ def mask_overlay(image, mask, height: int | None = None, colour=(255, 60, 60)):
     return rgb
 
 
-def _member_tiles(result, group: int, height: int):
-    """[(RGB tile, caption)] of a duplicate group's members, in the group table's order."""
+def _level_table(result, level: str):
+    """(table, group column) of a level of grouping (LEVELS)."""
+    if level not in LEVELS:
+        raise ValueError(f"level={level!r}; expected one of {', '.join(LEVELS)}")
+    if level == "lesion":
+        if result.lesions is None:
+            raise ValueError("level='lesion': this search has no lesion groups (DedupConfig(lesion=True))")
+        return result.lesions, "lesion_group"
+    return result.groups, "group"
+
+
+def _member_tiles(result, group: int, height: int, level: str = "scan"):
+    """[(RGB tile, caption)] of a group's members (a same-scan or a lesion group, see
+    LEVELS), in the table's order; a lesion group's captions name each member's copies."""
     from mtbc_lib.data import read_image, read_mask
 
-    g = result.groups[result.groups["group"] == group]
+    table, col = _level_table(result, level)
+    g = table[table[col] == group]
     if g.empty:
-        raise ValueError(f"group {group}: no such duplicate group (valid: 1..{result.groups['group'].max()})")
+        what = "duplicate group" if level == "scan" else "lesion group"
+        raise ValueError(f"group {group}: no such {what} (valid: 1..{table[col].max()})")
     tiles = []
     for _, r in g.iterrows():
         row = result.index.loc[int(r["row"])]
+        h, w = result.index.at[int(r["row"]), "height"], result.index.at[int(r["row"]), "width"]
+        copy = "" if level == "scan" else (f", copies: group {r['group']}" if r["group"] > 0 else "")
         tiles.append((mask_overlay(read_image(row["image"]), read_mask(row["masks"]), height),
-                      f"{row['name']} ({r['width']}x{r['height']})"))
+                      f"{row['name']} ({w}x{h}{copy})"))
     return tiles
+
+
+def _group_caption(result, group: int, level: str) -> tuple[str, bool]:
+    """(one-line description, label conflict) of a same-scan or lesion group."""
+    if level == "scan":
+        info = result.groups[result.groups["group"] == group].iloc[0]
+        return (f"{info['classes']}, {info['method']}, SSIM {info['min_ssim']:.3f}-{info['max_ssim']:.3f}, "
+                f"mask IoU >= {info['mask_iou_min']:.2f}"), bool(info["label_conflict"])
+    g = result.lesions[result.lesions["lesion_group"] == group]
+    copies = sorted(int(x) for x in g["group"].unique() if x > 0)
+    weakest = g["min_lesion_ssim"].iloc[0]
+    link = f"weakest lesion link {weakest:.3f}" if weakest == weakest else "copies only"
+    return (f"{g['classes'].iloc[0]}, {len(g)} images, {link}, same-scan groups: "
+            f"{', '.join(map(str, copies)) or 'none'}"), "+" in g["classes"].iloc[0]
 
 
 def ssim_distribution(pairs, threshold: float):
@@ -202,18 +238,27 @@ def ssim_distribution(pairs, threshold: float):
     return fig
 
 
-def group_gallery(result, groups, height: int = 110):
-    """Duplicate groups side by side, one row per group: each member with its mask
-    outline (red), file name, size; the row title gives the group's classes and SSIM.
+def group_gallery(result, groups, height: int = 110, level: str = "scan", max_cols: int | None = None):
+    """Groups side by side, one row per group: each member with its mask outline (red),
+    file name, size; the row title gives the group's classes and scores.
 
-    result: ``dedup.AuditResult``; groups: group numbers. Returns a matplotlib Figure
-    (closed, so that it is displayed once, as the cell's value)."""
+    result: ``dedup.AuditResult``; groups: group numbers of ``level`` ("scan": same-scan
+    groups; "lesion": lesion groups, captions naming each member's copies); max_cols:
+    wrap a row after this many images. Returns a matplotlib Figure (closed, so that it is
+    displayed once, as the cell's value)."""
     import matplotlib.pyplot as plt
 
     groups = list(groups)
     if not groups:
         raise ValueError("group_gallery: no group given")
-    rows = [(_member_tiles(result, g, height), result.groups[result.groups["group"] == g].iloc[0]) for g in groups]
+    rows = []
+    for g in groups:
+        tiles = _member_tiles(result, g, height, level)
+        caption, conflict = _group_caption(result, g, level)
+        step = max_cols or len(tiles)
+        for k in range(0, len(tiles), step):
+            rows.append((tiles[k:k + step], {"group": g, "caption": caption if k == 0 else "(continued)",
+                                             "conflict": conflict and k == 0}))
     cols = max(len(t) for t, _ in rows)
     fig, axes = plt.subplots(len(rows), cols, figsize=(2.6 * cols, 2.4 * len(rows)), squeeze=False)
     fig.subplots_adjust(left=0.01, right=0.99, top=0.96, bottom=0.06, wspace=0.04, hspace=0.42)
@@ -224,10 +269,10 @@ def group_gallery(result, groups, height: int = 110):
             if c < len(tiles):
                 ax.imshow(tiles[c][0])
                 ax.set_title(tiles[c][1], fontsize=8)
-        conflict = " - LABEL CONFLICT" if info["label_conflict"] else ""
+        conflict = " - LABEL CONFLICT" if info["conflict"] else ""
         y = axes[r][0].get_position().y0
-        fig.text(0.01, y - 0.12 / len(rows), f"group {info['group']}: {info['classes']}{conflict}, {info['method']}, "
-                 f"SSIM {info['min_ssim']:.3f}-{info['max_ssim']:.3f}, mask IoU >= {info['mask_iou_min']:.2f}",
+        name = "group" if level == "scan" else "lesion group"
+        fig.text(0.01, y - 0.12 / len(rows), f"{name} {info['group']}{conflict}: {info['caption']}",
                  fontsize=8, ha="left", va="top")
     plt.close(fig)
     return fig
@@ -237,13 +282,14 @@ def group_gallery(result, groups, height: int = 110):
 _BLANK_PIXEL = "data:image/gif;base64,R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw=="
 
 
-def group_slider(result, groups=None, height: int = 64, quality: int = 50):
-    """A plotly figure with a slider over duplicate groups: the members side by side
-    (small WebP images, JPEG if Pillow lacks WebP, with the mask outline), the title
-    naming the files, classes and SSIM.
+def group_slider(result, groups=None, height: int = 64, quality: int = 50, level: str = "scan"):
+    """A plotly figure with a slider over groups: the members side by side (small WebP
+    images, JPEG if Pillow lacks WebP, with the mask outline), the title naming the
+    files, classes and scores.
 
-    result: ``dedup.AuditResult``; groups: group numbers (default: all). Keep ``height``
-    small: every image is embedded in the figure. Returns a ``go.Figure``."""
+    result: ``dedup.AuditResult``; groups: group numbers of ``level`` ("scan" or
+    "lesion"; default: all of that level). Keep ``height`` small: every image is
+    embedded in the figure. Returns a ``go.Figure``."""
     import base64
     import io
 
@@ -253,24 +299,25 @@ def group_slider(result, groups=None, height: int = 64, quality: int = 50):
 
     fmt = "WEBP" if features.check("webp") else "JPEG"
 
-    groups = list(result.groups["group"].unique()) if groups is None else list(groups)
+    table, col = _level_table(result, level)
+    groups = list(table[col].unique()) if groups is None else list(groups)
     if not groups:
-        raise ValueError("group_slider: no duplicate group to show")
-    cols = int(result.groups[result.groups["group"].isin(groups)]["size"].max())
+        raise ValueError("group_slider: no group to show")
+    cols = int(table[table[col].isin(groups)][col].value_counts().max())
     steps = []
     for g in groups:
-        info = result.groups[result.groups["group"] == g].iloc[0]
-        tiles = _member_tiles(result, g, height)
+        caption, conflict = _group_caption(result, g, level)
+        tiles = _member_tiles(result, g, height, level)
         uris, names = [], []
-        for tile, caption in tiles:
+        for tile, name in tiles:
             buf = io.BytesIO()
             Image.fromarray(tile).save(buf, format=fmt, quality=quality)
             uris.append(f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode())
-            names.append(caption)
+            names.append(name)
         blank = cols - len(tiles)
-        conflict = " <b>label conflict</b>" if info["label_conflict"] else ""
-        title = (f"group {g}: " + " | ".join(names) + f"<br>{info['classes']}{conflict}, {info['method']}, "
-                 f"SSIM {info['min_ssim']:.3f}-{info['max_ssim']:.3f}")
+        flag = " <b>label conflict</b>" if conflict else ""
+        title = (f"{'group' if level == 'scan' else 'lesion group'} {g}: " + " | ".join(names)
+                 + f"<br>{caption}{flag}")
         # each step restyles the `cols` image traces (source per trace; empty slots hidden)
         steps.append(dict(method="update", label=str(g), args=[
             {"source": uris + [_BLANK_PIXEL] * blank, "visible": [True] * len(tiles) + [False] * blank,
@@ -330,3 +377,112 @@ def class_counts_figure(counts):
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+# ----------------------------------------------------------------------------- second level: same lesion
+
+def _lesion_pairs(result):
+    """The pairs with a lesion score, with ``kind``: "same class" or "different classes"."""
+    p = result.pairs[result.pairs["lesion_ssim"].notna()]
+    cls = result.index["class"].to_numpy()
+    same = cls[p["i"].to_numpy()] == cls[p["j"].to_numpy()]
+    return p.assign(kind=np.where(same, "same class", "different classes"))
+
+
+def lesion_distribution(result):
+    """Histogram of the lesion score (coarse SSIM of the aligned overlap) of every scored
+    pair outside one same-scan group: pairs of one class, and pairs of different classes
+    (which cannot show one lesion, label conflicts aside: the null); the lesion threshold
+    as a line. Returns a ``go.Figure``."""
+    import plotly.graph_objects as go
+
+    p = _lesion_pairs(result)
+    fig = go.Figure()
+    for kind, colour in (("same class", "#2f855a"), ("different classes", "#9b2c2c")):
+        v = p.loc[p["kind"] == kind, "lesion_ssim"]
+        fig.add_trace(go.Histogram(x=v, name=f"{kind} ({len(v)} pairs)", xbins=dict(start=-0.2, end=1.0, size=0.01),
+                                   marker_color=colour, opacity=0.65))
+    t = result.config.lesion_threshold
+    fig.add_vline(x=t, line=dict(color="black", dash="dash"), annotation_text=f"lesion threshold {t}",
+                  annotation_position="top left")
+    fig.update_layout(barmode="overlay", template="plotly_white", height=360, yaxis_type="log",
+                      xaxis_title=f"SSIM of the aligned overlap at {result.config.lesion_size}x"
+                                  f"{result.config.lesion_size} px (candidate pairs, copies excluded)",
+                      yaxis_title="pairs (log)", margin=dict(l=10, r=10, t=30, b=40),
+                      legend=dict(orientation="h", y=1.12))
+    return fig
+
+
+def lesion_margin(result, k: int = 6):
+    """The room the lesion threshold has: the ``k`` weakest same-lesion links, the ``k``
+    strongest same-class pairs left unlinked, and the ``k`` strongest pairs of different
+    classes. Returns a DataFrame (``kind`` says which)."""
+    import pandas as pd
+
+    p = _lesion_pairs(result)
+    cols = ["kind", "name_i", "name_j", "score", "lesion_ssim", "same_lesion"]
+    same = p[p["kind"] == "same class"]
+    parts = [same[same["same_lesion"]].nsmallest(k, "lesion_ssim").assign(kind="weakest lesion links"),
+             same[~same["same_lesion"]].nlargest(k, "lesion_ssim").assign(kind="strongest unlinked, same class"),
+             p[p["kind"] == "different classes"].nlargest(k, "lesion_ssim").assign(kind="strongest, different classes")]
+    return pd.concat(parts)[cols].reset_index(drop=True)
+
+
+def lesion_threshold_table(result, thresholds=None):
+    """Lesion groups per lesion threshold (same-scan edges kept, same-lesion edges =
+    same-class pairs at or above the threshold): groups, images in them, images they add
+    to the same-scan groups (per class), the largest group, and the number of same-scan
+    groups merged with another. Returns a DataFrame, one row per threshold."""
+    import pandas as pd
+
+    thresholds = np.round(np.arange(0.70, 0.96, 0.005), 3) if thresholds is None else thresholds
+    n = len(result.index)
+    p = result.pairs
+    cls = result.index["class"].to_numpy()
+    same = cls[p["i"].to_numpy()] == cls[p["j"].to_numpy()]
+    copy = p["duplicate"].to_numpy()
+    lesion = np.nan_to_num(p["lesion_ssim"].to_numpy(), nan=-np.inf)
+    in_copies = np.zeros(n, bool)
+    in_copies[result.groups["row"].to_numpy()] = True
+    copy_group = np.full(n, -1)
+    copy_group[result.groups["row"].to_numpy()] = result.groups["group"].to_numpy()
+    rows = []
+    for t in thresholds:
+        e = copy | (same & ~copy & (lesion >= t))
+        lab = components(n, p["i"].to_numpy()[e], p["j"].to_numpy()[e])
+        size = np.bincount(lab)[lab]
+        grouped = size >= 2
+        added = grouped & ~in_copies
+        merged = 0
+        for comp in np.unique(lab[in_copies]):
+            merged += len(set(copy_group[(lab == comp) & in_copies])) > 1
+        row = {"threshold": float(t), "lesion_groups": int(len(np.unique(lab[grouped]))),
+               "images_in_groups": int(grouped.sum()), "added_images": int(added.sum())}
+        row.update({f"added_{c}": int((added & (cls == c)).sum()) for c in CLASSES})
+        row.update({"groups_with_added": int(len(np.unique(lab[added]))), "largest": int(size.max(initial=0)),
+                    "copy_groups_merged": int(merged)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def lesion_additions(result):
+    """The lesion groups that go beyond the copies: those holding an image of no same-scan
+    group, or joining several same-scan groups. One row per lesion group: its members
+    (``name [copy group]``), class(es), images added, same-scan groups joined, weakest
+    lesion link. Returns a DataFrame."""
+    import pandas as pd
+
+    les = result.lesions
+    rows = []
+    for lg, g in les.groupby("lesion_group"):
+        copies = sorted({int(x) for x in g["group"] if x > 0})
+        added = int((g["group"] < 0).sum())
+        if not added and len(copies) < 2:
+            continue
+        names = [result.index.at[int(r), "name"] + (f" [{int(c)}]" if c > 0 else "")
+                 for r, c in zip(g["row"], g["group"])]
+        rows.append({"lesion_group": int(lg), "members": ", ".join(names), "classes": g["classes"].iloc[0],
+                     "images": len(g), "added": added, "copy_groups": ", ".join(map(str, copies)),
+                     "weakest_link": g["min_lesion_ssim"].iloc[0]})
+    return pd.DataFrame(rows, columns=["lesion_group", "members", "classes", "images", "added", "copy_groups",
+                                       "weakest_link"])

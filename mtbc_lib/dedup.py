@@ -1,4 +1,5 @@
-"""Duplicate search in BUSI: groups of files that show the same scan.
+"""Duplicate search in BUSI: groups of files that show the same scan, and groups of files
+that show the same lesion.
 
 Two images are *the same scan* when their SSIM is at least ``threshold`` with the paper's
 setting (grey, both resized to ``size x size`` with ``resample``, scikit-image's SSIM:
@@ -10,6 +11,18 @@ setting (grey, both resized to ``size x size`` with ``resample``, scikit-image's
 
 Groups are the connected components of the graph whose edges are same-scan pairs. A group
 whose members carry different class labels is an *inconsistent annotation*.
+
+Two images of one class show *the same lesion* (another frame or view of it: the content
+shifted, rescaled or slightly rotated, the speckle different) when the SSIM of their aligned
+overlap at a coarse ``lesion_size x lesion_size`` (speckle averages out, anatomy stays) is at
+least ``lesion_threshold``; the alignment (keypoints when they matched, else the whole-image
+map) is refined by Lucas-Kanade on blurred copies first. Lesion groups are the connected
+components of the graph of same-scan and same-lesion pairs, so every same-scan group lies
+inside one lesion group. They do not change the curation rules; they are the grouping a
+split by lesion needs. Calibration (notebooks/dataset_audit.ipynb): pairs of different
+classes (which cannot be one lesion, label conflicts aside) reach 0.73; same-class pairs
+of different lesions (spiculated masses of different patients) reach 0.79; the frames of
+one lesion connect at >= 0.82; the default 0.805 is the middle of that gap.
 
 Calibration (notebooks/dataset_audit.ipynb): no code of the paper's search was released;
 the published keep-list is the ground truth (its 330 removed images are every member of
@@ -61,8 +74,8 @@ from mtbc_lib import registration as reg
 from mtbc_lib.config import CLASSES, atomic_write
 
 __all__ = ["RESAMPLE", "RULES", "DedupConfig", "AuditResult", "find_groups",
-           "curated_keep", "keep_list", "write_audit", "summary", "components", "DUPLICATE_COLUMNS",
-           "PAIR_COLUMNS"]
+           "curated_keep", "keep_list", "write_audit", "duplicates_table", "summary", "components", "DUPLICATE_COLUMNS",
+           "PAIR_COLUMNS", "LESION_COLUMNS"]
 
 #: Resize filters for the SSIM thumbnails (Pillow).
 RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "area": Image.Resampling.BOX,
@@ -71,12 +84,18 @@ RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "area": Image.Resampling.BOX,
 #: "keep-one" keeps the largest image (height x width; ties: smallest id) of each group
 #: whose labels agree and drops every member of a group whose labels disagree.
 RULES = ("paper", "keep-one")
-#: Columns of duplicates.csv (one row per image in a multi-image group).
+#: Columns of duplicates.csv (one row per image in a multi-image same-scan group, then one per
+#: image that shares only its lesion with other images: those have no ``group``).
 DUPLICATE_COLUMNS = ["group", "class", "id", "file", "size", "method", "linked_by", "label_conflict",
-                     "classes", "height", "width", "min_ssim", "max_ssim", "mask_iou_min", "keep_one"]
+                     "classes", "height", "width", "min_ssim", "max_ssim", "mask_iou_min", "keep_one",
+                     "lesion_group"]
 #: Columns of AuditResult.pairs.
 PAIR_COLUMNS = ["i", "j", "name_i", "name_j", "plain_ssim", "aligned_ssim", "score", "method", "duplicate",
-                "sy", "sx", "ty", "tx", "overlap", "inliers", "mask_iou", "group"]
+                "sy", "sx", "ty", "tx", "overlap", "inliers", "mask_iou", "group", "lesion_ssim",
+                "same_lesion", "lesion_group"]
+#: Columns of AuditResult.lesions (one row per image in a multi-image lesion group).
+LESION_COLUMNS = ["lesion_group", "class", "id", "file", "lesion_size", "group", "classes",
+                  "min_lesion_ssim", "row"]
 _VERSION = 1  # bump when results change (cache key of keep_list)
 
 
@@ -97,6 +116,9 @@ class DedupConfig:
     neighbours: int = 8            # matches kept per descriptor (nearest over all images)
     min_desc_corr: float = 0.85    # descriptor correlation of a keypoint match
     min_inliers: int = 4           # matches agreeing on one transform to try an alignment
+    lesion: bool = True            # also group frames of one lesion (coarse SSIM of the aligned overlap)
+    lesion_size: int = 24          # side of the coarse thumbnails the lesion relation compares
+    lesion_threshold: float = 0.805  # coarse aligned SSIM >= this (same class): same lesion
 
     def __post_init__(self):
         if self.resample not in RESAMPLE:
@@ -105,6 +127,10 @@ class DedupConfig:
             raise ValueError(f"size={self.size}; expected 8..1024 (the SSIM thumbnail side)")
         if not -1 <= self.threshold <= 1:
             raise ValueError(f"threshold={self.threshold}; expected an SSIM value in [-1, 1]")
+        if not -1 <= self.lesion_threshold <= 1:
+            raise ValueError(f"lesion_threshold={self.lesion_threshold}; expected an SSIM value in [-1, 1]")
+        if not 8 <= self.lesion_size <= 64:
+            raise ValueError(f"lesion_size={self.lesion_size}; expected 8..64 (the coarse thumbnail side)")
 
 
 @dataclass
@@ -123,7 +149,13 @@ class AuditResult:
       connects the group, else "extended"; ``linked_by`` "paper" when the image has a
       whole-image SSIM edge inside its group; ``min_ssim``/``max_ssim`` over the group's
       same-scan pairs; ``mask_iou_min`` the lowest IoU of two members' masks (aligned);
-      ``keep_one`` the member the keep-one rule keeps.
+      ``keep_one`` the member the keep-one rule keeps; ``lesion_group`` its lesion group.
+      Pairs also carry ``lesion_ssim`` (coarse SSIM of the aligned overlap; NaN inside a
+      same-scan group or without the lesion search), ``same_lesion`` (a same-lesion edge:
+      same class, not a copy, lesion_ssim >= lesion_threshold) and ``lesion_group``.
+    lesions: one row per image of a multi-image lesion group, columns ``LESION_COLUMNS``
+      (``group``: its same-scan group, -1 if none; ``min_lesion_ssim``: the weakest
+      same-lesion edge of the lesion group, NaN if copies alone connect it).
     """
 
     index: "object"
@@ -133,6 +165,7 @@ class AuditResult:
     data_dir: Path
     timings: dict = field(default_factory=dict)
     counts: dict = field(default_factory=dict)
+    lesions: "object" = None
 
     def group_sizes(self) -> dict[int, int]:
         """{group size: number of groups}."""
@@ -170,16 +203,17 @@ def _prepare(image_path, mask_paths, cfg: DedupConfig) -> dict:
             "scale": (dh / h, dw / w), "kp": kp, "desc": desc}
 
 
-def _aligned_thumbs(img_i, img_j, p, cfg: DedupConfig):
+def _aligned_thumbs(img_i, img_j, p, cfg: DedupConfig, size: int | None = None):
     """The common field of view of images i and j (transform p, j -> i) cut out of each
-    and resized to SSIM thumbnails, and the share of the smaller image it covers; None
-    when they hardly overlap."""
+    and resized to SSIM thumbnails (``size``, default ``cfg.size``), and the share of the
+    smaller image it covers; None when they hardly overlap."""
     boxes = reg.overlap_boxes(img_i.shape, img_j.shape, p)
     if boxes is None:
         return None
     f = RESAMPLE[cfg.resample]
-    ti = np.asarray(Image.fromarray(img_i).resize((cfg.size, cfg.size), f, box=boxes[0]))
-    tj = np.asarray(Image.fromarray(img_j).resize((cfg.size, cfg.size), f, box=boxes[1]))
+    size = size or cfg.size
+    ti = np.asarray(Image.fromarray(img_i).resize((size, size), f, box=boxes[0]))
+    tj = np.asarray(Image.fromarray(img_j).resize((size, size), f, box=boxes[1]))
     bi, bj = boxes
     cover = (bi[2] - bi[0]) * (bi[3] - bi[1]) / min(img_i.size, img_j.size * p[0] * p[1])
     return ti, tj, float(min(cover, 1.0))
@@ -336,11 +370,25 @@ def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress:
     for g, m in enumerate(groups, start=1):
         group_of[m] = g
     _complete_groups(groups, edges, scored, transforms, prep, thumbs, cfg)
+    timings["groups"] = time.perf_counter() - t
+
+    # ---- same lesion: coarse SSIM of the aligned overlap, components with the copies
+    t = time.perf_counter()
+    cls = index["class"].to_numpy()
+    if cfg.lesion:
+        _lesion_scores(scored, group_of, prep, cfg)
+    lesion_edges = sorted(k for k, r in scored.items() if r.get("lesion_ssim", -np.inf) >= cfg.lesion_threshold
+                          and cls[k[0]] == cls[k[1]] and score(r) < thr)
+    both = edges + lesion_edges
+    lesion_of = _numbered_components(n, both)
+    timings["lesion_search"] = time.perf_counter() - t
 
     # ---- tables
+    t = time.perf_counter()
     import pandas as pd
 
     index = index.assign(height=[h for h, _ in shapes], width=[w for _, w in shapes])
+    lesion_set = set(lesion_edges)
     rows = []
     for (a, b), r in scored.items():
         sc = score(r)
@@ -350,16 +398,82 @@ def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress:
                      "score": sc, "method": method, "duplicate": sc >= thr,
                      **{k: r.get(k, np.nan) for k in ("sy", "sx", "ty", "tx", "overlap")},
                      "inliers": r.get("inliers", 0), "mask_iou": r.get("mask_iou", np.nan),
-                     "group": int(group_of[a]) if group_of[a] == group_of[b] else -1})
+                     "group": int(group_of[a]) if group_of[a] == group_of[b] else -1,
+                     "lesion_ssim": r.get("lesion_ssim", np.nan), "same_lesion": (a, b) in lesion_set,
+                     "lesion_group": int(lesion_of[a]) if lesion_of[a] == lesion_of[b] else -1})
     pairs = pd.DataFrame(rows, columns=PAIR_COLUMNS).sort_values(["i", "j"]).reset_index(drop=True)
     table = _group_table(index, pairs, groups, root)
-    timings["groups"] = time.perf_counter() - t
+    table.insert(len(DUPLICATE_COLUMNS) - 1, "lesion_group", lesion_of[table["row"].to_numpy()].astype(int))
+    lesions = _lesion_table(index, pairs, lesion_of, group_of, root)
+    timings["tables"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     counts = {"images": n, "paper_candidates": int(len(ci)), "extended_candidates": len(transforms),
               "duplicate_pairs": len(edges), "groups": len(groups),
-              "images_in_groups": int(sum(len(m) for m in groups))}
+              "images_in_groups": int(sum(len(m) for m in groups)),
+              "lesion_pairs": len(lesion_edges), "lesion_groups": int(lesions["lesion_group"].nunique()),
+              "images_in_lesion_groups": len(lesions)}
     return AuditResult(index=index, pairs=pairs, groups=table, config=cfg, data_dir=root,
-                       timings=timings, counts=counts)
+                       timings=timings, counts=counts, lesions=lesions)
+
+
+def _numbered_components(n: int, edges) -> np.ndarray:
+    """Component number (1.., in order of each component's first node) of every node of a
+    component of >= 2 nodes, -1 for the others."""
+    label = components(n, [a for a, _ in edges], [b for _, b in edges])
+    sizes = np.bincount(label, minlength=n)
+    out = np.full(n, -1)
+    number: dict[int, int] = {}
+    for k in range(n):
+        if sizes[label[k]] >= 2:
+            out[k] = number.setdefault(int(label[k]), len(number) + 1)
+    return out
+
+
+def _lesion_scores(scored: dict, group_of: np.ndarray, prep: list[dict], cfg: DedupConfig) -> None:
+    """``lesion_ssim`` of every scored pair outside one same-scan group (in place): the
+    pair's transform (the aligned one, else the whole-image map) refined by Lucas-Kanade on
+    blurred detection copies, then SSIM of the overlap at ``lesion_size`` px."""
+    from scipy import ndimage as ndi
+
+    blurred: dict[int, np.ndarray] = {}
+
+    def blur(k):
+        if k not in blurred:
+            blurred[k] = ndi.gaussian_filter(prep[k]["det"], 1.5)
+        return blurred[k]
+
+    todo = []
+    for (a, b), r in scored.items():
+        if group_of[a] > 0 and group_of[a] == group_of[b]:
+            continue
+        da, db = prep[a]["det"], prep[b]["det"]
+        if "sy" in r:
+            p = reg.to_det((r["sy"], r["sx"], r["ty"], r["tx"]), prep[a]["scale"], prep[b]["scale"])
+        else:
+            p = reg.whole(da.shape, db.shape)
+        p = tuple(reg.refine(blur(a), blur(b), p, iters=6))
+        th = _aligned_thumbs(da.astype(np.uint8), db.astype(np.uint8), p, cfg, size=cfg.lesion_size)
+        if th is not None:
+            todo.append(((a, b), th))
+    for (key, _), v in zip(todo, _ssim_of([th[:2] for _, th in todo])):
+        scored[key]["lesion_ssim"] = float(v)
+
+
+def _lesion_table(index, pairs, lesion_of: np.ndarray, group_of: np.ndarray, root: Path):
+    import pandas as pd
+
+    rows = []
+    for lg in range(1, int(lesion_of.max(initial=0)) + 1):
+        m = np.flatnonzero(lesion_of == lg)
+        cls = sorted({index.at[k, "class"] for k in m}, key=CLASSES.index)
+        inside = pairs[(pairs["lesion_group"] == lg) & pairs["same_lesion"]]
+        weakest = float(inside["lesion_ssim"].min()) if len(inside) else np.nan
+        for k in m:
+            rows.append({"lesion_group": lg, "class": index.at[k, "class"], "id": int(index.at[k, "id"]),
+                         "file": Path(index.at[k, "image"]).relative_to(root).as_posix(), "lesion_size": len(m),
+                         "group": int(group_of[k]), "classes": "+".join(cls), "min_lesion_ssim": weakest,
+                         "row": int(k)})
+    return pd.DataFrame(rows, columns=LESION_COLUMNS)
 
 
 def _complete_groups(groups, edges, scored, transforms, prep, thumbs, cfg: DedupConfig) -> None:
@@ -432,7 +546,7 @@ def _group_table(index, pairs, groups: list[list[int]], root: Path):
                 "min_ssim": float(dup["score"].min()), "max_ssim": float(dup["score"].max()),
                 "mask_iou_min": float(inside["mask_iou"].min()),
                 "keep_one": (k == rep) and not conflict, "row": k})
-    cols = DUPLICATE_COLUMNS + ["row"]
+    cols = DUPLICATE_COLUMNS[:-1] + ["row"]  # lesion_group: added by find_groups
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -449,20 +563,37 @@ def curated_keep(index, groups, rule: str = "paper") -> set[tuple[str, int]]:
 
 
 def write_audit(result: AuditResult, out_dir, curation: str = "paper") -> dict[str, Path]:
-    """Write ``duplicates.csv`` (one row per image of a multi-image group),
-    ``pairs.csv`` (every scored pair) and ``curated.csv`` (the keep-list of ``curation``
+    """Write ``duplicates.csv`` (:func:`duplicates_table`), ``pairs.csv`` (every scored pair) and ``curated.csv`` (the keep-list of ``curation``
     in the published ``class;id`` format), each atomically. Returns their paths."""
     from mtbc_lib.data import write_keep_list
 
     keep = result.keep(curation)
     out = Path(out_dir)
     paths = {"duplicates": out / "duplicates.csv", "pairs": out / "pairs.csv", "curated": out / "curated.csv"}
-    dup = result.groups.drop(columns=["row"])
+    dup = duplicates_table(result)
     atomic_write(paths["duplicates"], lambda p: dup.to_csv(p, index=False, float_format="%.4f", lineterminator="\n"))
     pairs = result.pairs.drop(columns=["i", "j"]).rename(columns={"name_i": "image_i", "name_j": "image_j"})
     atomic_write(paths["pairs"], lambda p: pairs.to_csv(p, index=False, float_format="%.4f", lineterminator="\n"))
     write_keep_list(keep, paths["curated"])
     return paths
+
+
+def duplicates_table(result: AuditResult):
+    """What ``duplicates.csv`` holds: one row per image of a multi-image same-scan group
+    (``DUPLICATE_COLUMNS``), then one row per image that shares only its lesion with other
+    images (empty same-scan columns, ``lesion_group`` set), ordered by lesion group."""
+    import pandas as pd
+
+    dup = result.groups.drop(columns=["row"])
+    lesions = result.lesions
+    if lesions is None or lesions.empty:
+        return dup.astype({"lesion_group": "Int64"}) if "lesion_group" in dup else dup
+    alone = lesions[lesions["group"] < 0]
+    extra = pd.DataFrame({c: alone[c].to_numpy() for c in ("class", "id", "file", "lesion_group")})
+    extra = extra.assign(height=result.index.loc[alone["row"], "height"].to_numpy(),
+                         width=result.index.loc[alone["row"], "width"].to_numpy(), size=1)
+    out = pd.concat([dup, extra], ignore_index=True)[DUPLICATE_COLUMNS]
+    return out.astype({"group": "Int64", "size": "Int64", "lesion_group": "Int64"})
 
 
 def _data_key(data_dir, cfg: DedupConfig) -> str:
@@ -498,6 +629,8 @@ def keep_list(data_dir=None, rule: str = "paper", *, settings: DedupConfig | Non
         cached = {rule_: sorted([c, i] for c, i in res.keep(rule_)) for rule_ in RULES}
         cached["groups"] = [[[c, int(i)] for c, i in zip(g["class"], g["id"])]
                             for _, g in res.groups.groupby("group", sort=True)]
+        cached["lesions"] = [[[c, int(i)] for c, i in zip(g["class"], g["id"])]
+                             for _, g in res.lesions.groupby("lesion_group", sort=True)]
         atomic_write(path, lambda p: p.write_text(json.dumps(cached)))
     return {(c, int(i)) for c, i in cached[rule]}
 
@@ -517,16 +650,28 @@ def summary(result: AuditResult) -> str:
         f"  label conflicts: {int(g['label_conflict'].sum())} groups "
         f"({int(result.groups['label_conflict'].sum())} images)",
         f"  keep-list 'paper': {len(result.keep('paper'))} images; 'keep-one': {len(result.keep('keep-one'))}",
+        *([_lesion_line(result)] if result.lesions is not None and result.config.lesion else []),
         f"  setting: {result.config.size}x{result.config.size} {result.config.resample} grey, "
         f"SSIM >= {result.config.threshold}; {result.timings.get('total', float('nan')):.1f} s",
     ])
+
+
+def _lesion_line(result: AuditResult) -> str:
+    les = result.lesions
+    alone = les[les["group"] < 0]
+    per = alone["class"].value_counts()
+    by_class = ", ".join(f"{int(per[c])} {c}" for c in CLASSES if c in per) or "none"
+    return (f"  same lesion (coarse aligned SSIM >= {result.config.lesion_threshold}, same class): "
+            f"{les['lesion_group'].nunique()} lesion groups holding {len(les)} images; "
+            f"{len(alone)} of them in no same-scan group ({by_class}), in "
+            f"{alone['lesion_group'].nunique()} lesion groups")
 
 
 # ----------------------------------------------------------------------------- notebooks
 
 #: Notebook parameters of dataset_audit / duplicate_explorer and their types.
 NOTEBOOK_PARAMS = {"data_dir": str, "threshold": float, "size": int, "resample": str, "extended": bool,
-                   "curation": str}
+                   "curation": str, "lesion_threshold": float}
 
 
 def params_from_namespace(namespace: dict) -> tuple[Path, DedupConfig, str]:
@@ -551,5 +696,5 @@ def params_from_namespace(namespace: dict) -> tuple[Path, DedupConfig, str]:
         folder = config.data_dir(values.pop("data_dir", "") or None)
     except FileNotFoundError as exc:
         raise DataError(str(exc)) from None
-    cfg = DedupConfig(**{k: (float(v) if k == "threshold" else v) for k, v in values.items()})
+    cfg = DedupConfig(**{k: (float(v) if k in ("threshold", "lesion_threshold") else v) for k, v in values.items()})
     return folder, cfg, curation

@@ -73,3 +73,46 @@ def test_audit_figures(result):
     assert len(gal.axes) == 8
     with pytest.raises(ValueError, match="no such duplicate group"):
         audit.group_gallery(result, [9])
+
+
+# ----------------------------------------------------------------------------- second level: same lesion
+
+@pytest.fixture(scope="module")
+def lesion_result(tmp_path_factory):
+    from test_dedup import write_synthetic_lesions
+
+    root = write_synthetic_lesions(tmp_path_factory.mktemp("l") / "BUSI")
+    return dedup.find_groups(root, progress=False, workers=1)
+
+
+def test_lesion_tables(lesion_result):
+    r = lesion_result
+    add = audit.lesion_additions(r)
+    assert add[["lesion_group", "members", "added", "copy_groups"]].values.tolist() == [
+        [1, "benign (1), benign (2) [1], benign (3) [1]", 1, "1"]]
+    m = audit.lesion_margin(r, k=2)
+    weakest = m[m["kind"] == "weakest lesion links"]
+    assert len(weakest) == 2 and weakest["same_lesion"].all() and weakest["lesion_ssim"].min() >= 0.805
+    other = m[m["kind"] == "strongest, different classes"]
+    assert other["name_j"].iloc[0] == "malignant (1)" and not other["same_lesion"].any()
+    t = audit.lesion_threshold_table(r, thresholds=[0.5, 0.805, 0.99]).set_index("threshold")
+    assert t.loc[0.805, ["lesion_groups", "images_in_groups", "added_images", "added_benign"]].tolist() == [1, 3, 1, 1]
+    assert t.at[0.99, "added_images"] == 0 and t.at[0.99, "lesion_groups"] == 1  # the copies alone
+    assert t.at[0.5, "added_images"] >= 1 and t.at[0.5, "largest"] >= 3
+
+
+def test_lesion_figures(lesion_result):
+    r = lesion_result
+    hist = audit.lesion_distribution(r)
+    assert [d.name.split(" (")[0] for d in hist.data] == ["same class", "different classes"]
+    assert hist.layout.shapes[0].x0 == r.config.lesion_threshold
+    gal = audit.group_gallery(r, [1], height=40, level="lesion", max_cols=2)
+    assert len(gal.axes) == 4  # three members wrapped after two: two rows of two slots
+    assert any("copies: group 1" in ax.get_title() for ax in gal.axes)
+    sl = audit.group_slider(r, height=32, level="lesion")
+    assert [s.label for s in sl.layout.sliders[0].steps] == ["1"] and len(sl.data) == 3
+    assert "lesion group 1" in sl.layout.title.text and "same-scan groups: 1" in sl.layout.title.text
+    with pytest.raises(ValueError, match="no such lesion group"):
+        audit.group_gallery(r, [5], level="lesion")
+    with pytest.raises(ValueError, match="level='frame'"):
+        audit.group_slider(r, level="frame")

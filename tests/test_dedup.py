@@ -75,6 +75,54 @@ def write_synthetic_busi(root) -> Path:
     return root
 
 
+def _frame(seed: int, dy: float = 0.0, dx: float = 0.0, angle: float = 0.0, speckle: int = 0,
+           h: int = 150, w: int = 190):
+    """One frame of a fake lesion: the tissue field of ``seed`` (with its dark lesion)
+    shifted by (dy, dx) px and rotated by ``angle`` degrees, fresh speckle ``speckle``."""
+    rng = np.random.default_rng(seed)
+    big_h, big_w = h + 60, w + 60
+    field = 420 * ndi.gaussian_filter(rng.normal(size=(big_h, big_w)), 4)
+    yy, xx = np.mgrid[:big_h, :big_w]
+    lesion = ((yy - big_h * 0.55) / (h * 0.14)) ** 2 + ((xx - big_w * 0.47) / (w * 0.16)) ** 2 < 1
+    field = np.where(lesion, (field + 110) * 0.35 - 110, field)
+    field = ndi.shift(ndi.rotate(field, angle, reshape=False, order=1, mode="reflect"), (dy, dx), order=1,
+                      mode="reflect")
+    lesion = ndi.shift(ndi.rotate(lesion.astype(float), angle, reshape=False, order=1), (dy, dx), order=1) > 0.5
+    crop = (slice(30, 30 + h), slice(30, 30 + w))
+    noise = np.random.default_rng(1000 + speckle).normal(size=(h, w))
+    img = 110 + field[crop] + 12 * noise + np.linspace(50, -50, h)[:, None]
+    return np.clip(img, 0, 255).astype(np.uint8), lesion[crop]
+
+
+def write_synthetic_lesions(root) -> Path:
+    """An 8-image BUSI-layout folder for the lesion relation:
+
+    - benign 1 and benign 2: two frames of one lesion (shifted by 7/-10 px, rotated 2.5
+      degrees, other speckle); benign 3: a crop of benign 2 (a copy: same scan);
+    - malignant 1: a third frame of that lesion under another label (not the same lesion:
+      the relation asks for one class);
+    - benign 4, malignant 2, malignant 3, normal 1: other lesions at the same place.
+    """
+    root = Path(root)
+    a, la = _frame(41, speckle=1)
+    _save(root, "benign", 1, a, la)
+    b, lb = _frame(41, 7, -10, 2.5, speckle=2)
+    _save(root, "benign", 2, b, lb)
+    _save(root, "benign", 3, b[10:, 15:], lb[10:, 15:])
+    c, lc = _frame(41, -6, 8, -2, speckle=3)
+    _save(root, "malignant", 1, c, lc)
+    for k, (cls, i) in enumerate([("benign", 4), ("malignant", 2), ("normal", 1), ("malignant", 3)]):
+        s, ls = _frame(50 + k, speckle=10 + k)
+        _save(root, cls, i, s, ls)
+    return root
+
+
+@pytest.fixture(scope="module")
+def lesions(tmp_path_factory):
+    root = write_synthetic_lesions(tmp_path_factory.mktemp("les") / "BUSI")
+    return root, dedup.find_groups(root, progress=False, workers=1)
+
+
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     root = write_synthetic_busi(tmp_path_factory.mktemp("syn") / "BUSI")
@@ -119,6 +167,58 @@ def test_methods_label_conflicts_and_mask_agreement(synthetic):
     inside = r.pairs[r.pairs["group"] == 1]
     assert len(inside) == 6 and inside["mask_iou"].min() > 0.9  # the same lesion, aligned
     assert r.pairs.loc[r.pairs["group"] == 2, "mask_iou"].tolist() == [1.0]  # two empty masks agree
+
+
+def test_frames_of_one_lesion_grouped_other_lesions_and_labels_not(lesions):
+    _, r = lesions
+    assert _members(r) == [{"benign (2)", "benign (3)"}]  # the only copy
+    names = r.index["name"]
+    les = [set(names[g["row"]]) for _, g in r.lesions.groupby("lesion_group")]
+    assert les == [{"benign (1)", "benign (2)", "benign (3)"}]
+    p = r.pairs.set_index(["name_i", "name_j"])
+    frame = p.loc[("benign (1)", "benign (2)")]
+    # another frame: not a copy (aligned SSIM well below 0.94), but the same lesion
+    assert frame["score"] < 0.9 and frame["lesion_ssim"] > 0.9 and frame["same_lesion"]
+    other_label = p.loc[("benign (1)", "malignant (1)")]
+    assert other_label["lesion_ssim"] > 0.9 and not other_label["same_lesion"] and other_label["lesion_group"] == -1
+    others = r.pairs[~r.pairs["name_i"].isin(["benign (1)", "benign (2)", "benign (3)", "malignant (1)"])]
+    assert others["lesion_ssim"].max() < 0.6 and not others["same_lesion"].any()
+    # the copy's pair is inside one same-scan group: no lesion score, lesion group shared
+    copy = p.loc[("benign (2)", "benign (3)")]
+    assert np.isnan(copy["lesion_ssim"]) and not copy["same_lesion"] and copy["lesion_group"] == 1
+    assert r.groups["lesion_group"].tolist() == [1, 1]
+    assert r.counts["lesion_groups"] == 1 and r.counts["images_in_lesion_groups"] == 3
+    assert "1 lesion groups holding 3 images; 1 of them in no same-scan group (1 benign)" in dedup.summary(r)
+
+
+def test_duplicates_csv_holds_lesion_only_images(lesions, tmp_path):
+    import pandas as pd
+
+    _, r = lesions
+    paths = dedup.write_audit(r, tmp_path / "out")
+    dup = pd.read_csv(paths["duplicates"], dtype={"group": "Int64", "lesion_group": "Int64"})
+    assert list(dup.columns) == dedup.DUPLICATE_COLUMNS
+    assert dup[["class", "id", "group", "lesion_group"]].astype(object).values.tolist() == [
+        ["benign", 2, 1, 1], ["benign", 3, 1, 1], ["benign", 1, pd.NA, 1]]
+    assert dup["size"].tolist() == [2, 2, 1]
+    # curation is unchanged: only the copies are dropped
+    assert r.keep("paper") == {(c, int(i)) for c, i in zip(r.index["class"], r.index["id"])} - {
+        ("benign", 2), ("benign", 3)}
+    pairs = pd.read_csv(paths["pairs"])
+    assert {"lesion_ssim", "same_lesion", "lesion_group"} <= set(pairs.columns)
+
+
+def test_lesion_search_off_and_bad_settings(lesions):
+    root, _ = lesions
+    r = dedup.find_groups(root, dedup.DedupConfig(lesion=False), progress=False, workers=1)
+    assert r.pairs["lesion_ssim"].isna().all() and not r.pairs["same_lesion"].any()
+    # without lesion edges, the lesion groups are the same-scan groups
+    assert r.lesions[["class", "id"]].values.tolist() == r.groups[["class", "id"]].values.tolist()
+    assert "same lesion" not in dedup.summary(r)
+    with pytest.raises(ValueError, match="lesion_threshold=1.5"):
+        dedup.DedupConfig(lesion_threshold=1.5)
+    with pytest.raises(ValueError, match="lesion_size=4"):
+        dedup.DedupConfig(lesion_size=4)
 
 
 def test_curation_rules(synthetic):
@@ -240,3 +340,29 @@ def test_busi_threshold_margin_and_conflicts(busi_audit):
     methods = r.groups.drop_duplicates("group")["method"].value_counts()
     assert methods["paper"] + methods["extended"] == 150 and methods["extended"] > 50
     assert len(r.keep("keep-one")) == 780 - len(r.groups) + int(r.groups["keep_one"].sum())
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_busi_lesion_groups(busi_audit):
+    """Every same-scan group lies in one lesion group; frames of one lesion are linked
+    (benign 125 / 126, malignant 3 with the copies malignant 4-9), different lesions are not
+    (malignant 32 / 168: two spiculated masses, the highest same-class pair below the
+    threshold); the curation is untouched."""
+    r = busi_audit
+    les = r.lesions.set_index("row")
+    assert (r.groups.groupby("group")["lesion_group"].nunique() == 1).all()
+    assert (les.loc[r.groups["row"], "lesion_group"].to_numpy() == r.groups["lesion_group"].to_numpy()).all()
+    names = dict(zip(r.index["name"], r.index.index))
+
+    def lesion(name):
+        return les.at[names[name], "lesion_group"] if names[name] in les.index else -1
+
+    assert lesion("benign (125)") == lesion("benign (126)") > 0
+    assert lesion("malignant (3)") == lesion("malignant (4)") == lesion("malignant (9)") > 0
+    assert lesion("malignant (32)") != lesion("malignant (168)") or lesion("malignant (32)") == -1
+    edges = r.pairs[r.pairs["same_lesion"]]
+    assert (r.index.loc[edges["i"], "class"].to_numpy() == r.index.loc[edges["j"], "class"].to_numpy()).all()
+    assert edges["lesion_ssim"].min() >= r.config.lesion_threshold > r.pairs.loc[
+        ~r.pairs["same_lesion"] & ~r.pairs["duplicate"], "lesion_ssim"].max() - 0.02
+    assert len(r.keep("paper")) == 448
