@@ -48,11 +48,14 @@ def _add_audit(sub) -> None:
 
     d = DedupConfig()
     p = sub.add_parser(
-        "audit", help="find the groups of duplicate images in a BUSI folder",
+        "audit", help="find the groups of duplicate images (and of frames of one lesion) in a BUSI folder",
         description="Find every group of BUSI images that show the same scan (SSIM on the whole "
-                    "images and, for crops and rescales, on their aligned overlap); write "
-                    "DIR/duplicates.csv (one row per image of a group), DIR/pairs.csv (every scored "
-                    "pair) and DIR/curated.csv (the keep-list, published 'class;id' format).")
+                    "images and, for crops and rescales, on their aligned overlap) and every group of "
+                    "images of one lesion (other frames: coarse SSIM of the aligned overlap, same class); "
+                    "write DIR/duplicates.csv (one row per image of a same-scan group, then one per image "
+                    "that shares only its lesion; column lesion_group), DIR/pairs.csv (every scored pair) "
+                    "and DIR/curated.csv (the keep-list, published 'class;id' format; lesion groups do not "
+                    "change it).")
     p.add_argument("data_dir", metavar="DATA_DIR", help="BUSI folder holding benign/, malignant/, normal/")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
     p.add_argument("--curation", choices=RULES, default="paper",
@@ -67,6 +70,11 @@ def _add_audit(sub) -> None:
                    help="resize filter of the thumbnails (default: %(default)s)")
     p.add_argument("--no-extended", dest="extended", action="store_false",
                    help="whole-image SSIM only: skip the search for crops and rescales")
+    p.add_argument("--lesion-threshold", type=_threshold, default=d.lesion_threshold,
+                   help="coarse aligned SSIM at or above which two images of one class show the same lesion "
+                        "(default: %(default)s)")
+    p.add_argument("--no-lesion", dest="lesion", action="store_false",
+                   help="skip the second level (frames of one lesion): lesion groups are the same-scan groups")
     p.add_argument("--workers", type=_positive, default=2, help="decoding processes (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     p.set_defaults(func=_run_audit)
@@ -78,7 +86,7 @@ def _run_audit(args) -> int:
     if args.size > 1024:
         raise ValueError(f"--size {args.size}: expected at most 1024")
     cfg = dedup.DedupConfig(size=args.size, resample=args.resample, threshold=args.threshold,
-                            extended=args.extended)
+                            extended=args.extended, lesion=args.lesion, lesion_threshold=args.lesion_threshold)
     result = dedup.find_groups(args.data_dir, cfg, progress=not args.quiet, workers=args.workers)
     paths = dedup.write_audit(result, args.out, curation=args.curation)
     if not args.quiet:

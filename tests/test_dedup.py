@@ -366,3 +366,19 @@ def test_busi_lesion_groups(busi_audit):
     assert edges["lesion_ssim"].min() >= r.config.lesion_threshold > r.pairs.loc[
         ~r.pairs["same_lesion"] & ~r.pairs["duplicate"], "lesion_ssim"].max() - 0.02
     assert len(r.keep("paper")) == 448
+
+
+def test_cli_lesion_options(lesions, tmp_path, capsys):
+    import pandas as pd
+
+    from mtbc_lib import cli
+
+    root, _ = lesions
+    assert cli.main(["audit", str(root), "--out", str(tmp_path / "a"), "--workers", "1"]) == 0
+    assert "1 lesion groups holding 3 images" in capsys.readouterr().out
+    assert pd.read_csv(tmp_path / "a" / "duplicates.csv")["lesion_group"].tolist() == [1, 1, 1]
+    assert cli.main(["audit", str(root), "--out", str(tmp_path / "b"), "--workers", "1", "--quiet", "--no-lesion"]) == 0
+    assert len(pd.read_csv(tmp_path / "b" / "duplicates.csv")) == 2  # the copies only
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["audit", str(root), "--out", str(tmp_path / "c"), "--lesion-threshold", "2"])
+    assert exc.value.code == 2 and "--lesion-threshold: 2 is not an SSIM value" in capsys.readouterr().err
