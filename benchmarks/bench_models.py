@@ -145,7 +145,7 @@ def main(argv=None) -> None:
 
     import torch
 
-    from mtbc_lib.train import resolve_amp
+    from mtbc_lib.device import resolve_amp
 
     load0 = os.getloadavg()
     t0 = time.perf_counter()

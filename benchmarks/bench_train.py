@@ -41,8 +41,10 @@ sys.path.insert(0, str(REPO))
 
 from mtbc_lib import train, trainconfig  # noqa: E402
 from mtbc_lib.config import atomic_write  # noqa: E402
+from mtbc_lib.device import resolve_amp  # noqa: E402
 from mtbc_lib.losses import MultiTaskLoss  # noqa: E402
 from mtbc_lib.models import build_model  # noqa: E402
+from mtbc_lib.splits import make_splits, train_indices  # noqa: E402
 
 OUT = REPO / "benchmarks" / "results" / "bench_train.md"
 
@@ -93,33 +95,31 @@ def plain_loop(model, arrays, idx: np.ndarray, batch_size: int, loss_fn, lr: flo
 
 # ----------------------------------------------------------------------------- engine
 
-def engine_loop(model, arrays, idx: np.ndarray, batch_size: int, loss_fn, amp: bool, channels_last: bool,
-                lr: float = 1e-4) -> float:
-    """Train on ``idx`` once with the engine's epoch function; returns seconds."""
-    device = torch.device("cpu")
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    X = torch.from_numpy(arrays.images[:, None].copy())
-    M = torch.from_numpy(arrays.masks[:, None].astype(np.uint8))
-    Y = torch.from_numpy(arrays.labels.astype(np.int64))
-    gen = torch.Generator().manual_seed(1993)
-    t0 = time.perf_counter()
-    train._train_epoch(model, opt, loss_fn, X, M, Y, idx, batch_size, gen, device, amp, channels_last, 0, 0)
-    return time.perf_counter() - t0
+def engine_trainer(args, arrays, split, batch_size: int, amp: bool, channels_last: bool) -> "train.FoldTrainer":
+    """The engine's fold trainer (fresh weights, Adam 1e-4) for one measured setting."""
+    cfg = trainconfig.TrainConfig(backbone=args.backbone, task=args.task, oversampling=True, batch_size=batch_size,
+                                  lr=1e-4, amp="on" if amp else "off", channels_last="on" if channels_last else "off",
+                                  device="cpu").resolve()
+    return train.FoldTrainer(cfg, arrays, split)
 
 
-def measure(kind: str, args, arrays, idx, batch_size: int, amp: bool = False, cl: bool = False,
+def measure(kind: str, args, arrays, split, idx, batch_size: int, amp: bool = False, cl: bool = False,
             threads: int | None = None) -> dict:
     """Warm up on ``args.warmup`` batches, then time ``args.images`` images (rounded to
-    whole batches)."""
+    whole batches): the plain loop, or :meth:`FoldTrainer.train_epoch` on those images."""
     torch.set_num_threads(threads or args.threads)
-    model = fresh_model(args.backbone, args.task)
-    loss_fn = MultiTaskLoss(args.task)
     n = max(batch_size, args.images // batch_size * batch_size)
     warm, timed = idx[: args.warmup * batch_size], idx[args.warmup * batch_size: args.warmup * batch_size + n]
-    fn = (lambda ids: plain_loop(model, arrays, ids, batch_size, loss_fn)) if kind == "plain" else \
-        (lambda ids: engine_loop(model, arrays, ids, batch_size, loss_fn, amp, cl))
+    if kind == "plain":
+        model, loss_fn = fresh_model(args.backbone, args.task), MultiTaskLoss(args.task)
+        fn = lambda ids: plain_loop(model, arrays, ids, batch_size, loss_fn)  # noqa: E731
+    else:
+        trainer = engine_trainer(args, arrays, split, batch_size, amp, cl)
+
+        def fn(ids):
+            t0 = time.perf_counter()
+            trainer.train_epoch(ids)
+            return time.perf_counter() - t0
     fn(warm)
     sec = fn(timed)
     return {"images_per_s": len(timed) / sec, "seconds": sec, "images": len(timed)}
@@ -207,10 +207,10 @@ def main(argv=None) -> None:
 
     cfg = trainconfig.TrainConfig(backbone=args.backbone, task=args.task, oversampling=True).resolve()
     arrays = train.load_data(cfg, progress=False)
-    split = train.make_splits(cfg, arrays)[0]
-    idx = train._train_indices(cfg, split, arrays.labels)
+    split = make_splits(cfg, arrays)[0]
+    idx = train_indices(cfg, split, arrays.labels)
     idx = idx[np.random.default_rng(0).permutation(len(idx))]
-    bf16 = train.resolve_amp("auto", torch.device("cpu"))
+    bf16 = resolve_amp("auto", torch.device("cpu"))
     fast = trainconfig.PROFILES["fast"]
     load_before = loadavg()
     t_start = time.perf_counter()
@@ -234,7 +234,7 @@ def main(argv=None) -> None:
     text = ""
     for rnd in range(args.rounds):
         for label, kind, bs, amp, cl, th in settings:
-            r = measure(kind, args, arrays, idx, bs, amp, cl, th)
+            r = measure(kind, args, arrays, split, idx, bs, amp, cl, th)
             runs[label].append(r)
             print(f"round {rnd + 1}: {label:50s} {r['images_per_s']:6.2f} img/s "
                   f"({r['images']} images in {r['seconds']:.1f} s)", flush=True)

@@ -1,5 +1,5 @@
 """The BUSI data: index the raw folder, read any PNG mode, resize and cache the arrays,
-the Curated BUSI filter and the paper's stratified cross-validation folds.
+the Curated BUSI filter (the folds are in :mod:`mtbc_lib.splits`).
 
 Layout expected (the public ``Dataset_BUSI_with_GT``)::
 
@@ -43,7 +43,7 @@ from mtbc_lib.config import CLASSES, atomic_write
 __all__ = [
     "DataError", "IMAGE_MODES", "MASK_MODES", "CURATIONS", "PUBLISHED_KEEP_LIST",
     "index_busi", "read_image", "read_mask", "BusiArrays", "load_busi",
-    "read_keep_list", "write_keep_list", "curate", "Split", "cv_splits",
+    "read_keep_list", "write_keep_list", "curate",
 ]
 
 #: PNG modes accepted for images and for masks (everything the BUSI releases contain).
@@ -415,45 +415,3 @@ def curate(arrays: BusiArrays, curation="paper", data_dir=None) -> BusiArrays:
         raise DataError(f"{source}: {len(missing)} listed images are not in the loaded data (e.g. {ex}); "
                         "expected the full BUSI folder")
     return arrays.subset(np.asarray([k in keep for k in keys], dtype=bool))
-
-
-# ----------------------------------------------------------------------------- folds
-
-@dataclass
-class Split:
-    """One cross-validation fold: sorted int64 index arrays into the labels given."""
-
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-
-
-def cv_splits(labels, n_splits: int = 4, seed: int = config.SEED, val_size: float = 0.2) -> list[Split]:
-    """The paper's folds: ``StratifiedKFold(n_splits, shuffle=True, random_state=seed)``
-    on the labels, the held-out fold is the test set; the rest is split by a stratified
-    ``train_test_split(train_size=1 - val_size, random_state=seed)`` into train and val.
-    The folds depend only on the labels and their order; with labels in ``index_busi``
-    order (class, then numeric id) this is the row order of the authors' mapping file.
-
-    labels: (N,) class labels. Returns ``n_splits`` Splits; each index is tested once."""
-    from sklearn.model_selection import StratifiedKFold, train_test_split
-
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or len(labels) == 0:
-        raise ValueError(f"cv_splits: labels have shape {labels.shape}; expected a non-empty 1-D array")
-    if not (isinstance(n_splits, (int, np.integer)) and n_splits >= 2):
-        raise ValueError(f"cv_splits: n_splits={n_splits!r}; expected an integer >= 2")
-    if not 0 < val_size < 1:
-        raise ValueError(f"cv_splits: val_size={val_size!r}; expected a fraction in (0, 1)")
-    values, counts = np.unique(labels, return_counts=True)
-    if counts.min() < n_splits:
-        raise ValueError(f"cv_splits: class {values[counts.argmin()]!r} has {counts.min()} images; "
-                         f"expected at least n_splits={n_splits} per class")
-    skf = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    out = []
-    for rest, test in skf.split(np.zeros(len(labels)), labels):
-        # train_size as in the authors' code (sklearn: n_train = floor(0.8 n), n_val = rest)
-        train, val = train_test_split(rest, train_size=1 - val_size, random_state=seed, stratify=labels[rest])
-        out.append(Split(train=np.sort(train).astype(np.int64), val=np.sort(val).astype(np.int64),
-                         test=np.sort(test).astype(np.int64)))
-    return out

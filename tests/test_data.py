@@ -15,6 +15,7 @@ from PIL import Image
 from conftest import write_png
 from mtbc_lib import data
 from mtbc_lib.data import DataError
+from mtbc_lib.splits import cv_splits
 
 
 @pytest.fixture(autouse=True)
@@ -401,7 +402,7 @@ np.random.default_rng(5).shuffle(LABELS)
 
 
 def test_cv_splits_partition_and_stratification():
-    splits = data.cv_splits(LABELS)
+    splits = cv_splits(LABELS)
     assert len(splits) == 4
     tested = np.concatenate([s.test for s in splits])
     assert sorted(tested.tolist()) == list(range(len(LABELS)))  # every index tested exactly once
@@ -420,7 +421,7 @@ def test_cv_splits_partition_and_stratification():
 def test_cv_splits_is_the_papers_protocol():
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
-    splits = data.cv_splits(LABELS)
+    splits = cv_splits(LABELS)
     skf = StratifiedKFold(n_splits=4, shuffle=True, random_state=1993)
     for s, (rest, test) in zip(splits, skf.split(LABELS, LABELS)):
         np.testing.assert_array_equal(s.test, test)
@@ -430,21 +431,21 @@ def test_cv_splits_is_the_papers_protocol():
 
 
 def test_cv_splits_deterministic_and_seeded():
-    a, b = data.cv_splits(LABELS), data.cv_splits(list(LABELS))
+    a, b = cv_splits(LABELS), cv_splits(list(LABELS))
     for x, y in zip(a, b):
         for part in ("train", "val", "test"):
             np.testing.assert_array_equal(getattr(x, part), getattr(y, part))
-    other = data.cv_splits(LABELS, seed=7)
+    other = cv_splits(LABELS, seed=7)
     assert any(not np.array_equal(x.test, y.test) for x, y in zip(a, other))
 
 
 def test_cv_splits_bad_input():
     with pytest.raises(ValueError, match="at least n_splits"):
-        data.cv_splits([0, 0, 0, 0, 1, 1, 1])
+        cv_splits([0, 0, 0, 0, 1, 1, 1])
     with pytest.raises(ValueError, match="1-D"):
-        data.cv_splits(np.zeros((4, 2)))
+        cv_splits(np.zeros((4, 2)))
     with pytest.raises(ValueError, match="val_size"):
-        data.cv_splits(LABELS, val_size=1.5)
+        cv_splits(LABELS, val_size=1.5)
 
 
 # ----------------------------------------------------------------------------- real data
@@ -497,7 +498,7 @@ def test_real_load(busi):
 def test_real_curate_paper_and_folds(busi):
     cur = data.curate(busi, "paper")
     assert len(cur) == 450 and np.bincount(cur.labels).tolist() == [222, 164, 64]
-    splits = data.cv_splits(cur.labels)
+    splits = cv_splits(cur.labels)
     assert sorted(len(s.test) for s in splits) == [112, 112, 113, 113]
     assert sorted(np.concatenate([s.test for s in splits]).tolist()) == list(range(450))
 

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from mtbc_lib.config import CLASSES, SEED
-from mtbc_lib.data import PUBLISHED_KEEP_LIST, cv_splits
+from mtbc_lib.data import PUBLISHED_KEEP_LIST
+from mtbc_lib.splits import cv_splits
 from mtbc_lib.oversampling import oversample, oversampling_factors
 
 

@@ -1,15 +1,12 @@
 """The recipe fields of TrainConfig (optimizer, schedule, weight averaging, clipping,
 progressive resizing, validation-only evaluation) and the recipe study's helpers."""
 
-import json
-
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from mtbc_lib import recipe, train, trainconfig
-from mtbc_lib.models import build_model
+from mtbc_lib.splits import make_splits
 from test_train import _fold_files, tiny_arrays, tiny_config
 
 RECIPE = dict(optimizer="adamw", weight_decay=0.01, schedule="cosine", warmup_epochs=0.5, grad_clip=1.0,
@@ -51,29 +48,24 @@ def test_validation_only_evaluation_leaves_the_test_fold_unread(tmp_path):
     cfg = tiny_config(tmp_path, evaluate_on="val", folds=[0], epochs=1)
     train.run(cfg, arrays=arrays, progress=False)
     files = _fold_files(tmp_path / "results" / "tiny", 0)
-    split = train.make_splits(cfg.resolve(), arrays)[0]
+    split = make_splits(cfg.resolve(), arrays)[0]
     evaluated = set(zip(files["test"]["class"], files["test"]["id"]))
     assert evaluated == set(zip(arrays.classes[split.val], arrays.ids[split.val]))
     assert not evaluated & set(zip(arrays.classes[split.test], arrays.ids[split.test]))
     assert files["metrics"]["evaluated_on"] == "val"
 
 
-def test_low_resolution_epochs_train_on_half_size_batches():
-    arrays = tiny_arrays(4, 64)
-    model = build_model("nnunet-planned", "mt", patch_size=64)
+def test_low_resolution_epochs_train_on_half_size_batches(tmp_path):
+    arrays = tiny_arrays(8, 64)
+    cfg = tiny_config(tmp_path, image_size=64, low_res_epochs=1).resolve()
+    trainer = train.FoldTrainer(cfg, arrays, make_splits(cfg, arrays)[0])
     sizes = []
-    model.register_forward_pre_hook(lambda m, args: sizes.append(tuple(args[0].shape[-2:])))
-    from mtbc_lib.losses import MultiTaskLoss
-
-    X = torch.from_numpy(arrays.images[:, None].copy())
-    M = torch.from_numpy(arrays.masks[:, None].astype(np.uint8))
-    Y = torch.from_numpy(arrays.labels)
-    opt = torch.optim.Adam(model.parameters())
-    for low in (True, False):
+    trainer.model.register_forward_pre_hook(lambda m, args: sizes.append(tuple(args[0].shape[-2:])))
+    for epoch, size in ((0, 32), (1, 64)):
         sizes.clear()
-        train._train_epoch(model, opt, MultiTaskLoss("mt"), X, M, Y, np.arange(len(Y)), 4, torch.Generator(),
-                           torch.device("cpu"), False, False, 0, 0, low_res=low)
-        assert set(sizes) == {(32, 32) if low else (64, 64)}
+        trainer.state["epoch"] = epoch
+        trainer.train_epoch()
+        assert set(sizes) == {(size, size)}
 
 
 def test_best_weights_are_the_moving_average_when_ema_is_on(tmp_path):

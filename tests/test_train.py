@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from mtbc_lib import runs, train, trainconfig
+from mtbc_lib.augment import augment_batch
+from mtbc_lib.splits import make_splits, split_counts
 from mtbc_lib.config import CLASSES
 from mtbc_lib.data import BusiArrays
 
@@ -56,7 +58,7 @@ def test_augmentation_moves_image_and_mask_together():
     m = torch.from_numpy(a.masks[sel][:, None]).float()
     x = m.clone()  # an image that is its own mask
     g = torch.Generator().manual_seed(3)
-    xa, ma = train.augment_batch(x, m, g)
+    xa, ma = augment_batch(x, m, g)
     assert set(ma.unique().tolist()) <= {0.0, 1.0}  # nearest keeps masks binary
     assert not torch.equal(ma, m)  # something moved
     inter = ((xa > 0.5) & (ma > 0.5)).sum().item()
@@ -65,7 +67,7 @@ def test_augmentation_moves_image_and_mask_together():
     # lesion area is kept (rotation of a centred-enough disc, flips)
     assert ma.sum().item() == pytest.approx(m.sum().item(), rel=0.1)
     # reproducible from the generator state
-    xb, mb = train.augment_batch(x, m, torch.Generator().manual_seed(3))
+    xb, mb = augment_batch(x, m, torch.Generator().manual_seed(3))
     assert torch.equal(xa, xb) and torch.equal(ma, mb)
 
 
@@ -116,7 +118,7 @@ def test_run_writes_documented_files_and_skips_finished_folds(tmp_path):
     run_dir = tmp_path / "results" / "tiny"
     assert not summary["complete"] and not (run_dir / "summary.json").exists()
     f = _fold_files(run_dir, 0)
-    split = train.make_splits(cfg.resolve(), arrays)[0]
+    split = make_splits(cfg.resolve(), arrays)[0]
     t = f["test"]
     assert list(t.columns) == ["class", "id", "name", "label", "p_benign", "p_malignant", "p_normal", "pred",
                                "mask_empty", "dice", "iou", "dice_pr", "iou_pr", "label_pr"]
@@ -205,7 +207,7 @@ def test_load_data_limit_and_split_counts(data_dir):
     cfg = trainconfig.TrainConfig(limit=6, data_dir=str(data_dir), oversampling=True).resolve()
     arrays = train.load_data(cfg, progress=False)
     assert np.bincount(arrays.labels).tolist() == [6, 6, 6]
-    counts = train.split_counts(cfg, arrays)
+    counts = split_counts(cfg, arrays)
     assert set(counts["split"]) == {"train", "train (DO)", "val", "test"}
     assert counts[counts["split"] == "test"]["total"].sum() == 18  # every image tested once
     full = train.load_data(trainconfig.TrainConfig(data_dir=str(data_dir)).resolve(), progress=False)
