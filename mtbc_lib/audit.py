@@ -15,7 +15,7 @@ from mtbc_lib.dedup import AuditResult, components
 __all__ = ["compare_published", "class_counts", "calibration_table", "threshold_margin", "conflict_table",
            "find_group", "mask_overlay", "ssim_distribution", "group_gallery", "group_slider",
            "calibration_figure", "class_counts_figure", "lesion_distribution", "lesion_margin",
-           "lesion_threshold_table", "lesion_additions", "LEVELS"]
+           "lesion_threshold_table", "lesion_threshold_figure", "lesion_additions", "LEVELS"]
 
 #: Levels of grouping: "scan" (same-scan groups, ``AuditResult.groups``) and "lesion"
 #: (lesion groups, ``AuditResult.lesions``).
@@ -486,3 +486,24 @@ def lesion_additions(result):
                      "weakest_link": g["min_lesion_ssim"].iloc[0]})
     return pd.DataFrame(rows, columns=["lesion_group", "members", "classes", "images", "added", "copy_groups",
                                        "weakest_link"])
+
+
+def lesion_threshold_figure(table, threshold: float):
+    """Images the lesion relation adds to the copies' groups, and the largest lesion
+    group, per lesion threshold; the chosen threshold as a line.
+
+    table: ``lesion_threshold_table(...)``. Returns a ``go.Figure``."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for col, name, colour in (("added_images", "images added to the copies' groups", "#2f855a"),
+                              ("largest", "images in the largest lesion group", "#9b2c2c"),
+                              ("copy_groups_merged", "same-scan groups joined to another", "#2b6cb0")):
+        fig.add_trace(go.Scatter(x=table["threshold"], y=table[col], mode="lines+markers", name=name,
+                                 marker=dict(size=4, color=colour), line=dict(color=colour)))
+    fig.add_vline(x=threshold, line=dict(color="black", dash="dash"), annotation_text=f"lesion threshold {threshold}",
+                  annotation_position="top right")
+    fig.update_layout(template="plotly_white", height=360, yaxis_type="log", xaxis_title="lesion threshold",
+                      yaxis_title="images / groups (log)", margin=dict(l=10, r=10, t=30, b=40),
+                      legend=dict(orientation="h", y=1.15))
+    return fig

@@ -199,7 +199,7 @@ def _prepare(image_path, mask_paths, cfg: DedupConfig) -> dict:
     det_mask = np.asarray(Image.fromarray(mask).resize((dw, dh), Image.Resampling.NEAREST))
     kp, desc = reg.keypoints(det, cfg.keypoints) if cfg.extended else (np.zeros((0, 3), np.float32),
                                                                         np.zeros((0, reg.DESC * reg.DESC), np.float32))
-    return {"image": img, "thumb": thumb, "small": small.ravel(), "det": det, "det_mask": det_mask,
+    return {"image": img, "shape": (h, w), "thumb": thumb, "small": small.ravel(), "det": det, "det_mask": det_mask,
             "scale": (dh / h, dw / w), "kp": kp, "desc": desc}
 
 
@@ -244,27 +244,34 @@ def _plain_candidates(small: np.ndarray, cfg: DedupConfig):
 def _keypoint_pairs(prep: list[dict], cfg: DedupConfig) -> list[tuple[int, int, int, tuple]]:
     """Image pairs (i < j) with >= min_inliers keypoint matches agreeing on one
     similarity transform: (i, j, inliers, transform j -> i in detection pixels)."""
-    import torch
-
     kp = np.concatenate([p["kp"] for p in prep])
-    desc = np.concatenate([p["desc"] for p in prep])
+    desc = np.ascontiguousarray(np.concatenate([p["desc"] for p in prep]), dtype=np.float32)
     owner = np.concatenate([np.full(len(p["kp"]), k) for k, p in enumerate(prep)])
     n = len(desc)
     k = min(cfg.neighbours, n - 1)
     if n < 2 or k < 1:
         return []
-    d = torch.from_numpy(desc)
-    own = torch.from_numpy(owner)
-    rows, cols = [], []
+    # every descriptor pair correlating >= min_desc_corr, from the upper triangle of the
+    # similarity matrix only (it is symmetric), block by block; descriptors of one image
+    # (owner is sorted) do not match
+    rs, cs, vs = [], [], []
     for a in range(0, n, 2048):
-        sim = d[a:a + 2048] @ d.T
-        c0, c1 = np.searchsorted(owner, owner[a]), np.searchsorted(owner, owner[min(n, a + 2048) - 1], "right")
-        block = sim[:, c0:c1]  # a view: descriptors of the same images (owner is sorted)
-        block[own[a:a + 2048, None] == own[None, c0:c1]] = -2.0
-        v, idx = torch.topk(sim, k, dim=1)
-        ok = (v >= cfg.min_desc_corr).numpy().ravel()
-        rows.append(np.repeat(np.arange(a, a + len(sim)), k)[ok])
-        cols.append(idx.numpy().ravel()[ok])
+        sim = desc[a:a + 2048] @ desc[a:].T
+        b = np.searchsorted(owner, owner[min(n, a + 2048) - 1], "right") - a
+        sim[:, :b][owner[a:a + 2048, None] >= owner[None, a:a + b]] = -2.0  # same image or lower triangle
+        hit = np.flatnonzero(sim.ravel() >= cfg.min_desc_corr)
+        r, c = np.divmod(hit, sim.shape[1])
+        rs.append(r + a)
+        cs.append(c + a)
+        vs.append(sim.ravel()[hit])
+    r, c, v = np.concatenate(rs), np.concatenate(cs), np.concatenate(vs)
+    r, c, v = np.r_[r, c], np.r_[c, r], np.r_[v, v]  # both directions
+    # each descriptor keeps its k nearest (the torch.topk of earlier versions, then the cut):
+    # the k best of those above the cut
+    order = np.lexsort((c, -v, r))
+    r, c = r[order], c[order]
+    keep = np.arange(len(r)) - np.searchsorted(r, r) < k
+    rows, cols = [r[keep]], [c[keep]]
     a_, b_ = np.concatenate(rows), np.concatenate(cols)
     swap = owner[a_] > owner[b_]
     a_[swap], b_[swap] = b_[swap], a_[swap]
@@ -305,12 +312,125 @@ def _ssim_of(pairs_of_thumbs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray
     return reg.ssim_pairs(stack, 2 * k, 2 * k + 1)
 
 
+# ----------------------------------------------------------------------------- cache
+
+#: Settings that change the per-image features (the rest only change the search).
+_FEATURE_SETTINGS = ("size", "resample", "det_pixels", "keypoints", "extended")
+
+
+def _files_digest(index) -> "hashlib._Hash":
+    """sha256 over every file's name, size and mtime (images and masks)."""
+    h = hashlib.sha256()
+    for img, masks in zip(index["image"], index["masks"]):
+        for p in (img, *masks):
+            st = p.stat()
+            h.update(f"{p.parent.name}/{p.name};{st.st_size};{st.st_mtime_ns}\n".encode())
+    return h
+
+
+def _cache_paths(index, cfg: DedupConfig) -> tuple[Path, Path]:
+    """(features .npz, verified pairs .json) in ``config.cache_dir()`` for this folder and
+    these settings: the features depend on the files and the feature settings, the
+    verified pairs on the files and every setting."""
+    files = _files_digest(index).hexdigest()
+    settings = dataclasses.asdict(cfg)
+    feat = {k: settings[k] for k in _FEATURE_SETTINGS}
+    fkey = hashlib.sha256(f"audit-features-v{_VERSION};{json.dumps(feat, sort_keys=True)};{files}".encode())
+    pkey = hashlib.sha256(f"audit-pairs-v{_VERSION};{json.dumps(settings, sort_keys=True)};{files}".encode())
+    d = config.cache_dir()
+    return d / f"audit_features_{fkey.hexdigest()[:20]}.npz", d / f"audit_pairs_{pkey.hexdigest()[:20]}.json"
+
+
+def _pack_features(prep: list[dict]) -> dict[str, np.ndarray]:
+    """The per-image features as a few flat arrays (no full-resolution image)."""
+    det_shape = np.array([p["det"].shape for p in prep], dtype=np.int64).reshape(-1, 2)
+    return {
+        "thumb": np.stack([p["thumb"] for p in prep]), "small": np.stack([p["small"] for p in prep]),
+        "shape": np.array([p["shape"] for p in prep], dtype=np.int64).reshape(-1, 2),
+        "scale": np.array([p["scale"] for p in prep], dtype=np.float64).reshape(-1, 2),
+        "det_shape": det_shape,
+        "det": np.concatenate([p["det"].astype(np.uint8).ravel() for p in prep]),
+        "det_mask": np.packbits(np.concatenate([p["det_mask"].astype(bool).ravel() for p in prep])),
+        "kp_count": np.array([len(p["kp"]) for p in prep], dtype=np.int64),
+        "kp": np.concatenate([p["kp"] for p in prep]).reshape(-1, 3).astype(np.float32),
+        "desc": np.concatenate([p["desc"] for p in prep]).reshape(-1, reg.DESC * reg.DESC).astype(np.float32),
+    }
+
+
+def _unpack_features(f) -> list[dict]:
+    """Inverse of :func:`_pack_features` (``det`` back to float32, as computed)."""
+    sizes = f["det_shape"].prod(axis=1)
+    starts = np.r_[0, np.cumsum(sizes)]
+    mask = np.unpackbits(f["det_mask"], count=int(starts[-1])).astype(bool)
+    kstarts = np.r_[0, np.cumsum(f["kp_count"])]
+    out = []
+    for k in range(len(f["thumb"])):
+        shp = tuple(int(v) for v in f["det_shape"][k])
+        a, b = starts[k], starts[k + 1]
+        out.append({"thumb": f["thumb"][k], "small": f["small"][k], "shape": tuple(int(v) for v in f["shape"][k]),
+                    "scale": tuple(float(v) for v in f["scale"][k]),
+                    "det": f["det"][a:b].reshape(shp).astype(np.float32), "det_mask": mask[a:b].reshape(shp),
+                    "kp": f["kp"][kstarts[k]:kstarts[k + 1]], "desc": f["desc"][kstarts[k]:kstarts[k + 1]]})
+    return out
+
+
+def _load_features(path: Path):
+    try:
+        with np.load(path) as f:
+            return _unpack_features({k: f[k] for k in f.files})
+    except (OSError, ValueError, KeyError):
+        return None  # a damaged cache file is recomputed
+
+
+def _save_features(path: Path, prep: list[dict]) -> None:
+    arrays = _pack_features(prep)
+
+    def write(p):
+        with open(p, "wb") as fh:
+            np.savez(fh, **arrays)
+    atomic_write(path, write)
+
+
+def _load_pairs(path: Path) -> dict[tuple[int, int], dict]:
+    """Verified pairs of an earlier run with the same files and settings ({} if none)."""
+    try:
+        rows = json.loads(path.read_text())
+        return {(int(a), int(b)): r for a, b, r in rows}
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def _save_pairs(path: Path, scored: dict) -> None:
+    rows = [[a, b, {k: v for k, v in r.items() if v is None or np.isfinite(v)}] for (a, b), r in sorted(scored.items())]
+    atomic_write(path, lambda p: p.write_text(json.dumps(rows)))
+
+
+class _Images:
+    """Full-resolution images by row: those decoded with the features, else read on first
+    use (a warm run reads only the images of pairs it has not verified before)."""
+
+    def __init__(self, index, prep: list[dict]):
+        self._paths = list(index["image"])
+        self._have = {k: p.pop("image") for k, p in enumerate(prep) if "image" in p}
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        if k not in self._have:
+            from mtbc_lib.data import read_image
+
+            self._have[k] = read_image(self._paths[k])
+        return self._have[k]
+
+
 def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress: bool = True,
-                workers: int = 2) -> AuditResult:
-    """Search a BUSI folder for groups of images showing the same scan (module doc).
+                workers: int = 2, cache: bool = True) -> AuditResult:
+    """Search a BUSI folder for groups of images showing the same scan, and for groups of
+    images showing the same lesion (module doc).
 
     ``data_dir``: the BUSI folder (default: ``config.data_dir()``); ``settings``: a
-    DedupConfig; ``workers``: decoding processes. Bad input raises
+    DedupConfig; ``workers``: decoding processes; ``cache``: keep the per-image features
+    (thumbnails, detection copies, keypoints: about 25 kB an image) and the verified pairs
+    in ``config.cache_dir()``, keyed by the files' names, sizes and mtimes and the
+    settings, so that a second run decodes no PNG and aligns no pair again. Bad input raises
     ``mtbc_lib.data.DataError`` (one line naming the file)."""
     from tqdm import tqdm  # text bar: also readable in the static book (a widget bar would be empty)
 
@@ -321,9 +441,16 @@ def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress:
     t0 = time.perf_counter()
     index = index_busi(data_dir).reset_index(drop=True)
     root = config.data_dir(data_dir)
-    prep = _decode_all(index, cfg, workers, progress)
+    feat_path, pairs_path = _cache_paths(index, cfg) if cache else (None, None)
+    prep = _load_features(feat_path) if cache and feat_path.exists() else None
+    if prep is None or len(prep) != len(index):
+        prep = _decode_all(index, cfg, workers, progress)
+        if cache:
+            _save_features(feat_path, prep)
+    known = _load_pairs(pairs_path) if cache and pairs_path.exists() else {}
+    images = _Images(index, prep)
     n = len(prep)
-    shapes = [p["image"].shape for p in prep]
+    shapes = [p["shape"] for p in prep]
     timings["decode"] = time.perf_counter() - t0
 
     # ---- paper: whole-image SSIM on the candidates
@@ -341,8 +468,15 @@ def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress:
         todo = []
         for a, b, n_in, p_det in tqdm(_keypoint_pairs(prep, cfg), desc="audit: aligning candidates",
                                       unit="pair", disable=not progress):
+            old = known.get((a, b), {})
+            if old.get("inliers") == n_in and "aligned_ssim" in old:  # verified by an earlier run
+                p = (old["sy"], old["sx"], old["ty"], old["tx"])
+                scored.setdefault((a, b), {}).update({k: old[k] for k in ("aligned_ssim", "overlap", "inliers")},
+                                                     sy=p[0], sx=p[1], ty=p[2], tx=p[3])
+                transforms[(a, b)] = p
+                continue
             p = reg.to_full(tuple(reg.refine(prep[a]["det"], prep[b]["det"], p_det)), prep[a]["scale"], prep[b]["scale"])
-            th = _aligned_thumbs(prep[a]["image"], prep[b]["image"], p, cfg)
+            th = _aligned_thumbs(images[a], images[b], p, cfg)
             if th is not None:
                 todo.append((a, b, n_in, p, th))
         for (a, b, n_in, p, th), v in zip(todo, _ssim_of([x[4][:2] for x in todo])):
@@ -369,14 +503,14 @@ def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress:
     group_of = np.full(n, -1)
     for g, m in enumerate(groups, start=1):
         group_of[m] = g
-    _complete_groups(groups, edges, scored, transforms, prep, thumbs, cfg)
+    _complete_groups(groups, edges, scored, transforms, prep, images, thumbs, cfg, known)
     timings["groups"] = time.perf_counter() - t
 
     # ---- same lesion: coarse SSIM of the aligned overlap, components with the copies
     t = time.perf_counter()
     cls = index["class"].to_numpy()
     if cfg.lesion:
-        _lesion_scores(scored, group_of, prep, cfg)
+        _lesion_scores(scored, group_of, prep, cfg, known)
     lesion_edges = sorted(k for k, r in scored.items() if r.get("lesion_ssim", -np.inf) >= cfg.lesion_threshold
                           and cls[k[0]] == cls[k[1]] and score(r) < thr)
     both = edges + lesion_edges
@@ -405,6 +539,8 @@ def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress:
     table = _group_table(index, pairs, groups, root)
     table.insert(len(DUPLICATE_COLUMNS) - 1, "lesion_group", lesion_of[table["row"].to_numpy()].astype(int))
     lesions = _lesion_table(index, pairs, lesion_of, group_of, root)
+    if cache and known != scored:
+        _save_pairs(pairs_path, scored)
     timings["tables"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     counts = {"images": n, "paper_candidates": int(len(ci)), "extended_candidates": len(transforms),
@@ -429,7 +565,8 @@ def _numbered_components(n: int, edges) -> np.ndarray:
     return out
 
 
-def _lesion_scores(scored: dict, group_of: np.ndarray, prep: list[dict], cfg: DedupConfig) -> None:
+def _lesion_scores(scored: dict, group_of: np.ndarray, prep: list[dict], cfg: DedupConfig,
+                   known: dict | None = None) -> None:
     """``lesion_ssim`` of every scored pair outside one same-scan group (in place): the
     pair's transform (the aligned one, else the whole-image map) refined by Lucas-Kanade on
     blurred detection copies, then SSIM of the overlap at ``lesion_size`` px."""
@@ -445,6 +582,10 @@ def _lesion_scores(scored: dict, group_of: np.ndarray, prep: list[dict], cfg: De
     todo = []
     for (a, b), r in scored.items():
         if group_of[a] > 0 and group_of[a] == group_of[b]:
+            continue
+        old = (known or {}).get((a, b), {})
+        if "lesion_ssim" in old and all(old.get(k) == r.get(k) for k in ("sy", "sx", "ty", "tx")):
+            r["lesion_ssim"] = old["lesion_ssim"]  # scored by an earlier run from the same transform
             continue
         da, db = prep[a]["det"], prep[b]["det"]
         if "sy" in r:
@@ -476,9 +617,12 @@ def _lesion_table(index, pairs, lesion_of: np.ndarray, group_of: np.ndarray, roo
     return pd.DataFrame(rows, columns=LESION_COLUMNS)
 
 
-def _complete_groups(groups, edges, scored, transforms, prep, thumbs, cfg: DedupConfig) -> None:
+def _complete_groups(groups, edges, scored, transforms, prep, images, thumbs, cfg: DedupConfig,
+                     known: dict | None = None) -> None:
     """Score every pair inside a group (in place): whole-image SSIM, a transform (the
-    direct alignment, else composed along same-scan edges), aligned SSIM and mask IoU."""
+    direct alignment, else composed along same-scan edges), aligned SSIM (from ``known``,
+    an earlier run's pairs, when it aligned the pair with the same transform) and mask IoU."""
+    known = known or {}
     adj: dict[int, list[int]] = {}
     for a, b in edges:
         adj.setdefault(a, []).append(b)
@@ -489,7 +633,7 @@ def _complete_groups(groups, edges, scored, transforms, prep, thumbs, cfg: Dedup
             return transforms[(a, b)]
         if (b, a) in transforms:
             return reg.invert(transforms[(b, a)])
-        return reg.whole(prep[a]["image"].shape, prep[b]["image"].shape)
+        return reg.whole(prep[a]["shape"], prep[b]["shape"])
 
     need_plain, need_aligned = [], []
     for m in groups:
@@ -506,10 +650,14 @@ def _complete_groups(groups, edges, scored, transforms, prep, thumbs, cfg: Dedup
                 if "plain_ssim" not in row:
                     need_plain.append((a, b))
                 p = transforms.get((a, b)) or maps[b]
-                if "aligned_ssim" not in row and p != reg.whole(prep[a]["image"].shape, prep[b]["image"].shape):
-                    th = _aligned_thumbs(prep[a]["image"], prep[b]["image"], p, cfg)
-                    if th is not None:
-                        need_aligned.append((a, b, th))
+                if "aligned_ssim" not in row and p != reg.whole(prep[a]["shape"], prep[b]["shape"]):
+                    old = known.get((a, b), {})
+                    if "aligned_ssim" in old and tuple(old.get(k) for k in ("sy", "sx", "ty", "tx")) == tuple(p):
+                        row.update(aligned_ssim=old["aligned_ssim"], overlap=old["overlap"])
+                    else:
+                        th = _aligned_thumbs(images[a], images[b], p, cfg)
+                        if th is not None:
+                            need_aligned.append((a, b, th))
                 row.update({k: v for k, v in zip(("sy", "sx", "ty", "tx"), p) if k not in row})
                 row["mask_iou"] = reg.mask_iou(prep[a]["det_mask"], prep[b]["det_mask"],
                                                reg.to_det(p, prep[a]["scale"], prep[b]["scale"]))

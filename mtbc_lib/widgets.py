@@ -1,7 +1,8 @@
 """Interactive duplicate explorer (ipywidgets) for the groups ``dedup.find_groups`` found.
 
 ``DuplicateExplorer(result)`` shows one group at a time: its members side by side with
-their mask outlines, the pairwise scores, and a keep/drop toggle per image; filters by
+their mask outlines, the pairwise scores, its lesion group (and the other frames of that
+lesion, which are not copies), and a keep/drop toggle per image; filters by
 group size, class and label conflict; next/previous; and exports the resulting keep-list
 in the published ``class;id`` format. Everything the buttons do is also a method, so
 the explorer can be driven (and tested) from Python.
@@ -194,8 +195,14 @@ class DuplicateExplorer:
         t = self.result.groups[self.result.groups["group"] == g]
         info = t.iloc[0]
         conflict = " <b style='color:#c53030'>label conflict</b>" if info["label_conflict"] else ""
+        lesion = ""
+        if "lesion_group" in t and self.result.lesions is not None:
+            lg = int(info["lesion_group"])
+            m = self.result.lesions[self.result.lesions["lesion_group"] == lg]
+            others = ", ".join(self.result.index.loc[m.loc[m["group"] != g, "row"], "name"])
+            lesion = f"; lesion group {lg}" + (f" (other frames: {html.escape(others)})" if others else "")
         self.position.value = (f"group <b>{g}</b> ({self._pos + 1} of {n} shown): {info['size']} images, "
-                               f"{info['classes']}, {info['method']}{conflict}")
+                               f"{info['classes']}, {info['method']}{conflict}{lesion}")
         panels = []
         for _, r in t.iterrows():
             key = (r["class"], int(r["id"]))

@@ -99,6 +99,8 @@ def test_lesion_tables(lesion_result):
     assert t.loc[0.805, ["lesion_groups", "images_in_groups", "added_images", "added_benign"]].tolist() == [1, 3, 1, 1]
     assert t.at[0.99, "added_images"] == 0 and t.at[0.99, "lesion_groups"] == 1  # the copies alone
     assert t.at[0.5, "added_images"] >= 1 and t.at[0.5, "largest"] >= 3
+    fig = audit.lesion_threshold_figure(t.reset_index(), 0.805)
+    assert len(fig.data) == 3 and list(fig.data[0].y) == t["added_images"].tolist()
 
 
 def test_lesion_figures(lesion_result):

@@ -382,3 +382,32 @@ def test_cli_lesion_options(lesions, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["audit", str(root), "--out", str(tmp_path / "c"), "--lesion-threshold", "2"])
     assert exc.value.code == 2 and "--lesion-threshold: 2 is not an SSIM value" in capsys.readouterr().err
+
+
+def test_second_run_reads_no_png_and_finds_the_same(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from mtbc_lib import data
+
+    root = write_synthetic_lesions(tmp_path / "BUSI")
+    first = dedup.find_groups(root, progress=False, workers=1)
+    cached = sorted(p.name.split("_")[1] for p in (tmp_path / "cache").glob("audit_*"))
+    assert cached == ["features", "pairs"]
+    assert dedup.find_groups(root, progress=False, workers=1, cache=False).pairs.equals(first.pairs)
+
+    def boom(*a, **k):
+        raise AssertionError("decoded a PNG")
+
+    with monkeypatch.context() as m:
+        m.setattr(dedup, "_decode_all", boom)
+        m.setattr(data, "read_image", boom)
+        second = dedup.find_groups(root, progress=False, workers=1)
+    pd.testing.assert_frame_equal(second.pairs, first.pairs)
+    pd.testing.assert_frame_equal(second.groups, first.groups)
+    pd.testing.assert_frame_equal(second.lesions, first.lesions)
+    # a changed file is a new folder: decoded again
+    png = root / "benign" / "benign (4).png"
+    Image.fromarray(np.asarray(Image.open(png))[:, ::-1]).save(png)
+    assert len(list((tmp_path / "cache").glob("audit_features_*"))) == 1
+    dedup.find_groups(root, progress=False, workers=1)
+    assert len(list((tmp_path / "cache").glob("audit_features_*"))) == 2

@@ -74,3 +74,13 @@ def test_paper_initial_marks_drop_every_member(result):
     assert ex.keep_set() == result.keep("paper") == OUTSIDE
     with pytest.raises(ValueError, match="initial"):
         DuplicateExplorer(result, initial="none")
+
+
+def test_position_names_the_lesion_group(tmp_path_factory):
+    from test_dedup import write_synthetic_lesions
+
+    root = write_synthetic_lesions(tmp_path_factory.mktemp("wl") / "BUSI")
+    r = dedup.find_groups(root, progress=False, workers=1)
+    ex = DuplicateExplorer(r, height=48)
+    assert ex.visible_groups == [1]
+    assert "lesion group 1 (other frames: benign (1))" in ex.position.value
