@@ -9,6 +9,7 @@ The module builds the book once with ``mtbc_lib.book.build`` (the command of
 from __future__ import annotations
 
 import html as html_lib
+import json
 import re
 import shutil
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mtbc_lib import book, provenance
+from mtbc_lib import book, models, provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 HTML = ROOT / book.HTML_DIR
@@ -83,19 +84,20 @@ def test_stored_notebooks_ran_to_completion_under_papermill():
     assert not bad, f"stored notebooks not cleanly executed by papermill: {bad}"
 
 
-def test_plotting_cells_hide_their_input():
-    """Convention: a cell whose output is a figure carries ``hide-input`` (or
-    ``remove-input``), so readers see the figure, not the plotting code."""
+def test_plotting_cells_hide_their_input(built):
+    """Every cell that draws a figure shows the figure, not its code: on the built pages,
+    each cell holding a figure has its code removed or collapsed behind a toggle (the
+    reader view does it for any notebook, tagged or not)."""
+    cell_re = re.compile(r'<div class="cell(?: [^"]*)? docutils container"[^>]*>(.*?)(?=<div class="cell(?: [^"]*)? docutils container"|<footer|$)', re.S)
     offenders = []
     for path in _stored():
-        nb = nbformat.read(path, as_version=4)
-        for i, cell in enumerate(nb.cells):
-            figure = any(PLOTLY_MIME in o.get("data", {}) or "image/png" in o.get("data", {})
-                         or "image/svg+xml" in o.get("data", {}) for o in cell.get("outputs", []))
-            tags = set(cell.get("metadata", {}).get("tags", []))
-            if figure and not tags & {"hide-input", "remove-input", "remove-cell"}:
-                offenders.append(f"{path.relative_to(ROOT)} cell {i}")
-    assert not offenders, f"plotting cells without the hide-input tag: {offenders}"
+        page = (built / f"{_docname(path)}.html").read_text(encoding="utf-8")
+        for i, cell in enumerate(cell_re.findall(page)):
+            figure = FIGURE_DIV in cell or "<img " in cell
+            code = '<div class="cell_input docutils container">' in cell
+            if figure and code and '<details class="admonition hide above-input"' not in cell:
+                offenders.append(f"{_docname(path)} cell {i}")
+    assert not offenders, f"figure cells whose code is shown: {offenders}"
 
 
 def test_no_widget_output_is_left_for_the_static_book():
@@ -231,3 +233,194 @@ def test_plotly_figure_survives_papermill_and_the_build(tmp_path):
     assert re.search(r'<script[^>]+src="\.\./_static/plotly\.min\.js', page)
     assert (tmp_path / "_build" / "html" / "_static" / "plotly.min.js").is_file()
     assert page.count("Plotly.newPlot(") == 2 and '"type":"bar"' in page and '"type":"scatter"' in page
+
+
+# --------------------------------------------------------------------------- reader's view
+
+def _notebook(*cells) -> dict:
+    nb = nbformat.v4.new_notebook(cells=list(cells))
+    return json.loads(nbformat.writes(nb))
+
+
+def _stream(text: str) -> dict:
+    return nbformat.v4.new_output("stream", name="stdout", text=text)
+
+
+def _display(mime: str, value: str) -> dict:
+    return nbformat.v4.new_output("display_data", data={mime: value})
+
+
+def test_reader_view_removes_parameters_and_setup_and_collapses_display_code():
+    nb = _notebook(
+        nbformat.v4.new_markdown_cell("# A chapter"),
+        nbformat.v4.new_code_cell("n: int = 3", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("n = 4", metadata={"tags": ["injected-parameters"]}),
+        nbformat.v4.new_code_cell("import os\nprint('ready')", outputs=[_stream("ready\n")]),
+        nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_markdown_cell("## Results"),
+        nbformat.v4.new_code_cell("fig", outputs=[_display("image/png", "iVBORw0KGgo=")]),
+        nbformat.v4.new_code_cell("df", outputs=[_display("text/html", "<table><tr><th>dsc_avg</th></tr></table>")]),
+        nbformat.v4.new_code_cell("train()", outputs=[_stream("epoch 1\n")]),
+        nbformat.v4.new_code_cell("df2", metadata={"tags": ["show-input"]},
+                                  outputs=[_display("text/html", "<table></table>")]),
+        nbformat.v4.new_code_cell("fig2", metadata={"tags": ["remove-input"]},
+                                  outputs=[_display("image/png", "iVBORw0KGgo=")]),
+        nbformat.v4.new_code_cell("late_setup()", metadata={"tags": ["setup"]}),
+    )
+    book.reader_view(nb, name="chapter")
+    tags = [set(c["metadata"].get("tags", [])) for c in nb["cells"]]
+    assert "remove-cell" in tags[1] and "remove-cell" in tags[2]      # parameters
+    assert tags[3] == {"remove-input"}                                # set-up that prints: output kept
+    assert tags[4] == {"remove-cell"}                                 # set-up without output: gone
+    assert tags[6] == {"hide-input"} and tags[7] == {"hide-input"}    # figure, table: code collapsed
+    assert tags[8] == set()                                           # a log: its code stays
+    assert tags[9] == {"show-input"} and tags[10] == {"remove-input"}  # explicit tags win
+    assert tags[11] == {"setup", "remove-cell"}
+    assert "dsc_<wbr>avg" in nb["cells"][7]["outputs"][0]["data"]["text/html"]
+    assert book._source(nb["cells"][0]) == "# A chapter"              # not a training run: title kept
+
+
+def test_setup_cells_end_at_the_first_markdown_cell():
+    nb = _notebook(nbformat.v4.new_code_cell("p = 1", metadata={"tags": ["parameters"]}),
+                   nbformat.v4.new_code_cell("a = 1"), nbformat.v4.new_code_cell("b = 2"),
+                   nbformat.v4.new_markdown_cell("text"), nbformat.v4.new_code_cell("c = 3"))
+    assert book.setup_cells(nb) == [1, 2]
+    assert book.setup_cells(_notebook(nbformat.v4.new_code_cell("a = 1"))) == []
+
+
+def test_notebook_parameters_read_defaults_then_injected_values():
+    nb = _notebook(
+        nbformat.v4.new_code_cell('backbone: str = "unetplusplus"  # network\nepochs: int | None = None\nlr = 1e-4',
+                                  metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell('# Parameters\nbackbone = "nnunet"\nepochs = 3\n', metadata={"tags": ["injected-parameters"]}))
+    assert book.notebook_parameters(nb) == {"backbone": "nnunet", "epochs": 3, "lr": 1e-4}
+
+
+def test_run_title_names_backbone_configuration_and_profile():
+    cfg = {"backbone": "unetplusplus", "task": "mt", "oversampling": True, "profile": "fast",
+           "run_name": "unetplusplus-mt-do-fast"}
+    assert book.run_title(cfg) == "U-Net++ · MT+DO · fast"
+    assert book.run_title({**cfg, "task": "seg", "oversampling": False, "profile": "cpu",
+                           "run_name": "unetplusplus-st-seg-cpu"}) == "U-Net++ · ST(Seg) · cpu"
+    assert book.run_title({**cfg, "backbone": "nnunet-planned", "task": "cls", "profile": "steady",
+                           "run_name": "nnunet-planned-st-cls-do-steady-epochs24"}) == \
+        f"{models.BACKBONES['nnunet-planned'].title} · ST(Cls)+DO · steady · epochs24"
+
+
+def test_run_pages_are_titled_from_their_own_config(built):
+    """Each run page's heading is run_title of the config.json its run wrote (not the
+    template's generic title), and no two run pages share a title."""
+    titles = {}
+    for path in sorted((BOOK_DIR / "runs").glob("*.ipynb")):
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        params = book.notebook_parameters(nb)
+        config_json = ROOT / "results" / params.get("run_name", path.stem) / "config.json"
+        assert config_json.is_file(), f"{path.name}: its run's config.json is not under results/"
+        expected = book.run_title(json.loads(config_json.read_text())["config"])
+        page = (built / f"{_docname(path)}.html").read_text(encoding="utf-8")
+        h1 = re.search(r"<h1>([^<]*)<a class=\"headerlink\"", page)
+        assert h1 and html_lib.unescape(h1.group(1)).strip() == expected, f"{path.name}: {h1 and h1.group(1)!r}"
+        titles[expected] = titles.get(expected, 0) + 1
+    assert titles and all(n == 1 for n in titles.values()), titles
+
+
+def test_toc_groups_the_runs_under_their_backbone():
+    """_toc.yml's generated block is up to date (python -m mtbc_lib.book toc) and puts
+    every run notebook in the part of its backbone."""
+    toc = (ROOT / "_toc.yml").read_text()
+    assert book.runs_toc_block(ROOT) in toc, "_toc.yml is stale: run python -m mtbc_lib.book toc"
+    import yaml
+
+    parts = {p["caption"]: [c["file"] for c in p["chapters"]] for p in yaml.safe_load(toc)["parts"]}
+    for path in sorted((BOOK_DIR / "runs").glob("*.ipynb")):
+        cfg = book.run_config(json.loads(path.read_text(encoding="utf-8")), ROOT, path.stem)
+        caption = "Training runs: " + models.BACKBONES[cfg["backbone"]].title
+        assert _docname(path) in parts.get(caption, []), f"{path.name} is not under {caption!r}"
+
+
+def test_sync_toc_rewrites_only_its_block(tmp_path):
+    (tmp_path / "book" / "runs").mkdir(parents=True)
+    text = ("format: jb-book\nroot: intro\nparts:\n  - caption: Data\n    chapters:\n      - file: a\n"
+            f"  {book.TOC_BEGIN}\n  - caption: stale\n  {book.TOC_END}\n  - caption: After\n")
+    (tmp_path / "_toc.yml").write_text(text)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Training one setting"),
+                                         nbformat.v4.new_code_cell(
+                                             'backbone = "nnunet"\ntask = "seg"\noversampling = False\n'
+                                             'profile = "fast"\nrun_name = "nnunet-st-seg-fast"',
+                                             metadata={"tags": ["injected-parameters"]})])
+    nbformat.write(nb, tmp_path / "book" / "runs" / "nnunet-st-seg-fast.ipynb")
+    assert book.sync_toc(tmp_path) is True
+    new = (tmp_path / "_toc.yml").read_text()
+    assert "stale" not in new and new.startswith(text.split(f"  {book.TOC_BEGIN}")[0]) and new.endswith("  - caption: After\n")
+    assert '- caption: "Training runs: nnU-Net"\n    chapters:\n      - file: book/runs/nnunet-st-seg-fast' in new
+    assert book.sync_toc(tmp_path) is False
+
+
+def test_built_pages_hide_parameters_but_downloads_keep_them(built):
+    """No parameters cell on any page; the .ipynb behind each page's download button is
+    the executed notebook, parameters included."""
+    for path in _stored():
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        params = [c for c in nb["cells"] if book.PARAMETER_TAGS & set(c["metadata"].get("tags", []))]
+        page = (built / f"{_docname(path)}.html").read_text(encoding="utf-8")
+        assert "tag_parameters" not in page and "tag_injected-parameters" not in page, path.name
+        for cell in params:
+            first = next((ln for ln in book._source(cell).splitlines() if "=" in ln), None)
+            if first:
+                assert html_lib.escape(first.strip()) not in page, f"{path.name} shows {first!r}"
+        rel = path.relative_to(ROOT).as_posix()
+        assert f'href="{"../" * rel.count("/")}_sources/{rel}"' in page, f"{path.name}: no download link"
+        assert (built / "_sources" / rel).read_bytes() == path.read_bytes()
+
+
+def test_column_part_splits_a_wide_table():
+    import pandas as pd
+
+    df = pd.DataFrame({"dsc_avg": ["0.5", "–"], "f1_weighted": ["–", "0.7"], "acc": ["–", "0.8"]},
+                      index=["ST(Seg)", "ST(Cls)"])
+    seg = book.column_part(df.style, ["dsc_avg"], "Segmentation").to_html()
+    cls = book.column_part(df.style, ["f1_weighted", "acc"]).to_html()
+    assert "Segmentation" in seg and "DSC avg" in seg and "F1 weighted" not in seg and "ST(Cls)" not in seg
+    assert "F1 weighted" in cls and "ACC" in cls and "DSC avg" not in cls and "ST(Seg)" not in cls
+    with pytest.raises(ValueError, match="none of"):
+        book.column_part(df, ["dsc_normal"])
+
+
+def test_figures_page_links_every_figure_to_its_section(built):
+    """The figures page shows one card per figure of book_figures, and each card's link
+    leads to a page of the book and an id on that page."""
+    figures = book.book_figures(ROOT)
+    assert len(figures) >= 5
+    page = (built / "book" / "figures.html").read_text(encoding="utf-8")
+    assert page.count('<figure class="mtbc-card') == len(figures)
+    links = re.findall(r'<figcaption><a href="([^"]+)"', page)
+    assert len(links) == len(figures)
+    for href in links:
+        target, _, anchor = href.partition("#")
+        html_path = (built / "book" / target).resolve()
+        assert html_path.is_file(), href
+        if anchor:
+            assert f'id="{anchor}"' in html_path.read_text(encoding="utf-8"), f"{href}: no such section"
+    run_links = re.findall(r'<li><a href="(runs/[^"]+)"', page)
+    assert len(run_links) == len(list((BOOK_DIR / "runs").glob("*.ipynb")))
+
+
+_PATH_IN_CODE = re.compile(r"`([A-Za-z0-9_.\-/]+/[A-Za-z0-9_.\-]+\.(?:md|py|ipynb|csv|json|ya?ml|txt|npz|toml))`")
+
+
+def test_pages_cite_only_files_of_the_repository():
+    """A file path quoted in the prose of a page exists in the repository (no absolute
+    path, nothing outside it); nothing cites PAPER.md or DESIGN.md."""
+    bad = []
+    for doc in book.toc_docnames(ROOT):
+        src = ROOT / f"{doc}.ipynb"
+        if src.is_file():
+            texts = [book._source(c) for c in json.loads(src.read_text(encoding="utf-8"))["cells"]
+                     if c["cell_type"] == "markdown"]
+        else:
+            texts = [(ROOT / f"{doc}.md").read_text(encoding="utf-8")]
+        for text in texts:
+            bad += [f"{doc}: {m}" for m in _PATH_IN_CODE.findall(text)
+                    if m.startswith(("/", "..")) or not (ROOT / m).exists()]
+            bad += [f"{doc}: {name}" for name in ("PAPER.md", "DESIGN.md") if name in text]
+    assert not bad, f"pages citing files that are not in the repository: {bad}"

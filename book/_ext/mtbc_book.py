@@ -1,4 +1,12 @@
-"""Sphinx extension of the mtbc book: serve plotly.js from the book itself.
+"""Sphinx extension of the mtbc book: the reader's view of every notebook, and
+plotly.js served from the book itself.
+
+Every stored notebook is shown as ``mtbc_lib.book.reader_view`` makes it (parameters and
+set-up code removed, the code of figures and tables collapsed, training runs titled by
+their configuration), for every notebook of the book at once: the change is made to the
+notebook text Sphinx reads (``source-read``), never to the files, so the ``.ipynb``
+offered for download is the executed notebook as papermill stored it. The book's own
+stylesheet (``_static/mtbc.css``: tables that fit the text column) is added to every page.
 
 Notebook figures are stored as HTML that calls the page's ``Plotly`` global
 (``mtbc_lib.plots.show_plotly`` never embeds plotly.js). This extension
@@ -17,6 +25,7 @@ Loaded through ``sphinx.local_extensions`` in ``_config.yml``.
 from __future__ import annotations
 
 import filecmp
+import json
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -73,8 +82,21 @@ def _reread_build_time_pages(app, env, added, changed, removed) -> list[str]:
     return [doc for doc in app.config.mtbc_reread_always if doc in env.found_docs]
 
 
+def _reader_view(app, docname, source) -> None:
+    """Apply ``mtbc_lib.book.reader_view`` to a notebook as Sphinx reads it."""
+    path = Path(app.env.doc2path(docname))
+    if path.suffix != ".ipynb":
+        return
+    from mtbc_lib.book import reader_view
+
+    nb = json.loads(source[0])
+    source[0] = json.dumps(reader_view(nb, root=Path(app.srcdir), name=path.stem), ensure_ascii=False)
+
+
 def setup(app):
-    app.add_config_value("mtbc_reread_always", ["book/reproducibility"], "env")
+    app.connect("source-read", _reader_view)
+    app.add_css_file("mtbc.css")
+    app.add_config_value("mtbc_reread_always", ["book/reproducibility", "book/figures"], "env")
     app.connect("env-get-outdated", _reread_build_time_pages)
     app.connect("html-page-context", _add_plotly_to_page)
     app.connect("html-page-context", _drop_duplicate_scripts, priority=900)  # after every add
