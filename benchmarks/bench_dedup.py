@@ -1,29 +1,41 @@
-"""Duplicate search: our audit against brute-force all-pairs SSIM, on the real BUSI data.
+"""Duplicate search: our audit (cold and warm) against brute-force all-pairs SSIM and
+against a peer tool (imagededup), on the real BUSI data.
 
-    .venv/bin/python benchmarks/bench_dedup.py [--data DIR] [--sample 3000] [--no-recall]
+    .venv/bin/python benchmarks/bench_dedup.py [--data DIR] [--sample 3000] [--no-recall] [--no-exact]
 
 In one run:
 
-1. **Our audit, first run**: ``mtbc audit DATA --out TMP`` as a subprocess with an empty
-   ``MTBC_CACHE`` (PNG decoding in a pool of 2 processes included, Python start-up too):
-   wall time, CPU time (all processes), and the in-process stage times of
-   ``dedup.find_groups``.
+1. **Our audit, cold and warm**: ``mtbc audit DATA --out TMP`` as a subprocess (Python
+   start-up and the pool of 2 decoding processes included), first with an empty
+   ``MTBC_CACHE`` (cold: every PNG decoded), then again with the cache it left (warm: the
+   per-image features and the verified pairs are read back): wall time, CPU time (all
+   processes), the load average beside each; and the in-process stage times of
+   ``dedup.find_groups`` for a cold and a warm run.
 2. **Brute force at the paper's setting** (the naive baseline): scikit-image's
    ``structural_similarity`` on every pair of the 780 thumbnails (grey, 64x64 bilinear):
    timed on a random sample of ``--sample`` pairs and extrapolated to all 303,810, plus the
    time to decode and resize the PNGs (measured in step 3, single process).
-3. **Exactness of the candidate filter**: the whole-image SSIM of *all* 303,810 pairs,
-   computed exactly with the vectorised ``registration.ssim_pairs`` (equal to scikit-image, see
-   tests/test_registration.py); the groups of pairs >= threshold must equal the groups of our
-   search restricted to its whole-image ("paper") edges; the margin of the filter is the
-   lowest candidate score (correlation of centred 16x16 thumbnails) of a pair with SSIM
-   >= 0.5 / 0.7 / threshold, against the filter's cut.
-4. **Recall of the crop/rescale search** (``--no-recall`` skips it): the search again with
-   generous keypoint settings (64 keypoints, 16 neighbours, descriptor correlation 0.8, 3
-   inliers): the same-scan pairs must not change.
+3. **Exactness of the candidate filter** (``--no-exact`` skips it): the whole-image SSIM of
+   *all* 303,810 pairs, computed exactly with the vectorised ``registration.ssim_pairs``
+   (equal to scikit-image, see tests/test_registration.py); the groups of pairs >= threshold
+   must equal the groups of our search restricted to its whole-image ("paper") edges; the
+   margin of the filter is the lowest candidate score (correlation of centred 16x16
+   thumbnails) of a pair with SSIM >= 0.5 / 0.7 / threshold, against the filter's cut.
+4. **Recall of the crop/rescale and lesion search** (``--no-recall`` skips it): the search
+   again with generous keypoint settings (64 keypoints, 16 neighbours, descriptor
+   correlation 0.8, 3 inliers) and a looser candidate filter (0.5): the same-scan pairs and
+   the lesion groups must not change.
+5. **A peer tool**: imagededup (perceptual hashes: pHash, dHash, aHash, wHash, each with its
+   default Hamming-distance threshold 10; its CNN needs MobileNetV3 weights from the
+   network and is reported as not run when they cannot be fetched) on the same 780 images:
+   time (its own PNG decoding included, one process), groups found, and agreement with our
+   two levels: the share of our same-group pairs it also puts together (recall) and the
+   share of its pairs that we group too (precision), per level.
 
 The timings are wall clock on a shared 2-core machine: the load average before and after
-is recorded. Output: printed and written to ``benchmarks/results/bench_dedup.md``.
+each timed step is recorded. Output: printed and written to ``benchmarks/results/bench_dedup.md``.
+imagededup is a benchmark-only dependency (``pip install -e .[bench]``, see pyproject.toml);
+without it step 5 says so and the rest runs.
 """
 
 from __future__ import annotations
@@ -52,91 +64,95 @@ def _load() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def run_audit(data: Path, out: Path) -> dict:
-    """Time `mtbc audit` in a fresh process with an empty cache."""
-    env = dict(os.environ, MTBC_CACHE=str(out / "cache"))
+def run_audit(data: Path, out: Path, cache: Path) -> dict:
+    """Time `mtbc audit` in a fresh process with the cache folder ``cache``."""
+    env = dict(os.environ, MTBC_CACHE=str(cache))
+    load = _load()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "mtbc_lib.cli", "audit", str(data), "--out", str(out / "audit"),
+    run = subprocess.run([sys.executable, "-m", "mtbc_lib.cli", "audit", str(data), "--out", str(out),
                           "--quiet"], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if run.returncode:
         raise SystemExit(f"mtbc audit failed: {run.stderr.strip()}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall": wall, "cpu": cpu}
+    return {"wall": wall, "cpu": cpu, "load": load}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default=None, help="BUSI folder (default: MTBC_DATA or ../shared/data/BUSI)")
-    ap.add_argument("--sample", type=int, default=3000, help="pairs timed with scikit-image")
-    ap.add_argument("--no-recall", action="store_true", help="skip the generous-settings recall check")
-    args = ap.parse_args(argv)
+def _pairs_of(labels: dict) -> set:
+    """{(a, b)}: every pair of keys that share a label (a < b)."""
+    by: dict = {}
+    for k, g in labels.items():
+        by.setdefault(g, []).append(k)
+    return {(a, b) for m in by.values() for i, a in enumerate(sorted(m)) for b in sorted(m)[i + 1:]}
 
+
+def peer_tool(index, res) -> list[str]:
+    """imagededup's hashes (and CNN, if its weights can be had) on the same images,
+    against our two levels. Returns the report's lines."""
+    lines = ["## 5. A peer tool: imagededup on the same images", ""]
+    try:
+        import imagededup
+        from imagededup import methods
+    except ImportError as exc:
+        return lines + [f"imagededup is not installed ({exc}); `pip install -e .[bench]` installs it.", ""]
+    from importlib.metadata import version
+
+    from mtbc_lib import dedup
+
+    names = [f"{c}/{n}" for c, n in zip(index["class"], index["name"])]
+    ours = {}
+    for level, table, col in (("same scan", res.groups, "group"), ("same lesion", res.lesions, "lesion_group")):
+        ours[level] = _pairs_of({names[r]: g for r, g in zip(table["row"], table[col])})
+    lines += [f"imagededup {version('imagededup')}, each method with its defaults (Hamming distance <= 10 of "
+              "64-bit hashes), one process, its own PNG decoding included. Groups: connected components of the "
+              "pairs it reports. Recall: the share of our same-group pairs (same scan: "
+              f"{len(ours['same scan'])} pairs; same lesion: {len(ours['same lesion'])}) that it links too; "
+              "precision: the share of its pairs that we group at that level.", "",
+              "| method | time (s) | load before | pairs | groups | images in groups | recall, same scan | "
+              "precision, same scan | recall, same lesion | precision, same lesion |",
+              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in ("PHash", "DHash", "AHash", "WHash", "CNN"):
+        load = _load()
+        t = time.perf_counter()
+        try:
+            hasher = getattr(methods, name)(verbose=False)
+            enc = {k: hasher.encode_image(image_file=str(p)) for k, p in zip(names, index["image"])}
+            dups = hasher.find_duplicates(encoding_map=enc)
+        except Exception as exc:  # the CNN fetches its weights from the network
+            lines.append(f"| {name} | – | {load} | not run: {type(exc).__name__}: {' '.join(str(exc).split())[:120]} "
+                         "| | | | | | |")
+            continue
+        wall = time.perf_counter() - t
+        theirs = {(a, b) if a < b else (b, a) for a, m in dups.items() for b in m}
+        key = {k: i for i, k in enumerate(names)}
+        lab = dedup.components(len(names), [key[a] for a, _ in theirs], [key[b] for _, b in theirs])
+        sizes = np.bincount(lab)
+        grouped = sizes[lab] >= 2
+        row = [name, f"{wall:.1f}", load, str(len(theirs)), str(int((sizes >= 2).sum())), str(int(grouped.sum()))]
+        their_pairs = _pairs_of({names[k]: lab[k] for k in range(len(names)) if grouped[k]})
+        for level in ("same scan", "same lesion"):
+            both = len(ours[level] & their_pairs)
+            row += [f"{both / max(1, len(ours[level])):.3f}", f"{both / max(1, len(their_pairs)):.3f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines + ["", f"(imagededup module: {imagededup.__file__})", ""]
+
+
+def exact_check(res, thumbs, cfg) -> list[str]:
+    """Step 3: whole-image SSIM of all pairs, exactly; its groups against ours; the filter's margin."""
     from PIL import Image
-    from skimage.metrics import structural_similarity
 
-    from mtbc_lib import config, dedup, registration
-    from mtbc_lib.data import index_busi, read_image
+    from mtbc_lib import dedup, registration
 
-    data = config.data_dir(args.data)
-    cfg = dedup.DedupConfig()
-    lines = [f"# Duplicate search benchmark ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
-             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
-             f"{platform.python_version()}; load average before (1/5/15 min): {_load()}.",
-             f"Setting: {cfg.size}x{cfg.size} {cfg.resample} grey thumbnails, scikit-image SSIM "
-             f"(7x7 uniform window), same scan if SSIM >= {cfg.threshold}.", ""]
-
-    # 1. our audit, first run, as the command line runs it
-    with tempfile.TemporaryDirectory() as tmp:
-        audit = run_audit(data, Path(tmp))
-    res = dedup.find_groups(data, progress=False)  # in process, for the stage times and the groups
-    n = len(res.index)
+    n = len(thumbs)
     n_pairs = n * (n - 1) // 2
-    stages = ", ".join(f"{k} {v:.1f} s" for k, v in res.timings.items())
-    lines += ["## 1. Our audit (first run, cold cache)", "",
-              f"`mtbc audit` on {n} images: **{audit['wall']:.1f} s wall**, {audit['cpu']:.1f} s CPU "
-              f"(all processes; {audit['cpu'] / 2:.1f} s if the 2 cores were ours alone).",
-              f"Stages of a second, in-process run: {stages}.",
-              f"Pairs verified: {res.counts['paper_candidates']} whole-image candidates (of {n_pairs:,}), "
-              f"{res.counts['extended_candidates']} aligned keypoint candidates.",
-              "", "```", dedup.summary(res), "```", ""]
-
-    # 3 (first, it gives the decode time): exact SSIM of all pairs, vectorised
-    index = index_busi(data)
-    t = time.perf_counter()
-    thumbs = np.stack([np.asarray(Image.fromarray(read_image(p)).resize((cfg.size, cfg.size),
-                                                                          dedup.RESAMPLE[cfg.resample]))
-                       for p in index["image"]])
-    t_decode = time.perf_counter() - t
     i, j = np.triu_indices(n, 1)
     t = time.perf_counter()
     full = registration.ssim_pairs(thumbs, i, j, batch=1024)
     t_exact = time.perf_counter() - t
-
-    # 2. brute force with scikit-image on a sample of pairs
-    rng = np.random.default_rng(1993)
-    pick = rng.choice(n_pairs, size=min(args.sample, n_pairs), replace=False)
-    t = time.perf_counter()
-    sk = np.array([structural_similarity(thumbs[i[k]], thumbs[j[k]], data_range=255) for k in pick])
-    t_sample = time.perf_counter() - t
-    per_pair = t_sample / len(pick)
-    brute = t_decode + per_pair * n_pairs
-    max_err = float(np.abs(sk - full[pick]).max())
-    lines += ["## 2. Brute force: scikit-image SSIM on all pairs (paper's setting)", "",
-              f"{len(pick)} random pairs: {t_sample:.2f} s, {per_pair * 1e3:.3f} ms per pair -> "
-              f"{per_pair * n_pairs:.0f} s for all {n_pairs:,} pairs, plus {t_decode:.1f} s decoding and "
-              f"resizing (one process): **{brute:.0f} s**.",
-              f"**Ratio brute force / our audit: {brute / audit['wall']:.1f}x** (wall; our audit also "
-              "searches crops and rescales, which brute force at this setting cannot find).",
-              f"The SSIM stage alone, after decoding: brute force {per_pair * n_pairs:.0f} s, ours (candidate filter "
-              f"+ exact SSIM of the candidates, stage `paper_search`) {res.timings['paper_search']:.2f} s: "
-              f"**{per_pair * n_pairs / res.timings['paper_search']:.0f}x**.",
-              f"Largest difference between scikit-image and `registration.ssim_pairs` on the sample: {max_err:.1e}.", ""]
-
-    # 3. the exact all-pairs groups equal our whole-image groups
     thr = cfg.threshold
+    lines = []
     exact_lab = dedup.components(n, i[full >= thr], j[full >= thr])
     paper_edges = res.pairs[res.pairs["plain_ssim"] >= thr]
     ours_lab = dedup.components(n, paper_edges["i"], paper_edges["j"])
@@ -165,29 +181,142 @@ def main(argv=None) -> int:
               + f"; so every pair with SSIM >= 0.7 is a candidate: {margins[0.7] >= cfg.candidate_corr}.",
               f"Highest SSIM of a pair the filter drops: {float(full[corr < cfg.candidate_corr].max()):.3f}.", ""]
 
+    return lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=None, help="BUSI folder (default: MTBC_DATA or ../shared/data/BUSI)")
+    ap.add_argument("--sample", type=int, default=3000, help="pairs timed with scikit-image")
+    ap.add_argument("--no-recall", action="store_true", help="skip the generous-settings recall check")
+    ap.add_argument("--no-exact", action="store_true", help="skip the exact all-pairs SSIM check (step 3)")
+    args = ap.parse_args(argv)
+
+    from PIL import Image
+    from skimage.metrics import structural_similarity
+
+    from mtbc_lib import config, dedup, registration
+    from mtbc_lib.data import index_busi, read_image
+
+    data = config.data_dir(args.data)
+    cfg = dedup.DedupConfig()
+    lines = [f"# Duplicate search benchmark ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
+             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
+             f"{platform.python_version()}; load average before (1/5/15 min): {_load()}.",
+             f"Setting: {cfg.size}x{cfg.size} {cfg.resample} grey thumbnails, scikit-image SSIM "
+             f"(7x7 uniform window), same scan if SSIM >= {cfg.threshold}; same lesion if the "
+             f"{cfg.lesion_size}x{cfg.lesion_size} SSIM of the aligned overlap >= {cfg.lesion_threshold} (same class).",
+             "", "A load average above 0 means other processes shared the 2 cores: every time below is then "
+             "longer than on idle cores (on this machine a training job ran beside the benchmark).", ""]
+
+    # 1. our audit, cold and warm, as the command line runs it; then in process for the stages
+    with tempfile.TemporaryDirectory() as tmp:
+        cold = run_audit(data, Path(tmp) / "a", Path(tmp) / "cache")
+        warm = run_audit(data, Path(tmp) / "b", Path(tmp) / "cache")
+        cache_mb = sum(p.stat().st_size for p in (Path(tmp) / "cache").glob("audit_*")) / 1e6
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["MTBC_CACHE"] = tmp
+        load_c = _load()
+        res = dedup.find_groups(data, progress=False)  # cold, in process
+        load_w = _load()
+        res_w = dedup.find_groups(data, progress=False)  # warm, in process
+        os.environ.pop("MTBC_CACHE")
+    same = res_w.pairs.equals(res.pairs) and res_w.lesions.equals(res.lesions)
+    n = len(res.index)
+    n_pairs = n * (n - 1) // 2
+
+    def stages(r):
+        return ", ".join(f"{k} {v:.2f}" for k, v in r.timings.items())
+
+    lines += ["## 1. Our audit: cold and warm", "",
+              "| run | wall (s) | CPU, all processes (s) | load before (1/5/15 min) |", "|---|---:|---:|---|",
+              f"| `mtbc audit`, cold (empty cache: every PNG decoded) | **{cold['wall']:.1f}** | {cold['cpu']:.1f} | "
+              f"{cold['load']} |",
+              f"| `mtbc audit`, warm (the cache of the cold run: {cache_mb:.1f} MB) | **{warm['wall']:.1f}** | "
+              f"{warm['cpu']:.1f} | {warm['load']} |", "",
+              f"Stages in process (s), cold (load {load_c}): {stages(res)}.",
+              f"Stages in process (s), warm (load {load_w}): {stages(res_w)}.",
+              f"The warm run finds the same pairs, scores and lesion groups: **{same}**.",
+              f"Pairs verified: {res.counts['paper_candidates']} whole-image candidates (of {n_pairs:,}), "
+              f"{res.counts['extended_candidates']} aligned keypoint candidates; "
+              f"{int(res.pairs['lesion_ssim'].notna().sum())} pairs scored for the lesion relation.",
+              "", "```", dedup.summary(res), "```", ""]
+    audit = cold
+
+    # the thumbnails, decoded in one process (the decode time of brute force)
+    index = index_busi(data)
+    t = time.perf_counter()
+    thumbs = np.stack([np.asarray(Image.fromarray(read_image(p)).resize((cfg.size, cfg.size),
+                                                                          dedup.RESAMPLE[cfg.resample]))
+                       for p in index["image"]])
+    t_decode = time.perf_counter() - t
+    i, j = np.triu_indices(n, 1)
+
+    # 2. brute force with scikit-image on a sample of pairs
+    rng = np.random.default_rng(1993)
+    pick = rng.choice(n_pairs, size=min(args.sample, n_pairs), replace=False)
+    t = time.perf_counter()
+    sk = np.array([structural_similarity(thumbs[i[k]], thumbs[j[k]], data_range=255) for k in pick])
+    t_sample = time.perf_counter() - t
+    per_pair = t_sample / len(pick)
+    brute = t_decode + per_pair * n_pairs
+    max_err = float(np.abs(sk - registration.ssim_pairs(thumbs, i[pick], j[pick])).max())
+    lines += ["## 2. Brute force: scikit-image SSIM on all pairs (paper's setting)", "",
+              f"{len(pick)} random pairs: {t_sample:.2f} s, {per_pair * 1e3:.3f} ms per pair -> "
+              f"{per_pair * n_pairs:.0f} s for all {n_pairs:,} pairs, plus {t_decode:.1f} s decoding and "
+              f"resizing (one process): **{brute:.0f} s**.",
+              f"**Ratio brute force / our audit: {brute / cold['wall']:.1f}x cold, {brute / warm['wall']:.0f}x "
+              "warm** (wall; our audit also searches crops, rescales and frames of one lesion, which brute force "
+              "at this setting cannot find).",
+              f"The SSIM stage alone, after decoding: brute force {per_pair * n_pairs:.0f} s, ours (candidate filter "
+              f"+ exact SSIM of the candidates, stage `paper_search`) {res.timings['paper_search']:.2f} s: "
+              f"**{per_pair * n_pairs / res.timings['paper_search']:.0f}x**.",
+              f"Largest difference between scikit-image and `registration.ssim_pairs` on the sample: {max_err:.1e}.", ""]
+
+    # 3. the exact all-pairs groups equal our whole-image groups
+    thr = cfg.threshold
+    if args.no_exact:
+        lines += ["## 3. Candidate filter against all pairs", "", "Not run (`--no-exact`).", ""]
+    else:
+        lines += exact_check(res, thumbs, cfg)
+
     # the same audit restricted to whole-image SSIM (what brute force at this setting computes)
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, MTBC_CACHE=str(Path(tmp) / "cache"))
         t = time.perf_counter()
         subprocess.run([sys.executable, "-m", "mtbc_lib.cli", "audit", str(data), "--out", str(Path(tmp) / "a"),
-                        "--quiet", "--no-extended"], env=env, check=True, capture_output=True)
+                        "--quiet", "--no-extended", "--no-lesion"], env=env, check=True, capture_output=True)
         t_plain = time.perf_counter() - t
-    lines += [f"The same comparison restricted to whole-image SSIM (`mtbc audit --no-extended`, what brute force "
+    lines += [f"The same comparison restricted to whole-image SSIM (`mtbc audit --no-extended --no-lesion`, cold, "
+              "what brute force "
               f"computes): {t_plain:.1f} s wall, **{brute / t_plain:.0f}x faster than brute force**.", ""]
 
-    # 4. recall of the crop / rescale search
+    # 4. recall of the crop / rescale search and of the lesion search
     if not args.no_recall:
-        gen = dedup.DedupConfig(keypoints=64, neighbours=16, min_desc_corr=0.8, min_inliers=3)
+        gen = dedup.DedupConfig(keypoints=64, neighbours=16, min_desc_corr=0.8, min_inliers=3, candidate_corr=0.5)
         t = time.perf_counter()
-        res2 = dedup.find_groups(data, gen, progress=False)
+        res2 = dedup.find_groups(data, gen, progress=False, cache=False)
         t_gen = time.perf_counter() - t
         a = set(map(tuple, res.pairs.loc[res.pairs["duplicate"], ["i", "j"]].to_numpy()))
         b = set(map(tuple, res2.pairs.loc[res2.pairs["duplicate"], ["i", "j"]].to_numpy()))
-        lines += ["## 4. Recall of the crop/rescale search", "",
-                  f"Generous keypoint settings (64 keypoints, 16 neighbours, descriptor correlation 0.8, "
-                  f"3 inliers; {res2.counts['extended_candidates']} aligned candidates, {t_gen:.0f} s): "
+
+        def lesion_sets(r):
+            return sorted(tuple(sorted(g["row"])) for _, g in r.lesions.groupby("lesion_group"))
+
+        la, lb = lesion_sets(res), lesion_sets(res2)
+        lines += ["## 4. Recall of the crop/rescale and lesion search", "",
+                  f"Generous settings (64 keypoints, 16 neighbours, descriptor correlation 0.8, 3 inliers, "
+                  f"candidate filter 0.5; {res2.counts['paper_candidates']} whole-image and "
+                  f"{res2.counts['extended_candidates']} aligned candidates, "
+                  f"{int(res2.pairs['lesion_ssim'].notna().sum())} lesion-scored pairs, {t_gen:.0f} s): "
                   f"same-scan pairs {len(b)} vs {len(a)} with the defaults; only generous: {len(b - a)}, "
-                  f"only default: {len(a - b)}. **Same groups: {res2.group_sizes() == res.group_sizes() and a == b}**.", ""]
+                  f"only default: {len(a - b)}. **Same groups: {res2.group_sizes() == res.group_sizes() and a == b}**. "
+                  f"Lesion groups {len(lb)} vs {len(la)}; **same lesion groups: {la == lb}**"
+                  + ("" if la == lb else f" (only generous: {[g for g in lb if g not in la]}, only default: "
+                     f"{[g for g in la if g not in lb]})") + ".", ""]
+
+    # 5. the peer tool
+    lines += peer_tool(index, res)
     lines.append(f"Load average after: {_load()}.")
     text = "\n".join(lines) + "\n"
     print(text)

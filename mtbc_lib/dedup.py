@@ -39,7 +39,10 @@ Search (fast, exact at the setting for the ``paper`` edges, see benchmarks/bench
 
 1. A pool of processes decodes every PNG once and computes, per image, its SSIM thumbnail,
    a 16x16 thumbnail, and up to ``keypoints`` scale-space blobs (difference of Gaussians on a
-   copy rescaled to ``det_pixels`` pixels) with a band-pass 8x8 descriptor each.
+   copy rescaled to ``det_pixels`` pixels) with a band-pass 8x8 descriptor each. These
+   features (about 25 kB an image) and, at the end, every verified pair are cached, keyed
+   by the files' names, sizes and mtimes and the settings: a second run decodes no PNG and
+   aligns no pair again (it reads a full image only for a pair it has not verified).
 2. ``paper`` candidates: pairs whose 16x16 thumbnails, less the mean thumbnail of the
    folder, correlate >= ``candidate_corr`` (all pairs when there are at most
    ``all_pairs_below`` of them); each candidate is verified with the full SSIM at the
@@ -49,7 +52,11 @@ Search (fast, exact at the setting for the ``paper`` edges, see benchmarks/bench
    descriptors of other images; pairs with >= ``min_inliers`` matches that agree on one
    similarity transform (scale + translation) are aligned (least squares, then a
    Lucas-Kanade refinement with a separate scale per axis) and verified with SSIM on the
-   aligned overlap.
+   aligned overlap. The descriptor matching computes the upper triangle of the similarity
+   matrix in blocks and sorts only the matches above ``min_desc_corr``.
+4. ``lesion`` scores: every scored pair outside one same-scan group, on the detection
+   copies (no full image needed): the pair's transform refined on blurred copies, then
+   SSIM of the overlap at ``lesion_size`` px.
 
 The image geometry (SSIM, keypoints, transforms) lives in :mod:`mtbc_lib.registration`
 (its transforms ``(sy, sx, ty, tx)`` map pixel centres of image j to image i, here in
