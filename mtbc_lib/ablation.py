@@ -5,8 +5,6 @@ MT, MT+DO; every "+PR" row, and the ST(Seg+Cls)+PR rows that combine a separatel
 trained segmenter and classifier, are computed here from the per-image test outputs
 that :mod:`mtbc_lib.train` saves (``fold<k>_test.csv``), without retraining.
 
-:func:`run_grid` executes ``notebooks/train.ipynb`` through papermill once per setting
-(locally, or on a Dask cluster), skipping settings whose results are complete;
 :func:`ablation_table` assembles ``results/ablation.csv`` (columns: :data:`ABLATION_COLUMNS`);
 :func:`profile_table` sets the same configurations trained under different profiles side by
 side, :func:`probe_comparison` a probe (one setting trained otherwise, e.g. longer) beside its
@@ -22,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import REPO_ROOT, atomic_write
+from .config import atomic_write
 from .models import BACKBONES
 from .metrics import CLS_METRICS, SEG_METRICS, TABLE_METRICS, aggregate, classification_metrics, segmentation_metrics
 from .refine import refine_labels, refined_dice
@@ -226,61 +224,6 @@ def comparison_runs(backbone: str, profile: str, results_dir: str | os.PathLike 
 def is_complete(run_dir: Path) -> bool:
     """A run is complete when its summary exists (the engine writes it after the last fold)."""
     return (Path(run_dir) / "summary.json").is_file()
-
-
-def execute_setting(backbone: str, setting: str, profile: str, out_dir: str | os.PathLike = "results",
-                    notebook_dir: str | os.PathLike = "book/runs", data_dir: str | None = None,
-                    extra: dict | None = None, repo_root: str | os.PathLike = REPO_ROOT) -> str:
-    """Execute ``notebooks/train.ipynb`` for one setting with papermill, writing the
-    executed notebook to ``notebook_dir/<run name>.ipynb`` (atomically: a failed or
-    interrupted run leaves the previous copy, and its checkpoints let the next call
-    resume). Returns the run name. Runs in whatever process calls it: locally, or on a
-    Dask worker."""
-    import papermill
-
-    name = run_name(backbone, setting, profile)
-    repo_root = Path(repo_root)
-    nb_dir = Path(notebook_dir) if Path(notebook_dir).is_absolute() else repo_root / notebook_dir
-    nb_dir.mkdir(parents=True, exist_ok=True)
-    params = {"backbone": backbone, "profile": profile, "out_dir": str(out_dir), "run_name": name,
-              "data_dir": data_dir or ""} | SETTINGS[setting] | (extra or {})
-    tmp = nb_dir / f".{name}.ipynb.part"
-    papermill.execute_notebook(str(repo_root / "notebooks" / "train.ipynb"), str(tmp), parameters=params,
-                               cwd=str(repo_root), progress_bar=False, kernel_name="python3")
-    from .provenance import stamp
-
-    stamp(tmp)  # the machine it ran on, for the book's provenance page
-    os.replace(tmp, nb_dir / f"{name}.ipynb")
-    return name
-
-
-def run_grid(backbone: str, profile: str, settings: list[str] | None = None, scheduler: str | None = None,
-             out_dir: str | os.PathLike = "results", notebook_dir: str | os.PathLike = "book/runs",
-             data_dir: str | None = None, extra: dict | None = None) -> list[str]:
-    """Train every setting of the grid that is not complete yet, then rewrite
-    ``out_dir/ablation.csv``. Locally the settings run one after the other; with
-    ``scheduler`` (``tcp://HOST:PORT`` of a running dask.distributed scheduler) each is
-    a task on the cluster, whose workers must see this repository and the data at the
-    same paths. Returns the run names executed."""
-    settings = list(SETTINGS) if settings is None else settings
-    unknown = [s for s in settings if s not in SETTINGS]
-    if unknown:
-        raise ValueError(f"unknown setting(s) {unknown}; valid: {', '.join(SETTINGS)}")
-    todo = [s for s in settings if not is_complete(Path(out_dir) / run_name(backbone, s, profile))]
-    out = Path(out_dir).resolve()  # stored repo-relative where it can be (configs are committed)
-    kwargs = dict(out_dir=str(out.relative_to(REPO_ROOT)) if out.is_relative_to(REPO_ROOT) else str(out),
-                  notebook_dir=str(Path(notebook_dir).resolve()),
-                  data_dir=data_dir, extra=extra)
-    if scheduler:
-        from dask.distributed import Client
-
-        with Client(scheduler) as client:
-            futures = [client.submit(execute_setting, backbone, s, profile, pure=False, **kwargs) for s in todo]
-            done = client.gather(futures)
-    else:
-        done = [execute_setting(backbone, s, profile, **kwargs) for s in todo]
-    write_ablation_csv(out_dir)
-    return done
 
 
 def write_ablation_csv(results_dir: str | os.PathLike = "results") -> Path:

@@ -122,10 +122,10 @@ def _add_grid(sub) -> None:
 
 
 def _run_grid(args) -> int:
-    from mtbc_lib import ablation
+    from mtbc_lib import grid
 
-    done = ablation.run_grid(args.backbone, args.profile, settings=args.settings, scheduler=args.scheduler,
-                             out_dir=args.out, data_dir=args.data or None)
+    done = grid.run_grid(args.backbone, args.profile, settings=args.settings, scheduler=args.scheduler,
+                         out_dir=args.out, data_dir=args.data or None)
     print(f"trained {len(done)} setting(s): {', '.join(done) or 'none (all complete)'}; "
           f"wrote {args.out}/ablation.csv")
     return 0

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtbc_lib import ablation
+from mtbc_lib import ablation, grid
 from mtbc_lib.config import NORMAL
 from mtbc_lib.metrics import TABLE_METRICS
 from mtbc_lib.trainconfig import PROFILES, TrainConfig
@@ -93,7 +93,7 @@ def test_ablation_table_has_the_columns_and_only_complete_rows(tmp_path):
 
 def test_unknown_setting_is_refused(tmp_path):
     with pytest.raises(ValueError, match="valid: st-seg"):
-        ablation.run_grid("unet-r34", "fast", settings=["st-sge"], out_dir=tmp_path)
+        grid.run_grid("unet-r34", "fast", settings=["st-sge"], out_dir=tmp_path)
 
 
 @pytest.mark.slow
@@ -107,7 +107,7 @@ def test_grid_through_a_dask_cluster_on_loopback(tmp_path, make_busi):
     extra = {"curation": "none", "epochs": 1, "batch_size": 4, "image_size": 64}
     with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
                       processes=True) as cluster:
-        done = ablation.run_grid("unet-r34", "fast", settings=["st-seg", "st-cls", "mt"], scheduler=cluster.scheduler_address,
+        done = grid.run_grid("unet-r34", "fast", settings=["st-seg", "st-cls", "mt"], scheduler=cluster.scheduler_address,
                                  out_dir=tmp_path / "results", notebook_dir=tmp_path / "runs",
                                  data_dir=str(data), extra=extra)
     names = ["unet-r34-mt-fast", "unet-r34-st-cls-fast", "unet-r34-st-seg-fast"]
@@ -129,7 +129,7 @@ def test_grid_through_a_dask_cluster_on_loopback(tmp_path, make_busi):
     assert "5 of 10 configurations have finished runs" in text and "not run yet" not in text
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # confusion, Dice, predictions
     # complete settings are skipped on the next call
-    assert ablation.run_grid("unet-r34", "fast", settings=["st-seg", "st-cls", "mt"], out_dir=tmp_path / "results",
+    assert grid.run_grid("unet-r34", "fast", settings=["st-seg", "st-cls", "mt"], out_dir=tmp_path / "results",
                              notebook_dir=tmp_path / "runs", data_dir=str(data), extra=extra) == []
 
 
