@@ -1,5 +1,8 @@
 """The built book in a real browser: every page of the table of contents opened in
-headless Chromium, served from loopback only.
+headless Chromium at 1280 × 800, served from loopback only, and checked for what a
+reader sees: nothing wider than the window or cut off at the text column's edge, no
+parameters cell, no code shown above a figure, no two pages with the same title in the
+sidebar, every plotly figure drawn and every table of the notebook shown.
 
 Uses ``_build/html`` as built by ``make book``; when it is absent the fixture builds it
 with the same command (``mtbc_lib.book.build``). Screenshots go to ``_build/screenshots/``.
@@ -11,7 +14,9 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -29,6 +34,7 @@ SCREENSHOTS = ROOT / "_build" / "screenshots"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+VIEWPORT = {"width": 1280, "height": 800}
 
 
 def _chromium() -> str:
@@ -104,7 +110,7 @@ _IMAGES = """async () => {
 def test_page_renders_offline(site, browser, page_path):
     """HTTP 200, no console error, every image loaded, every plotly figure drew its
     SVG, every formula typeset without error, and no request left loopback."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context = browser.new_context(viewport=VIEWPORT)
     requests: list[str] = []
     outside: list[str] = []
     errors: list[str] = []
@@ -141,6 +147,7 @@ def test_page_renders_offline(site, browser, page_path):
         math = page.evaluate("document.querySelectorAll('div.math, span.math').length")
         typeset = page.evaluate("document.querySelectorAll('mjx-container').length")
         math_errors = page.evaluate("[...document.querySelectorAll('mjx-merror')].map(e => e.textContent)")
+        layout = page.evaluate(_LAYOUT)
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / (page_path.replace("/", "__").removesuffix(".html") + ".png")),
                         full_page=True)
@@ -156,3 +163,76 @@ def test_page_renders_offline(site, browser, page_path):
     assert drawn == figures, f"{page_path}: {figures} plotly figures, {drawn} drew their SVG"
     assert typeset >= math, f"{page_path}: {math} formulas, {typeset} typeset by MathJax"
     assert not math_errors, f"{page_path}: MathJax errors: {math_errors}"
+
+    assert layout["pageWidth"] <= VIEWPORT["width"], f"{page_path}: the page scrolls sideways ({layout['pageWidth']} px)"
+    assert not layout["wide"], f"{page_path}: elements wider than the {VIEWPORT['width']} px window: {layout['wide']}"
+    assert not layout["clipped"], f"{page_path}: content cut off at the edge of its box: {layout['clipped']}"
+    assert not layout["parameterCells"], f"{page_path}: parameters cells on the page: {layout['parameterCells']}"
+    assert not layout["figureCode"], f"{page_path}: code shown above a figure: {layout['figureCode']}"
+    duplicated = sorted({t for t in layout["sidebar"] if layout["sidebar"].count(t) > 1})
+    assert not duplicated, f"{page_path}: page titles repeated in the sidebar: {duplicated}"
+    assert not layout["emptyTables"], f"{page_path}: tables drawn empty or invisible: {layout['emptyTables']}"
+    expected = _expected_view(page_path)
+    if expected is not None:
+        tables, hidden_lines = expected
+        assert layout["tables"] == tables, f"{page_path}: {layout['tables']} tables shown, the notebook has {tables}"
+        shown = [ln for ln in hidden_lines if ln in layout["text"]]
+        assert not shown, f"{page_path}: parameter lines visible: {shown}"
+
+
+# What the reader sees of the page's layout (1280 px window).
+_LAYOUT = """() => {
+  const W = window.innerWidth;
+  const visible = e => { const r = e.getBoundingClientRect(); return r.width > 0 && r.height > 0 && e.checkVisibility({visibilityProperty: true}); };
+  const skip = e => e.closest('.plotly-graph-div, mjx-container, span.math, div.math');
+  const label = e => e.tagName.toLowerCase() + (e.className && typeof e.className === 'string' ? '.' + e.className.trim().split(/\\s+/).join('.') : '')
+                     + ' «' + (e.innerText || '').trim().slice(0, 60) + '»';
+  const all = [...document.querySelectorAll('body *')].filter(e => !skip(e));
+  const wide = all.filter(e => visible(e) && e.getBoundingClientRect().right > W + 1).map(label).slice(0, 10);
+  const clipped = [...document.querySelectorAll('article *')].filter(e => {
+    if (skip(e) || e.clientWidth === 0) return false;
+    const o = getComputedStyle(e).overflowX;
+    return ['auto', 'scroll', 'hidden', 'clip'].includes(o) && e.scrollWidth > e.clientWidth + 1;
+  }).map(e => label(e) + ` ${e.scrollWidth}>${e.clientWidth}`).slice(0, 10);
+  const parameterCells = [...document.querySelectorAll('.tag_parameters, .tag_injected-parameters')].filter(visible).map(label);
+  const figureCode = [...document.querySelectorAll('article div.cell')].filter(c =>
+      c.querySelector('.plotly-graph-div, .cell_output img') &&
+      [...c.querySelectorAll('.cell_input')].some(visible)).map(label);
+  const sidebar = [...document.querySelectorAll('.bd-sidebar-primary nav a.reference')].map(a => a.textContent.trim());
+  const tables = [...document.querySelectorAll('article table')];
+  const emptyTables = tables.filter(t => !visible(t) || t.rows.length === 0).map(label);
+  return {pageWidth: document.documentElement.scrollWidth, wide, clipped, parameterCells, figureCode, sidebar,
+          tables: tables.length, emptyTables, text: document.querySelector('article').innerText};
+}"""
+
+
+def _expected_view(page_path: str):
+    """For a page made from a stored notebook: how many tables its shown outputs hold, and
+    the assignment lines of its parameters cells (which must not be visible); None for a
+    Markdown page."""
+    source = ROOT / page_path.replace(".html", ".ipynb")
+    if not source.is_file():
+        return None
+    nb = book.reader_view(json.loads(source.read_text(encoding="utf-8")), ROOT, source.stem)
+    tables, hidden = 0, []
+    for cell in nb["cells"]:
+        tags = set(cell.get("metadata", {}).get("tags", []))
+        if book.PARAMETER_TAGS & tags:
+            hidden += [ln.strip() for ln in book._source(cell).splitlines() if "=" in ln and len(ln.strip()) > 12]
+        if cell["cell_type"] == "markdown":
+            tables += len(_PIPE_TABLE_RULE.findall(book._source(cell)))
+        if cell["cell_type"] != "code" or tags & {"remove-cell", "remove-output"}:
+            continue
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if "text/html" in data:
+                html = data["text/html"]
+                tables += ("".join(html) if isinstance(html, list) else html).count("<table")
+            elif "text/markdown" in data:
+                md = data["text/markdown"]
+                tables += len(_PIPE_TABLE_RULE.findall("".join(md) if isinstance(md, list) else md))
+    return tables, hidden
+
+
+# The rule under a Markdown table's header: |---|:--:|---|
+_PIPE_TABLE_RULE = re.compile(r"^\|?\s*:?-{3,}:?\s*(?:\|\s*:?-{3,}:?\s*)+\|?\s*$", re.M)
