@@ -45,6 +45,11 @@ book/%.ipynb: notebooks/%.ipynb
 	$(BIN)/papermill $< $@ -p data_dir "$$MTBC_DATA"
 	$(BIN)/python -m mtbc_lib.provenance stamp $@
 
+# The recipe chapter reads only results/recipe/ (python -m mtbc_lib.recipe trains them).
+book/recipe.ipynb: notebooks/recipe.ipynb
+	$(BIN)/papermill $< $@
+	$(BIN)/python -m mtbc_lib.provenance stamp $@
+
 audit: $(STAMP)
 	$(MAKE) -B book/dataset_audit.ipynb book/duplicate_explorer.ipynb
 

@@ -15,7 +15,7 @@ import numpy as np
 from mtbc_lib import config
 from mtbc_lib.config import CLASSES
 
-__all__ = ["Split", "cv_splits", "make_splits", "train_indices", "split_counts"]
+__all__ = ["Split", "cv_splits", "group_splits", "make_splits", "train_indices", "split_counts"]
 
 
 @dataclass
@@ -54,6 +54,34 @@ def cv_splits(labels, n_splits: int = 4, seed: int = config.SEED, val_size: floa
         # train_size as in the authors' code (sklearn: n_train = floor(0.8 n), n_val = rest)
         train, val = train_test_split(rest, train_size=1 - val_size, random_state=seed, stratify=labels[rest])
         out.append(Split(train=np.sort(train).astype(np.int64), val=np.sort(val).astype(np.int64),
+                         test=np.sort(test).astype(np.int64)))
+    return out
+
+
+def group_splits(labels, groups, n_splits: int = 4, seed: int = config.SEED, val_size: float = 0.2) -> list[Split]:
+    """Folds that keep every group inside one part: ``StratifiedGroupKFold(n_splits,
+    shuffle=True, random_state=seed)`` picks the test folds, and a second stratified group
+    k-fold with ``round(1 / val_size)`` splits takes its first fold of the rest as the
+    validation split. So no group (the copies of one scan, the frames of one lesion) is
+    on two sides of a split; the classes stay about as balanced as groups allow.
+
+    labels: (N,) class labels; groups: (N,) group ids (an image in no group: an id of
+    its own). Returns ``n_splits`` Splits; each index is tested once."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    if groups.shape != labels.shape:
+        raise ValueError(f"group_splits: groups have shape {groups.shape}; expected one id per label {labels.shape}")
+    if not 0 < val_size < 1 or round(1 / val_size) < 2:
+        raise ValueError(f"group_splits: val_size={val_size!r}; expected a fraction in (0, 0.67)")
+    if len(np.unique(groups)) < n_splits:
+        raise ValueError(f"group_splits: {len(np.unique(groups))} groups; expected at least n_splits={n_splits}")
+    x = np.zeros(len(labels))
+    out = []
+    for rest, test in StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed).split(x, labels, groups):
+        inner = StratifiedGroupKFold(round(1 / val_size), shuffle=True, random_state=seed)
+        train, val = next(inner.split(x[rest], labels[rest], groups[rest]))
+        out.append(Split(train=np.sort(rest[train]).astype(np.int64), val=np.sort(rest[val]).astype(np.int64),
                          test=np.sort(test).astype(np.int64)))
     return out
 

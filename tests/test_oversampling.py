@@ -8,8 +8,8 @@ import pytest
 
 from mtbc_lib.config import CLASSES, SEED
 from mtbc_lib.data import PUBLISHED_KEEP_LIST
-from mtbc_lib.splits import cv_splits
 from mtbc_lib.oversampling import oversample, oversampling_factors
+from mtbc_lib.splits import cv_splits
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +97,4 @@ def test_bad_input():
         oversample(np.array([0.5, 1.0]), np.array([0, 1]))
     with pytest.raises(ValueError, match="indices"):
         oversample(np.array([0, 5]), np.array([0, 1]))
+
