@@ -116,7 +116,8 @@ def study_table(results_dir: str | os.PathLike = "results/recipe") -> pd.DataFra
             continue
         m = json.loads(path.read_text())
         rows.append({"candidate": name, "recipe": what, "epochs": m["epochs"], "best epoch": m["best_epoch"],
-                     "minutes": _cpu_minutes(path.parent), "val images": m["n_val"], "val DSC avg": m["raw"]["dsc_avg"],
+                     "minutes": _cpu_minutes(path.parent), "machine load": _mean_load(path.parent),
+                     "val images": m["n_val"], "val DSC avg": m["raw"]["dsc_avg"],
                      "val DSC avg (PR)": m["pr"]["dsc_avg"], "val accuracy": m["raw"]["acc"],
                      "val accuracy (PR)": m["pr"]["acc"]})
     return pd.DataFrame(rows).set_index("candidate") if rows else pd.DataFrame()
@@ -130,6 +131,13 @@ def score(table: pd.DataFrame) -> pd.Series:
 
 def _cpu_minutes(run_dir: Path) -> float:
     return float(pd.read_csv(run_dir / "fold0_history.csv")["cpu_seconds"].sum() / 120)
+
+
+def _mean_load(run_dir: Path) -> float:
+    """The mean 1-minute load average over the epochs (2 = both cores busy; NaN for a
+    history written before the engine recorded it)."""
+    h = pd.read_csv(run_dir / "fold0_history.csv")
+    return float(h["load"].mean()) if "load" in h else float("nan")
 
 
 def verdict(table: pd.DataFrame) -> str:

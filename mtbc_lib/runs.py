@@ -4,7 +4,8 @@ Files (``<run>`` = the run name, ``results`` = ``out_dir``)::
 
     results/<run>/config.json           the resolved TrainConfig
     results/<run>/fold<k>_history.csv   one row per epoch (loss, Dice, accuracy, train/val, lr,
-                                        wall and process CPU seconds), rewritten after every epoch
+                                        wall and process CPU seconds, the machine's 1-min load
+                                        average), rewritten after every epoch
     results/<run>/fold<k>_test.csv      one row per test image: class, id, name, label,
                                         p_benign, p_malignant, p_normal, pred, mask_empty,
                                         dice, iou, dice_pr, iou_pr, label_pr

@@ -34,6 +34,7 @@ bf16 autocast and channels-last memory where the CPU supports them (``amp``,
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Callable
 
@@ -317,7 +318,8 @@ def _fit(t: FoldTrainer, run_dir, ck_dir, progress: bool, callback) -> None:
             st["train_seconds"] += dt
             row = {"epoch": st["epoch"], "lr": lr,
                    **{f"train_{k}": v for k, v in tr.items()}, **{f"val_{k}": v for k, v in va.items()},
-                   "seconds": dt, "cpu_seconds": time.process_time() - c0, "images_per_s": n_train / dt}
+                   "seconds": dt, "cpu_seconds": time.process_time() - c0, "images_per_s": n_train / dt,
+                   "load": os.getloadavg()[0]}  # other work on the machine slows an epoch: say so
             st["history"].append(row)
             blob = t.checkpoint()
             atomic_write(ckpt, lambda p: torch.save(blob, p))
