@@ -15,7 +15,7 @@ from mtbc_lib.dedup import AuditResult, components
 __all__ = ["compare_published", "class_counts", "calibration_table", "threshold_margin", "conflict_table",
            "find_group", "mask_overlay", "ssim_distribution", "group_gallery", "group_slider",
            "calibration_figure", "class_counts_figure", "lesion_distribution", "lesion_margin",
-           "lesion_threshold_table", "lesion_threshold_figure", "lesion_additions", "LEVELS"]
+           "lesion_threshold_table", "lesion_threshold_figure", "lesion_additions", "pair_gallery", "LEVELS"]
 
 #: Levels of grouping: "scan" (same-scan groups, ``AuditResult.groups``) and "lesion"
 #: (lesion groups, ``AuditResult.lesions``).
@@ -415,15 +415,16 @@ def lesion_distribution(result):
 
 def lesion_margin(result, k: int = 6):
     """The room the lesion threshold has: the ``k`` weakest same-lesion links, the ``k``
-    strongest same-class pairs left unlinked, and the ``k`` strongest pairs of different
-    classes. Returns a DataFrame (``kind`` says which)."""
+    strongest same-class pairs left in different lesion groups (a pair whose images other
+    links already join is no test of the threshold), and the ``k`` strongest pairs of
+    different classes. Returns a DataFrame (``kind`` says which)."""
     import pandas as pd
 
     p = _lesion_pairs(result)
     cols = ["kind", "name_i", "name_j", "score", "lesion_ssim", "same_lesion"]
     same = p[p["kind"] == "same class"]
     parts = [same[same["same_lesion"]].nsmallest(k, "lesion_ssim").assign(kind="weakest lesion links"),
-             same[~same["same_lesion"]].nlargest(k, "lesion_ssim").assign(kind="strongest unlinked, same class"),
+             same[same["lesion_group"] < 0].nlargest(k, "lesion_ssim").assign(kind="strongest unlinked, same class"),
              p[p["kind"] == "different classes"].nlargest(k, "lesion_ssim").assign(kind="strongest, different classes")]
     return pd.concat(parts)[cols].reset_index(drop=True)
 
@@ -506,4 +507,35 @@ def lesion_threshold_figure(table, threshold: float):
     fig.update_layout(template="plotly_white", height=360, yaxis_type="log", xaxis_title="lesion threshold",
                       yaxis_title="images / groups (log)", margin=dict(l=10, r=10, t=30, b=40),
                       legend=dict(orientation="h", y=1.15))
+    return fig
+
+
+def pair_gallery(result, pairs, height: int = 100, cols: int = 3):
+    """Image pairs side by side (mask outlines in red), ``cols`` pairs a row, each titled
+    with its two names, lesion score and whether it is a same-lesion link: the evidence
+    around the lesion threshold.
+
+    pairs: rows of ``result.pairs`` (e.g. from :func:`lesion_margin`, with ``name_i``,
+    ``name_j``, ``lesion_ssim``, ``same_lesion``). Returns a matplotlib Figure (closed)."""
+    import matplotlib.pyplot as plt
+
+    from mtbc_lib.data import read_image, read_mask
+
+    pairs = list(pairs[["name_i", "name_j", "lesion_ssim", "same_lesion"]].itertuples(index=False))
+    if not pairs:
+        raise ValueError("pair_gallery: no pair given")
+    rows_of = dict(zip(result.index["name"], result.index.index))
+    nrow = -(-len(pairs) // cols)
+    fig, axes = plt.subplots(nrow, 2 * cols, figsize=(2.3 * 2 * cols, 2.3 * nrow), squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.93, bottom=0.02, wspace=0.04, hspace=0.35)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for k, (a, b, score, linked) in enumerate(pairs):
+        for side, name in enumerate((a, b)):
+            row = result.index.loc[rows_of[name]]
+            ax = axes[k // cols][2 * (k % cols) + side]
+            ax.imshow(mask_overlay(read_image(row["image"]), read_mask(row["masks"]), height))
+            ax.set_title(name + (f"  ({score:.3f}, {'linked' if linked else 'apart'})" if side == 0 else ""),
+                         fontsize=8, loc="left")
+    plt.close(fig)
     return fig

@@ -93,6 +93,8 @@ def test_lesion_tables(lesion_result):
     m = audit.lesion_margin(r, k=2)
     weakest = m[m["kind"] == "weakest lesion links"]
     assert len(weakest) == 2 and weakest["same_lesion"].all() and weakest["lesion_ssim"].min() >= 0.805
+    apart = m[m["kind"] == "strongest unlinked, same class"]
+    assert len(apart) == 2 and apart["lesion_ssim"].max() < 0.6  # benign 1-3 are linked: only benign 4 is apart
     other = m[m["kind"] == "strongest, different classes"]
     assert other["name_j"].iloc[0] == "malignant (1)" and not other["same_lesion"].any()
     t = audit.lesion_threshold_table(r, thresholds=[0.5, 0.805, 0.99]).set_index("threshold")
@@ -114,6 +116,12 @@ def test_lesion_figures(lesion_result):
     sl = audit.group_slider(r, height=32, level="lesion")
     assert [s.label for s in sl.layout.sliders[0].steps] == ["1"] and len(sl.data) == 3
     assert "lesion group 1" in sl.layout.title.text and "same-scan groups: 1" in sl.layout.title.text
+    pg = audit.pair_gallery(r, audit.lesion_margin(r, k=1), height=32, cols=2)
+    titles = [ax.get_title(loc="left") for ax in pg.axes]
+    assert len(pg.axes) == 8 and "benign (1)" in titles[0] and "linked)" in titles[0]
+    assert sum("apart)" in t for t in titles) == 2
+    with pytest.raises(ValueError, match="no pair given"):
+        audit.pair_gallery(r, r.pairs.iloc[:0])
     with pytest.raises(ValueError, match="no such lesion group"):
         audit.group_gallery(r, [5], level="lesion")
     with pytest.raises(ValueError, match="level='frame'"):
