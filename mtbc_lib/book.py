@@ -352,6 +352,52 @@ def column_part(styled, columns, caption: str | None = None, empty: tuple[str, .
     return styler
 
 
+#: Rows per page of a browsable table.
+PAGE_LENGTH = 10
+_ITABLES_LOADED = False
+
+
+def browsable_table(frame, caption: str | None = None, page_length: int = PAGE_LENGTH):
+    """A long table shown whole in the book: every row, sortable by any column and
+    searchable, ``page_length`` rows a page (itables, offline: the DataTables library is
+    embedded in the notebook once, with the first such table, so the static book needs
+    no network). Returns an ``IPython.display.HTML`` to display."""
+    global _ITABLES_LOADED
+    import itables
+    from IPython.display import HTML
+    from itables import javascript
+    from itables import options as itables_options
+
+    html = itables.to_html_datatable(frame, caption=caption, connected=False, pageLength=page_length,
+                                     lengthMenu=[page_length, 25, 100, len(frame)], showIndex=False,
+                                     classes="display compact", display_logo_when_loading=False)
+    if not _ITABLES_LOADED:
+        html = javascript.generate_init_offline_itables_html(itables_options.dt_bundle) + html
+        _ITABLES_LOADED = True
+    return HTML(html)
+
+
+def per_image_view(outputs, classes=None):
+    """Per-image test outputs (``ablation.row_outputs``: class, id, fold, label, pred,
+    dice) for a reader: the image's name, fold, true and predicted class, whether the
+    label is right, and the Dice of its mask."""
+    import pandas as pd
+
+    from mtbc_lib.config import CLASSES
+
+    classes = list(classes or CLASSES)
+    view = pd.DataFrame({"image": [f"{c} ({i})" for c, i in zip(outputs["class"], outputs["id"])],
+                         "fold": outputs["fold"].astype(int)})
+    if "label" in outputs:
+        view["true class"] = [classes[int(v)] for v in outputs["label"]]
+    if "pred" in outputs:
+        view["predicted"] = [classes[int(v)] for v in outputs["pred"]]
+        view["correct"] = ["yes" if a == b else "no" for a, b in zip(outputs["label"], outputs["pred"])]
+    if "dice" in outputs:
+        view["Dice"] = outputs["dice"].round(3)
+    return view
+
+
 # --------------------------------------------------------------------------- figures page
 
 #: Thumbnails of image figures on the figures page: at most this wide (pixels).

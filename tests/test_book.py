@@ -424,3 +424,20 @@ def test_pages_cite_only_files_of_the_repository():
                     if m.startswith(("/", "..")) or not (ROOT / m).exists()]
             bad += [f"{doc}: {name}" for name in ("PAPER.md", "DESIGN.md") if name in text]
     assert not bad, f"pages citing files that are not in the repository: {bad}"
+
+
+def test_per_image_view_and_browsable_table():
+    import pandas as pd
+
+    outputs = pd.DataFrame({"class": ["benign", "normal"], "id": [4, 7], "fold": [0, 3],
+                            "label": [0, 2], "pred": [2, 2], "dice": [0.12345, 1.0]})
+    view = book.per_image_view(outputs)
+    assert view.to_dict("list") == {"image": ["benign (4)", "normal (7)"], "fold": [0, 3],
+                                    "true class": ["benign", "normal"], "predicted": ["normal", "normal"],
+                                    "correct": ["no", "yes"], "Dice": [0.123, 1.0]}
+    book._ITABLES_LOADED = False
+    first, second = book.browsable_table(view, caption="every image").data, book.browsable_table(view).data
+    # the DataTables library travels with the first table only, and nothing is fetched from a URL
+    assert "_itables_" in first and len(first) > 500_000 and len(second) < 50_000
+    for html in (first, second):
+        assert "benign (4)" in html and not re.search(r'<script[^>]+src="https?:', html)
