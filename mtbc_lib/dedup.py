@@ -41,8 +41,9 @@ Search (fast, exact at the setting for the ``paper`` edges, see benchmarks/bench
    a 16x16 thumbnail, and up to ``keypoints`` scale-space blobs (difference of Gaussians on a
    copy rescaled to ``det_pixels`` pixels) with a band-pass 8x8 descriptor each. These
    features (about 25 kB an image) and, at the end, every verified pair are cached, keyed
-   by the files' names, sizes and mtimes and the settings: a second run decodes no PNG and
-   aligns no pair again (it reads a full image only for a pair it has not verified).
+   by the files' names, sizes and mtimes and the settings: a second run decodes no PNG,
+   matches no keypoints and aligns no pair again (it reads a full image only for a pair it
+   has not verified).
 2. ``paper`` candidates: pairs whose 16x16 thumbnails, less the mean thumbnail of the
    folder, correlate >= ``candidate_corr`` (all pairs when there are at most
    ``all_pairs_below`` of them); each candidate is verified with the full SSIM at the
@@ -398,18 +399,22 @@ def _save_features(path: Path, prep: list[dict]) -> None:
     atomic_write(path, write)
 
 
-def _load_pairs(path: Path) -> dict[tuple[int, int], dict]:
-    """Verified pairs of an earlier run with the same files and settings ({} if none)."""
+def _load_pairs(path: Path) -> tuple[dict[tuple[int, int], dict], list | None]:
+    """Verified pairs and keypoint candidates of an earlier run with the same files and
+    settings (({}, None) if none)."""
     try:
-        rows = json.loads(path.read_text())
-        return {(int(a), int(b)): r for a, b, r in rows}
-    except (OSError, ValueError, TypeError):
-        return {}
+        saved = json.loads(path.read_text())
+        pairs = {(int(a), int(b)): r for a, b, r in saved["pairs"]}
+        matches = [(int(a), int(b), int(n), tuple(float(v) for v in p)) for a, b, n, p in saved["keypoint_pairs"]]
+        return pairs, matches
+    except (OSError, ValueError, TypeError, KeyError):
+        return {}, None
 
 
-def _save_pairs(path: Path, scored: dict) -> None:
+def _save_pairs(path: Path, scored: dict, matches: list) -> None:
     rows = [[a, b, {k: v for k, v in r.items() if v is None or np.isfinite(v)}] for (a, b), r in sorted(scored.items())]
-    atomic_write(path, lambda p: p.write_text(json.dumps(rows)))
+    saved = {"pairs": rows, "keypoint_pairs": [[a, b, n, [float(v) for v in p]] for a, b, n, p in matches]}
+    atomic_write(path, lambda p: p.write_text(json.dumps(saved)))
 
 
 class _Images:
@@ -454,7 +459,7 @@ def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress:
         prep = _decode_all(index, cfg, workers, progress)
         if cache:
             _save_features(feat_path, prep)
-    known = _load_pairs(pairs_path) if cache and pairs_path.exists() else {}
+    known, matches = _load_pairs(pairs_path) if cache and pairs_path.exists() else ({}, None)
     images = _Images(index, prep)
     n = len(prep)
     shapes = [p["shape"] for p in prep]
@@ -473,7 +478,9 @@ def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress:
     transforms: dict[tuple[int, int], tuple] = {}
     if cfg.extended:
         todo = []
-        for a, b, n_in, p_det in tqdm(_keypoint_pairs(prep, cfg), desc="audit: aligning candidates",
+        if matches is None:  # else: the candidates of an earlier run on the same features and settings
+            matches = _keypoint_pairs(prep, cfg)
+        for a, b, n_in, p_det in tqdm(matches, desc="audit: aligning candidates",
                                       unit="pair", disable=not progress):
             old = known.get((a, b), {})
             if old.get("inliers") == n_in and "aligned_ssim" in old:  # verified by an earlier run
@@ -547,7 +554,7 @@ def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress:
     table.insert(len(DUPLICATE_COLUMNS) - 1, "lesion_group", lesion_of[table["row"].to_numpy()].astype(int))
     lesions = _lesion_table(index, pairs, lesion_of, group_of, root)
     if cache and known != scored:
-        _save_pairs(pairs_path, scored)
+        _save_pairs(pairs_path, scored, matches or [])
     timings["tables"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     counts = {"images": n, "paper_candidates": int(len(ci)), "extended_candidates": len(transforms),
@@ -611,11 +618,14 @@ def _lesion_table(index, pairs, lesion_of: np.ndarray, group_of: np.ndarray, roo
     import pandas as pd
 
     rows = []
+    weakest_of = pairs[pairs["same_lesion"] & (pairs["lesion_group"] > 0)].groupby("lesion_group")["lesion_ssim"].min()
+    members = {}
+    for k in np.flatnonzero(lesion_of > 0):
+        members.setdefault(int(lesion_of[k]), []).append(int(k))
     for lg in range(1, int(lesion_of.max(initial=0)) + 1):
-        m = np.flatnonzero(lesion_of == lg)
+        m = members[lg]
         cls = sorted({index.at[k, "class"] for k in m}, key=CLASSES.index)
-        inside = pairs[(pairs["lesion_group"] == lg) & pairs["same_lesion"]]
-        weakest = float(inside["lesion_ssim"].min()) if len(inside) else np.nan
+        weakest = float(weakest_of.get(lg, np.nan))
         for k in m:
             rows.append({"lesion_group": lg, "class": index.at[k, "class"], "id": int(index.at[k, "id"]),
                          "file": Path(index.at[k, "image"]).relative_to(root).as_posix(), "lesion_size": len(m),
@@ -680,8 +690,9 @@ def _group_table(index, pairs, groups: list[list[int]], root: Path):
     import pandas as pd
 
     rows = []
+    by_group = dict(iter(pairs[pairs["group"] > 0].groupby("group")))
     for g, m in enumerate(groups, start=1):
-        inside = pairs[pairs["group"] == g]
+        inside = by_group[g]
         paper_edges = inside[inside["method"] == "paper"]
         # "paper" if the whole-image SSIM edges alone connect the group
         lab = components(len(m), [m.index(a) for a in paper_edges["i"]], [m.index(b) for b in paper_edges["j"]])

@@ -384,7 +384,7 @@ def test_cli_lesion_options(lesions, tmp_path, capsys):
     assert exc.value.code == 2 and "--lesion-threshold: 2 is not an SSIM value" in capsys.readouterr().err
 
 
-def test_second_run_reads_no_png_and_finds_the_same(tmp_path, monkeypatch):
+def test_second_run_reads_no_png_matches_no_keypoint_and_finds_the_same(tmp_path, monkeypatch):
     import pandas as pd
 
     from mtbc_lib import data
@@ -401,6 +401,7 @@ def test_second_run_reads_no_png_and_finds_the_same(tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(dedup, "_decode_all", boom)
         m.setattr(data, "read_image", boom)
+        m.setattr(dedup, "_keypoint_pairs", boom)  # the candidates are kept too
         second = dedup.find_groups(root, progress=False, workers=1)
     pd.testing.assert_frame_equal(second.pairs, first.pairs)
     pd.testing.assert_frame_equal(second.groups, first.groups)
