@@ -188,6 +188,14 @@ def _show(ax, image, truth, pred=None) -> None:
         ax.imshow(np.ma.masked_where(~pred, pred), cmap=ListedColormap(["red"]), alpha=0.4, vmin=0, vmax=1)
 
 
+def _check_size(arrays, run) -> None:
+    """A run's masks are drawn over its own images: same size, or a one-line error."""
+    size = run.config.get("image_size", 128)
+    if arrays.images.shape[1:] != (size, size):
+        raise ValueError(f"arrays: images are {arrays.images.shape[1]}x{arrays.images.shape[2]} px; {run.run_dir.name} "
+                         f"was trained at {size}x{size} (load them with train.run_arrays(run.config))")
+
+
 def prediction_examples(arrays, results, fold: int | None = None, per_class: int = 2):
     """Test images with the ground-truth outline (green) and the predicted mask (red,
     after prediction refinement when a label is predicted): per class the best and the
@@ -203,6 +211,7 @@ def prediction_examples(arrays, results, fold: int | None = None, per_class: int
 
     if not results.metrics:
         raise ValueError(f"{results.run_dir}: no finished fold to show")
+    _check_size(arrays, results)
     fold = min(results.metrics) if fold is None else fold
     test = results.test[results.test["fold"] == fold]
     masks = results.masks(fold)
@@ -291,6 +300,8 @@ def comparison_examples(arrays, st_run, mt_run):
             raise ValueError(f"{run.run_dir}: no finished fold (expected a {what} run with test outputs)")
     if st_run.config["task"] != "seg":
         raise ValueError(f"{st_run.run_dir}: expected a segmentation-only run (task seg), got task {st_run.config['task']!r}")
+    for run in (st_run, mt_run):
+        _check_size(arrays, run)
     cases = comparison_cases(st_run.test, mt_run.test)
     by_name = {n: i for i, n in enumerate(arrays.names)}
     masks = {}  # (run, fold) -> {name: mask}

@@ -49,7 +49,8 @@ from mtbc_lib.runs import check_same_config, hold, run_paths, save_masks, summar
 from mtbc_lib.splits import make_splits, train_indices
 from mtbc_lib.trainconfig import TrainConfig, config_diff
 
-__all__ = ["TrainingDiverged", "StopRequested", "FoldTrainer", "load_data", "run", "train_fold", "describe"]
+__all__ = ["TrainingDiverged", "StopRequested", "FoldTrainer", "load_data", "run_arrays", "run", "train_fold",
+           "describe"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -74,6 +75,16 @@ def load_data(cfg: TrainConfig, progress: bool = True):
         keep = np.concatenate([np.flatnonzero(arrays.labels == k)[: cfg.limit] for k in range(len(CLASSES))])
         arrays = arrays.subset(np.sort(keep))
     return arrays
+
+
+def run_arrays(run_config: dict, data_dir=None):
+    """The arrays a finished run was trained and tested on, rebuilt from its stored
+    configuration (its image size, curation and ``limit``); ``data_dir`` overrides the
+    stored data folder (committed configs store "": the default folder)."""
+    cfg = TrainConfig.from_dict(run_config)
+    if data_dir:
+        cfg.data_dir = str(data_dir)
+    return load_data(cfg, progress=False)
 
 
 # ------------------------------------------------------------------------- one fold

@@ -87,7 +87,8 @@ def _run_dir(root, name, test: pd.DataFrame, masks: dict):
     d = root / name
     d.mkdir()
     test.to_csv(d / "fold0_test.csv", index=False)
-    (d / "config.json").write_text(json.dumps({"config": {"task": "mt" if name == "mt" else "seg", "oversampling": name == "mt"}}))
+    (d / "config.json").write_text(json.dumps({"config": {"task": "mt" if name == "mt" else "seg", "oversampling": name == "mt",
+                                                               "image_size": 16}}))
     pd.DataFrame({"epoch": [1], "loss": [0.5]}).to_csv(d / "fold0_history.csv", index=False)
     (d / "fold0_metrics.json").write_text("{}")
     m = np.stack([masks[n] for n in test["name"]])
@@ -132,6 +133,11 @@ def test_comparison_examples_picks_best_typical_worst_and_refinement_cases(tmp_p
     # the segmentation-only slot refuses a run with class scores
     with pytest.raises(ValueError, match="segmentation-only"):
         plots.comparison_examples(arrays, mt_run, mt_run)
+    # images of another size than the runs' are refused, not drawn under masks that do not fit
+    small = data.BusiArrays(images=arrays.images[:, ::2, ::2], masks=arrays.masks[:, ::2, ::2], labels=arrays.labels,
+                            classes=arrays.classes, ids=arrays.ids, names=names, orig_sizes=arrays.orig_sizes)
+    with pytest.raises(ValueError, match="arrays: images are 8x8 px; st was trained at 16x16"):
+        plots.comparison_examples(small, st_run, mt_run)
 
 
 def test_profile_curves_one_line_per_fold_and_panel_one_legend_entry_per_profile():

@@ -212,3 +212,12 @@ def test_load_data_limit_and_split_counts(data_dir):
     assert counts[counts["split"] == "test"]["total"].sum() == 18  # every image tested once
     full = train.load_data(trainconfig.TrainConfig(data_dir=str(data_dir)).resolve(), progress=False)
     assert np.bincount(full.labels).tolist() == [222, 164, 64]  # Curated BUSI
+
+
+@pytest.mark.data
+def test_run_arrays_rebuild_a_runs_own_images(data_dir):
+    """The results chapter draws a run's masks over train.run_arrays(its config): a 64-px
+    run gets 64-px images, whatever the default size."""
+    stored = trainconfig.TrainConfig(image_size=64, limit=3, data_dir="").resolve().to_dict()
+    arrays = train.run_arrays(stored, data_dir=data_dir)
+    assert arrays.images.shape == (9, 64, 64) and arrays.masks.shape == (9, 64, 64)
