@@ -260,6 +260,21 @@ def reader_view(nb: dict, root: str | Path = REPO_ROOT, name: str = "") -> dict:
     return nb
 
 
+
+def page_title(path: str | Path, root: str | Path = REPO_ROOT) -> str:
+    """The title a stored notebook has in the book: :func:`run_title` for a training run,
+    else its first ``#`` heading (else its file stem)."""
+    path = Path(path)
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    if is_run_notebook(nb):
+        return run_title(run_config(nb, root, path.stem))
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "markdown":
+            for line in _source(cell).splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    return path.stem
+
 # --------------------------------------------------------------------------- table of contents
 
 #: Markers of the generated block of ``_toc.yml`` (the run pages, grouped by backbone).
