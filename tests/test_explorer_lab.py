@@ -63,6 +63,9 @@ def lab(tmp_path_factory, busi):
            "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"),
            "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    news = home / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    news.parent.mkdir(parents=True)
+    news.write_text('{"fetchNews": "false"}')  # no news toast over the widget, no request for news
     log = open(home / "lab.log", "w")
     # the command of `make lab`, kept on loopback, without a browser and with a known token
     proc = subprocess.Popen([str(JUPYTER), "lab", str(work), "--no-browser", "--ip=127.0.0.1",
