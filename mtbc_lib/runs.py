@@ -4,6 +4,7 @@ Files (``<run>`` = the run name, ``results`` = ``out_dir``)::
 
     results/<run>/config.json           the resolved TrainConfig
     results/<run>/fold<k>_history.csv   one row per epoch (loss, Dice, accuracy, train/val, lr,
+                                        the loss's Dice and focal terms in training,
                                         wall and process CPU seconds, the machine's 1-min load
                                         average), rewritten after every epoch
     results/<run>/fold<k>_test.csv      one row per test image: class, id, name, label,

@@ -183,7 +183,9 @@ class FoldTrainer:
         DO) in shuffled batches: augmentation, half resolution during the first
         ``low_res_epochs``, forward (bf16 autocast if on), loss, backward, clipping,
         optimiser step, per-step schedule and weight average. Returns the epoch's mean
-        training loss, Dice and accuracy. Does not advance ``state["epoch"]``."""
+        training loss, Dice and accuracy, and the mean unweighted Dice and focal terms of
+        the loss (``dice_term``, ``focal_term``; those the task has). Does not advance
+        ``state["epoch"]``."""
         cfg, idx = self.cfg, self.train_idx if idx is None else idx
         low_res = self.state["epoch"] < cfg.low_res_epochs
         self.model.train()
@@ -191,11 +193,14 @@ class FoldTrainer:
         tot = {"loss": 0.0, "dice": 0.0, "acc": 0.0}
         for s in range(0, len(perm), cfg.batch_size):
             b = perm[s: s + cfg.batch_size].to(self.X.device)
-            loss, out, m, y = self._step(b, low_res)
+            loss, parts, out, m, y = self._step(b, low_res)
             d, c = _batch_stats(out, m, y)
             tot["loss"] += float(loss.detach()) * len(b)
             tot["dice"] += d
             tot["acc"] += c
+            for k in ("dice", "focal"):  # the two terms of the loss, unweighted: their balance
+                if k in parts:
+                    tot[f"{k}_term"] = tot.get(f"{k}_term", 0.0) + parts[k] * len(b)
         return {k: v / len(perm) for k, v in tot.items()}
 
     def _step(self, b: torch.Tensor, low_res: bool):
@@ -208,7 +213,7 @@ class FoldTrainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             out = self.model(x)
         out = float_outputs(out)
-        loss, _ = self.loss_fn(out, m, y)
+        loss, parts = self.loss_fn(out, m, y)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"fold {self.fold} epoch {self.state['epoch'] + 1}: training loss is "
                                    f"{float(loss.detach())}; the run diverged (try a lower lr, or amp='off')")
@@ -221,7 +226,7 @@ class FoldTrainer:
             self.sched.step()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
-        return loss, out, m, y
+        return loss, parts, out, m, y
 
     def validate(self) -> dict[str, float]:
         """Validation loss, Dice and accuracy of :attr:`evaluated`; raises TrainingDiverged
