@@ -369,15 +369,26 @@ def column_part(styled, columns, caption: str | None = None, empty: tuple[str, .
 
 #: Rows per page of a browsable table.
 PAGE_LENGTH = 10
-_ITABLES_LOADED = False
+_ITABLES_LOADED_IN: object = ()  # the cell execution whose output carries the DataTables library
+
+
+def _cell_execution():
+    """An id of the running cell execution (IPython's execution count), None outside IPython."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    return shell.execution_count if shell is not None else None
 
 
 def browsable_table(frame, caption: str | None = None, page_length: int = PAGE_LENGTH):
     """A long table shown whole in the book: every row, sortable by any column and
     searchable, ``page_length`` rows a page (itables, offline: the DataTables library is
-    embedded in the notebook once, with the first such table, so the static book needs
-    no network). Returns an ``IPython.display.HTML`` to display."""
-    global _ITABLES_LOADED
+    embedded in the output of the first such table of each cell execution, so the
+    static book needs no network and a re-run cell still carries it). Returns an
+    ``IPython.display.HTML`` to display."""
+    global _ITABLES_LOADED_IN
     import itables
     from IPython.display import HTML
     from itables import javascript
@@ -386,9 +397,10 @@ def browsable_table(frame, caption: str | None = None, page_length: int = PAGE_L
     html = itables.to_html_datatable(frame, caption=caption, connected=False, pageLength=page_length,
                                      lengthMenu=[page_length, 25, 100, len(frame)], showIndex=False,
                                      classes="display compact", display_logo_when_loading=False)
-    if not _ITABLES_LOADED:
+    cell = _cell_execution()
+    if cell is None or cell != _ITABLES_LOADED_IN:
         html = javascript.generate_init_offline_itables_html(itables_options.dt_bundle) + html
-        _ITABLES_LOADED = True
+        _ITABLES_LOADED_IN = cell
     return HTML(html)
 
 

@@ -435,9 +435,25 @@ def test_per_image_view_and_browsable_table():
     assert view.to_dict("list") == {"image": ["benign (4)", "normal (7)"], "fold": [0, 3],
                                     "true class": ["benign", "normal"], "predicted": ["normal", "normal"],
                                     "correct": ["no", "yes"], "Dice": [0.123, 1.0]}
-    book._ITABLES_LOADED = False
+    # outside IPython every table carries the DataTables library; nothing is fetched from a URL
     first, second = book.browsable_table(view, caption="every image").data, book.browsable_table(view).data
-    # the DataTables library travels with the first table only, and nothing is fetched from a URL
-    assert "_itables_" in first and len(first) > 500_000 and len(second) < 50_000
+    assert "_itables_" in first and len(first) > 500_000 and len(second) > 500_000
     for html in (first, second):
         assert "benign (4)" in html and not re.search(r'<script[^>]+src="https?:', html)
+
+
+def test_browsable_tables_carry_the_library_once_per_cell_in_a_kernel():
+    """In a notebook the DataTables library travels with the first table of each cell
+    execution: once for two tables of one cell, again in the next cell (whose output may
+    be all that is left after the first cell is re-run)."""
+    from nbclient import NotebookClient
+
+    setup = "import pandas as pd\nfrom mtbc_lib import book\ndf = pd.DataFrame({'a': range(30)})"
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell(setup + "\ndisplay(book.browsable_table(df), book.browsable_table(df))"),
+        nbformat.v4.new_code_cell("display(book.browsable_table(df))")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    sizes = [[len(o["data"]["text/html"]) for o in c.outputs if "text/html" in o.get("data", {})] for c in nb.cells]
+    assert len(sizes[0]) == 2 and len(sizes[1]) == 1
+    assert sizes[0][0] > 500_000 and sizes[0][1] < 50_000 and sizes[1][0] > 500_000, sizes
