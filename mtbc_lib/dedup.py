@@ -676,14 +676,33 @@ def _complete_groups(groups, edges, scored, transforms, prep, images, thumbs, cf
                         if th is not None:
                             need_aligned.append((a, b, th))
                 row.update({k: v for k, v in zip(("sy", "sx", "ty", "tx"), p) if k not in row})
-                row["mask_iou"] = reg.mask_iou(prep[a]["det_mask"], prep[b]["det_mask"],
-                                               reg.to_det(p, prep[a]["scale"], prep[b]["scale"]))
+                old = known.get((a, b), {})
+                if "mask_iou" in old and tuple(old.get(k) for k in ("sy", "sx", "ty", "tx")) == tuple(p):
+                    row["mask_iou"] = old["mask_iou"]  # an earlier run's, from the same transform
+                else:
+                    row["mask_iou"] = reg.mask_iou(prep[a]["det_mask"], prep[b]["det_mask"],
+                                                   reg.to_det(p, prep[a]["scale"], prep[b]["scale"]))
     if need_plain:
         ii, jj = np.asarray(need_plain).T
         for (a, b), v in zip(need_plain, reg.ssim_pairs(thumbs, ii, jj)):
             scored[(a, b)]["plain_ssim"] = float(v)
     for (a, b, th), v in zip(need_aligned, _ssim_of([x[2][:2] for x in need_aligned])):
         scored[(a, b)].update(aligned_ssim=float(v), overlap=th[2])
+
+
+def _connected(nodes, edges) -> bool:
+    """Whether ``edges`` (pairs of nodes) connect every node of a small group."""
+    parent = {k: k for k in nodes}
+
+    def find(k):
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for a, b in edges:
+        parent[find(a)] = find(b)
+    return len({find(k) for k in nodes}) == 1
 
 
 def _group_table(index, pairs, groups: list[list[int]], root: Path):
@@ -695,8 +714,7 @@ def _group_table(index, pairs, groups: list[list[int]], root: Path):
         inside = by_group[g]
         paper_edges = inside[inside["method"] == "paper"]
         # "paper" if the whole-image SSIM edges alone connect the group
-        lab = components(len(m), [m.index(a) for a in paper_edges["i"]], [m.index(b) for b in paper_edges["j"]])
-        method = "paper" if len(set(lab)) == 1 else "extended"
+        method = "paper" if _connected(m, zip(paper_edges["i"], paper_edges["j"])) else "extended"
         cls = sorted({index.at[k, "class"] for k in m}, key=CLASSES.index)
         conflict = len(cls) > 1
         rep = max(m, key=lambda k: (index.at[k, "height"] * index.at[k, "width"], -index.at[k, "id"]))
