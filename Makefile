@@ -25,7 +25,7 @@ test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # Headless Chromium for the browser test (Debian package; nothing downloads its own browser).
 chromium:
