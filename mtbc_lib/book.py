@@ -7,19 +7,15 @@ the reproducibility page is computed, from the stored notebooks' metadata. The H
 lands in ``_build/html``; plotly.js and MathJax are copied into ``_build/html/_static``
 by the build itself (``book/_ext/mtbc_book.py``, ``sphinx-mathjax-offline``).
 
-What a reader sees is decided here, for every notebook at once, not cell by cell in the
-notebooks: :func:`reader_view` is applied by the book's Sphinx extension to each stored
-notebook as it is read (the ``.ipynb`` offered for download stays as papermill wrote it):
-parameters cells and the code of set-up cells are removed, the code of cells that display
-a figure or a table is collapsed, and a training run's page is titled by what it is
-(:func:`run_title`, from the run's own configuration). :func:`sync_toc` groups the run
-pages under their backbone in ``_toc.yml`` before each build.
+What a reader sees of each notebook is :mod:`mtbc_lib.reader`'s (applied to every page at
+once by the book's Sphinx extension). :func:`sync_toc` groups the run pages under their
+backbone in ``_toc.yml`` before each build; the tables' helpers and the "At a glance"
+figures page are here too.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import re
 import shutil
@@ -29,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtbc_lib.config import REPO_ROOT
+from mtbc_lib.reader import cell_source, is_run_notebook, retitle, run_config, run_title
 
 #: Where the HTML lands, relative to the repository root.
 HTML_DIR = Path("_build") / "html"
@@ -90,190 +87,6 @@ def build(root: str | Path = REPO_ROOT, rebuild_all: bool = False, capture: bool
     return subprocess.run(command(root, rebuild_all), cwd=root, capture_output=capture,
                           text=True, timeout=timeout)
 
-
-# --------------------------------------------------------------------------- the reader's view
-
-#: Cells papermill writes the parameters into: removed from the page.
-PARAMETER_TAGS = frozenset({"parameters", "injected-parameters"})
-#: Tag that marks a set-up cell anywhere in a notebook (besides the cells right after the
-#: parameters, which are set-up cells by position).
-SETUP_TAG = "setup"
-#: Tag that keeps a cell's code visible on the page.
-SHOW_TAG = "show-input"
-#: Tags that already decide how a cell's code is shown.
-_DECIDED = frozenset({"remove-cell", "remove_cell", "remove-input", "remove_input", "hide-input",
-                      "hide-cell", SHOW_TAG})
-_FIGURE_MIMES = ("image/png", "image/jpeg", "image/svg+xml", "image/gif", "application/vnd.plotly.v1+json")
-_DISPLAY_MIMES = _FIGURE_MIMES + ("text/html", "text/markdown", "text/latex")
-
-
-def _tags(cell: dict) -> list[str]:
-    return cell.setdefault("metadata", {}).setdefault("tags", [])
-
-
-def _source(cell: dict) -> str:
-    src = cell.get("source", "")
-    return "".join(src) if isinstance(src, list) else src
-
-
-def shows_figure(cell: dict) -> bool:
-    """Whether a code cell's outputs hold a figure (an image or a plotly figure)."""
-    for out in cell.get("outputs", []):
-        data = out.get("data", {})
-        html = data.get("text/html", "")
-        if any(m in data for m in _FIGURE_MIMES) or "plotly-graph-div" in ("".join(html) if isinstance(html, list) else html):
-            return True
-    return False
-
-
-def shows_display(cell: dict) -> bool:
-    """Whether a code cell displays a figure, a table or formatted text (not only a log)."""
-    return any(any(m in out.get("data", {}) for m in _DISPLAY_MIMES) for out in cell.get("outputs", []))
-
-
-def setup_cells(nb: dict) -> list[int]:
-    """Indices of the set-up cells: the code cells that follow the parameters cells up to
-    the next Markdown cell, and any cell tagged ``setup``."""
-    cells = nb.get("cells", [])
-    found = {i for i, c in enumerate(cells) if SETUP_TAG in c.get("metadata", {}).get("tags", [])}
-    last_param = max((i for i, c in enumerate(cells)
-                      if PARAMETER_TAGS & set(c.get("metadata", {}).get("tags", []))), default=None)
-    if last_param is not None:
-        for i in range(last_param + 1, len(cells)):
-            if cells[i].get("cell_type") != "code":
-                break
-            found.add(i)
-    return sorted(found)
-
-
-def notebook_parameters(nb: dict) -> dict:
-    """The parameters a notebook ran with: the defaults of its ``parameters`` cell updated
-    by papermill's ``injected-parameters`` cell (plain literal assignments only)."""
-    params: dict = {}
-    for tag in ("parameters", "injected-parameters"):
-        for cell in nb.get("cells", []):
-            if cell.get("cell_type") != "code" or tag not in cell.get("metadata", {}).get("tags", []):
-                continue
-            try:
-                tree = ast.parse(_source(cell))
-            except SyntaxError:
-                continue
-            for node in tree.body:
-                target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else \
-                    node.target if isinstance(node, ast.AnnAssign) and node.value is not None else None
-                if isinstance(target, ast.Name):
-                    try:
-                        params[target.id] = ast.literal_eval(node.value)
-                    except ValueError:
-                        pass
-    return params
-
-
-def is_run_notebook(nb: dict) -> bool:
-    """Whether a stored notebook is a training run (an executed ``notebooks/train.ipynb``)."""
-    input_path = str(nb.get("metadata", {}).get("papermill", {}).get("input_path") or "")
-    params = notebook_parameters(nb)
-    return Path(input_path).name == "train.ipynb" or {"backbone", "task", "run_name"} <= set(params)
-
-
-def run_config(nb: dict, root: str | Path = REPO_ROOT, fallback_name: str = "") -> dict:
-    """The configuration of a training run: the ``config.json`` the run wrote under
-    ``results/<run name>/`` (the run name from its parameters, else ``fallback_name``),
-    else the notebook's own parameters."""
-    params = notebook_parameters(nb)
-    name = params.get("run_name") or fallback_name
-    for base in (Path(root) / "results", Path(root) / str(params.get("out_dir") or "results")):
-        path = base / name / "config.json"
-        if name and path.is_file():
-            return json.loads(path.read_text())["config"]
-    return {**params, "run_name": name}
-
-
-def run_title(config: dict) -> str:
-    """How the book names a run: backbone · configuration · profile, e.g.
-    ``U-Net++ · MT+DO · fast``, plus what else its run name says (``epochs24``)."""
-    from mtbc_lib.ablation import ROWS
-    from mtbc_lib.models import BACKBONES
-
-    backbone, profile = str(config.get("backbone", "?")), str(config.get("profile", "?"))
-    setting = {"seg": "st-seg", "cls": "st-cls", "mt": "mt"}.get(str(config.get("task")), str(config.get("task"))) \
-        + ("-do" if config.get("oversampling") else "")
-    label = next((r.configuration for r in ROWS if not r.pr and setting in (r.seg, r.cls)), setting)
-    entry = BACKBONES.get(backbone)
-    parts = [entry.title if entry else backbone, label, profile]
-    base = f"{backbone}-{setting}-{profile}"
-    name = str(config.get("run_name") or "")
-    if name.startswith(base + "-"):
-        parts.append(name[len(base) + 1:].replace("-", " "))
-    return " · ".join(parts)
-
-
-def _retitle(nb: dict, title: str) -> None:
-    for cell in nb.get("cells", []):
-        if cell.get("cell_type") != "markdown":
-            continue
-        lines = _source(cell).split("\n")
-        for i, line in enumerate(lines):
-            if line.startswith("# "):
-                lines[i] = f"# {title}"
-                cell["source"] = "\n".join(lines)
-                return
-    nb.setdefault("cells", []).insert(0, {"cell_type": "markdown", "metadata": {}, "source": f"# {title}"})
-
-
-_TH = re.compile(r"(<th\b[^>]*>)([^<]*)(</th>)")
-
-
-def breakable_headers(html: str) -> str:
-    """An HTML table with a line-break opportunity after every ``_`` of its header cells
-    (``dsc_<wbr>malignant``), so that a table of long snake-case column names can be as
-    narrow as its values, not as its names."""
-    return _TH.sub(lambda m: m.group(1) + m.group(2).replace("_", "_<wbr>") + m.group(3), html)
-
-
-def reader_view(nb: dict, root: str | Path = REPO_ROOT, name: str = "") -> dict:
-    """What the book shows of a stored notebook (a JSON dict, changed in place and
-    returned): parameters cells removed; set-up cells without their code (and removed
-    when they print nothing); the code of cells that display figures or tables collapsed
-    behind a toggle (``hide-input``) unless tagged ``show-input``; table headers that may
-    wrap after an underscore (:func:`breakable_headers`); a training run titled by
-    :func:`run_title`. ``name`` is the notebook's file stem (the run name of a run
-    stored by ``mtbc grid``)."""
-    cells = nb.get("cells", [])
-    setup = set(setup_cells(nb))
-    for i, cell in enumerate(cells):
-        if cell.get("cell_type") != "code":
-            continue
-        tags = _tags(cell)
-        if PARAMETER_TAGS & set(tags):
-            tags.append("remove-cell")
-        elif i in setup and not set(tags) & {SHOW_TAG, "remove-cell"}:
-            tags.append("remove-input" if cell.get("outputs") else "remove-cell")
-        elif not set(tags) & _DECIDED and (shows_figure(cell) or shows_display(cell)):
-            tags.append("hide-input")
-        for out in cell.get("outputs", []):
-            html = out.get("data", {}).get("text/html")
-            if html and "<th" in (text := "".join(html) if isinstance(html, list) else html):
-                out["data"]["text/html"] = breakable_headers(text)
-    if is_run_notebook(nb):
-        _retitle(nb, run_title(run_config(nb, root, name)))
-    return nb
-
-
-
-def page_title(path: str | Path, root: str | Path = REPO_ROOT) -> str:
-    """The title a stored notebook has in the book: :func:`run_title` for a training run,
-    else its first ``#`` heading (else its file stem)."""
-    path = Path(path)
-    nb = json.loads(path.read_text(encoding="utf-8"))
-    if is_run_notebook(nb):
-        return run_title(run_config(nb, root, path.stem))
-    for cell in nb.get("cells", []):
-        if cell.get("cell_type") == "markdown":
-            for line in _source(cell).splitlines():
-                if line.startswith("# "):
-                    return line[2:].strip()
-    return path.stem
 
 # --------------------------------------------------------------------------- table of contents
 
@@ -504,10 +317,10 @@ def book_figures(root: str | Path = REPO_ROOT, skip_runs: bool = True) -> list[F
         if ipynb.is_file():
             nb = json.loads(ipynb.read_text(encoding="utf-8"))
             if is_run_notebook(nb):
-                _retitle(nb, run_title(run_config(nb, root, ipynb.stem)))
+                retitle(nb, run_title(run_config(nb, root, ipynb.stem)))
             for cell in nb.get("cells", []):
                 if cell.get("cell_type") == "markdown":
-                    heading(_source(cell))
+                    heading(cell_source(cell))
                     continue
                 if "remove-cell" in cell.get("metadata", {}).get("tags", []) or anchor in taken:
                     continue

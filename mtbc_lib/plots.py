@@ -59,48 +59,6 @@ class PlotlyMimeRenderer:
         return renderer.render_text_html(dataclasses.replace(data, mime_type="text/html", content=plotly_html(fig)))
 
 
-def execution_time_figure(runs):
-    """Horizontal bar chart of how long each stored notebook took to execute.
-
-    ``runs`` is :func:`mtbc_lib.provenance.runs_table`'s frame (columns ``notebook``,
-    ``title``, ``status``, ``started``, ``duration``, ``duration_s``, ``hardware``);
-    notebooks without a recorded duration are left out. The time axis turns
-    logarithmic when the longest run is over 100 times the shortest (training runs
-    take hours, audits minutes); its unit (seconds, minutes, hours) follows the longest
-    run. Returns a ``plotly.graph_objects.Figure``.
-    """
-    import plotly.graph_objects as go
-
-    timed = runs.dropna(subset=["duration_s"])
-    if timed.empty:
-        raise ValueError("runs: no notebook with a recorded duration (execute them with papermill)")
-    seconds = timed["duration_s"].astype(float)
-    unit, scale = ("seconds", 1.0) if seconds.max() < 180 else \
-        ("minutes", 60.0) if seconds.max() < 3 * 3600 else ("hours", 3600.0)
-    values = seconds / scale
-    colours = {"completed": "#2b6cb0", "failed": "#c53030", "incomplete": "#dd6b20"}
-    fig = go.Figure()
-    for status, part in timed.groupby("status", sort=False):
-        fig.add_trace(go.Bar(
-            x=values[part.index], y=part["notebook"], orientation="h", name=status,
-            marker_color=colours.get(status, "#718096"),
-            customdata=part[["title", "started", "duration", "hardware"]].to_numpy(),
-            hovertemplate=("<b>%{y}</b><br>%{customdata[0]}<br>started %{customdata[1]}"
-                           "<br>took %{customdata[2]}<br>%{customdata[3]}<extra></extra>"),
-        ))
-    positive = values[values > 0]
-    log = len(positive) > 1 and positive.max() / positive.min() > 100
-    fig.update_layout(
-        height=160 + 30 * len(timed), margin=dict(l=10, r=10, t=40, b=40),
-        title="Execution time of each stored notebook",
-        xaxis_title=unit + (" (log scale)" if log else ""),
-        xaxis_type="log" if log else "linear",
-        yaxis=dict(autorange="reversed", automargin=True),
-        barmode="overlay", showlegend=timed["status"].nunique() > 1, template="plotly_white",
-    )
-    return fig
-
-
 # --------------------------------------------------------------------------- training runs
 # (used by notebooks/train.ipynb; data come from mtbc_lib.runs.load_run)
 

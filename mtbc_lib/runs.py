@@ -41,7 +41,7 @@ import numpy as np
 from mtbc_lib.config import CLASSES, REPO_ROOT, atomic_write
 from mtbc_lib.trainconfig import TrainConfig, config_diff
 
-__all__ = ["RunHeld", "hold", "read_config", "run_paths", "versions", "write_json", "check_same_config", "write_history", "save_masks",
+__all__ = ["RunHeld", "hold", "describe", "read_config", "run_paths", "versions", "write_json", "check_same_config", "write_history", "save_masks",
            "load_masks", "summarize", "RunResults", "load_run", "metrics_table", "confusion_table"]
 
 def write_json(path: Path, obj) -> None:
@@ -234,6 +234,25 @@ def summarize(cfg: TrainConfig, write: bool = False) -> dict:
     if write and summary["complete"]:
         write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def describe(cfg: TrainConfig):
+    """The resolved setting as a two-column table (what the notebook shows first),
+    including what ``device``, ``amp`` and ``channels_last`` resolve to here."""
+    import pandas as pd
+    import torch
+
+    from mtbc_lib.device import resolve_amp, resolve_channels_last, resolve_device
+
+    cfg = cfg.resolve()
+    run_dir, ck_dir = run_paths(cfg)
+    dev = resolve_device(cfg.device)
+    rows = [(k, v) for k, v in cfg.to_dict().items()]
+    rows += [("→ device used", str(dev)), ("→ bf16 autocast", resolve_amp(cfg.amp, dev)),
+             ("→ channels-last", resolve_channels_last(cfg.channels_last, dev)),
+             ("→ CPU threads", cfg.num_threads or torch.get_num_threads()),
+             ("→ results", str(run_dir)), ("→ checkpoints", str(ck_dir))]
+    return pd.DataFrame(rows, columns=["setting", "value"]).set_index("setting").astype(str)
 
 
 # ------------------------------------------------------------------------- reading

@@ -3,34 +3,23 @@
     cfg = trainconfig.TrainConfig(backbone="unetplusplus", task="mt", oversampling=True, profile="fast")
     summary = train.run(cfg)                # trains (or resumes) every fold, writes results
 
-Per fold (the paper's protocol): the splits of :func:`mtbc_lib.splits.cv_splits` on the curated
-labels; deterministic oversampling of the training split only; Adam,
-ReduceLROnPlateau on the validation loss, early stopping; the lowest-validation-loss
-checkpoint is evaluated on the test fold, without and with prediction refinement (PR).
-The recipe fields of TrainConfig change the optimiser (AdamW, weight decay), the schedule
-(warm-up + cosine, stepped per batch), add gradient clipping, a moving average of the
-weights (validated and tested instead of the raw weights) and low-resolution first epochs;
-a recipe study evaluates on the validation split instead of the test fold.
+Per fold (the paper's protocol): the folds of :mod:`mtbc_lib.splits`, deterministic
+oversampling of the training split only, Adam, ReduceLROnPlateau on the validation loss,
+early stopping; the lowest-validation-loss weights are evaluated on the test fold, without
+and with prediction refinement (PR). The recipe fields of TrainConfig change the optimiser,
+the schedule (warm-up + cosine, per batch), add gradient clipping, a moving average of the
+weights (validated and tested instead) and low-resolution first epochs; a recipe study
+evaluates on the validation split instead of the test fold.
 
-One fold's training state is a :class:`FoldTrainer` (model, optimiser, schedule, weight
-average, data on the device, random generator), whose :meth:`FoldTrainer.train_epoch` is
-also what the benchmarks time; :func:`train_fold` adds checkpoints, early stopping and the
-evaluation, :func:`run` the folds of a setting. The files a run writes, and how to read them
-back, are in :mod:`mtbc_lib.runs`; the configuration (:class:`~mtbc_lib.trainconfig.TrainConfig`,
-the profiles) in :mod:`mtbc_lib.trainconfig`; augmentation in :mod:`mtbc_lib.augment`;
-inference and scoring in :mod:`mtbc_lib.evaluate`; the folds in :mod:`mtbc_lib.splits`.
-
-Folds are numbered 0..n_folds-1 (the order of ``cv_splits``). Every file is written
-atomically. A killed run resumes from the last
-checkpoint and gives the same numbers as an uninterrupted one (same machine, same
-thread count); finished folds (``fold<k>_metrics.json`` present) are skipped.
-
-Speed (2-core CPU): the resized arrays live in memory as uint8 tensors; augmentation
-(flips + rotation by any angle) is one ``affine_grid``/``grid_sample`` per batch;
-bf16 autocast and channels-last memory where the CPU supports them (``amp``,
-``channels_last``); evaluation in large batches. A GPU is used when present.
+One fold's state is a :class:`FoldTrainer`, whose :meth:`FoldTrainer.train_epoch` the
+benchmarks also time; :func:`train_fold` adds checkpoints, early stopping and evaluation,
+:func:`run` the folds of a setting (files: :mod:`mtbc_lib.runs`). Every file is written
+atomically; a killed run resumes from its last checkpoint and gives the same numbers as an
+uninterrupted one (same machine, same thread count); finished folds are skipped. The
+arrays live in memory as uint8 tensors; augmentation is one resampling per batch
+(:mod:`mtbc_lib.augment`); bf16 and channels-last where the CPU supports them; a GPU is
+used when present.
 """
-
 from __future__ import annotations
 
 import math
@@ -49,8 +38,7 @@ from mtbc_lib.runs import check_same_config, hold, run_paths, save_masks, summar
 from mtbc_lib.splits import make_splits, train_indices
 from mtbc_lib.trainconfig import TrainConfig, config_diff
 
-__all__ = ["TrainingDiverged", "StopRequested", "FoldTrainer", "load_data", "run_arrays", "run", "train_fold",
-           "describe"]
+__all__ = ["TrainingDiverged", "StopRequested", "FoldTrainer", "load_data", "run_arrays", "run", "train_fold"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -416,21 +404,3 @@ def run(cfg: TrainConfig, arrays=None, progress: bool = True,
                 bits.append(f"acc {r['acc']:.3f} (PR {m['pr']['acc']:.3f})")
             print(f"fold {k}: " + ", ".join(bits))
     return summarize(cfg, write=True)
-
-
-def describe(cfg: TrainConfig):
-    """The resolved setting as a two-column table (what the notebook shows first),
-    including what ``device``, ``amp`` and ``channels_last`` resolve to here."""
-    import pandas as pd
-
-    cfg = cfg.resolve()
-    run_dir, ck_dir = run_paths(cfg)
-    dev = resolve_device(cfg.device)
-    rows = [(k, v) for k, v in cfg.to_dict().items()]
-    rows += [("→ device used", str(dev)), ("→ bf16 autocast", resolve_amp(cfg.amp, dev)),
-             ("→ channels-last", resolve_channels_last(cfg.channels_last, dev)),
-             ("→ CPU threads", cfg.num_threads or torch.get_num_threads()),
-             ("→ results", str(run_dir)), ("→ checkpoints", str(ck_dir))]
-    return pd.DataFrame(rows, columns=["setting", "value"]).set_index("setting").astype(str)
-
-

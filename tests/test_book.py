@@ -17,7 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mtbc_lib import book, models, provenance
+from mtbc_lib import book, models, provenance, reader
 
 ROOT = Path(__file__).resolve().parent.parent
 HTML = ROOT / book.HTML_DIR
@@ -267,7 +267,7 @@ def test_reader_view_removes_parameters_and_setup_and_collapses_display_code():
                                   outputs=[_display("image/png", "iVBORw0KGgo=")]),
         nbformat.v4.new_code_cell("late_setup()", metadata={"tags": ["setup"]}),
     )
-    book.reader_view(nb, name="chapter")
+    reader.reader_view(nb, name="chapter")
     tags = [set(c["metadata"].get("tags", [])) for c in nb["cells"]]
     assert "remove-cell" in tags[1] and "remove-cell" in tags[2]      # parameters
     assert tags[3] == {"remove-input"}                                # set-up that prints: output kept
@@ -277,15 +277,15 @@ def test_reader_view_removes_parameters_and_setup_and_collapses_display_code():
     assert tags[9] == {"show-input"} and tags[10] == {"remove-input"}  # explicit tags win
     assert tags[11] == {"setup", "remove-cell"}
     assert "dsc_<wbr>avg" in nb["cells"][7]["outputs"][0]["data"]["text/html"]
-    assert book._source(nb["cells"][0]) == "# A chapter"              # not a training run: title kept
+    assert reader.cell_source(nb["cells"][0]) == "# A chapter"              # not a training run: title kept
 
 
 def test_setup_cells_end_at_the_first_markdown_cell():
     nb = _notebook(nbformat.v4.new_code_cell("p = 1", metadata={"tags": ["parameters"]}),
                    nbformat.v4.new_code_cell("a = 1"), nbformat.v4.new_code_cell("b = 2"),
                    nbformat.v4.new_markdown_cell("text"), nbformat.v4.new_code_cell("c = 3"))
-    assert book.setup_cells(nb) == [1, 2]
-    assert book.setup_cells(_notebook(nbformat.v4.new_code_cell("a = 1"))) == []
+    assert reader.setup_cells(nb) == [1, 2]
+    assert reader.setup_cells(_notebook(nbformat.v4.new_code_cell("a = 1"))) == []
 
 
 def test_notebook_parameters_read_defaults_then_injected_values():
@@ -293,16 +293,16 @@ def test_notebook_parameters_read_defaults_then_injected_values():
         nbformat.v4.new_code_cell('backbone: str = "unetplusplus"  # network\nepochs: int | None = None\nlr = 1e-4',
                                   metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell('# Parameters\nbackbone = "nnunet"\nepochs = 3\n', metadata={"tags": ["injected-parameters"]}))
-    assert book.notebook_parameters(nb) == {"backbone": "nnunet", "epochs": 3, "lr": 1e-4}
+    assert reader.notebook_parameters(nb) == {"backbone": "nnunet", "epochs": 3, "lr": 1e-4}
 
 
 def test_run_title_names_backbone_configuration_and_profile():
     cfg = {"backbone": "unetplusplus", "task": "mt", "oversampling": True, "profile": "fast",
            "run_name": "unetplusplus-mt-do-fast"}
-    assert book.run_title(cfg) == "U-Net++ · MT+DO · fast"
-    assert book.run_title({**cfg, "task": "seg", "oversampling": False, "profile": "cpu",
+    assert reader.run_title(cfg) == "U-Net++ · MT+DO · fast"
+    assert reader.run_title({**cfg, "task": "seg", "oversampling": False, "profile": "cpu",
                            "run_name": "unetplusplus-st-seg-cpu"}) == "U-Net++ · ST(Seg) · cpu"
-    assert book.run_title({**cfg, "backbone": "nnunet-planned", "task": "cls", "profile": "steady",
+    assert reader.run_title({**cfg, "backbone": "nnunet-planned", "task": "cls", "profile": "steady",
                            "run_name": "nnunet-planned-st-cls-do-steady-epochs24"}) == \
         f"{models.BACKBONES['nnunet-planned'].title} · ST(Cls)+DO · steady · epochs24"
 
@@ -313,10 +313,10 @@ def test_run_pages_are_titled_from_their_own_config(built):
     titles = {}
     for path in sorted((BOOK_DIR / "runs").glob("*.ipynb")):
         nb = json.loads(path.read_text(encoding="utf-8"))
-        params = book.notebook_parameters(nb)
+        params = reader.notebook_parameters(nb)
         config_json = ROOT / "results" / params.get("run_name", path.stem) / "config.json"
         assert config_json.is_file(), f"{path.name}: its run's config.json is not under results/"
-        expected = book.run_title(json.loads(config_json.read_text())["config"])
+        expected = reader.run_title(json.loads(config_json.read_text())["config"])
         page = (built / f"{_docname(path)}.html").read_text(encoding="utf-8")
         h1 = re.search(r"<h1>([^<]*)<a class=\"headerlink\"", page)
         assert h1 and html_lib.unescape(h1.group(1)).strip() == expected, f"{path.name}: {h1 and h1.group(1)!r}"
@@ -333,7 +333,7 @@ def test_toc_groups_the_runs_under_their_backbone():
 
     parts = {p["caption"]: [c["file"] for c in p["chapters"]] for p in yaml.safe_load(toc)["parts"]}
     for path in sorted((BOOK_DIR / "runs").glob("*.ipynb")):
-        cfg = book.run_config(json.loads(path.read_text(encoding="utf-8")), ROOT, path.stem)
+        cfg = reader.run_config(json.loads(path.read_text(encoding="utf-8")), ROOT, path.stem)
         caption = "Training runs: " + models.BACKBONES[cfg["backbone"]].title
         assert _docname(path) in parts.get(caption, []), f"{path.name} is not under {caption!r}"
 
@@ -361,11 +361,11 @@ def test_built_pages_hide_parameters_but_downloads_keep_them(built):
     the executed notebook, parameters included."""
     for path in _stored():
         nb = json.loads(path.read_text(encoding="utf-8"))
-        params = [c for c in nb["cells"] if book.PARAMETER_TAGS & set(c["metadata"].get("tags", []))]
+        params = [c for c in nb["cells"] if reader.PARAMETER_TAGS & set(c["metadata"].get("tags", []))]
         page = (built / f"{_docname(path)}.html").read_text(encoding="utf-8")
         assert "tag_parameters" not in page and "tag_injected-parameters" not in page, path.name
         for cell in params:
-            first = next((ln for ln in book._source(cell).splitlines() if "=" in ln), None)
+            first = next((ln for ln in reader.cell_source(cell).splitlines() if "=" in ln), None)
             if first:
                 assert html_lib.escape(first.strip()) not in page, f"{path.name} shows {first!r}"
         rel = path.relative_to(ROOT).as_posix()
@@ -415,7 +415,7 @@ def test_pages_cite_only_files_of_the_repository():
     for doc in book.toc_docnames(ROOT):
         src = ROOT / f"{doc}.ipynb"
         if src.is_file():
-            texts = [book._source(c) for c in json.loads(src.read_text(encoding="utf-8"))["cells"]
+            texts = [reader.cell_source(c) for c in json.loads(src.read_text(encoding="utf-8"))["cells"]
                      if c["cell_type"] == "markdown"]
         else:
             texts = [(ROOT / f"{doc}.md").read_text(encoding="utf-8")]

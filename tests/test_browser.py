@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from mtbc_lib import book
+from mtbc_lib import book, reader
 
 pytestmark = pytest.mark.browser
 
@@ -214,14 +214,14 @@ def _expected_view(page_path: str):
     source = ROOT / page_path.replace(".html", ".ipynb")
     if not source.is_file():
         return None
-    nb = book.reader_view(json.loads(source.read_text(encoding="utf-8")), ROOT, source.stem)
+    nb = reader.reader_view(json.loads(source.read_text(encoding="utf-8")), ROOT, source.stem)
     tables, hidden = 0, []
     for cell in nb["cells"]:
         tags = set(cell.get("metadata", {}).get("tags", []))
-        if book.PARAMETER_TAGS & tags:
-            hidden += [ln.strip() for ln in book._source(cell).splitlines() if "=" in ln and len(ln.strip()) > 12]
+        if reader.PARAMETER_TAGS & tags:
+            hidden += [ln.strip() for ln in reader.cell_source(cell).splitlines() if "=" in ln and len(ln.strip()) > 12]
         if cell["cell_type"] == "markdown":
-            tables += len(_PIPE_TABLE_RULE.findall(book._source(cell)))
+            tables += len(_PIPE_TABLE_RULE.findall(reader.cell_source(cell)))
         if cell["cell_type"] != "code" or tags & {"remove-cell", "remove-output"}:
             continue
         for out in cell.get("outputs", []):
@@ -247,7 +247,7 @@ def test_long_tables_are_browsable_whole(site, browser):
     from mtbc_lib import ablation
 
     nb = json.loads((ROOT / "book" / "results.ipynb").read_text(encoding="utf-8"))
-    params = book.notebook_parameters(nb)
+    params = reader.notebook_parameters(nb)
     row = next(r for r in ablation.ROWS if r.configuration == "MT+PR+DO")
     expected = []
     for b in params["backbones"]:

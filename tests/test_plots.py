@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from mtbc_lib import plots
+from mtbc_lib import plots, provenance
 
 
 def _runs(durations: dict[str, float | None], status: str = "completed") -> pd.DataFrame:
@@ -57,27 +57,27 @@ def test_mime_renderer_ranks_plotly_json_after_html():
 
 
 def test_execution_time_figure_one_bar_per_timed_notebook():
-    fig = plots.execution_time_figure(_runs({"a.ipynb": 30.0, "runs/b.ipynb": 90.0, "c.ipynb": None}))
+    fig = provenance.execution_time_figure(_runs({"a.ipynb": 30.0, "runs/b.ipynb": 90.0, "c.ipynb": None}))
     (bar,) = fig.data
     assert list(bar.y) == ["a.ipynb", "runs/b.ipynb"] and list(bar.x) == [30.0, 90.0]
     assert fig.layout.xaxis.title.text == "seconds" and fig.layout.xaxis.type == "linear"
 
 
 def test_execution_time_figure_uses_hours_and_a_log_axis_for_long_runs():
-    fig = plots.execution_time_figure(_runs({"audit.ipynb": 60.0, "train.ipynb": 5 * 3600.0}))
+    fig = provenance.execution_time_figure(_runs({"audit.ipynb": 60.0, "train.ipynb": 5 * 3600.0}))
     assert fig.layout.xaxis.title.text == "hours (log scale)" and fig.layout.xaxis.type == "log"
     assert list(fig.data[0].x) == pytest.approx([60 / 3600, 5.0])
 
 
 def test_execution_time_figure_colours_failed_runs_apart():
     runs = pd.concat([_runs({"ok.ipynb": 10.0}), _runs({"bad.ipynb": 5.0}, status="failed")], ignore_index=True)
-    fig = plots.execution_time_figure(runs)
+    fig = provenance.execution_time_figure(runs)
     assert sorted(t.name for t in fig.data) == ["completed", "failed"] and fig.layout.showlegend
 
 
 def test_execution_time_figure_needs_a_duration():
     with pytest.raises(ValueError, match="papermill"):
-        plots.execution_time_figure(_runs({"a.ipynb": None}))
+        provenance.execution_time_figure(_runs({"a.ipynb": None}))
 
 
 def _run_dir(root, name, test: pd.DataFrame, masks: dict):

@@ -1,7 +1,7 @@
 """Sphinx extension of the mtbc book: the reader's view of every notebook, and
 plotly.js served from the book itself.
 
-Every stored notebook is shown as ``mtbc_lib.book.reader_view`` makes it (parameters and
+Every stored notebook is shown as ``mtbc_lib.reader.reader_view`` makes it (parameters and
 set-up code removed, the code of figures and tables collapsed, training runs titled by
 their configuration), for every notebook of the book at once: the change is made to the
 notebook text Sphinx reads (``source-read``), never to the files, so the ``.ipynb``
@@ -83,11 +83,11 @@ def _reread_build_time_pages(app, env, added, changed, removed) -> list[str]:
 
 
 def _reader_view(app, docname, source) -> None:
-    """Apply ``mtbc_lib.book.reader_view`` to a notebook as Sphinx reads it."""
+    """Apply ``mtbc_lib.reader.reader_view`` to a notebook as Sphinx reads it."""
     path = Path(app.env.doc2path(docname))
     if path.suffix != ".ipynb":
         return
-    from mtbc_lib.book import reader_view
+    from mtbc_lib.reader import reader_view
 
     nb = json.loads(source[0])
     source[0] = json.dumps(reader_view(nb, root=Path(app.srcdir), name=path.stem), ensure_ascii=False)
