@@ -88,3 +88,21 @@ def test_parser_has_subcommands():
     assert set(cli.SUBCOMMANDS) == {"audit", "grid"}
     args = parser.parse_args(["audit", "x", "--out", "y"])
     assert args.threshold == dedup.DedupConfig().threshold and args.curation == "paper" and args.extended
+
+
+def test_the_command_line_starts_without_the_training_code():
+    """Building the parser (every `mtbc` call) imports neither torch nor MONAI: the audit
+    starts in well under a second."""
+    code = "import sys; from mtbc_lib import cli; cli.build_parser(); print('torch' in sys.modules, 'monai' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backbone", "bogus", "--settings", "mt"], "parameter backbone='bogus': expected one of unetplusplus, nnunet,"),
+    (["--settings", "mtx"], "unknown setting(s) ['mtx']; valid: st-seg, st-seg-do"),
+])
+def test_grid_refuses_unknown_names_in_one_line(tmp_path, args, message):
+    run = _mtbc("grid", *args, "--out", tmp_path / "results", tmp_path=tmp_path)
+    assert run.returncode == 2 and message in run.stderr and run.stderr.count("\n") == 1
+    assert not (tmp_path / "results").exists()
