@@ -1,5 +1,6 @@
 """The BUSI data: index the raw folder, read any PNG mode, resize and cache the arrays,
-the Curated BUSI filter (the folds are in :mod:`mtbc_lib.splits`).
+and the keep-list file format (the curation rules are in :mod:`mtbc_lib.curation`, the folds
+in :mod:`mtbc_lib.splits`).
 
 Layout expected (the public ``Dataset_BUSI_with_GT``)::
 
@@ -41,9 +42,9 @@ from mtbc_lib import config
 from mtbc_lib.config import CLASSES, atomic_write
 
 __all__ = [
-    "DataError", "IMAGE_MODES", "MASK_MODES", "CURATIONS", "PUBLISHED_KEEP_LIST",
+    "DataError", "IMAGE_MODES", "MASK_MODES", "PUBLISHED_KEEP_LIST",
     "index_busi", "read_image", "read_mask", "BusiArrays", "load_busi",
-    "read_keep_list", "write_keep_list", "curate",
+    "read_keep_list", "write_keep_list",
 ]
 
 #: PNG modes accepted for images and for masks (everything the BUSI releases contain).
@@ -375,43 +376,3 @@ def write_keep_list(pairs: Iterable[tuple[str, int]], path) -> None:
     rows = sorted(clean, key=lambda p: (CLASSES.index(p[0]), p[1]))
     data = "\r\n".join([_KEEP_HEADER] + [f"{c};{i}" for c, i in rows]).encode()
     atomic_write(path, lambda p: p.write_bytes(data))
-
-
-def _keep_paper(data_dir):
-    return read_keep_list(PUBLISHED_KEEP_LIST)
-
-
-def _keep_one(data_dir):
-    from mtbc_lib import dedup  # lazy: the duplicate search is heavy and optional here
-
-    return dedup.keep_list(data_dir, "keep-one")
-
-
-#: Curation rule -> function(data_dir) giving the keep set (None = keep everything).
-CURATIONS = {
-    "paper": _keep_paper,      # the published Curated BUSI v1 list (450 images)
-    "keep-one": _keep_one,     # our duplicate search, one representative per group
-    "none": None,              # raw BUSI, all 780 images
-}
-
-
-def curate(arrays: BusiArrays, curation="paper", data_dir=None) -> BusiArrays:
-    """The images of ``arrays`` kept by a curation rule (a name in ``CURATIONS``, or a
-    Path to a ``class;id`` keep-list file). Every listed image must be in ``arrays``."""
-    if isinstance(curation, os.PathLike):
-        keep, source = read_keep_list(curation), str(curation)
-    elif curation in CURATIONS:
-        rule = CURATIONS[curation]
-        if rule is None:
-            return arrays.subset(np.arange(len(arrays)))
-        keep, source = rule(data_dir), f"curation {curation!r}"
-    else:
-        raise ValueError(f"unknown curation {curation!r}; expected one of {', '.join(CURATIONS)} "
-                         "or a pathlib.Path to a 'class;id' keep-list")
-    keys = arrays.keys
-    missing = keep - set(keys)
-    if missing:
-        ex = ", ".join(f"{c} ({i})" for c, i in sorted(missing)[:3])
-        raise DataError(f"{source}: {len(missing)} listed images are not in the loaded data (e.g. {ex}); "
-                        "expected the full BUSI folder")
-    return arrays.subset(np.asarray([k in keep for k in keys], dtype=bool))

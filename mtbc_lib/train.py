@@ -56,9 +56,10 @@ def load_data(cfg: TrainConfig, progress: bool = True):
     """The curated arrays of a run (``mtbc_lib.data.BusiArrays``); with ``limit`` only
     the first ``limit`` images of each class (index order)."""
     from mtbc_lib import data
+    from mtbc_lib.curation import curate
 
     data_dir = cfg.data_dir or None
-    arrays = data.curate(data.load_busi(data_dir, size=cfg.image_size, progress=progress), cfg.curation, data_dir)
+    arrays = curate(data.load_busi(data_dir, size=cfg.image_size, progress=progress), cfg.curation, data_dir)
     if cfg.limit:
         keep = np.concatenate([np.flatnonzero(arrays.labels == k)[: cfg.limit] for k in range(len(CLASSES))])
         arrays = arrays.subset(np.sort(keep))

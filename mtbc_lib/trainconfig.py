@@ -23,7 +23,7 @@ import numpy as np
 
 from mtbc_lib.config import SEED
 
-__all__ = ["PROFILES", "CURATIONS", "AMP_CHOICES", "TrainConfig", "config_from_namespace", "config_diff"]
+__all__ = ["PROFILES", "AMP_CHOICES", "TrainConfig", "config_from_namespace", "config_diff"]
 
 #: Training profiles: values of the ``None`` fields of TrainConfig.
 PROFILES: dict[str, dict[str, Any]] = {
@@ -80,8 +80,6 @@ for _p in PROFILES.values():
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw")
 SCHEDULES: tuple[str, ...] = ("plateau", "cosine")
 EVALUATE_ON: tuple[str, ...] = ("test", "val")
-#: Curation rules (see mtbc_lib.data.CURATIONS).
-CURATIONS: tuple[str, ...] = ("paper", "keep-one", "none")
 #: Values of ``amp`` and ``channels_last``.
 AMP_CHOICES: tuple[str, ...] = ("auto", "on", "off")
 
@@ -192,7 +190,9 @@ class TrainConfig:
             _check_type(f.name, getattr(self, f.name), _FIELD_TYPES[f.name])
         _choice("backbone", self.backbone, tuple(BACKBONES))
         _choice("task", self.task, TASKS)
-        _choice("curation", self.curation, CURATIONS)
+        from mtbc_lib.curation import CURATIONS
+
+        _choice("curation", self.curation, tuple(CURATIONS))
         _choice("profile", self.profile, tuple(PROFILES))
         if self.amp is not None:
             _choice("amp", self.amp, AMP_CHOICES)

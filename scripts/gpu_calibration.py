@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mtbc_lib import data  # noqa: E402
+from mtbc_lib import curation, data  # noqa: E402
 from mtbc_lib.trainconfig import TrainConfig  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def config(out_dir: str, budget_minutes: float, ckpt_dir: str = "") -> TrainConf
 
 
 def prepare(out: Path, data_dir: str | None) -> None:
-    arrays = data.curate(data.load_busi(data_dir, size=128), "paper", data_dir)
+    arrays = curation.curate(data.load_busi(data_dir, size=128), "paper", data_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     data._save_npz(out, arrays)
     print(f"{out}: {len(arrays)} curated images, {out.stat().st_size / 1e6:.1f} MB")

@@ -14,6 +14,7 @@ from PIL import Image
 
 from conftest import write_png
 from mtbc_lib import data
+from mtbc_lib.curation import curate
 from mtbc_lib.data import DataError
 from mtbc_lib.splits import cv_splits
 
@@ -383,16 +384,16 @@ def test_write_keep_list_rejects_unknown_class(tmp_path):
 
 def test_curate_none_path_and_unknown(make_busi, tmp_path):
     a = data.load_busi(make_busi(n_per_class=2), size=16, progress=False, workers=1)
-    assert data.curate(a, "none").names == a.names
+    assert curate(a, "none").names == a.names
     keep = tmp_path / "keep.csv"
     data.write_keep_list([("benign", 2), ("normal", 1)], keep)
-    c = data.curate(a, keep)
+    c = curate(a, keep)
     assert c.names == ["benign (2)", "normal (1)"] and list(c.labels) == [0, 2]
     with pytest.raises(ValueError, match="paper, keep-one, none"):
-        data.curate(a, "papr")
+        curate(a, "papr")
     # the paper's list names images the tiny folder lacks
     with pytest.raises(DataError, match="not in the loaded data"):
-        data.curate(a, "paper")
+        curate(a, "paper")
 
 
 # ----------------------------------------------------------------------------- folds
@@ -496,7 +497,7 @@ def test_real_load(busi):
 
 @pytest.mark.data
 def test_real_curate_paper_and_folds(busi):
-    cur = data.curate(busi, "paper")
+    cur = curate(busi, "paper")
     assert len(cur) == 450 and np.bincount(cur.labels).tolist() == [222, 164, 64]
     splits = cv_splits(cur.labels)
     assert sorted(len(s.test) for s in splits) == [112, 112, 113, 113]
@@ -507,6 +508,6 @@ def test_real_curate_paper_and_folds(busi):
 @pytest.mark.slow
 def test_real_curate_keep_one(busi, data_dir):
     pytest.importorskip("mtbc_lib.dedup", reason="mtbc_lib.dedup not written yet")
-    cur = data.curate(busi, "keep-one", data_dir)
+    cur = curate(busi, "keep-one", data_dir)
     assert 450 < len(cur) < 780
     assert set(np.unique(cur.labels)) == {0, 1, 2}
