@@ -189,7 +189,7 @@ def study_curves(histories: pd.DataFrame):
                 hovertemplate=f"{name}<br>%{{x:.1f}} min<br>{label} %{{y:.3f}}<extra></extra>"), row=1, col=j)
     for j in range(1, len(panels) + 1):
         fig.add_vline(x=BUDGET_MINUTES, line=dict(color="grey", dash="dot", width=1), row=1, col=j)
-    fig.update_xaxes(title_text="minutes on two cores (process CPU time ÷ 2)")
+    fig.update_xaxes(title_text="minutes on 2 cores")
     fig.update_layout(height=380, template="plotly_white", margin=dict(l=10, r=10, t=40, b=40),
                       legend=dict(orientation="h", y=-0.25))
     return fig
