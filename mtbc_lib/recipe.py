@@ -148,12 +148,16 @@ def verdict(table: pd.DataFrame) -> str:
         return "No candidate has finished yet: run `python -m mtbc_lib.recipe`."
     s = score(table).sort_values(ascending=False)
     best = s.index[0]
-    ranking = ", ".join(f"{n} ({v:.3f})" for n, v in s.items())
     acc, n_val = table.loc[best, "val accuracy (PR)"], int(table.loc[best, "val images"])
     se = (acc * (1 - acc) / n_val) ** 0.5
-    text = (f"Ranked by the mean of validation DSC avg and accuracy (both with PR): {ranking}. "
-            f"The best is **{best}** ({CANDIDATES[best][0]}): DSC avg {table.loc[best, 'val DSC avg (PR)']:.3f}, "
-            f"accuracy {acc:.3f} after {table.loc[best, 'minutes']:.0f} minutes. ")
+    scores = (f"DSC avg {table.loc[best, 'val DSC avg (PR)']:.3f}, accuracy {acc:.3f} after "
+              f"{table.loc[best, 'minutes']:.0f} minutes")
+    if len(s) == 1:
+        text = f"Only **{best}** ({CANDIDATES[best][0]}) has finished: {scores}; there is nothing to rank yet. "
+    else:
+        ranking = ", ".join(f"{n} ({v:.3f})" for n, v in s.items())
+        text = (f"Ranked by the mean of validation DSC avg and accuracy (both with PR): {ranking}. "
+                f"The best is **{best}** ({CANDIDATES[best][0]}): {scores}. ")
     if "paper" in s.index and best != "paper":
         gain = s[best] - s["paper"]
         text += (f"It scores {gain:+.3f} above the published recipe at the same budget. ")

@@ -400,7 +400,7 @@ def run(cfg: TrainConfig, arrays=None, progress: bool = True,
             bits = [f"{m['epochs']} epoch{'s' if m['epochs'] != 1 else ''} ({m['stopped']}), best epoch {m['best_epoch']}, "
                     f"{m['train_seconds'] / 60:.1f} min"]
             if "dsc_avg" in r:
-                bits.append(f"test DSC {r['dsc_avg']:.3f} (PR {m['pr']['dsc_avg']:.3f})")
+                bits.append(f"{cfg.evaluate_on} DSC {r['dsc_avg']:.3f} (PR {m['pr']['dsc_avg']:.3f})")
             if "acc" in r:
                 bits.append(f"acc {r['acc']:.3f} (PR {m['pr']['acc']:.3f})")
             print(f"fold {k}: " + ", ".join(bits))
