@@ -20,6 +20,7 @@ arrays live in memory as uint8 tensors; augmentation is one resampling per batch
 (:mod:`mtbc_lib.augment`); bf16 and channels-last where the CPU supports them; a GPU is
 used when present.
 """
+
 from __future__ import annotations
 
 import math

@@ -125,7 +125,7 @@ class TrainConfig:
     num_threads: int = 0             # torch CPU threads (0: torch's default)
     deterministic: bool = True       # torch.use_deterministic_algorithms
     budget_minutes: float = 0.0      # per-fold training-time budget: no new epoch starts once spent (0: none)
-    # --- the recipe (None: the profile's value; the paper's recipe in every profile but "cpu")
+    # --- the recipe (None: the profile's value; every profile so far uses the paper's, PAPER_RECIPE)
     optimizer: str | None = None     # "adam" (the paper's) or "adamw" (decoupled weight decay)
     weight_decay: float | None = None  # weight decay (Adam: L2 added to the gradient; AdamW: decoupled)
     schedule: str | None = None      # "plateau" (ReduceLROnPlateau on the validation loss) or "cosine"
