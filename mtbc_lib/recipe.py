@@ -11,10 +11,12 @@ so the test fold stays unread until the chosen recipe's final grid.
 Results: ``results/recipe/<run name>/`` (the usual run files, fold 0 only). Candidates are
 :class:`~mtbc_lib.trainconfig.TrainConfig` overrides of :data:`BASE`. The budget is set in
 epochs, chosen so that each candidate costs about :data:`BUDGET_MINUTES` on two idle cores at
-the speeds measured here (paper U-Net++ ≈ 7.8 min per full-resolution DO epoch in fp32,
-ResNet-34 U-Net++ ≈ 5.2 min; an epoch at 64² about a quarter); the study measures the cost
-as the process's CPU time ÷ 2 (robust to other work on the machine, unlike wall time) and
-compares the candidates at equal cost from their per-epoch histories.
+the speeds of ``benchmarks/results/bench_models.md`` (paper U-Net++ ≈ 7.8 min per
+full-resolution DO epoch in fp32, ResNet-34 U-Net++ ≈ 5.2 min; an epoch at 64² about a
+quarter; the first candidate's third epoch, on a quieter machine, cost 9.9). The study
+measures the cost as the process's CPU time ÷ 2 — less sensitive than wall time to other
+work on the machine, though not immune (threads waiting for a core still count; each
+history row records the load) — and compares the candidates from their per-epoch histories.
 """
 
 from __future__ import annotations
