@@ -107,8 +107,14 @@ def _position(page) -> str:
 
 
 def _wait_position(page, text: str, timeout: float = 60_000) -> str:
-    page.wait_for_function("""t => [...document.querySelectorAll('.widget-html')]
-                              .some(e => e.innerText.includes(t))""", arg=text, timeout=timeout)
+    # Lab renders long notebooks windowed: after "Run All" it scrolls to the last cell and a
+    # cell far above (the explorer, above a long table) leaves the DOM. A user scrolls back
+    # up to it; so does the test, on every poll.
+    page.wait_for_function("""t => {
+                              const outer = document.querySelector('.jp-NotebookPanel .jp-WindowedPanel-outer');
+                              if (outer) outer.scrollTop = 0;
+                              return [...document.querySelectorAll('.widget-html')]
+                                  .some(e => e.innerText.includes(t)); }""", arg=text, timeout=timeout)
     return _position(page)
 
 
