@@ -117,8 +117,10 @@ def study_table(results_dir: str | os.PathLike = "results/recipe") -> pd.DataFra
         if not path.is_file():
             continue
         m = json.loads(path.read_text())
+        h = pd.read_csv(path.parent / "fold0_history.csv")
         rows.append({"candidate": name, "recipe": what, "epochs": m["epochs"], "best epoch": m["best_epoch"],
-                     "minutes": _cpu_minutes(path.parent), "machine load": _mean_load(path.parent),
+                     "minutes": h["cpu_seconds"].sum() / 120,  # CPU time of two cores, as study_histories
+                     "machine load": h["load"].mean() if "load" in h else float("nan"),  # NaN: not yet recorded
                      "val images": m["n_val"], "val DSC avg": m["raw"]["dsc_avg"],
                      "val DSC avg (PR)": m["pr"]["dsc_avg"], "val accuracy": m["raw"]["acc"],
                      "val accuracy (PR)": m["pr"]["acc"]})
@@ -129,17 +131,6 @@ def score(table: pd.DataFrame) -> pd.Series:
     """The study's one number per candidate: the mean of the validation DSC avg and the
     validation accuracy, both with PR (the two numbers of the paper's headline row)."""
     return (table["val DSC avg (PR)"] + table["val accuracy (PR)"]) / 2
-
-
-def _cpu_minutes(run_dir: Path) -> float:
-    return float(pd.read_csv(run_dir / "fold0_history.csv")["cpu_seconds"].sum() / 120)
-
-
-def _mean_load(run_dir: Path) -> float:
-    """The mean 1-minute load average over the epochs (2 = both cores busy; NaN for a
-    history written before the engine recorded it)."""
-    h = pd.read_csv(run_dir / "fold0_history.csv")
-    return float(h["load"].mean()) if "load" in h else float("nan")
 
 
 def verdict(table: pd.DataFrame) -> str:
