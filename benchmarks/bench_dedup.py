@@ -18,7 +18,7 @@ In one run:
 3. **Exactness of the candidate filter** (``--no-exact`` skips it): the whole-image SSIM of
    *all* 303,810 pairs, computed exactly with the vectorised ``registration.ssim_pairs``
    (equal to scikit-image, see tests/test_registration.py); the groups of pairs >= threshold
-   must equal the groups of our search restricted to its whole-image ("paper") edges; the
+   must equal the groups of our search restricted to its whole-image edges; the
    margin of the filter is the lowest candidate score (correlation of centred 16x16
    thumbnails) of a pair with SSIM >= 0.5 / 0.7 / threshold, against the filter's cut.
 4. **Recall of the crop/rescale and lesion search** (``--no-recall`` skips it): the search
@@ -243,7 +243,7 @@ def main(argv=None) -> int:
               f"Of the command's wall time, {t_start:.1f} s (load {_load()}) is Python start-up, imports and building "
               "the `mtbc` parser (whose `grid` sub-command imports the training code and torch), before the audit "
               "starts.",
-              f"Pairs verified: {res.counts['paper_candidates']} whole-image candidates (of {n_pairs:,}), "
+              f"Pairs verified: {res.counts['whole_image_candidates']} whole-image candidates (of {n_pairs:,}), "
               f"{res.counts['extended_candidates']} aligned keypoint candidates; "
               f"{int(res.pairs['lesion_ssim'].notna().sum())} pairs scored for the lesion relation.",
               "", "```", dedup.summary(res), "```", ""]
@@ -275,8 +275,8 @@ def main(argv=None) -> int:
               "warm** (wall; our audit also searches crops, rescales and frames of one lesion, which brute force "
               "at this setting cannot find).",
               f"The SSIM stage alone, after decoding: brute force {per_pair * n_pairs:.0f} s, ours (candidate filter "
-              f"+ exact SSIM of the candidates, stage `paper_search`) {res.timings['paper_search']:.2f} s: "
-              f"**{per_pair * n_pairs / res.timings['paper_search']:.0f}x**.",
+              f"+ exact SSIM of the candidates, stage `whole_image_search`) {res.timings['whole_image_search']:.2f} s: "
+              f"**{per_pair * n_pairs / res.timings['whole_image_search']:.0f}x**.",
               f"Largest difference between scikit-image and `registration.ssim_pairs` on the sample: {max_err:.1e}.", ""]
 
     # 3. the exact all-pairs groups equal our whole-image groups
@@ -315,7 +315,7 @@ def main(argv=None) -> int:
         lb = [tuple(names[k] for k in g) for g in lb]
         lines += ["## 4. Recall of the crop/rescale and lesion search", "",
                   f"Generous settings (64 keypoints, 16 neighbours, descriptor correlation 0.8, 3 inliers, "
-                  f"candidate filter 0.5; {res2.counts['paper_candidates']} whole-image and "
+                  f"candidate filter 0.5; {res2.counts['whole_image_candidates']} whole-image and "
                   f"{res2.counts['extended_candidates']} aligned candidates, "
                   f"{int(res2.pairs['lesion_ssim'].notna().sum())} lesion-scored pairs, {t_gen:.0f} s): "
                   f"same-scan pairs {len(b)} vs {len(a)} with the defaults; only generous: {len(b - a)}, "

@@ -58,8 +58,8 @@ def _add_audit(sub) -> None:
                     "change it).")
     p.add_argument("data_dir", metavar="DATA_DIR", help="BUSI folder holding benign/, malignant/, normal/")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
-    p.add_argument("--curation", choices=RULES, default="paper",
-                   help="keep-list rule: paper = drop every group member (as Curated BUSI does), "
+    p.add_argument("--curation", choices=RULES, default="drop-all",
+                   help="keep-list rule: drop-all = drop every group member (as Curated BUSI does), "
                         "keep-one = keep the largest image of each group whose labels agree "
                         "(default: %(default)s)")
     p.add_argument("--threshold", type=_threshold, default=d.threshold,

@@ -26,14 +26,14 @@ class DuplicateExplorer:
 
     result: a ``dedup.AuditResult``; height: pixel height of the member images;
     initial: "keep-one" (the suggested representative of each group whose labels agree
-    is marked keep, the rest drop) or "paper" (every member marked drop).
+    is marked keep, the rest drop) or "drop-all" (every member marked drop).
     Images outside every group are always kept. ``widget`` is the ipywidgets box."""
 
     def __init__(self, result, height: int = 220, initial: str = "keep-one"):
         import ipywidgets as W
 
-        if initial not in ("keep-one", "paper"):
-            raise ValueError(f"initial={initial!r}; expected 'keep-one' or 'paper'")
+        if initial not in ("keep-one", "drop-all"):
+            raise ValueError(f"initial={initial!r}; expected 'keep-one' or 'drop-all'")
         self.result = result
         self.height = height
         table = result.groups
@@ -174,7 +174,7 @@ class DuplicateExplorer:
             from PIL import Image
 
             from mtbc_lib.data import read_image, read_mask
-            from mtbc_lib.audit import mask_overlay
+            from mtbc_lib.audit_figures import mask_overlay
 
             r = self.result.index.loc[row]
             buf = io.BytesIO()

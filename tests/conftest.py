@@ -55,3 +55,21 @@ def make_busi(tmp_path):
         return root
 
     return make
+
+
+@pytest.fixture(scope="session")
+def synthetic_busi(tmp_path_factory) -> Path:
+    """A 10-image BUSI folder with two groups of copies (``synthetic.write_synthetic_busi``),
+    written once per session: read it, never change it (copy it first)."""
+    from synthetic import write_synthetic_busi
+
+    return write_synthetic_busi(tmp_path_factory.mktemp("synthetic") / "BUSI")
+
+
+@pytest.fixture(scope="session")
+def synthetic_lesions(tmp_path_factory) -> Path:
+    """An 8-image BUSI folder with frames of one lesion (``synthetic.write_synthetic_lesions``),
+    written once per session: read it, never change it."""
+    from synthetic import write_synthetic_lesions
+
+    return write_synthetic_lesions(tmp_path_factory.mktemp("lesions") / "BUSI")

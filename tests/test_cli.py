@@ -12,7 +12,6 @@ import pytest
 
 from mtbc_lib import cli, dedup
 from mtbc_lib.data import read_keep_list
-from test_dedup import write_synthetic_busi
 
 
 def _mtbc(*args, tmp_path):
@@ -22,8 +21,8 @@ def _mtbc(*args, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def busi(tmp_path_factory):
-    return write_synthetic_busi(tmp_path_factory.mktemp("cli") / "BUSI")
+def busi(synthetic_busi):
+    return synthetic_busi
 
 
 def test_audit_writes_duplicates_and_keep_list(busi, tmp_path):
@@ -37,7 +36,7 @@ def test_audit_writes_duplicates_and_keep_list(busi, tmp_path):
     assert list(dup["group"]) == [1, 1, 1, 1, 2, 2] and dup["label_conflict"].tolist()[:4] == [True] * 4
     assert set(dup["file"]) >= {"benign/benign (2).png", "normal/normal (4).png"}
     keep = read_keep_list(out / "curated.csv")
-    assert keep == {("benign", 3), ("malignant", 3), ("normal", 1), ("normal", 2)}  # rule "paper"
+    assert keep == {("benign", 3), ("malignant", 3), ("normal", 1), ("normal", 2)}  # rule "drop-all"
     assert (out / "curated.csv").read_bytes().count(b"\r\n") == 4
     assert sorted(p.name for p in out.iterdir()) == ["curated.csv", "duplicates.csv", "pairs.csv"]
 
@@ -87,7 +86,7 @@ def test_parser_has_subcommands():
     parser = cli.build_parser()
     assert set(cli.SUBCOMMANDS) == {"audit", "grid"}
     args = parser.parse_args(["audit", "x", "--out", "y"])
-    assert args.threshold == dedup.DedupConfig().threshold and args.curation == "paper" and args.extended
+    assert args.threshold == dedup.DedupConfig().threshold and args.curation == "drop-all" and args.extended
 
 
 def test_the_command_line_starts_without_the_training_code():

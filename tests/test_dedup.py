@@ -6,15 +6,14 @@ files, bad input. Real-data checks (the paper's groups) behind @pytest.mark.data
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from scipy import ndimage as ndi
 
 from mtbc_lib import audit, dedup
 from mtbc_lib.data import DataError, read_keep_list
+from synthetic import write_synthetic_busi, write_synthetic_lesions
 
 
 @pytest.fixture(autouse=True)
@@ -23,109 +22,15 @@ def _private_cache(tmp_path, monkeypatch, request):
         monkeypatch.setenv("MTBC_CACHE", str(tmp_path / "cache"))
 
 
-# ----------------------------------------------------------------------------- synthetic scans
-
-def _scan(seed: int, h: int = 150, w: int = 190):
-    """A fake ultrasound frame: smooth random texture, speckle, depth ramp, dark lesion."""
-    rng = np.random.default_rng(seed)
-    img = 110 + 420 * ndi.gaussian_filter(rng.normal(size=(h, w)), 4) + 10 * rng.normal(size=(h, w))
-    img += np.linspace(50, -50, h)[:, None]
-    yy, xx = np.mgrid[:h, :w]
-    lesion = ((yy - h * 0.55) / (h * 0.14)) ** 2 + ((xx - w * 0.45) / (w * 0.16)) ** 2 < 1
-    img[lesion] *= 0.35
-    return np.clip(img, 0, 255).astype(np.uint8), lesion
-
-
-def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if a.dtype == bool:
-        return np.asarray(Image.fromarray(a).resize(size, Image.Resampling.NEAREST))
-    return np.asarray(Image.fromarray(a).resize(size, Image.Resampling.BILINEAR))
-
-
-def _save(root: Path, cls: str, i: int, img: np.ndarray, mask: np.ndarray) -> None:
-    d = root / cls
-    d.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(img).save(d / f"{cls} ({i}).png")
-    if cls == "normal":
-        Image.fromarray(np.zeros(img.shape + (3,), np.uint8)).save(d / f"{cls} ({i})_mask.png")
-    else:
-        Image.fromarray(mask).convert("1").save(d / f"{cls} ({i})_mask.png")
-
-
-def write_synthetic_busi(root) -> Path:
-    """A 10-image BUSI-layout folder with two duplicate groups:
-
-    - group A (label conflict): benign 1 (a 190x150 scan), benign 2 (a crop of it),
-      malignant 1 (the whole scan rescaled x1.2), malignant 2 (a crop rescaled x0.8);
-    - group B (labels agree): normal 3 (a scan) and normal 4 (a crop of it);
-    - benign 3, malignant 3, normal 1, normal 2: unrelated scans.
-    """
-    root = Path(root)
-    a, la = _scan(1)
-    _save(root, "benign", 1, a, la)
-    _save(root, "benign", 2, a[12:140, 30:185], la[12:140, 30:185])
-    _save(root, "malignant", 1, _resize(a, (228, 180)), _resize(la, (228, 180)))
-    _save(root, "malignant", 2, _resize(a[20:145, 10:170], (128, 100)), _resize(la[20:145, 10:170], (128, 100)))
-    for k, (cls, i) in enumerate([("benign", 3), ("malignant", 3), ("normal", 1), ("normal", 2)]):
-        s, ls = _scan(10 + k)
-        _save(root, cls, i, s, ls)
-    s, ls = _scan(30)
-    _save(root, "normal", 3, s, ls)
-    _save(root, "normal", 4, s[15:, :150], ls[15:, :150])
-    return root
-
-
-def _frame(seed: int, dy: float = 0.0, dx: float = 0.0, angle: float = 0.0, speckle: int = 0,
-           h: int = 150, w: int = 190):
-    """One frame of a fake lesion: the tissue field of ``seed`` (with its dark lesion)
-    shifted by (dy, dx) px and rotated by ``angle`` degrees, fresh speckle ``speckle``."""
-    rng = np.random.default_rng(seed)
-    big_h, big_w = h + 60, w + 60
-    field = 420 * ndi.gaussian_filter(rng.normal(size=(big_h, big_w)), 4)
-    yy, xx = np.mgrid[:big_h, :big_w]
-    lesion = ((yy - big_h * 0.55) / (h * 0.14)) ** 2 + ((xx - big_w * 0.47) / (w * 0.16)) ** 2 < 1
-    field = np.where(lesion, (field + 110) * 0.35 - 110, field)
-    field = ndi.shift(ndi.rotate(field, angle, reshape=False, order=1, mode="reflect"), (dy, dx), order=1,
-                      mode="reflect")
-    lesion = ndi.shift(ndi.rotate(lesion.astype(float), angle, reshape=False, order=1), (dy, dx), order=1) > 0.5
-    crop = (slice(30, 30 + h), slice(30, 30 + w))
-    noise = np.random.default_rng(1000 + speckle).normal(size=(h, w))
-    img = 110 + field[crop] + 12 * noise + np.linspace(50, -50, h)[:, None]
-    return np.clip(img, 0, 255).astype(np.uint8), lesion[crop]
-
-
-def write_synthetic_lesions(root) -> Path:
-    """An 8-image BUSI-layout folder for the lesion relation:
-
-    - benign 1 and benign 2: two frames of one lesion (shifted by 7/-10 px, rotated 2.5
-      degrees, other speckle); benign 3: a crop of benign 2 (a copy: same scan);
-    - malignant 1: a third frame of that lesion under another label (not the same lesion:
-      the relation asks for one class);
-    - benign 4, malignant 2, malignant 3, normal 1: other lesions at the same place.
-    """
-    root = Path(root)
-    a, la = _frame(41, speckle=1)
-    _save(root, "benign", 1, a, la)
-    b, lb = _frame(41, 7, -10, 2.5, speckle=2)
-    _save(root, "benign", 2, b, lb)
-    _save(root, "benign", 3, b[10:, 15:], lb[10:, 15:])
-    c, lc = _frame(41, -6, 8, -2, speckle=3)
-    _save(root, "malignant", 1, c, lc)
-    for k, (cls, i) in enumerate([("benign", 4), ("malignant", 2), ("normal", 1), ("malignant", 3)]):
-        s, ls = _frame(50 + k, speckle=10 + k)
-        _save(root, cls, i, s, ls)
-    return root
-
-
 @pytest.fixture(scope="module")
-def lesions(tmp_path_factory):
-    root = write_synthetic_lesions(tmp_path_factory.mktemp("les") / "BUSI")
+def lesions(synthetic_lesions):
+    root = synthetic_lesions
     return root, dedup.find_groups(root, progress=False, workers=1)
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    root = write_synthetic_busi(tmp_path_factory.mktemp("syn") / "BUSI")
+def synthetic(synthetic_busi):
+    root = synthetic_busi
     return root, dedup.find_groups(root, progress=False, workers=1)
 
 
@@ -154,7 +59,7 @@ def test_whole_image_ssim_alone_misses_the_crops(synthetic):
     root, _ = synthetic
     r = dedup.find_groups(root, dedup.DedupConfig(extended=False), progress=False, workers=1)
     assert _members(r) == [{"benign (1)", "malignant (1)"}]  # only the whole-image rescale
-    assert set(r.groups["method"]) == {"paper"} and set(r.groups["linked_by"]) == {"paper"}
+    assert set(r.groups["method"]) == {"whole-image"} and set(r.groups["linked_by"]) == {"whole-image"}
 
 
 def test_methods_label_conflicts_and_mask_agreement(synthetic):
@@ -163,7 +68,7 @@ def test_methods_label_conflicts_and_mask_agreement(synthetic):
     assert g.loc["benign (1)", "label_conflict"] and g.loc["benign (1)", "classes"] == "benign+malignant"
     assert not g.loc["normal (3)", "label_conflict"]
     assert set(g["method"]) == {"extended"}  # both groups need the alignment
-    assert g.loc["malignant (1)", "linked_by"] == "paper" and g.loc["benign (2)", "linked_by"] == "extended"
+    assert g.loc["malignant (1)", "linked_by"] == "whole-image" and g.loc["benign (2)", "linked_by"] == "extended"
     inside = r.pairs[r.pairs["group"] == 1]
     assert len(inside) == 6 and inside["mask_iou"].min() > 0.9  # the same lesion, aligned
     assert r.pairs.loc[r.pairs["group"] == 2, "mask_iou"].tolist() == [1.0]  # two empty masks agree
@@ -202,7 +107,7 @@ def test_duplicates_csv_holds_lesion_only_images(lesions, tmp_path):
         ["benign", 2, 1, 1], ["benign", 3, 1, 1], ["benign", 1, pd.NA, 1]]
     assert dup["size"].tolist() == [2, 2, 1]
     # curation is unchanged: only the copies are dropped
-    assert r.keep("paper") == {(c, int(i)) for c, i in zip(r.index["class"], r.index["id"])} - {
+    assert r.keep("drop-all") == {(c, int(i)) for c, i in zip(r.index["class"], r.index["id"])} - {
         ("benign", 2), ("benign", 3)}
     pairs = pd.read_csv(paths["pairs"])
     assert {"lesion_ssim", "same_lesion", "lesion_group"} <= set(pairs.columns)
@@ -225,7 +130,7 @@ def test_curation_rules(synthetic):
     _, r = synthetic
     everyone = {(c, int(i)) for c, i in zip(r.index["class"], r.index["id"])}
     outside = {("benign", 3), ("malignant", 3), ("normal", 1), ("normal", 2)}
-    assert r.keep("paper") == outside
+    assert r.keep("drop-all") == outside
     # keep-one: the conflicting group goes entirely, the agreeing one keeps its largest image
     assert r.keep("keep-one") == outside | {("normal", 3)}
     assert len(everyone) == 10
@@ -258,7 +163,7 @@ def test_keep_list_is_cached(synthetic, monkeypatch, tmp_path):
         raise AssertionError("searched again")
 
     monkeypatch.setattr(dedup, "find_groups", boom)
-    assert dedup.keep_list(root, "paper") == r.keep("paper")
+    assert dedup.keep_list(root, "drop-all") == r.keep("drop-all")
     with pytest.raises(ValueError, match="unknown curation rule"):
         dedup.keep_list(root, "none")
 
@@ -319,8 +224,8 @@ def test_busi_reproduces_the_published_groups(busi_audit):
             sizes_in_published[len(g)] = sizes_in_published.get(len(g), 0) + 1
     assert sizes_in_published == {2: 122, 3: 22, 4: 5}
     assert r.group_sizes() == {2: 123, 3: 22, 4: 5}
-    assert published - r.keep("paper") == {("malignant", 11), ("malignant", 113)}
-    assert r.keep("paper") <= published
+    assert published - r.keep("drop-all") == {("malignant", 11), ("malignant", 113)}
+    assert r.keep("drop-all") <= published
     diff = audit.compare_published(r)
     assert set(diff["name"]) == {"malignant (11)", "malignant (113)"} and set(diff["ours"]) == {"removed"}
 
@@ -338,7 +243,7 @@ def test_busi_threshold_margin_and_conflicts(busi_audit):
     assert g["group"].nunique() == 1 and g["size"].iloc[0] == 3 and g["label_conflict"].all()
     # whole-image SSIM alone connects only part of the groups
     methods = r.groups.drop_duplicates("group")["method"].value_counts()
-    assert methods["paper"] + methods["extended"] == 150 and methods["extended"] > 50
+    assert methods["whole-image"] + methods["extended"] == 150 and methods["extended"] > 50
     assert len(r.keep("keep-one")) == 780 - len(r.groups) + int(r.groups["keep_one"].sum())
 
 
@@ -365,7 +270,7 @@ def test_busi_lesion_groups(busi_audit):
     assert (r.index.loc[edges["i"], "class"].to_numpy() == r.index.loc[edges["j"], "class"].to_numpy()).all()
     assert edges["lesion_ssim"].min() >= r.config.lesion_threshold > r.pairs.loc[
         ~r.pairs["same_lesion"] & ~r.pairs["duplicate"], "lesion_ssim"].max() - 0.02
-    assert len(r.keep("paper")) == 448
+    assert len(r.keep("drop-all")) == 448
 
 
 def test_cli_lesion_options(lesions, tmp_path, capsys):
@@ -399,9 +304,9 @@ def test_second_run_reads_no_png_matches_no_keypoint_and_finds_the_same(tmp_path
         raise AssertionError("decoded a PNG")
 
     with monkeypatch.context() as m:
-        m.setattr(dedup, "_decode_all", boom)
+        m.setattr(dedup, "decode_all", boom)
         m.setattr(data, "read_image", boom)
-        m.setattr(dedup, "_keypoint_pairs", boom)  # the candidates are kept too
+        m.setattr(dedup, "keypoint_pairs", boom)  # the candidates are kept too
         second = dedup.find_groups(root, progress=False, workers=1)
     pd.testing.assert_frame_equal(second.pairs, first.pairs)
     pd.testing.assert_frame_equal(second.groups, first.groups)

@@ -4,7 +4,7 @@ headless Chromium, the filter, next, keep/drop and export controls clicked, and 
 exported keep-list read back from disk.
 
 The notebook is a copy of ``notebooks/duplicate_explorer.ipynb`` in a temporary folder
-(Lab saves what it opens), run on the small generated BUSI folder of ``test_dedup``
+(Lab saves what it opens), run on the small generated BUSI folder of ``tests/synthetic.py``
 (``MTBC_DATA`` points the notebook's ``data_dir=""`` at it), so the expected groups and
 keep-lists are known. A screenshot of the explorer after the export is saved as
 ``_build/screenshots/explorer_in_jupyterlab.png``. Chromium is the system one, driven by playwright; no request may
@@ -29,7 +29,6 @@ import pytest
 from mtbc_lib import dedup
 from mtbc_lib.data import read_keep_list
 from test_browser import CHROMIUM_FLAGS, LOOPBACK, _chromium
-from test_dedup import write_synthetic_busi
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -46,8 +45,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def busi(tmp_path_factory) -> Path:
-    return write_synthetic_busi(tmp_path_factory.mktemp("lab-data") / "BUSI")
+def busi(synthetic_busi) -> Path:
+    return synthetic_busi
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Tests of mtbc_lib.widgets.DuplicateExplorer, driven from Python (filters, stepping,
-marking, export), on the small generated folder of test_dedup."""
+marking, export), on the small generated folders of tests/synthetic.py."""
 
 from __future__ import annotations
 
@@ -8,15 +8,13 @@ import pytest
 from mtbc_lib import dedup
 from mtbc_lib.data import read_keep_list
 from mtbc_lib.widgets import DuplicateExplorer
-from test_dedup import write_synthetic_busi
 
 OUTSIDE = {("benign", 3), ("malignant", 3), ("normal", 1), ("normal", 2)}
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory):
-    root = write_synthetic_busi(tmp_path_factory.mktemp("w") / "BUSI")
-    return dedup.find_groups(root, progress=False, workers=1)
+def result(synthetic_busi):
+    return dedup.find_groups(synthetic_busi, progress=False, workers=1)
 
 
 def test_filters_and_stepping(result):
@@ -69,18 +67,15 @@ def test_mark_and_export(result, tmp_path):
     assert "color:#c53030" in ex.status.value
 
 
-def test_paper_initial_marks_drop_every_member(result):
-    ex = DuplicateExplorer(result, initial="paper")
-    assert ex.keep_set() == result.keep("paper") == OUTSIDE
+def test_drop_all_initial_marks_drop_every_member(result):
+    ex = DuplicateExplorer(result, initial="drop-all")
+    assert ex.keep_set() == result.keep("drop-all") == OUTSIDE
     with pytest.raises(ValueError, match="initial"):
         DuplicateExplorer(result, initial="none")
 
 
-def test_position_names_the_lesion_group(tmp_path_factory):
-    from test_dedup import write_synthetic_lesions
-
-    root = write_synthetic_lesions(tmp_path_factory.mktemp("wl") / "BUSI")
-    r = dedup.find_groups(root, progress=False, workers=1)
+def test_position_names_the_lesion_group(synthetic_lesions):
+    r = dedup.find_groups(synthetic_lesions, progress=False, workers=1)
     ex = DuplicateExplorer(r, height=48)
     assert ex.visible_groups == [1]
     assert "lesion group 1 (other frames: benign (1))" in ex.position.value
