@@ -15,7 +15,7 @@ import numpy as np
 from mtbc_lib import config
 from mtbc_lib.config import CLASSES
 
-__all__ = ["Split", "cv_splits", "group_splits", "make_splits", "train_indices", "split_counts"]
+__all__ = ["Split", "cv_splits", "group_splits", "make_splits", "audit_group_ids", "train_indices", "split_counts"]
 
 
 @dataclass
@@ -87,8 +87,23 @@ def group_splits(labels, groups, n_splits: int = 4, seed: int = config.SEED, val
 
 
 def make_splits(cfg, arrays) -> list[Split]:
-    """The paper's folds on a run's arrays (``cfg``: a resolved TrainConfig)."""
-    return cv_splits(arrays.labels, n_splits=cfg.n_folds, seed=cfg.seed, val_size=cfg.val_size)
+    """A run's folds on its arrays (``cfg``: a resolved TrainConfig): ``cfg.split="image"``
+    the paper's (:func:`cv_splits`); ``"scan"`` / ``"lesion"`` :func:`group_splits` on the
+    groups of the duplicate audit of ``cfg.data_dir`` (:func:`mtbc_lib.dedup.audit_groups`)."""
+    if cfg.split == "image":
+        return cv_splits(arrays.labels, n_splits=cfg.n_folds, seed=cfg.seed, val_size=cfg.val_size)
+    return group_splits(arrays.labels, audit_group_ids(arrays, cfg.data_dir or None, cfg.split),
+                        n_splits=cfg.n_folds, seed=cfg.seed, val_size=cfg.val_size)
+
+
+def audit_group_ids(arrays, data_dir=None, level: str = "scan") -> np.ndarray:
+    """(N,) group id of each image of ``arrays``: the audit's group number at ``level``
+    ("scan" or "lesion") for a grouped image, a number of its own for every other."""
+    from mtbc_lib.dedup import audit_groups
+
+    groups = audit_groups(data_dir, level)
+    first_free = max(groups.values(), default=-1) + 1
+    return np.asarray([groups.get(k, first_free + n) for n, k in enumerate(arrays.keys)], dtype=np.int64)
 
 
 def train_indices(cfg, split: Split, labels) -> np.ndarray:

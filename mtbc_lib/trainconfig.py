@@ -80,6 +80,8 @@ for _p in PROFILES.values():
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw")
 SCHEDULES: tuple[str, ...] = ("plateau", "cosine")
 EVALUATE_ON: tuple[str, ...] = ("test", "val")
+#: Split designs (field split): stratified folds of images, or of the audit's same-scan / same-lesion groups.
+SPLITS: tuple[str, ...] = ("image", "scan", "lesion")
 #: Values of ``amp`` and ``channels_last``.
 AMP_CHOICES: tuple[str, ...] = ("auto", "on", "off")
 
@@ -102,6 +104,7 @@ class TrainConfig:
     folds: list[int] | None = None   # which folds to run, 0-based (None or []: all)
     seed: int = SEED                 # seed of the splits, the weights and the augmentation
     curation: str = "paper"          # "paper" (published Curated BUSI), "keep-one", "none" (raw BUSI)
+    split: str = "image"             # folds of images ("image", the paper's), or of the audit's groups: "scan", "lesion"
     data_dir: str = ""               # raw BUSI folder ("" = $MTBC_DATA or ../shared/data/BUSI)
     out_dir: str = "results"         # results go to out_dir/<run name>/ (relative: to the repo root)
     device: str = "auto"             # "auto" (GPU if any), "cpu", "cuda", "cuda:1", ...
@@ -167,7 +170,7 @@ class TrainConfig:
 
         parts = [self.backbone, self.setting(), self.profile]
         prof = PROFILES.get(self.profile, {})
-        for k in ("curation", "lam", "epochs", "patience", "batch_size", "lr", "image_size", "seed", "gamma",
+        for k in ("curation", "split", "lam", "epochs", "patience", "batch_size", "lr", "image_size", "seed", "gamma",
                   "plateau_factor", "plateau_patience", "min_lr", "amp", "budget_minutes", *PAPER_RECIPE,
                   "evaluate_on"):
             v = getattr(self, k)
@@ -202,6 +205,7 @@ class TrainConfig:
             if getattr(self, k) is not None:
                 _choice(k, getattr(self, k), valid)
         _choice("evaluate_on", self.evaluate_on, EVALUATE_ON)
+        _choice("split", self.split, SPLITS)
         for k in ("weight_decay", "warmup_epochs", "grad_clip"):
             v = getattr(self, k)
             if v is not None and not (math.isfinite(v) and v >= 0):
@@ -279,7 +283,7 @@ def config_diff(a: dict, b: dict) -> list[str]:
     """The fields in which two config dicts (``TrainConfig.to_dict()``) differ in a way
     that changes a run's numbers (not where the data or the results live, the device...)."""
     keys = (set(a) | set(b)) - _NON_RESULT_FIELDS
-    old = {**PAPER_RECIPE, "evaluate_on": "test"}  # what a run written before these fields used
+    old = {**PAPER_RECIPE, "evaluate_on": "test", "split": "image"}  # what a run written before these fields used
     return sorted(k for k in keys if a.get(k, old.get(k)) != b.get(k, old.get(k)))
 
 

@@ -1,0 +1,108 @@
+"""Tests of the split designs (``TrainConfig.split``) and of the leakage study
+(:mod:`mtbc_lib.leakage`) on generated BUSI folders: scan-level folds never separate the
+copies of one scan, lesion-level folds also keep frames of one lesion together, and the
+study's tables come out of two real (tiny) trainings."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mtbc_lib import data, leakage, trainconfig
+from mtbc_lib.dedup import audit_groups
+from mtbc_lib.splits import audit_group_ids, cv_splits, make_splits
+from synthetic import _save, _scan
+
+#: The copies of tests/synthetic.py's folder: group A (filed as benign and malignant), group B.
+GROUP_A = {("benign", 1), ("benign", 2), ("malignant", 1), ("malignant", 2)}
+GROUP_B = {("normal", 3), ("normal", 4)}
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTBC_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def busi(synthetic_busi, tmp_path_factory):
+    """synthetic_busi plus 14 unrelated scans: 24 images, two groups of copies."""
+    root = tmp_path_factory.mktemp("leak") / "BUSI"
+    shutil.copytree(synthetic_busi, root)
+    for k, (cls, i) in enumerate([(c, i) for c in ("benign", "malignant") for i in range(4, 9)]
+                                 + [("normal", i) for i in range(5, 9)]):
+        img, lesion = _scan(100 + k)
+        _save(root, cls, i, img, lesion)
+    return root
+
+
+def _cfg(busi, **kw):
+    return trainconfig.TrainConfig(curation="none", data_dir=str(busi), profile="fast", **kw).resolve()
+
+
+def test_scan_level_folds_never_separate_copies(busi):
+    arrays = data.load_busi(busi, size=32, progress=False)
+    groups = audit_group_ids(arrays, busi, "scan")
+    key_group = dict(zip(arrays.keys, groups))
+    assert len({key_group[k] for k in GROUP_A}) == 1 and len({key_group[k] for k in GROUP_B}) == 1
+    assert len(set(groups)) == len(arrays) - 4  # 24 images, groups of 4 and 2
+    splits = make_splits(_cfg(busi, split="scan"), arrays)
+    tested = np.concatenate([s.test for s in splits])
+    assert sorted(tested) == list(range(len(arrays)))  # every image tested once
+    for s in splits:
+        parts = [set(groups[s.train]), set(groups[s.val]), set(groups[s.test])]
+        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    # the image-level design is the paper's folds, which here do separate group A
+    image = make_splits(_cfg(busi), arrays)
+    assert all((a.test == b.test).all() for a, b in zip(image, cv_splits(arrays.labels)))
+    fold_of = {arrays.keys[i]: k for k, s in enumerate(image) for i in s.test}
+    assert len({fold_of[k] for k in GROUP_A}) > 1
+
+
+def test_lesion_level_joins_the_frames_of_one_lesion(synthetic_lesions):
+    scan, lesion = audit_groups(synthetic_lesions, "scan"), audit_groups(synthetic_lesions, "lesion")
+    assert set(scan) == {("benign", 2), ("benign", 3)}
+    assert set(lesion) == {("benign", 1), ("benign", 2), ("benign", 3)} and len(set(lesion.values())) == 1
+    with pytest.raises(ValueError, match="level='frame': expected one of scan, lesion"):
+        audit_groups(synthetic_lesions, "frame")
+
+
+def test_split_field_names_runs_and_reads_old_configs():
+    assert trainconfig.TrainConfig(profile="fast").resolve().run_name == "unetplusplus-mt-fast"
+    assert trainconfig.TrainConfig(profile="fast", split="scan").resolve().run_name == "unetplusplus-mt-fast-splitscan"
+    with pytest.raises(ValueError, match=r"^parameter split='group': expected one of image, scan, lesion$"):
+        trainconfig.TrainConfig(split="group").resolve()
+    new = trainconfig.TrainConfig(profile="fast").resolve().to_dict()
+    old = {k: v for k, v in new.items() if k != "split"}
+    assert trainconfig.config_diff(old, new) == []
+    assert trainconfig.config_diff(old, new | {"split": "scan"}) == ["split"]
+
+
+@pytest.mark.slow
+def test_study_tables_from_two_tiny_trainings(busi, tmp_path):
+    tiny = dict(backbone="nnunet-planned", epochs=1, patience=1, batch_size=4, lr=1e-3, image_size=32,
+                n_folds=2, val_size=0.34, eval_batch_size=16, num_threads=1, device="cpu", profile="fast")
+    results = tmp_path / "results" / "leakage"
+    leakage.run_study(progress=False, out_dir=str(results), data_dir=str(busi), **tiny)
+    table = leakage.per_image(results, data_dir=busi, **tiny)
+    assert len(table) == 24 and set(table["fold_image"]) == set(table["fold_scan"]) == {0, 1}
+    assert table.loc[list(GROUP_A), "label_conflict"].all() and not table.loc[list(GROUP_B), "label_conflict"].any()
+    # a copy in training: another member of its group in the image-level fold's training split
+    assert table["copy_in_train"].any() and not table.loc[~table.index.isin(GROUP_A | GROUP_B), "copy_in_train"].any()
+    summary = leakage.leakage_table(table)
+    assert list(summary.columns) == leakage.LEAKAGE_COLUMNS
+    assert set(summary["design"]) == {"image-level", "scan-level", "copy-in-train", "no-copy-in-train"}
+    assert summary.loc[summary["design"] == "scan-level", "n_images"].eq(24).all()
+    acc = summary.set_index(["design", "metric"]).loc[("scan-level", "acc"), "value"]
+    assert acc == pytest.approx(table.groupby("fold_scan")["correct_scan"].mean().mean())
+    paired = leakage.paired_table(table)
+    row = paired.set_index(["comparison", "metric"]).loc[("image-level − scan-level", "dsc_avg")]
+    assert row["diff"] == pytest.approx(table["dice_image"].mean() - table["dice_scan"].mean())
+    assert row["ci_low"] <= row["diff"] <= row["ci_high"] and 0 <= row["p_value"] <= 1
+    assert set(leakage.conflict_table(table)["image"]) == {"benign (1)", "benign (2)", "malignant (1)", "malignant (2)"}
+    assert "raw BUSI images" in leakage.conclusion(paired)
+    assert len(leakage.leakage_figure(table).data) == 12
+    out = leakage.write_leakage_csv(results, data_dir=busi, **tiny)
+    pd.testing.assert_frame_equal(pd.read_csv(out), summary.round(4), check_dtype=False, atol=1e-4)
