@@ -26,12 +26,15 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from mtbc_lib.config import CLASSES, atomic_write
 from mtbc_lib.trainconfig import TrainConfig
 
 __all__ = ["BUDGET_MINUTES", "BASE", "CANDIDATES", "candidate_config", "run_study", "study_histories",
-           "study_table", "study_curves", "candidates_table", "score", "verdict"]
+           "study_table", "study_curves", "candidates_table", "fit_check", "fit_table", "loss_balance", "fit_verdict",
+           "score", "verdict"]
 
 #: Minutes on two idle cores (train + validation epochs) each candidate is planned to cost.
 BUDGET_MINUTES = 24.0
@@ -74,10 +77,11 @@ def run_study(names: list[str] | None = None, progress: bool = True, **overrides
             print(f"== {name}: {CANDIDATES[name][0]} -> {cfg.run_name}", flush=True)
         arrays = train.load_data(cfg, progress=progress) if arrays is None else arrays
         train.run(cfg, arrays=arrays, progress=progress)
+        fit_check(name, cfg.out_dir, arrays=arrays, **overrides)
 
 
-def _run_dir(name: str, results_dir: str | os.PathLike) -> Path:
-    cfg = candidate_config(name, out_dir=str(results_dir))
+def _run_dir(name: str, results_dir: str | os.PathLike, **overrides) -> Path:
+    cfg = candidate_config(name, **({"out_dir": str(results_dir)} | overrides))
     return Path(results_dir) / cfg.run_name
 
 
@@ -92,12 +96,12 @@ def candidates_table() -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("candidate")
 
 
-def study_histories(results_dir: str | os.PathLike = "results/recipe") -> pd.DataFrame:
+def study_histories(results_dir: str | os.PathLike = "results/recipe", **overrides) -> pd.DataFrame:
     """Every candidate's per-epoch history with its cumulative cost ``minutes`` (process CPU
     time ÷ 2: minutes on two idle cores)."""
     frames = []
     for name in CANDIDATES:
-        path = _run_dir(name, results_dir) / "fold0_history.csv"
+        path = _run_dir(name, results_dir, **overrides) / "fold0_history.csv"
         if path.is_file():
             h = pd.read_csv(path)
             h.insert(0, "candidate", name)
@@ -125,6 +129,92 @@ def study_table(results_dir: str | os.PathLike = "results/recipe") -> pd.DataFra
                      "val DSC avg (PR)": m["pr"]["dsc_avg"], "val accuracy": m["raw"]["acc"],
                      "val accuracy (PR)": m["pr"]["acc"]})
     return pd.DataFrame(rows).set_index("candidate") if rows else pd.DataFrame()
+
+
+FIT_FILE = "fold0_fit.csv"
+
+
+def fit_check(name: str, results_dir: str | os.PathLike = "results/recipe", arrays=None, **overrides) -> pd.DataFrame | None:
+    """How well a candidate's best weights fit its own training images: DSC per class and
+    accuracy on the fold's training split as it is (not augmented, not oversampled) beside
+    the validation split. Computed once from the best weights (which are not committed)
+    and written to ``FIT_FILE`` in the run folder; None when neither exists."""
+    from mtbc_lib import train
+    from mtbc_lib.evaluate import predict, test_outputs
+    from mtbc_lib.splits import make_splits
+
+    from mtbc_lib.runs import run_paths
+
+    cfg = candidate_config(name, **({"out_dir": str(results_dir)} | overrides))
+    run_dir, ck_dir = run_paths(cfg)
+    out, best = run_dir / FIT_FILE, ck_dir / "fold0.best.pt"
+    if out.is_file():
+        return pd.read_csv(out)
+    if not (run_dir / "fold0_metrics.json").is_file() or not best.is_file():
+        return None
+    import torch
+
+    arrays = train.load_data(cfg, progress=False) if arrays is None else arrays
+    split = make_splits(cfg, arrays)[0]
+    t = train.FoldTrainer(cfg, arrays, split, 0)
+    t.model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["model"])
+    rows = []
+    for part, idx in (("train", split.train), ("val", split.val)):
+        sub = arrays.subset(idx)
+        _, _, m = test_outputs(cfg, sub, predict(t.model, t.X[idx], cfg.eval_batch_size, t.device, t.amp, t.cl))
+        conf = np.asarray(m["raw"]["confusion"])
+        rows.append({"split": part, "images": len(idx), **{k: m["raw"][k] for k in ("dsc_benign", "dsc_malignant",
+                                                                                   "dsc_normal", "dsc_avg", "acc")},
+                     **{f"acc_{c}": conf[k, k] / max(conf[k].sum(), 1) for k, c in enumerate(CLASSES)}})
+    table = pd.DataFrame(rows)
+    atomic_write(out, lambda p: table.to_csv(p, index=False, float_format="%.4f"))
+    return table
+
+
+def fit_table(results_dir: str | os.PathLike = "results/recipe", **overrides) -> pd.DataFrame:
+    """Every candidate's :func:`fit_check` rows that exist, one row per candidate and split
+    (``overrides``: those the study was run with, as in :func:`run_study`)."""
+    frames = []
+    for name in CANDIDATES:
+        path = _run_dir(name, results_dir, **overrides) / FIT_FILE
+        if path.is_file():
+            frames.append(pd.read_csv(path).assign(candidate=name))
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames, ignore_index=True).set_index(["candidate", "split"])
+
+
+def loss_balance(histories: pd.DataFrame, lam: float = 0.35) -> pd.DataFrame:
+    """Per candidate, its last epoch's training loss split into its two weighted terms:
+    λ·Dice (summed over the deep-supervision outputs) and (1 − λ)·focal, and the Dice
+    term's share of the loss. ``histories``: :func:`study_histories`."""
+    if histories.empty or "train_dice_term" not in histories:
+        return pd.DataFrame()
+    last = histories.dropna(subset=["train_dice_term"]).groupby("candidate", sort=False).tail(1).set_index("candidate")
+    dice, focal = lam * last["train_dice_term"], (1 - lam) * last["train_focal_term"]
+    return pd.DataFrame({"epoch": last["epoch"], "λ·Dice term": dice, "(1 − λ)·focal term": focal,
+                         "Dice share of the loss": dice / (dice + focal)})
+
+
+def fit_verdict(fit: pd.DataFrame, balance: pd.DataFrame) -> str:
+    """Sentences on :func:`fit_table` and :func:`loss_balance`, computed for the chapter."""
+    if fit.empty:
+        return "No candidate's best weights have been checked on their training images yet."
+    parts = []
+    for name in fit.index.get_level_values("candidate").unique():
+        tr, va = fit.loc[(name, "train")], fit.loc[(name, "val")]
+        gap = (tr["dsc_avg"] - va["dsc_avg"] + tr["acc"] - va["acc"]) / 2
+        parts.append(f"**{name}**: DSC avg {tr['dsc_avg']:.3f} and accuracy {tr['acc']:.3f} on its training images, "
+                     f"{va['dsc_avg']:.3f} and {va['acc']:.3f} on validation ("
+                     + ("under-fitting: its own training images are hardly better fitted than unseen ones"
+                        if gap < 0.05 else f"its training images fitted better by {gap:.2f} on average") + ")")
+    text = "; ".join(parts) + "."
+    if not balance.empty:
+        lo, hi = balance["Dice share of the loss"].min(), balance["Dice share of the loss"].max()
+        share = f"{lo:.0%}" if abs(hi - lo) < 0.005 else f"{lo:.0%} to {hi:.0%}"
+        text += (f" At the last epoch the Dice term (all deep-supervision outputs) makes up {share} of the "
+                 "training loss, so the classifier's focal term gets the smaller part of every step.")
+    return text
 
 
 def score(table: pd.DataFrame) -> pd.Series:

@@ -125,3 +125,25 @@ def test_verdict_ranks_by_the_mean_of_dice_and_accuracy():
     assert recipe.verdict(table.iloc[:0]).startswith("No candidate has finished yet")
     assert recipe.verdict(table.iloc[:1]).startswith("Only **paper** (the published recipe at batch 8: Adam 1e-4, "
                                                      "ReduceLROnPlateau) has finished: DSC avg 0.600, accuracy 0.700")
+
+
+def test_fit_check_scores_the_best_weights_on_their_own_training_images(make_busi, tmp_path, monkeypatch):
+    monkeypatch.setenv("MTBC_CACHE", str(tmp_path / "cache"))
+    tiny = dict(backbone="nnunet-planned", epochs=1, patience=1, batch_size=4, image_size=64, curation="none",
+                data_dir=str(make_busi(n_per_class=8)), eval_batch_size=16, num_threads=1, device="cpu")
+    results = tmp_path / "results" / "recipe"
+    recipe.run_study(["paper"], progress=False, out_dir=str(results), **tiny)
+    fit = recipe.fit_table(results, **tiny)
+    assert list(fit.index) == [("paper", "train"), ("paper", "val")]
+    assert fit.loc[("paper", "val"), "images"] == len(make_splits(recipe.candidate_config("paper", **tiny),
+                                                                  train.load_data(recipe.candidate_config(
+                                                                      "paper", **tiny), progress=False))[0].val)
+    assert fit[["dsc_avg", "acc", "acc_benign", "acc_normal"]].apply(lambda c: c.between(0, 1)).all().all()
+    # computed once: the CSV is read back, the weights are not needed again
+    for p in (tmp_path / "results" / "checkpoints").rglob("*.pt"):
+        p.unlink()
+    pd.testing.assert_frame_equal(recipe.fit_check("paper", results, **tiny), fit.loc["paper"].reset_index())
+    balance = recipe.loss_balance(recipe.study_histories(results, **tiny))
+    assert balance["Dice share of the loss"].between(0, 1).all()
+    text = recipe.fit_verdict(fit, balance)
+    assert text.startswith("**paper**: DSC avg ") and "of the training loss" in text
