@@ -34,7 +34,7 @@ from mtbc_lib.trainconfig import TrainConfig
 
 __all__ = ["BUDGET_MINUTES", "BASE", "CANDIDATES", "candidate_config", "run_study", "study_histories",
            "study_table", "study_curves", "candidates_table", "fit_check", "fit_table", "loss_balance", "fit_verdict",
-           "score", "verdict"]
+           "score", "verdict", "RECIPE_FIELDS", "profile_choice"]
 
 #: Minutes on two idle cores (train + validation epochs) each candidate is planned to cost.
 BUDGET_MINUTES = 24.0
@@ -250,6 +250,26 @@ def verdict(table: pd.DataFrame) -> str:
     if missing:
         text += f" Not run yet: {', '.join(missing)}."
     return text
+
+
+#: The fields that make a recipe (what the ``cpu`` profile takes from a candidate).
+RECIPE_FIELDS = ("batch_size", "lr", "optimizer", "weight_decay", "schedule", "warmup_epochs", "grad_clip", "ema",
+                 "low_res_epochs")
+
+
+def profile_choice(table: pd.DataFrame, profile: str = "cpu") -> str:
+    """Which candidate's recipe the ``profile`` takes and where that candidate ranks (by
+    :func:`score`), computed from the profile's values, for the chapter."""
+    prof = TrainConfig(profile=profile).resolve()
+    same = [n for n in CANDIDATES if all(getattr(candidate_config(n), k) == getattr(prof, k) for k in RECIPE_FIELDS)]
+    if not same:
+        return f"The `{profile}` profile's recipe is none of the candidates'."
+    name = same[0]
+    text = f"The `{profile}` profile takes the recipe of **{name}** with {prof.epochs} epochs per fold"
+    if not table.empty and name in table.index:
+        rank = list(score(table).sort_values(ascending=False).index).index(name) + 1
+        text += f" (ranked {rank} of {len(table)} here)"
+    return text + "."
 
 
 def study_curves(histories: pd.DataFrame):

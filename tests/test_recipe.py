@@ -147,3 +147,12 @@ def test_fit_check_scores_the_best_weights_on_their_own_training_images(make_bus
     assert balance["Dice share of the loss"].between(0, 1).all()
     text = recipe.fit_verdict(fit, balance)
     assert text.startswith("**paper**: DSC avg ") and "of the training loss" in text
+
+
+def test_the_cpu_profile_is_a_candidates_recipe():
+    assert recipe.profile_choice(pd.DataFrame()) == "The `cpu` profile takes the recipe of **ema** with 7 epochs per fold."
+    table = pd.DataFrame({"val DSC avg (PR)": [.5, .6], "val accuracy (PR)": [.5, .6]},
+                         index=pd.Index(["ema", "cosine"], name="candidate"))
+    assert recipe.profile_choice(table).endswith("(ranked 2 of 2 here).")
+    assert "takes the recipe of **paper**" in recipe.profile_choice(table, "steady")  # Adam 1e-4, batch 8
+    assert "none of the candidates'" in recipe.profile_choice(table, "fast")
