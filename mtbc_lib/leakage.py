@@ -87,7 +87,7 @@ def per_image(results_dir: str | os.PathLike = "results/leakage", data_dir=None,
     under two classes); per design (suffix ``_image`` / ``_scan``) its test ``fold``,
     ``dice``, ``pred`` and ``correct`` (1/0); and ``copy_in_train``: in the image-level
     design, another member of its scan group was in that fold's training split. Only
-    folds finished in both designs."""
+    images tested in both designs (all of them once both runs are finished)."""
     from mtbc_lib import train
     from mtbc_lib.dedup import audit_groups
     from mtbc_lib.splits import make_splits
