@@ -266,10 +266,17 @@ def profile_choice(table: pd.DataFrame, profile: str = "cpu") -> str:
         return f"The `{profile}` profile's recipe is none of the candidates'."
     name = same[0]
     text = f"The `{profile}` profile takes the recipe of **{name}** with {prof.epochs} epochs per fold"
-    if not table.empty and name in table.index:
-        rank = list(score(table).sort_values(ascending=False).index).index(name) + 1
-        text += f" (ranked {rank} of {len(table)} here)"
-    return text + "."
+    if table.empty or name not in table.index:
+        return text + "."
+    s = score(table)
+    ours = [n for n in s.index if candidate_config(n).backbone == BASE["backbone"]]
+    rank = list(s[ours].sort_values(ascending=False).index).index(name) + 1
+    text += f" (ranked {rank} of {len(ours)} on the paper's U-Net++)."
+    others = [n for n in s.index if n not in ours]
+    if others:
+        text += " " + "; ".join(f"**{n}** ({candidate_config(n).backbone}) scores {s[n]:.3f}, {s[n] - s[name]:+.3f} "
+                                 f"against it" for n in others) + "."
+    return text
 
 
 def study_curves(histories: pd.DataFrame):

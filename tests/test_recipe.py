@@ -151,8 +151,9 @@ def test_fit_check_scores_the_best_weights_on_their_own_training_images(make_bus
 
 def test_the_cpu_profile_is_a_candidates_recipe():
     assert recipe.profile_choice(pd.DataFrame()) == "The `cpu` profile takes the recipe of **ema** with 7 epochs per fold."
-    table = pd.DataFrame({"val DSC avg (PR)": [.5, .6], "val accuracy (PR)": [.5, .6]},
-                         index=pd.Index(["ema", "cosine"], name="candidate"))
-    assert recipe.profile_choice(table).endswith("(ranked 2 of 2 here).")
+    table = pd.DataFrame({"val DSC avg (PR)": [.5, .6, .7], "val accuracy (PR)": [.5, .6, .7]},
+                         index=pd.Index(["ema", "cosine", "r34"], name="candidate"))
+    assert recipe.profile_choice(table).endswith("(ranked 2 of 2 on the paper's U-Net++). "
+                                                 "**r34** (unetplusplus-r34) scores 0.700, +0.200 against it.")
     assert "takes the recipe of **paper**" in recipe.profile_choice(table, "steady")  # Adam 1e-4, batch 8
     assert "none of the candidates'" in recipe.profile_choice(table, "fast")
