@@ -138,12 +138,12 @@ def fit_check(name: str, results_dir: str | os.PathLike = "results/recipe", arra
     """How well a candidate's best weights fit its own training images: DSC per class and
     accuracy on the fold's training split as it is (not augmented, not oversampled) beside
     the validation split. Computed once from the best weights (which are not committed)
-    and written to ``FIT_FILE`` in the run folder; None when neither exists."""
+    and written to ``FIT_FILE`` in the run folder (read back on later calls); None while
+    the run is unfinished or, without that file, its best weights are gone."""
     from mtbc_lib import train
     from mtbc_lib.evaluate import predict, test_outputs
-    from mtbc_lib.splits import make_splits
-
     from mtbc_lib.runs import run_paths
+    from mtbc_lib.splits import make_splits
 
     cfg = candidate_config(name, **({"out_dir": str(results_dir)} | overrides))
     run_dir, ck_dir = run_paths(cfg)
@@ -212,8 +212,8 @@ def fit_verdict(fit: pd.DataFrame, balance: pd.DataFrame) -> str:
     if not balance.empty:
         lo, hi = balance["Dice share of the loss"].min(), balance["Dice share of the loss"].max()
         share = f"{lo:.0%}" if abs(hi - lo) < 0.005 else f"{lo:.0%} to {hi:.0%}"
-        text += (f" At the last epoch the Dice term (all deep-supervision outputs) makes up {share} of the "
-                 "training loss, so the classifier's focal term gets the smaller part of every step.")
+        text += (f" At the last epoch the Dice term (summed over the deep-supervision outputs where there are "
+                 f"several) makes up {share} of the training loss; the rest is the classifier's focal term.")
     return text
 
 

@@ -83,9 +83,10 @@ PROFILES: dict[str, dict[str, Any]] = {
                 amp="auto", channels_last="auto",
                 optimizer="adamw", weight_decay=0.01, schedule="cosine", warmup_epochs=0.5, ema=0.99),
 }
-#: The published recipe, in every profile above that does not set its own: Adam without weight decay, ReduceLROnPlateau,
-#: no clipping, no weight averaging, every epoch at full resolution. Runs written before these
-#: fields existed used exactly this recipe (``config_diff`` reads a missing field so).
+#: The published recipe, in every profile above that does not set its own (all but "cpu"):
+#: Adam without weight decay, ReduceLROnPlateau, no clipping, no weight averaging, every epoch
+#: at full resolution. Runs written before these fields existed used exactly this recipe
+#: (``config_diff`` reads a missing field so).
 PAPER_RECIPE: dict[str, Any] = dict(optimizer="adam", weight_decay=0.0, schedule="plateau", warmup_epochs=0.0,
                                     grad_clip=0.0, ema=0.0, low_res_epochs=0)
 for _p in PROFILES.values():
