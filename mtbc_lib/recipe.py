@@ -294,16 +294,15 @@ def study_curves(histories: pd.DataFrame):
     for i, (name, h) in enumerate(histories.groupby("candidate", sort=False)):
         c = qualitative.D3[i % len(qualitative.D3)]
         low = h["epoch"] <= CANDIDATES[name][1].get("low_res_epochs", 0)
-        x = [0.0, *h["minutes"]]
         for j, (col, label) in enumerate(panels, start=1):
             fig.add_trace(go.Scatter(
-                x=x, y=[None, *h[col]], mode="lines+markers", line=dict(color=c, width=1.5),
-                marker=dict(size=7, color=["white", *["white" if lo else c for lo in low]], line=dict(color=c, width=1.5)),
-                name=name, legendgroup=name, showlegend=j == 1, connectgaps=True,
+                x=h["minutes"], y=h[col], mode="lines+markers", line=dict(color=c, width=1.5),
+                marker=dict(size=7, color=["white" if lo else c for lo in low], line=dict(color=c, width=1.5)),
+                name=name, legendgroup=name, showlegend=j == 1,
                 hovertemplate=f"{name}<br>%{{x:.1f}} min<br>{label} %{{y:.3f}}<extra></extra>"), row=1, col=j)
     for j in range(1, len(panels) + 1):
         fig.add_vline(x=BUDGET_MINUTES, line=dict(color="grey", dash="dot", width=1), row=1, col=j)
-    fig.update_xaxes(title_text="minutes on 2 cores")
+    fig.update_xaxes(title_text="minutes on 2 cores", rangemode="tozero")
     fig.update_layout(height=380, template="plotly_white", margin=dict(l=10, r=10, t=40, b=40),
                       legend=dict(orientation="h", y=-0.25))
     return fig

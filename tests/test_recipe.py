@@ -157,3 +157,13 @@ def test_the_cpu_profile_is_a_candidates_recipe():
                                                  "**r34** (unetplusplus-r34) scores 0.700, +0.200 against it.")
     assert "takes the recipe of **paper**" in recipe.profile_choice(table, "steady")  # Adam 1e-4, batch 8
     assert "none of the candidates'" in recipe.profile_choice(table, "fast")
+
+
+def test_study_curves_mark_low_resolution_epochs_hollow():
+    h = pd.DataFrame({"candidate": ["cosine"] * 2 + ["lowres"] * 3, "epoch": [1, 2, 1, 2, 3],
+                      "minutes": [8, 16, 3, 6, 14], "train_dice": .3, "val_dice": .4, "val_acc": .5})
+    fig = recipe.study_curves(h)
+    cosine, lowres = fig.data[0], fig.data[3]
+    assert list(cosine.x) == [8, 16] and "white" not in cosine.marker.color
+    assert list(lowres.marker.color) == ["white"] * 3  # lowres: the first 6 epochs at 64²
+    assert [t.showlegend for t in fig.data] == [True, False, False] * 2
