@@ -10,7 +10,7 @@ from pathlib import Path
 from .ablation import SETTINGS, is_complete, run_name, write_ablation_csv
 from .config import REPO_ROOT
 
-__all__ = ["execute_setting", "run_grid"]
+__all__ = ["execute_setting", "portable_data_dir", "run_grid"]
 
 
 def execute_setting(backbone: str, setting: str, profile: str, out_dir: str | os.PathLike = "results",
@@ -39,6 +39,15 @@ def execute_setting(backbone: str, setting: str, profile: str, out_dir: str | os
     return name
 
 
+def portable_data_dir(data_dir: str | os.PathLike | None, repo_root: Path = REPO_ROOT) -> str:
+    """``data_dir`` as a run should store it: "" for the default folder beside the
+    repository (``../shared/data/BUSI``), so that committed configurations hold no path of
+    the machine that trained them; any other folder as given."""
+    if data_dir and Path(data_dir).expanduser().resolve() == (repo_root.parent / "shared" / "data" / "BUSI").resolve():
+        return ""
+    return str(data_dir or "")
+
+
 def run_grid(backbone: str, profile: str, settings: list[str] | None = None, scheduler: str | None = None,
              out_dir: str | os.PathLike = "results", notebook_dir: str | os.PathLike = "book/runs",
              data_dir: str | None = None, extra: dict | None = None) -> list[str]:
@@ -55,7 +64,7 @@ def run_grid(backbone: str, profile: str, settings: list[str] | None = None, sch
     out = Path(out_dir).resolve()  # stored repo-relative where it can be (configs are committed)
     kwargs = dict(out_dir=str(out.relative_to(REPO_ROOT)) if out.is_relative_to(REPO_ROOT) else str(out),
                   notebook_dir=str(Path(notebook_dir).resolve()),
-                  data_dir=data_dir, extra=extra)
+                  data_dir=portable_data_dir(data_dir), extra=extra)
     if scheduler:
         from dask.distributed import Client
 

@@ -214,3 +214,12 @@ def test_probe_comparison_sets_a_longer_fold_beside_the_grid_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="unet-r34-mt-do-steady: not a finished run"):
         ablation.probe_comparison(probe, tmp_path / "elsewhere")
     assert ablation.probe_comparison(tmp_path / "probes" / "not-run-yet", tmp_path) is None
+
+
+def test_the_grid_stores_the_default_data_folder_as_empty(tmp_path):
+    repo = tmp_path / "repo"
+    (tmp_path / "shared" / "data" / "BUSI").mkdir(parents=True)
+    assert grid.portable_data_dir(tmp_path / "shared" / "data" / "BUSI", repo) == ""
+    assert grid.portable_data_dir(str(repo / ".." / "shared" / "data" / "BUSI"), repo) == ""
+    assert grid.portable_data_dir(tmp_path / "elsewhere", repo) == str(tmp_path / "elsewhere")
+    assert grid.portable_data_dir(None, repo) == "" and grid.portable_data_dir("", repo) == ""
