@@ -157,9 +157,8 @@ def _mask_array(path) -> np.ndarray:
         return a.astype(bool)
     if im.mode == "L":
         return a > 0
-    if im.mode == "RGB":
-        return (a > 0).any(axis=2)
-    return (a[..., :3] > 0).any(axis=2) & (a[..., 3] > 0)  # RGBA: transparent = background
+    colour = (a[..., 0] | a[..., 1] | a[..., 2]) > 0  # any channel set (.any(axis=2) is 20x slower)
+    return colour if im.mode == "RGB" else colour & (a[..., 3] > 0)  # RGBA: transparent = background
 
 
 def read_mask(paths) -> np.ndarray:

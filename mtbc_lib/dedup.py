@@ -63,7 +63,8 @@ from mtbc_lib import registration as reg
 from mtbc_lib.config import atomic_write
 from mtbc_lib.dedup_cache import cache_paths, data_key, load_features, load_pairs, save_features, save_pairs
 from mtbc_lib.dedup_search import (RESAMPLE, Images, aligned_thumbs, complete_groups, components, decode_all,
-                                   keypoint_pairs, lesion_scores, numbered_components, plain_candidates, ssim_of)
+                                   keypoint_pairs, lesion_scores, numbered_components, plain_candidates, refine_many,
+                                   ssim_of)
 from mtbc_lib.dedup_tables import (DUPLICATE_COLUMNS, LESION_COLUMNS, PAIR_COLUMNS, duplicates_table, group_table,
                                    lesion_table, summary, write_audit)
 
@@ -167,7 +168,6 @@ def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress:
     in ``config.cache_dir()``, keyed by the files' names, sizes and mtimes and the
     settings, so that a second run decodes no PNG and aligns no pair again. Bad input raises
     ``mtbc_lib.data.DataError`` (one line naming the file)."""
-    from tqdm import tqdm  # text bar: also readable in the static book (a widget bar would be empty)
 
     from mtbc_lib.data import index_busi
 
@@ -192,27 +192,33 @@ def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress:
     t = time.perf_counter()
     thumbs = np.stack([p["thumb"] for p in prep])
     ci, cj = plain_candidates(np.stack([p["small"] for p in prep]), cfg)
+    cand = list(zip(ci.tolist(), cj.tolist()))
+    todo = [k for k in cand if "plain_ssim" not in known.get(k, {})]  # the rest: an earlier run's scores
+    fresh = dict(zip(todo, reg.ssim_pairs(thumbs, *np.array(todo, dtype=np.int64).reshape(-1, 2).T))) if todo else {}
     scored: dict[tuple[int, int], dict] = {
-        (int(a), int(b)): {"plain_ssim": float(v)} for a, b, v in zip(ci, cj, reg.ssim_pairs(thumbs, ci, cj))}
+        k: {"plain_ssim": float(fresh[k]) if k in fresh else known[k]["plain_ssim"]} for k in cand}
     timings["whole_image_search"] = time.perf_counter() - t
 
     # ---- extended: keypoint candidates, alignment, SSIM on the aligned overlap
     t = time.perf_counter()
     transforms: dict[tuple[int, int], tuple] = {}
     if cfg.extended:
-        todo = []
         if matches is None:  # else: the candidates of an earlier run on the same features and settings
             matches = keypoint_pairs(prep, cfg)
-        for a, b, n_in, p_det in tqdm(matches, desc="audit: aligning candidates",
-                                      unit="pair", disable=not progress):
+        keys, jobs = [], []
+        for a, b, n_in, p_det in matches:
             old = known.get((a, b), {})
             if old.get("inliers") == n_in and "aligned_ssim" in old:  # verified by an earlier run
                 p = (old["sy"], old["sx"], old["ty"], old["tx"])
                 scored.setdefault((a, b), {}).update({k: old[k] for k in ("aligned_ssim", "overlap", "inliers")},
                                                      sy=p[0], sx=p[1], ty=p[2], tx=p[3])
                 transforms[(a, b)] = p
-                continue
-            p = reg.to_full(tuple(reg.refine(prep[a]["det"], prep[b]["det"], p_det)), prep[a]["scale"], prep[b]["scale"])
+            else:
+                keys.append((a, b, n_in))
+                jobs.append((prep[a]["det"], prep[b]["det"], p_det, 8, 0.0))
+        todo = []
+        for (a, b, n_in), p in zip(keys, refine_many(jobs, workers, progress, "audit: aligning candidates")):
+            p = reg.to_full(p, prep[a]["scale"], prep[b]["scale"])
             th = aligned_thumbs(images[a], images[b], p, cfg)
             if th is not None:
                 todo.append((a, b, n_in, p, th))
@@ -247,7 +253,7 @@ def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress:
     t = time.perf_counter()
     cls = index["class"].to_numpy()
     if cfg.lesion:
-        lesion_scores(scored, group_of, prep, cfg, known)
+        lesion_scores(scored, group_of, prep, cfg, known, workers)
     lesion_edges = sorted(k for k, r in scored.items() if r.get("lesion_ssim", -np.inf) >= cfg.lesion_threshold
                           and cls[k[0]] == cls[k[1]] and score(r) < thr)
     both = edges + lesion_edges

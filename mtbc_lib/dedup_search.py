@@ -32,7 +32,7 @@ from PIL import Image
 from mtbc_lib import registration as reg
 
 __all__ = ["RESAMPLE", "prepare", "aligned_thumbs", "decode_all", "plain_candidates", "keypoint_pairs", "components",
-           "numbered_components", "ssim_of", "Images", "complete_groups", "lesion_scores"]
+           "numbered_components", "ssim_of", "Images", "complete_groups", "lesion_scores", "refine_many"]
 
 #: Resize filters for the SSIM thumbnails (Pillow).
 RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "area": Image.Resampling.BOX,
@@ -154,11 +154,17 @@ def keypoint_pairs(prep: list[dict], cfg) -> list[tuple[int, int, int, tuple]]:
 
 def components(n: int, i, j) -> np.ndarray:
     """Connected-component label (0..) of each of ``n`` nodes, given the edges (i, j)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+    parent = np.arange(n)
 
-    g = coo_matrix((np.ones(len(i)), (np.asarray(i), np.asarray(j))), shape=(n, n))
-    return connected_components(g, directed=False)[1]
+    def root(k):
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for a, b in zip(i, j):
+        parent[root(a)] = root(b)
+    return np.unique([root(k) for k in range(n)], return_inverse=True)[1].reshape(-1)
 
 
 def ssim_of(pairs_of_thumbs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -199,21 +205,40 @@ def numbered_components(n: int, edges) -> np.ndarray:
     return out
 
 
+def _refine_job(job) -> tuple:
+    """Worker: ``reg.refine`` of one pair (a, b, p, iters, blur sigma; 0 = no blur)."""
+    a, b, p, iters, blur = job
+    if blur:
+        from scipy import ndimage as ndi
+
+        a, b = ndi.gaussian_filter(a, blur), ndi.gaussian_filter(b, blur)
+    return tuple(reg.refine(a, b, p, iters=iters))
+
+
+def refine_many(jobs: list[tuple], workers: int, progress: bool = False, desc: str = "") -> list[tuple]:
+    """:func:`_refine_job` of every job, on a pool of ``workers`` processes when there are
+    enough of them (in order; a tqdm bar when ``progress``)."""
+    from threadpoolctl import threadpool_limits
+    from tqdm import tqdm
+
+    # the refinement's matrix products are tiny: BLAS threads only add waiting (3x slower
+    # with two processes of two threads each on two cores)
+    if workers > 1 and len(jobs) >= 64:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers, initializer=threadpool_limits, initargs=(1,)) as pool:
+            done = pool.map(_refine_job, jobs, chunksize=16)
+            return list(tqdm(done, total=len(jobs), desc=desc, unit="pair", disable=not progress))
+    with threadpool_limits(1):
+        return [_refine_job(j) for j in tqdm(jobs, desc=desc, unit="pair", disable=not progress)]
+
+
 def lesion_scores(scored: dict, group_of: np.ndarray, prep: list[dict], cfg,
-                   known: dict | None = None) -> None:
+                   known: dict | None = None, workers: int = 1) -> None:
     """``lesion_ssim`` of every scored pair outside one same-scan group (in place): the
     pair's transform (the aligned one, else the whole-image map) refined by Lucas-Kanade on
     blurred detection copies, then SSIM of the overlap at ``lesion_size`` px."""
-    from scipy import ndimage as ndi
-
-    blurred: dict[int, np.ndarray] = {}
-
-    def blur(k):
-        if k not in blurred:
-            blurred[k] = ndi.gaussian_filter(prep[k]["det"], 1.5)
-        return blurred[k]
-
-    todo = []
+    keys, jobs = [], []
     for (a, b), r in scored.items():
         if group_of[a] > 0 and group_of[a] == group_of[b]:
             continue
@@ -226,8 +251,12 @@ def lesion_scores(scored: dict, group_of: np.ndarray, prep: list[dict], cfg,
             p = reg.to_det((r["sy"], r["sx"], r["ty"], r["tx"]), prep[a]["scale"], prep[b]["scale"])
         else:
             p = reg.whole(da.shape, db.shape)
-        p = tuple(reg.refine(blur(a), blur(b), p, iters=6))
-        th = aligned_thumbs(da.astype(np.uint8), db.astype(np.uint8), p, cfg, size=cfg.lesion_size)
+        keys.append((a, b))
+        jobs.append((da, db, p, 6, 1.5))
+    todo = []
+    for (a, b), p in zip(keys, refine_many(jobs, workers)):
+        th = aligned_thumbs(prep[a]["det"].astype(np.uint8), prep[b]["det"].astype(np.uint8), p, cfg,
+                            size=cfg.lesion_size)
         if th is not None:
             todo.append(((a, b), th))
     for (key, _), v in zip(todo, ssim_of([th[:2] for _, th in todo])):
@@ -265,7 +294,10 @@ def complete_groups(groups, edges, scored, transforms, prep, images, thumbs, cfg
             for b in (b for b in m if b > a):
                 row = scored.setdefault((a, b), {})
                 if "plain_ssim" not in row:
-                    need_plain.append((a, b))
+                    if "plain_ssim" in known.get((a, b), {}):
+                        row["plain_ssim"] = known[(a, b)]["plain_ssim"]
+                    else:
+                        need_plain.append((a, b))
                 p = transforms.get((a, b)) or maps[b]
                 if "aligned_ssim" not in row and p != reg.whole(prep[a]["shape"], prep[b]["shape"]):
                     old = known.get((a, b), {})

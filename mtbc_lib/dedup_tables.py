@@ -44,30 +44,47 @@ def _connected(nodes, edges) -> bool:
     return len({find(k) for k in nodes}) == 1
 
 
+class _Columns:
+    """The index's columns as plain arrays (row lookups in a loop, without pandas' per-cell cost)."""
+
+    def __init__(self, index, root: Path):
+        self.cls, self.id = index["class"].to_numpy(), index["id"].to_numpy()
+        self.height, self.width = index["height"].to_numpy(), index["width"].to_numpy()
+        self._images, self._root = list(index["image"]), root
+
+    def file(self, k: int) -> str:
+        return Path(self._images[k]).relative_to(self._root).as_posix()
+
+    def classes(self, members) -> list[str]:
+        return sorted({self.cls[k] for k in members}, key=CLASSES.index)
+
+
 def group_table(index, pairs, groups: list[list[int]], root: Path):
     import pandas as pd
 
+    col = _Columns(index, root)
+    inside = pairs[pairs["group"] > 0]
+    i, j, grp = inside["i"].to_numpy(), inside["j"].to_numpy(), inside["group"].to_numpy()
+    whole, dup = (inside["method"] == "whole-image").to_numpy(), inside["duplicate"].to_numpy()
+    score, iou = inside["score"].to_numpy(), inside["mask_iou"].to_numpy()
     rows = []
-    by_group = dict(iter(pairs[pairs["group"] > 0].groupby("group")))
     for g, m in enumerate(groups, start=1):
-        inside = by_group[g]
-        whole = inside[inside["method"] == "whole-image"]
+        at = grp == g
+        w = at & whole
         # "whole-image" if the whole-image SSIM edges alone connect the group
-        method = "whole-image" if _connected(m, zip(whole["i"], whole["j"])) else "extended"
-        cls = sorted({index.at[k, "class"] for k in m}, key=CLASSES.index)
+        method = "whole-image" if _connected(m, zip(i[w], j[w])) else "extended"
+        cls = col.classes(m)
         conflict = len(cls) > 1
-        rep = max(m, key=lambda k: (index.at[k, "height"] * index.at[k, "width"], -index.at[k, "id"]))
-        dup = inside[inside["duplicate"]]
-        by_whole = set(whole["i"]) | set(whole["j"])
+        rep = max(m, key=lambda k: (col.height[k] * col.width[k], -col.id[k]))
+        by_whole = set(i[w]) | set(j[w])
         for k in m:
             rows.append({
-                "group": g, "class": index.at[k, "class"], "id": int(index.at[k, "id"]),
-                "file": Path(index.at[k, "image"]).relative_to(root).as_posix(), "size": len(m),
+                "group": g, "class": col.cls[k], "id": int(col.id[k]), "file": col.file(k), "size": len(m),
                 "method": method, "linked_by": "whole-image" if k in by_whole else "extended",
                 "label_conflict": conflict, "classes": "+".join(cls),
-                "height": int(index.at[k, "height"]), "width": int(index.at[k, "width"]),
-                "min_ssim": float(dup["score"].min()), "max_ssim": float(dup["score"].max()),
-                "mask_iou_min": float(inside["mask_iou"].min()),
+                "height": int(col.height[k]), "width": int(col.width[k]),
+                "min_ssim": float(score[at & dup].min()), "max_ssim": float(score[at & dup].max()),
+                "mask_iou_min": float(np.nanmin(iou[at])) if np.isfinite(iou[at]).any() else np.nan,
                 "keep_one": (k == rep) and not conflict, "row": k})
     cols = DUPLICATE_COLUMNS[:-1] + ["row"]  # lesion_group: added by find_groups
     return pd.DataFrame(rows, columns=cols)
@@ -76,6 +93,7 @@ def group_table(index, pairs, groups: list[list[int]], root: Path):
 def lesion_table(index, pairs, lesion_of: np.ndarray, group_of: np.ndarray, root: Path):
     import pandas as pd
 
+    col = _Columns(index, root)
     rows = []
     weakest_of = pairs[pairs["same_lesion"] & (pairs["lesion_group"] > 0)].groupby("lesion_group")["lesion_ssim"].min()
     members = {}
@@ -83,13 +101,12 @@ def lesion_table(index, pairs, lesion_of: np.ndarray, group_of: np.ndarray, root
         members.setdefault(int(lesion_of[k]), []).append(int(k))
     for lg in range(1, int(lesion_of.max(initial=0)) + 1):
         m = members[lg]
-        cls = sorted({index.at[k, "class"] for k in m}, key=CLASSES.index)
+        cls = col.classes(m)
         weakest = float(weakest_of.get(lg, np.nan))
         for k in m:
-            rows.append({"lesion_group": lg, "class": index.at[k, "class"], "id": int(index.at[k, "id"]),
-                         "file": Path(index.at[k, "image"]).relative_to(root).as_posix(), "lesion_size": len(m),
-                         "group": int(group_of[k]), "classes": "+".join(cls), "min_lesion_ssim": weakest,
-                         "row": int(k)})
+            rows.append({"lesion_group": lg, "class": col.cls[k], "id": int(col.id[k]), "file": col.file(k),
+                         "lesion_size": len(m), "group": int(group_of[k]), "classes": "+".join(cls),
+                         "min_lesion_ssim": weakest, "row": int(k)})
     return pd.DataFrame(rows, columns=LESION_COLUMNS)
 
 

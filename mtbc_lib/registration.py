@@ -40,7 +40,9 @@ def ssim_pairs(thumbs: np.ndarray, i, j, win: int = 7, data_range: float = 255.0
     thumbs: (N, S, S) uint8; i, j: (P,) int indices. Returns (P,) float64."""
     i = np.asarray(i, dtype=np.int64).reshape(-1)
     j = np.asarray(j, dtype=np.int64).reshape(-1)
-    x = np.asarray(thumbs).astype(np.int64)
+    used, inverse = np.unique(np.r_[i, j], return_inverse=True)  # window sums of the thumbnails in a pair only
+    i, j = inverse[:len(i)], inverse[len(i):]
+    x = np.asarray(thumbs)[used].astype(np.int64)
     n = win * win
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     norm = n / (n - 1.0)
@@ -72,9 +74,9 @@ def _max_filter(a: np.ndarray, sizes) -> np.ndarray:
         pad[axis] = (r, r)
         p = np.pad(out, pad)
         n = out.shape[axis]
-        out = p.take(range(0, n), axis=axis)
+        out = p[(slice(None),) * axis + (slice(0, n),)].copy()
         for k in range(1, size):
-            out = np.maximum(out, p.take(range(k, k + n), axis=axis))
+            np.maximum(out, p[(slice(None),) * axis + (slice(k, k + n),)], out=out)
     return out
 
 
@@ -165,37 +167,60 @@ def warp(img: np.ndarray, p, shape, order: int = 1, step: int = 1):
     return ndi.map_coordinates(img, [ys, xs], order=order, mode="nearest"), valid, ys, xs
 
 
+def _lerp_rows(coords: np.ndarray, n: int) -> np.ndarray:
+    """(len(coords), n) matrix of linear-interpolation weights: row r samples a signal of
+    length n at ``coords[r]``, clamped to [0, n - 1] (``map_coordinates``' order 1 with
+    mode "nearest")."""
+    c = np.clip(coords.astype(np.float64), 0, n - 1)
+    lo = np.clip(np.floor(c).astype(np.int64), 0, max(n - 2, 0))  # c = n - 1: lo = n - 2, weight 1 on n - 1
+    f = c - lo
+    out = np.zeros((len(c), n))
+    r = np.arange(len(c))
+    out[r, lo] = 1 - f
+    if n > 1:
+        out[r, lo + 1] = f
+    return out
+
+
 def refine(a: np.ndarray, b: np.ndarray, p, iters: int = 8, step: int = 2):
     """Lucas-Kanade (Gauss-Newton on zero-mean differences, on every ``step``-th pixel of
     a) refinement of p = (sy, sx, ty, tx), b -> a, both float32 images. Keeps the start
-    if that correlates better."""
+    if that correlates better.
+
+    A scale + translation maps the sampling grid row by row and column by column, so b and
+    its gradients are sampled with two small interpolation matrices (rows @ b @ cols.T:
+    the values of ``warp``, with a fraction of its per-pixel cost)."""
     from scipy import ndimage as ndi
 
     a = ndi.gaussian_filter(a, 0.7)[::step, ::step]
     b = ndi.gaussian_filter(b, 0.7)
-    gy, gx = np.gradient(b)
+    grads = np.stack([b, *np.gradient(b)]).astype(np.float64)  # values, d/dy, d/dx
+    ry = np.arange(0, a.shape[0] * step, step, dtype=np.float32)
+    rx = np.arange(0, a.shape[1] * step, step, dtype=np.float32)
     p0 = p = np.asarray(p, dtype=np.float64)
-    shape = (a.shape[0] * step, a.shape[1] * step)
 
-    def warp_b(q):
-        v, m, ys, xs = warp(b, q, shape, step=step)
-        return v[: a.shape[0], : a.shape[1]], m[: a.shape[0], : a.shape[1]], ys, xs
+    def sample(q, with_grads: bool):
+        yy = (ry - np.float32(q[2])) / np.float32(q[0])
+        xx = (rx - np.float32(q[3])) / np.float32(q[1])
+        m = ((yy >= 0) & (yy <= b.shape[0] - 1))[:, None] & ((xx >= 0) & (xx <= b.shape[1] - 1))[None, :]
+        s = _lerp_rows(yy, b.shape[0]) @ (grads if with_grads else grads[:1]) @ _lerp_rows(xx, b.shape[1]).T
+        return s.astype(np.float32), m, yy, xx
 
     def corr(q):
-        v, m, _, _ = warp_b(q)
-        return float(np.corrcoef(a[m], v[m])[0, 1]) if m.sum() > 32 else -1.0
+        s, m, _, _ = sample(q, False)
+        return float(np.corrcoef(a[m], s[0][m])[0, 1]) if m.sum() > 32 else -1.0
 
     for _ in range(iters):
-        v, m, ys, xs = warp_b(p)
+        (v, jy, jx), m, yy, xx = sample(p, True)
         if m.sum() < 32:
             break
-        ym, xm = ys[: a.shape[0], : a.shape[1]][m], xs[: a.shape[0], : a.shape[1]][m]
-        jy = ndi.map_coordinates(gy, [ym, xm], order=1)
-        jx = ndi.map_coordinates(gx, [ym, xm], order=1)
-        jac = np.stack([-jy * ym / p[0], -jx * xm / p[1], -jy / p[0], -jx / p[1]], 1)
+        ym, xm = np.broadcast_to(yy[:, None], m.shape)[m], np.broadcast_to(xx[None, :], m.shape)[m]
+        jy, jx = jy[m], jx[m]
+        jac = np.stack([-jy * ym / p[0], -jx * xm / p[1], -jy / p[0], -jx / p[1]], 1).astype(np.float64)
         jac -= jac.mean(0)
         e = (a[m] - a[m].mean()) - (v[m] - v[m].mean())
-        dp = np.linalg.lstsq(jac, e, rcond=None)[0]
+        h = jac.T @ jac  # normal equations of the 4-parameter least squares
+        dp = np.linalg.solve(h, jac.T @ e) if np.linalg.cond(h) < 1e12 else np.full(4, np.nan)
         if not np.all(np.isfinite(dp)) or np.abs(dp[:2]).max() > 0.1 or np.abs(dp[2:]).max() > 8:
             break
         p = p + dp

@@ -1,5 +1,6 @@
 """Tests of mtbc_lib.registration: SSIM equal to scikit-image's, transforms that compose
-and convert, a similarity fit that ignores outlier matches, keypoints that follow a shift."""
+and convert, a similarity fit that ignores outlier matches, keypoints that follow a shift,
+a Lucas-Kanade refinement that finds a scale and shift."""
 
 from __future__ import annotations
 
@@ -55,3 +56,21 @@ def test_keypoints_follow_a_shift_of_the_image():
     for (y, x, s), d in zip(kp[inner], desc[inner]):
         k = np.argmin(np.abs(kp2[:, 0] - y - 5) + np.abs(kp2[:, 1] - x - 8) + np.abs(kp2[:, 2] - s))
         assert kp2[k, :2] == pytest.approx((y + 5, x + 8)) and d @ desc2[k] > 0.99
+
+
+def test_separable_sampling_equals_warp():
+    """refine samples b through interpolation matrices; they must give warp's values
+    (order-1 map_coordinates, edges clamped), inside and outside the image."""
+    b = np.random.default_rng(2).uniform(0, 255, (40, 52)).astype(np.float32)
+    for p in [(1.0, 1.0, 0.0, 0.0), (1.13, 0.91, -3.4, 6.2), (0.8, 1.25, 7.7, -9.1)]:
+        want, _, ys, xs = reg.warp(b, p, (46, 50))
+        got = reg._lerp_rows(ys[:, 0], 40) @ b @ reg._lerp_rows(xs[0], 52).T
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)
+
+
+def test_refine_recovers_a_scale_and_shift():
+    base = 100 * ndi.gaussian_filter(np.random.default_rng(4).normal(size=(90, 110)), 2.5).astype(np.float32)
+    p_true = (1.04, 0.97, 2.5, -3.0)  # b -> a
+    a, _, _, _ = reg.warp(base, p_true, base.shape)  # a(y, x) = base((y - ty) / sy, ...)
+    p = reg.refine(a, base, (1.0, 1.0, 0.0, 0.0))
+    assert p[:2] == pytest.approx(p_true[:2], abs=0.005) and p[2:] == pytest.approx(p_true[2:], abs=0.05)
