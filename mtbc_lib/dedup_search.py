@@ -21,7 +21,9 @@
    copies (no full image needed): the pair's transform refined on blurred copies, then
    SSIM of the overlap at ``lesion_size`` px.
 
-``cfg`` is a :class:`mtbc_lib.dedup.DedupConfig`; the geometry is :mod:`mtbc_lib.registration`'s.
+Stages 1, 3 and 5 run on ``workers`` processes (3 and 5: the Lucas-Kanade refinements,
+:func:`refine_many`, one BLAS thread each). ``cfg`` is a :class:`mtbc_lib.dedup.DedupConfig`;
+the geometry is :mod:`mtbc_lib.registration`'s.
 """
 
 from __future__ import annotations
