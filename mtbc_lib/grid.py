@@ -10,25 +10,22 @@ from pathlib import Path
 from .ablation import SETTINGS, is_complete, run_name, write_ablation_csv
 from .config import REPO_ROOT
 
-__all__ = ["execute_setting", "portable_data_dir", "run_grid"]
+__all__ = ["execute_training", "execute_setting", "portable_data_dir", "run_grid"]
 
 
-def execute_setting(backbone: str, setting: str, profile: str, out_dir: str | os.PathLike = "results",
-                    notebook_dir: str | os.PathLike = "book/runs", data_dir: str | None = None,
-                    extra: dict | None = None, repo_root: str | os.PathLike = REPO_ROOT) -> str:
-    """Execute ``notebooks/train.ipynb`` for one setting with papermill, writing the
-    executed notebook to ``notebook_dir/<run name>.ipynb`` (atomically: a failed or
-    interrupted run leaves the previous copy, and its checkpoints let the next call
-    resume). Returns the run name. Runs in whatever process calls it: locally, or on a
-    Dask worker."""
+def execute_training(params: dict, notebook_dir: str | os.PathLike = "book/runs",
+                     repo_root: str | os.PathLike = REPO_ROOT) -> str:
+    """Execute ``notebooks/train.ipynb`` with papermill ``params`` (``run_name`` among
+    them), writing the executed notebook to ``notebook_dir/<run name>.ipynb`` (atomically:
+    a failed or interrupted run leaves the previous copy, and its checkpoints let the next
+    call resume; a finished run is not trained again, only reported). Returns the run
+    name. Runs in whatever process calls it: locally, or on a Dask worker."""
     import papermill
 
-    name = run_name(backbone, setting, profile)
+    name = params["run_name"]
     repo_root = Path(repo_root)
     nb_dir = Path(notebook_dir) if Path(notebook_dir).is_absolute() else repo_root / notebook_dir
     nb_dir.mkdir(parents=True, exist_ok=True)
-    params = {"backbone": backbone, "profile": profile, "out_dir": str(out_dir), "run_name": name,
-              "data_dir": data_dir or ""} | SETTINGS[setting] | (extra or {})
     tmp = nb_dir / f".{name}.ipynb.part"
     papermill.execute_notebook(str(repo_root / "notebooks" / "train.ipynb"), str(tmp), parameters=params,
                                cwd=str(repo_root), progress_bar=False, kernel_name="python3")
@@ -37,6 +34,15 @@ def execute_setting(backbone: str, setting: str, profile: str, out_dir: str | os
     stamp(tmp)  # the machine it ran on, for the book's provenance page
     os.replace(tmp, nb_dir / f"{name}.ipynb")
     return name
+
+
+def execute_setting(backbone: str, setting: str, profile: str, out_dir: str | os.PathLike = "results",
+                    notebook_dir: str | os.PathLike = "book/runs", data_dir: str | None = None,
+                    extra: dict | None = None, repo_root: str | os.PathLike = REPO_ROOT) -> str:
+    """:func:`execute_training` of one setting of the grid. Returns the run name."""
+    params = {"backbone": backbone, "profile": profile, "out_dir": str(out_dir),
+              "run_name": run_name(backbone, setting, profile), "data_dir": data_dir or ""}
+    return execute_training(params | SETTINGS[setting] | (extra or {}), notebook_dir, repo_root)
 
 
 def portable_data_dir(data_dir: str | os.PathLike | None, repo_root: Path = REPO_ROOT) -> str:

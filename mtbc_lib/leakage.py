@@ -10,6 +10,7 @@ image-level design, a test image *has a copy in training* when another member of
 same-scan group is in that fold's training split.
 
     python -m mtbc_lib.leakage            # train both designs (resumable), write results/leakage.csv
+                                          # and the two runs' pages (book/runs/, as the grid's)
 
 Results: ``results/leakage/<run name>/`` (the usual run files) and ``results/leakage.csv``
 (:data:`LEAKAGE_COLUMNS`). The scores are the multi-task network's own (no refinement).
@@ -30,7 +31,7 @@ from mtbc_lib.metrics import SEG_METRICS, classification_metrics, segmentation_m
 from mtbc_lib.trainconfig import TrainConfig
 
 __all__ = ["DESIGNS", "BASE", "METRICS", "LEAKAGE_COLUMNS", "design_config", "run_study", "per_image",
-           "fold_metrics", "leakage_table", "paired_table", "conflict_table", "design_table", "summary_view",
+           "run_pages", "fold_metrics", "leakage_table", "paired_table", "conflict_table", "design_table", "summary_view",
            "paired_view", "leakage_figure", "conclusion",
            "write_leakage_csv"]
 
@@ -68,6 +69,17 @@ def run_study(designs=None, progress: bool = True, **overrides) -> None:
             print(f"== {design}: {cfg.run_name}", flush=True)
         arrays = train.load_data(cfg, progress=progress) if arrays is None else arrays
         train.run(cfg, arrays=arrays, progress=progress)
+
+
+def run_pages(designs=None, data_dir=None, notebook_dir: str | os.PathLike = "book/runs") -> list[str]:
+    """Each design's run page, as the grid's: ``notebooks/train.ipynb`` executed by papermill
+    with the design's parameters into ``notebook_dir/<run name>.ipynb`` (a finished run is
+    reported, not trained again). Returns the run names."""
+    from mtbc_lib.grid import execute_training, portable_data_dir
+
+    return [execute_training({**BASE, "split": DESIGNS[d], "run_name": design_config(d).run_name,
+                              "data_dir": portable_data_dir(data_dir)}, notebook_dir)
+            for d in designs or list(DESIGNS)]
 
 
 # ----------------------------------------------------------------------------- per image
@@ -324,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_study(a.designs or None, data_dir=a.data_dir)
         print(write_leakage_csv(data_dir=a.data_dir))
+        print("run pages:", ", ".join(run_pages(a.designs or None, a.data_dir)))
     except (ValueError, OSError) as e:
         print(f"leakage: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

@@ -334,7 +334,8 @@ def test_toc_groups_the_runs_under_their_backbone():
     parts = {p["caption"]: [c["file"] for c in p["chapters"]] for p in yaml.safe_load(toc)["parts"]}
     for path in sorted((BOOK_DIR / "runs").glob("*.ipynb")):
         cfg = reader.run_config(json.loads(path.read_text(encoding="utf-8")), ROOT, path.stem)
-        caption = "Training runs: " + models.BACKBONES[cfg["backbone"]].title
+        study = Path(cfg.get("out_dir") or "results").name  # a study's own runs: their own part
+        caption = "Training runs: " + models.BACKBONES[cfg["backbone"]].title + (f" ({study} study)" if study != "results" else "")
         assert _docname(path) in parts.get(caption, []), f"{path.name} is not under {caption!r}"
 
 
@@ -349,10 +350,13 @@ def test_sync_toc_rewrites_only_its_block(tmp_path):
                                              'profile = "fast"\nrun_name = "nnunet-st-seg-fast"',
                                              metadata={"tags": ["injected-parameters"]})])
     nbformat.write(nb, tmp_path / "book" / "runs" / "nnunet-st-seg-fast.ipynb")
+    nb.cells[1].source += '\nout_dir = "results/leakage"'
+    nbformat.write(nb, tmp_path / "book" / "runs" / "a-study-run.ipynb")  # a study's own results folder
     assert book.sync_toc(tmp_path) is True
     new = (tmp_path / "_toc.yml").read_text()
     assert "stale" not in new and new.startswith(text.split(f"  {book.TOC_BEGIN}")[0]) and new.endswith("  - caption: After\n")
-    assert '- caption: "Training runs: nnU-Net"\n    chapters:\n      - file: book/runs/nnunet-st-seg-fast' in new
+    assert ('- caption: "Training runs: nnU-Net"\n    chapters:\n      - file: book/runs/nnunet-st-seg-fast\n'
+            '  - caption: "Training runs: nnU-Net (leakage study)"\n    chapters:\n      - file: book/runs/a-study-run\n') in new
     assert book.sync_toc(tmp_path) is False
 
 
