@@ -67,7 +67,7 @@ BACKBONE_TITLES = {name: entry.title for name, entry in BACKBONES.items()}
 
 
 def name_list(param: str, value, valid=None, empty_ok: bool = False) -> list[str]:
-    """A list-valued notebook parameter (``backbones``, ``other_profiles``, ``probes``) as a
+    """A list-valued notebook parameter (``other_profiles``, ``probes``) as a
     list: a list, or one name or a comma-separated string (what ``papermill -p backbones
     nnunet`` passes). Raises ValueError naming the parameter and any name not in ``valid``
     (None: any name)."""
@@ -76,6 +76,22 @@ def name_list(param: str, value, valid=None, empty_ok: bool = False) -> list[str
     if unknown or not (names or empty_ok):
         raise ValueError(f"{param}: unknown {unknown or 'empty list'}; expected names out of {', '.join(valid or [])}")
     return names
+
+
+def grid_list(param: str, value) -> list[tuple[str, str]]:
+    """A list of grids, each ``"backbone/profile"`` (a list, or a comma-separated string),
+    as ``(backbone, profile)`` pairs. Raises ValueError naming the parameter and the first
+    entry that is not a known backbone and profile."""
+    from mtbc_lib.trainconfig import PROFILES
+
+    out = []
+    for entry in name_list(param, value):
+        backbone, _, profile = entry.partition("/")
+        if backbone not in BACKBONE_TITLES or profile not in PROFILES:
+            raise ValueError(f"{param}: {entry!r} is not backbone/profile; expected e.g. 'unetplusplus/cpu' with a "
+                             f"backbone out of {', '.join(BACKBONE_TITLES)} and a profile out of {', '.join(PROFILES)}")
+        out.append((backbone, profile))
+    return out
 
 
 #: The published Table 5 (U-Net++, Curated BUSI): configuration -> {metric: (mean, sd)}.

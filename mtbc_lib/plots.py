@@ -303,10 +303,14 @@ def fold_points(per_fold: dict, metrics=("dsc_avg", "f1_weighted", "acc"), paper
     """One panel per metric: each configuration's fold values as points, its mean as a
     bar outline, and the paper's mean as a black diamond when ``paper`` (configuration ->
     {metric: (mean, sd)}) is given. per_fold: configuration -> ``ablation.fold_metrics``
-    frame; title: the figure's title. Returns a plotly Figure."""
+    frame; title: the figure's title. Metrics no configuration has are left out (a grid of
+    classifiers only has no Dice panel). Returns a plotly Figure."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    metrics = [m for m in metrics if any(m in f for f in per_fold.values())]
+    if not metrics:
+        raise ValueError("per_fold: no configuration has any of the metrics to plot")
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=list(metrics), shared_yaxes=True)
     for j, m in enumerate(metrics, start=1):
         confs = [c for c, f in per_fold.items() if m in f]

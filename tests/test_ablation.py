@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -157,6 +158,17 @@ def test_name_list_accepts_a_papermill_string_and_names_an_unknown_name():
     assert ablation.name_list("other_profiles", "", ["fast", "steady"], empty_ok=True) == []
     with pytest.raises(ValueError, match=r"other_profiles: unknown \['slow'\]; expected names out of fast, steady"):
         ablation.name_list("other_profiles", "steady,slow", ["fast", "steady"], empty_ok=True)
+
+
+def test_grid_list_pairs_backbone_and_profile():
+    assert ablation.grid_list("grids", "unetplusplus/cpu, nnunet-planned/fast") == [
+        ("unetplusplus", "cpu"), ("nnunet-planned", "fast")]
+    assert ablation.grid_list("grids", ["unetplusplus-r34/steady"]) == [("unetplusplus-r34", "steady")]
+    for bad in ("unetplusplus", "unetplusplus/slow", "unet++/cpu"):
+        with pytest.raises(ValueError, match=rf"grids: '{re.escape(bad)}' is not backbone/profile"):
+            ablation.grid_list("grids", [bad])
+    with pytest.raises(ValueError, match="grids: unknown empty list"):
+        ablation.grid_list("grids", "")
 
 
 def test_budget_table_counts_folds_still_improving(tmp_path):

@@ -150,3 +150,12 @@ def test_profile_curves_one_line_per_fold_and_panel_one_legend_entry_per_profile
     assert sorted(t.name for t in fig.data if t.showlegend) == ["fast", "steady"]
     with pytest.raises(ValueError, match="histories: empty"):
         plots.profile_curves({})
+
+
+def test_fold_points_leaves_out_metrics_no_configuration_has():
+    per_fold = {"ST(Cls)": pd.DataFrame({"fold": [0, 1], "f1_weighted": [.3, .4], "acc": [.5, .6]})}
+    fig = plots.fold_points(per_fold, paper={"ST(Cls)": {"acc": (.698, .038)}})
+    assert [a.text for a in fig.layout.annotations] == ["f1_weighted", "acc"]
+    assert sum(len(t.x) for t in fig.data if t.marker.symbol == "diamond") == 1  # the paper's accuracy only
+    with pytest.raises(ValueError, match="no configuration has any of the metrics"):
+        plots.fold_points({"ST(Cls)": pd.DataFrame({"fold": [0]})})
