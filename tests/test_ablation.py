@@ -123,11 +123,11 @@ def test_grid_through_a_dask_cluster_on_loopback(tmp_path, make_busi):
     from mtbc_lib.config import REPO_ROOT
 
     out = papermill.execute_notebook(str(REPO_ROOT / "notebooks" / "results.ipynb"), str(tmp_path / "results.ipynb"),
-                                     parameters={"results_dir": str(tmp_path / "results"), "backbones": "unet-r34",
+                                     parameters={"results_dir": str(tmp_path / "results"), "grids": "unet-r34/fast",
                                                  "data_dir": str(data)}, progress_bar=False, kernel_name="python3")
     outputs = [o for c in out["cells"] for o in c.get("outputs", [])]
     text = json.dumps(outputs)
-    assert "5 of 10 configurations have finished runs" in text and "not run yet" not in text
+    assert "5 of 10 configurations finished" in text and "not run yet" not in text
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # confusion, Dice, predictions
     # complete settings are skipped on the next call
     assert grid.run_grid("unet-r34", "fast", settings=["st-seg", "st-cls", "mt"], out_dir=tmp_path / "results",

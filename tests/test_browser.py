@@ -250,8 +250,8 @@ def test_long_tables_are_browsable_whole(site, browser):
     params = reader.notebook_parameters(nb)
     row = next(r for r in ablation.ROWS if r.configuration == "MT+PR+DO")
     expected = []
-    for b in params["backbones"]:
-        runs = ablation.runs_of(row, b, params["profile"], ROOT / params["results_dir"])
+    for b, profile in ablation.grid_list("grids", params["grids"]):
+        runs = ablation.runs_of(row, b, profile, ROOT / params["results_dir"])
         if runs:
             expected.append(book.per_image_view(ablation.row_outputs(row, runs)))
     assert expected, "no finished MT+PR+DO run: nothing to browse"
