@@ -67,9 +67,9 @@ BACKBONE_TITLES = {name: entry.title for name, entry in BACKBONES.items()}
 
 
 def name_list(param: str, value, valid=None, empty_ok: bool = False) -> list[str]:
-    """A list-valued notebook parameter (``other_profiles``, ``probes``) as a
-    list: a list, or one name or a comma-separated string (what ``papermill -p backbones
-    nnunet`` passes). Raises ValueError naming the parameter and any name not in ``valid``
+    """A list-valued notebook parameter (``other_profiles``, ``probes``) as a list: a list,
+    or one name or a comma-separated string (what ``papermill -p other_profiles steady``
+    passes). Raises ValueError naming the parameter and any name not in ``valid``
     (None: any name)."""
     names = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
     unknown = [n for n in names if valid is not None and n not in valid]

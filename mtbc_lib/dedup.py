@@ -163,12 +163,11 @@ def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress:
     images showing the same lesion (module doc).
 
     ``data_dir``: the BUSI folder (default: ``config.data_dir()``); ``settings``: a
-    DedupConfig; ``workers``: processes that decode and align; ``cache``: keep the per-image features
-    (thumbnails, detection copies, keypoints: about 25 kB an image) and the verified pairs
-    in ``config.cache_dir()``, keyed by the files' names, sizes and mtimes and the
+    DedupConfig; ``workers``: processes that decode and align; ``cache``: keep the per-image
+    features (thumbnails, detection copies, keypoints: about 25 kB an image) and the verified
+    pairs in ``config.cache_dir()``, keyed by the files' names, sizes and mtimes and the
     settings, so that a second run decodes no PNG and aligns no pair again. Bad input raises
     ``mtbc_lib.data.DataError`` (one line naming the file)."""
-
     from mtbc_lib.data import index_busi
 
     cfg = settings or DedupConfig()

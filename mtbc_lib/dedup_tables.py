@@ -84,7 +84,7 @@ def group_table(index, pairs, groups: list[list[int]], root: Path):
                 "label_conflict": conflict, "classes": "+".join(cls),
                 "height": int(col.height[k]), "width": int(col.width[k]),
                 "min_ssim": float(score[at & dup].min()), "max_ssim": float(score[at & dup].max()),
-                "mask_iou_min": float(np.nanmin(iou[at])) if np.isfinite(iou[at]).any() else np.nan,
+                "mask_iou_min": float(pd.Series(iou[at]).min()),  # NaN only if no pair has one
                 "keep_one": (k == rep) and not conflict, "row": k})
     cols = DUPLICATE_COLUMNS[:-1] + ["row"]  # lesion_group: added by find_groups
     return pd.DataFrame(rows, columns=cols)

@@ -30,10 +30,9 @@ from mtbc_lib.config import CLASSES, SEED, atomic_write
 from mtbc_lib.metrics import SEG_METRICS, classification_metrics, segmentation_metrics
 from mtbc_lib.trainconfig import TrainConfig
 
-__all__ = ["DESIGNS", "BASE", "METRICS", "LEAKAGE_COLUMNS", "design_config", "run_study", "per_image",
-           "run_pages", "fold_metrics", "leakage_table", "paired_table", "conflict_table", "design_table", "summary_view",
-           "paired_view", "leakage_figure", "conclusion",
-           "write_leakage_csv"]
+__all__ = ["DESIGNS", "BASE", "METRICS", "LEAKAGE_COLUMNS", "design_config", "run_study", "run_pages", "per_image",
+           "fold_metrics", "leakage_table", "paired_table", "conflict_table", "design_table", "summary_view",
+           "paired_view", "leakage_figure", "conclusion", "write_leakage_csv"]
 
 #: Design name -> TrainConfig.split.
 DESIGNS: dict[str, str] = {"image-level": "image", "scan-level": "scan"}
