@@ -100,8 +100,7 @@ def run_groups(root: str | Path = REPO_ROOT) -> list[tuple[str, list[str]]]:
     """The stored run notebooks grouped by backbone: ``[(backbone title, [docname...])]``,
     backbones in the order of ``mtbc_lib.models.BACKBONES``, runs in Table 5's order of
     settings, then by profile and name. Runs of a study with its own results folder
-    (``out_dir`` other than ``results``, e.g. ``results/leakage``) form a group of their
-    own, after the grid's: "U-Net++ (leakage study)"."""
+    (``out_dir`` e.g. ``results/leakage``) come after, as "U-Net++ (leakage study)"."""
     from mtbc_lib.ablation import ROWS
     from mtbc_lib.models import BACKBONES
 
@@ -114,15 +113,11 @@ def run_groups(root: str | Path = REPO_ROOT) -> list[tuple[str, list[str]]]:
         setting = {"seg": "st-seg", "cls": "st-cls", "mt": "mt"}.get(str(cfg.get("task")), "") \
             + ("-do" if cfg.get("oversampling") else "")
         key = (order.index(setting) if setting in order else len(order), str(cfg.get("profile")), path.stem)
-        study = Path(str(cfg.get("out_dir") or "results")).name
-        groups.setdefault((str(cfg.get("backbone")), "" if study == "results" else study), []).append(
-            (key, (RUNS_DIR / path.stem).as_posix()))
+        study = "" if (folder := Path(str(cfg.get("out_dir") or "results")).name) == "results" else f" ({folder} study)"
+        groups.setdefault((str(cfg.get("backbone")), study), []).append((key, (RUNS_DIR / path.stem).as_posix()))
     rank = {b: k for k, b in enumerate(BACKBONES)}
-    out = []
-    for b, study in sorted(groups, key=lambda g: (g[1] != "", g[1], rank.get(g[0], len(rank)), g[0])):
-        title = BACKBONES[b].title if b in BACKBONES else b
-        out.append((f"{title} ({study} study)" if study else title, [d for _, d in sorted(groups[(b, study)])]))
-    return out
+    return [((BACKBONES[b].title if b in BACKBONES else b) + study, [d for _, d in sorted(groups[(b, study)])])
+            for b, study in sorted(groups, key=lambda g: (g[1] != "", g[1], rank.get(g[0], len(rank)), g[0]))]
 
 
 def runs_toc_block(root: str | Path = REPO_ROOT) -> str:
