@@ -208,12 +208,8 @@ def numbered_components(n: int, edges) -> np.ndarray:
 
 
 def _refine_job(job) -> tuple:
-    """Worker: ``reg.refine`` of one pair (a, b, p, iters, blur sigma; 0 = no blur)."""
-    a, b, p, iters, blur = job
-    if blur:
-        from scipy import ndimage as ndi
-
-        a, b = ndi.gaussian_filter(a, blur), ndi.gaussian_filter(b, blur)
+    """Worker: ``reg.refine`` of one pair (a, b, p, iters)."""
+    a, b, p, iters = job
     return tuple(reg.refine(a, b, p, iters=iters))
 
 
@@ -240,6 +236,15 @@ def lesion_scores(scored: dict, group_of: np.ndarray, prep: list[dict], cfg,
     """``lesion_ssim`` of every scored pair outside one same-scan group (in place): the
     pair's transform (the aligned one, else the whole-image map) refined by Lucas-Kanade on
     blurred detection copies, then SSIM of the overlap at ``lesion_size`` px."""
+    blurred: dict[int, np.ndarray] = {}
+
+    def blur(k):  # once per image (a warm run blurs none)
+        if k not in blurred:
+            from scipy import ndimage as ndi
+
+            blurred[k] = ndi.gaussian_filter(prep[k]["det"], 1.5)
+        return blurred[k]
+
     keys, jobs = [], []
     for (a, b), r in scored.items():
         if group_of[a] > 0 and group_of[a] == group_of[b]:
@@ -254,7 +259,7 @@ def lesion_scores(scored: dict, group_of: np.ndarray, prep: list[dict], cfg,
         else:
             p = reg.whole(da.shape, db.shape)
         keys.append((a, b))
-        jobs.append((da, db, p, 6, 1.5))
+        jobs.append((blur(a), blur(b), p, 6))
     todo = []
     for (a, b), p in zip(keys, refine_many(jobs, workers)):
         th = aligned_thumbs(prep[a]["det"].astype(np.uint8), prep[b]["det"].astype(np.uint8), p, cfg,

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from mtbc_lib.config import CLASSES, atomic_write
+from mtbc_lib.dedup_search import components
 
 __all__ = ["DUPLICATE_COLUMNS", "PAIR_COLUMNS", "LESION_COLUMNS", "group_table", "lesion_table", "duplicates_table",
            "write_audit", "summary"]
@@ -31,17 +32,9 @@ LESION_COLUMNS = ["lesion_group", "class", "id", "file", "lesion_size", "group",
 
 def _connected(nodes, edges) -> bool:
     """Whether ``edges`` (pairs of nodes) connect every node of a small group."""
-    parent = {k: k for k in nodes}
-
-    def find(k):
-        while parent[k] != k:
-            parent[k] = parent[parent[k]]
-            k = parent[k]
-        return k
-
-    for a, b in edges:
-        parent[find(a)] = find(b)
-    return len({find(k) for k in nodes}) == 1
+    at = {k: n for n, k in enumerate(nodes)}
+    ends = [(at[u], at[v]) for u, v in edges]
+    return len(set(components(len(at), [u for u, _ in ends], [v for _, v in ends]))) == 1
 
 
 class _Columns:
