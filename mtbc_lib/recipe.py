@@ -51,7 +51,8 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
                dict(epochs=3, patience=3, **_COSINE)),
     "lowres": ("cosine, with the first 6 of 7 epochs at 64² (progressive resizing)",
                dict(epochs=7, patience=7, low_res_epochs=6, **_COSINE)),
-    "ema": ("cosine, validated and tested with an exponential moving average of the weights (decay .99)",
+    "ema": ("cosine, validated and tested with an exponential moving average of the weights (decay .99; "
+            "batch-norm statistics recomputed for the averaged weights)",
             dict(epochs=3, patience=3, ema=0.99, **_COSINE)),
     "r34": ("cosine on the ResNet-34 U-Net++ (1.5× the paper's network's throughput here)",
             dict(backbone="unetplusplus-r34", epochs=4, patience=4, **_COSINE)),

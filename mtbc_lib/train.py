@@ -158,7 +158,10 @@ class FoldTrainer:
         if cfg.ema:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+            # parameters only: batch-norm statistics averaged over a moving trajectory do not
+            # fit the averaged weights (a model so validated answered one class for every
+            # image); :meth:`validate` recomputes them for the averaged weights instead
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=False)
         self.loss_fn = MultiTaskLoss(task=cfg.task, lam=cfg.lam, gamma=cfg.gamma)
         self.state = {"epoch": 0, "best_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "history": [],
                       "train_seconds": 0.0}
@@ -218,9 +221,21 @@ class FoldTrainer:
             self.ema.update_parameters(self.model)
         return loss, parts, out, m, y
 
+    def ema_batch_norm(self) -> None:
+        """Recompute the batch-norm statistics of the weight average on the fold's
+        training images (each once, unaugmented, at full resolution)."""
+        from torch.optim.swa_utils import update_bn
+
+        idx, bs = np.unique(self.train_idx), self.cfg.eval_batch_size
+        fmt = torch.channels_last if self.cl else torch.contiguous_format
+        update_bn((self.X[idx[s: s + bs]].float().div_(255.0).contiguous(memory_format=fmt)
+                   for s in range(0, len(idx), bs)), self.ema.module)
+
     def validate(self) -> dict[str, float]:
-        """Validation loss, Dice and accuracy of :attr:`evaluated`; raises TrainingDiverged
-        on a non-finite loss."""
+        """Validation loss, Dice and accuracy of :attr:`evaluated` (a weight average gets
+        its batch-norm statistics first); raises TrainingDiverged on a non-finite loss."""
+        if self.ema is not None:
+            self.ema_batch_norm()
         v = self.val_idx
         va = val_metrics(predict(self.evaluated, self.X[v], self.cfg.eval_batch_size, self.device, self.amp,
                                  self.cl, self.M[v], self.Y[v], self.loss_fn), self.M[v], self.Y[v],
