@@ -8,6 +8,9 @@ Backbones (:data:`BACKBONES`):
 ``unetplusplus``, ``nnunet``
     The paper's two networks (:mod:`mtbc_lib.paper_networks`), from MONAI's blocks, with
     deep supervision on by default: 14,927,455 and 15,819,799 parameters for ``"mt"``.
+``unetplusplus-clsbn``
+    The paper's U-Net++ whose classification branch ends in BatchNorm instead of
+    InstanceNorm before its average pool (``paper_networks.UNetPlusPlus(cls_norm="batch")``).
 ``unetplusplus-r34``, ``unet-r34``, ``nnunet-planned``
     Other networks (:mod:`mtbc_lib.other_networks`): segmentation-models-pytorch's
     U-Net++ / U-Net with a ResNet-34 encoder, and nnU-Net's planned ``PlainConvUNet``.
@@ -35,9 +38,11 @@ from torch import nn
 TASKS: tuple[str, ...] = ("seg", "cls", "mt")
 
 
-def _paper_unetplusplus(task, in_channels, num_classes, deep_supervision):
-    from mtbc_lib.paper_networks import UNetPlusPlus
-    return UNetPlusPlus(task, in_channels, num_classes, deep_supervision)
+def _paper_unetplusplus(cls_norm: str = "instance"):
+    def build(task, in_channels, num_classes, deep_supervision):
+        from mtbc_lib.paper_networks import UNetPlusPlus
+        return UNetPlusPlus(task, in_channels, num_classes, deep_supervision, cls_norm=cls_norm)
+    return build
 
 
 def _paper_nnunet(task, in_channels, num_classes, deep_supervision):
@@ -65,7 +70,8 @@ class Backbone:
 
 #: Backbone name -> registry entry.
 BACKBONES: dict[str, Backbone] = {
-    "unetplusplus": Backbone(_paper_unetplusplus, True, True, "U-Net++"),
+    "unetplusplus": Backbone(_paper_unetplusplus(), True, True, "U-Net++"),
+    "unetplusplus-clsbn": Backbone(_paper_unetplusplus("batch"), True, True, "U-Net++ (batch-norm classifier)"),
     "nnunet": Backbone(_paper_nnunet, True, True, "nnU-Net"),
     "unetplusplus-r34": Backbone(_other("build_unetplusplus_r34"), False, False, "U-Net++ (ResNet-34, smp)",
                                  ("encoder_weights", "encoder_name", "head_dropout")),

@@ -15,7 +15,11 @@ resolution, the finest (last-decoded) first — the order in which the loss weig
     bottleneck x4,0 (1,152 channels at 8×8) → block 1,152 → 512 → global average pool →
     Linear 512→256 → ReLU → Linear 256→3. Parameters: 14,927,455 (``"mt"``),
     5,131,612 (``"seg"``: the same network without its branch), 13,741,131 (``"cls"``:
-    the encoder, the one decoder node x3,1 and the branch).
+    the encoder, the one decoder node x3,1 and the branch). ``cls_norm="batch"``: the
+    branch's last block (the one the average pool reads) normalises with BatchNorm
+    instead: an InstanceNorm right before a global average pool gives every channel the
+    same mean and spread over every image, so the pooled features keep only the shape of
+    each channel's distribution, not how strong the feature is (same parameter count).
 
 :class:`NnUNet` (the paper's own nnU-Net-style network, not nnU-Net's planner)
     Widths 32, 64, 128, 256, 320: five encoder levels and a 320-channel bottleneck at 4×4,
@@ -74,7 +78,7 @@ class UNetPlusPlus(BasicUNetPlusPlus):
     _CLS_KEEPS = {"conv_0_0", "conv_1_0", "conv_2_0", "conv_3_0", "conv_4_0", "upcat_3_1"}
 
     def __init__(self, task: str = "mt", in_channels: int = 1, num_classes: int = 3,
-                 deep_supervision: bool = True, features=(24, 48, 96, 192, 384, 24)):
+                 deep_supervision: bool = True, features=(24, 48, 96, 192, 384, 24), cls_norm: str = "instance"):
         super().__init__(spatial_dims=2, in_channels=in_channels, out_channels=1, features=features,
                          deep_supervision=deep_supervision, act=self.ACT, norm=self.NORM, bias=True,
                          upsample="deconv")
@@ -85,7 +89,9 @@ class UNetPlusPlus(BasicUNetPlusPlus):
         if task != "seg":
             f = features
             self.cls_down = Down(2, f[3], f[4], self.ACT, self.NORM, True)       # used twice
-            self.cls_block = TwoConv(2, 3 * f[4], 512, self.ACT, self.NORM, True)
+            if cls_norm not in ("instance", "batch"):
+                raise ValueError(f"cls_norm: expected 'instance' (the paper's) or 'batch', got {cls_norm!r}")
+            self.cls_block = TwoConv(2, 3 * f[4], 512, self.ACT, self.NORM if cls_norm == "instance" else "batch", True)
             self.cls_mlp = _mlp(num_classes)
 
     def forward(self, x: torch.Tensor) -> dict:

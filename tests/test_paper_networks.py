@@ -7,6 +7,7 @@ import torch
 
 from mtbc_lib.losses import MultiTaskLoss
 from mtbc_lib.models import BACKBONES, build_model, count_parameters
+from mtbc_lib.paper_networks import UNetPlusPlus
 
 torch.set_num_threads(1)
 
@@ -120,3 +121,17 @@ def test_bad_input_shape_names_the_divisor():
         build_model("nnunet", "mt")(torch.rand(1, 1, 48, 64))
     with pytest.raises(ValueError, match="unknown option.*encoder_weights.*valid: none"):
         build_model("unetplusplus", "mt", encoder_weights="imagenet")
+
+
+def test_the_papers_classifier_block_cannot_see_how_strong_a_feature_is():
+    # InstanceNorm before the average pool: scaling the block's input changes nothing;
+    # the batch-norm variant (evaluated with its running statistics) does see it
+    torch.manual_seed(0)
+    z = torch.randn(2, 3 * 384, 8, 8)
+    for backbone, blind in (("unetplusplus", True), ("unetplusplus-clsbn", False)):
+        block = build_model(backbone, "cls").cls_block.eval()
+        with torch.no_grad():
+            assert torch.allclose(block(z).mean((2, 3)), block(3 * z).mean((2, 3)), atol=1e-4) == blind, backbone
+    assert count_parameters(build_model("unetplusplus-clsbn", "cls")) == PAPER_COUNTS["unetplusplus", "cls"]
+    with pytest.raises(ValueError, match="cls_norm: expected 'instance'"):
+        UNetPlusPlus("cls", cls_norm="layer")
