@@ -7,6 +7,7 @@ so the test fold stays unread until the chosen recipe's final grid.
 
     python -m mtbc_lib.recipe                 # run every candidate not yet finished, in order
     python -m mtbc_lib.recipe cosine lowres   # only these
+    python -m mtbc_lib.recipe cls-paper cls-clsbn   # the classifier probe (CLASSIFIER_PROBE)
 
 Results: ``results/recipe/<run name>/`` (the usual run files, fold 0 only). Candidates are
 :class:`~mtbc_lib.trainconfig.TrainConfig` overrides of :data:`BASE`. The budget is set in
@@ -34,7 +35,8 @@ from mtbc_lib.trainconfig import TrainConfig
 
 __all__ = ["BUDGET_MINUTES", "BASE", "CANDIDATES", "candidate_config", "run_study", "study_histories",
            "study_table", "study_curves", "candidates_table", "fit_check", "fit_table", "loss_balance", "fit_verdict",
-           "score", "verdict", "RECIPE_FIELDS", "profile_choice"]
+           "score", "verdict", "RECIPE_FIELDS", "profile_choice", "CLASSIFIER_PROBE", "classifier_probe",
+           "classifier_curves", "classifier_verdict"]
 
 #: Minutes on two idle cores (train + validation epochs) each candidate is planned to cost.
 BUDGET_MINUTES = 24.0
@@ -59,11 +61,25 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
 }
 
 
+#: A probe beside the study, run only when named: the classifier alone (ST(Cls), no DO)
+#: under the ``cpu`` profile, fold 0, validation only: the paper's U-Net++ against the same
+#: network with BatchNorm in the classification branch's last block (``unetplusplus-clsbn``),
+#: to see whether the branch's InstanceNorm before its average pool holds the classifier back.
+CLASSIFIER_PROBE: dict[str, tuple[str, dict]] = {
+    "cls-paper": ("the paper's U-Net++, classifier alone (ST(Cls)), the cpu profile",
+                  dict(task="cls", oversampling=False, profile="cpu")),
+    "cls-clsbn": ("the same with BatchNorm in the classification branch's last block",
+                  dict(backbone="unetplusplus-clsbn", task="cls", oversampling=False, profile="cpu")),
+}
+
+
 def candidate_config(name: str, **overrides) -> TrainConfig:
-    """The resolved TrainConfig of candidate ``name`` (``overrides``: e.g. data_dir)."""
-    if name not in CANDIDATES:
-        raise ValueError(f"recipe candidate {name!r}: expected one of {', '.join(CANDIDATES)}")
-    return TrainConfig(**{**BASE, **CANDIDATES[name][1], **overrides}).resolve()
+    """The resolved TrainConfig of candidate (or classifier probe) ``name`` (``overrides``:
+    e.g. data_dir)."""
+    known = CANDIDATES | CLASSIFIER_PROBE
+    if name not in known:
+        raise ValueError(f"recipe candidate {name!r}: expected one of {', '.join(known)}")
+    return TrainConfig(**{**BASE, **known[name][1], **overrides}).resolve()
 
 
 def run_study(names: list[str] | None = None, progress: bool = True, **overrides) -> None:
@@ -75,10 +91,11 @@ def run_study(names: list[str] | None = None, progress: bool = True, **overrides
     for name in names or list(CANDIDATES):
         cfg = candidate_config(name, **overrides)
         if progress:
-            print(f"== {name}: {CANDIDATES[name][0]} -> {cfg.run_name}", flush=True)
+            print(f"== {name}: {(CANDIDATES | CLASSIFIER_PROBE)[name][0]} -> {cfg.run_name}", flush=True)
         arrays = train.load_data(cfg, progress=progress) if arrays is None else arrays
         train.run(cfg, arrays=arrays, progress=progress)
-        fit_check(name, cfg.out_dir, arrays=arrays, **overrides)
+        if name in CANDIDATES:
+            fit_check(name, cfg.out_dir, arrays=arrays, **overrides)
 
 
 def _run_dir(name: str, results_dir: str | os.PathLike, **overrides) -> Path:
@@ -309,10 +326,69 @@ def study_curves(histories: pd.DataFrame):
     return fig
 
 
+def classifier_probe(results_dir: str | os.PathLike = "results/recipe", **overrides) -> pd.DataFrame:
+    """The classifier probe's finished runs, one row per run and epoch: training loss and
+    accuracy, validation accuracy; plus, per run, its best epoch's validation accuracy and
+    how many validation images it gave the class it answered most (``answers_one_class``)
+    out of ``n_val``, and the validation images' largest class share (``majority``)."""
+    import json
+
+    frames = []
+    for name in CLASSIFIER_PROBE:
+        run = _run_dir(name, results_dir, **overrides)
+        if not (run / "fold0_metrics.json").is_file():
+            continue
+        m = json.loads((run / "fold0_metrics.json").read_text())
+        conf = np.asarray(m["raw"]["confusion"])
+        h = pd.read_csv(run / "fold0_history.csv")[["epoch", "train_loss", "train_acc", "val_acc"]]
+        frames.append(h.assign(candidate=name, best_epoch=m["best_epoch"], best_val_acc=m["raw"]["acc"],
+                               answers_one_class=conf.sum(0).max(), n_val=conf.sum(),
+                               majority=conf.sum(1).max() / conf.sum()))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def classifier_curves(probe: pd.DataFrame):
+    """Training loss and validation accuracy per epoch of the classifier probe's runs, the
+    validation images' majority-class share dotted. ``probe``: :func:`classifier_probe`."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    if probe.empty:
+        raise ValueError("probe: no classifier probe run has finished (python -m mtbc_lib.recipe cls-paper cls-clsbn)")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["training loss (focal)", "validation accuracy"])
+    for i, (name, h) in enumerate(probe.groupby("candidate", sort=False)):
+        for j, col in enumerate(("train_loss", "val_acc"), start=1):
+            fig.add_trace(go.Scatter(x=h["epoch"], y=h[col], mode="lines+markers", name=name, legendgroup=name,
+                                     line=dict(color=qualitative.D3[i]), showlegend=j == 1), row=1, col=j)
+    fig.add_hline(y=probe["majority"].iloc[0], line=dict(color="grey", dash="dot", width=1), row=1, col=2,
+                  annotation_text="majority class", annotation_position="bottom right")
+    fig.update_xaxes(title_text="epoch", dtick=1)
+    fig.update_layout(height=340, template="plotly_white", margin=dict(l=10, r=10, t=40, b=40),
+                      legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+def classifier_verdict(probe: pd.DataFrame) -> str:
+    """Sentences on :func:`classifier_probe`, computed for the chapter."""
+    if probe.empty:
+        return "The classifier probe has not been run yet (`python -m mtbc_lib.recipe cls-paper cls-clsbn`)."
+    parts = []
+    for name, h in probe.groupby("candidate", sort=False):
+        r = h.iloc[-1]
+        parts.append(f"**{name}**: training loss {h['train_loss'].iloc[0]:.3f} → {r['train_loss']:.3f} over "
+                     f"{len(h)} epochs, validation accuracy between {h['val_acc'].min():.3f} and "
+                     f"{h['val_acc'].max():.3f}; its best weights (epoch {r['best_epoch']}) score {r['best_val_acc']:.3f} "
+                     f"and give one class to {r['answers_one_class']} of {r['n_val']} validation images")
+    return ("; ".join(parts) + f". Answering the majority class for every image scores "
+            f"{probe['majority'].iloc[0]:.3f}.")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mtbc_lib.recipe", description=__doc__.split("\n\n")[0])
     p.add_argument("names", nargs="*", metavar="NAME",
-                   help=f"candidates to run (default: all): {', '.join(CANDIDATES)}")
+                   help=f"candidates to run (default: all): {', '.join(CANDIDATES)}; "
+                        f"the classifier probe: {', '.join(CLASSIFIER_PROBE)}")
     p.add_argument("--data-dir", default="", help="raw BUSI folder (default: $MTBC_DATA or ../shared/data/BUSI)")
     a = p.parse_args(argv)
     try:

@@ -185,3 +185,22 @@ def test_study_curves_mark_low_resolution_epochs_hollow():
     assert list(cosine.x) == [8, 16] and "white" not in cosine.marker.color
     assert list(lowres.marker.color) == ["white"] * 3  # lowres: the first 6 epochs at 64²
     assert [t.showlegend for t in fig.data] == [True, False, False] * 2
+
+
+def test_classifier_probe_reads_its_runs_for_the_chapter(make_busi, tmp_path, monkeypatch):
+    monkeypatch.setenv("MTBC_CACHE", str(tmp_path / "cache"))
+    tiny = dict(epochs=2, patience=2, batch_size=4, image_size=64, curation="none",  # the probe's own networks
+                data_dir=str(make_busi(n_per_class=8)), eval_batch_size=16, num_threads=1, device="cpu")
+    results = tmp_path / "results" / "recipe"
+    assert recipe.classifier_probe(results, **tiny).empty
+    assert recipe.classifier_verdict(pd.DataFrame()).startswith("The classifier probe has not been run yet")
+    recipe.run_study(["cls-paper"], progress=False, out_dir=str(results), **tiny)
+    cfg = recipe.candidate_config("cls-paper", out_dir=str(results), **tiny)
+    assert (cfg.task, cfg.oversampling, cfg.evaluate_on) == ("cls", False, "val")
+    assert not list(results.rglob(recipe.FIT_FILE))  # the fit check is the MT candidates'
+    probe = recipe.classifier_probe(results, **tiny)
+    assert list(probe["epoch"]) == [1, 2] and set(probe["candidate"]) == {"cls-paper"}
+    assert probe["val_acc"].between(0, 1).all() and 0 < probe["answers_one_class"].iloc[0] <= probe["n_val"].iloc[0]
+    text = recipe.classifier_verdict(probe)
+    assert text.startswith("**cls-paper**: training loss ") and "Answering the majority class" in text
+    assert len(recipe.classifier_curves(probe).data) == 2
