@@ -79,6 +79,8 @@ class UNetPlusPlus(BasicUNetPlusPlus):
 
     def __init__(self, task: str = "mt", in_channels: int = 1, num_classes: int = 3,
                  deep_supervision: bool = True, features=(24, 48, 96, 192, 384, 24), cls_norm: str = "instance"):
+        if cls_norm not in ("instance", "batch"):
+            raise ValueError(f"cls_norm: expected 'instance' (the paper's) or 'batch', got {cls_norm!r}")
         super().__init__(spatial_dims=2, in_channels=in_channels, out_channels=1, features=features,
                          deep_supervision=deep_supervision, act=self.ACT, norm=self.NORM, bias=True,
                          upsample="deconv")
@@ -89,8 +91,6 @@ class UNetPlusPlus(BasicUNetPlusPlus):
         if task != "seg":
             f = features
             self.cls_down = Down(2, f[3], f[4], self.ACT, self.NORM, True)       # used twice
-            if cls_norm not in ("instance", "batch"):
-                raise ValueError(f"cls_norm: expected 'instance' (the paper's) or 'batch', got {cls_norm!r}")
             self.cls_block = TwoConv(2, 3 * f[4], 512, self.ACT, self.NORM if cls_norm == "instance" else "batch", True)
             self.cls_mlp = _mlp(num_classes)
 

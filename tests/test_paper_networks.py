@@ -134,4 +134,4 @@ def test_the_papers_classifier_block_cannot_see_how_strong_a_feature_is():
             assert torch.allclose(block(z).mean((2, 3)), block(3 * z).mean((2, 3)), atol=1e-4) == blind, backbone
     assert count_parameters(build_model("unetplusplus-clsbn", "cls")) == PAPER_COUNTS["unetplusplus", "cls"]
     with pytest.raises(ValueError, match="cls_norm: expected 'instance'"):
-        UNetPlusPlus("cls", cls_norm="layer")
+        UNetPlusPlus("seg", cls_norm="layer")
