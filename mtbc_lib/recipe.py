@@ -375,10 +375,10 @@ def classifier_verdict(probe: pd.DataFrame) -> str:
         return "The classifier probe has not been run yet (`python -m mtbc_lib.recipe cls-paper cls-clsbn`)."
     parts = []
     for name, h in probe.groupby("candidate", sort=False):
-        r = h.iloc[-1]
+        r, lo, hi = h.iloc[-1], h["val_acc"].min(), h["val_acc"].max()
+        acc = f"{lo:.3f} at every epoch" if f"{lo:.3f}" == f"{hi:.3f}" else f"between {lo:.3f} and {hi:.3f}"
         parts.append(f"**{name}**: training loss {h['train_loss'].iloc[0]:.3f} → {r['train_loss']:.3f} over "
-                     f"{len(h)} epochs, validation accuracy between {h['val_acc'].min():.3f} and "
-                     f"{h['val_acc'].max():.3f}; its best weights (epoch {r['best_epoch']}) score {r['best_val_acc']:.3f} "
+                     f"{len(h)} epochs, validation accuracy {acc}; its best weights (epoch {r['best_epoch']}) score {r['best_val_acc']:.3f} "
                      f"and give one class to {r['answers_one_class']} of {r['n_val']} validation images")
     return ("; ".join(parts) + f". Answering the majority class for every image scores "
             f"{probe['majority'].iloc[0]:.3f}.")
