@@ -73,9 +73,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     # The recipe study's winner on two CPU cores (mtbc_lib.recipe, book chapter "The
     # training recipe"): AdamW (weight decay .01), warm-up over half an epoch, then cosine
     # decay from 3e-4 to 1e-6 at the last epoch (stepped per batch), batch 8, no moving
-    # average of the weights (it tied with this recipe in the study, and its batch-norm
-    # statistics cost a pass over the training images per epoch). 7 epochs per fold, no early stopping (the schedule needs
-    # its whole length; the best-validation-loss epoch is still the one tested), so that the
+    # average of the weights (measured first with averaged batch-norm statistics, it only
+    # tied; its own statistics cost a pass over the training images per epoch). 7 epochs
+    # per fold, no early stopping (the schedule needs its whole length; the
+    # best-validation-loss epoch is still the one tested), so that the
     # six U-Net++ trainings (4 folds each, about 26 minutes for one epoch of all six) fit in
     # about 12-13 h on two idle cores.
     "cpu": dict(epochs=7, patience=7, batch_size=8, lr=3e-4,
