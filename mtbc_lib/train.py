@@ -158,9 +158,7 @@ class FoldTrainer:
         if cfg.ema:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-            # parameters only: batch-norm statistics averaged over a moving trajectory do not
-            # fit the averaged weights (a model so validated answered one class for every
-            # image); :meth:`validate` recomputes them for the averaged weights instead
+            # parameters only: averaged batch-norm statistics do not fit averaged weights (validate() recomputes them)
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=False)
         self.loss_fn = MultiTaskLoss(task=cfg.task, lam=cfg.lam, gamma=cfg.gamma)
         self.state = {"epoch": 0, "best_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "history": [],
@@ -222,8 +220,7 @@ class FoldTrainer:
         return loss, parts, out, m, y
 
     def ema_batch_norm(self) -> None:
-        """Recompute the batch-norm statistics of the weight average on the fold's
-        training images (each once, unaugmented, at full resolution)."""
+        """Recompute the weight average's batch-norm statistics on the fold's training images (unaugmented)."""
         from torch.optim.swa_utils import update_bn
 
         idx, bs = np.unique(self.train_idx), self.cfg.eval_batch_size
