@@ -71,7 +71,6 @@ class Backbone:
 #: Backbone name -> registry entry.
 BACKBONES: dict[str, Backbone] = {
     "unetplusplus": Backbone(_paper_unetplusplus(), True, True, "U-Net++"),
-    "unetplusplus-clsbn": Backbone(_paper_unetplusplus("batch"), True, True, "U-Net++ (batch-norm classifier)"),
     "nnunet": Backbone(_paper_nnunet, True, True, "nnU-Net"),
     "unetplusplus-r34": Backbone(_other("build_unetplusplus_r34"), False, False, "U-Net++ (ResNet-34, smp)",
                                  ("encoder_weights", "encoder_name", "head_dropout")),
@@ -79,6 +78,7 @@ BACKBONES: dict[str, Backbone] = {
                          ("encoder_weights", "encoder_name", "head_dropout")),
     "nnunet-planned": Backbone(_other("build_nnunet_planned"), False, True, "nnU-Net (planned, 32…512)",
                                ("encoder_weights", "patch_size", "head_dropout")),
+    "unetplusplus-clsbn": Backbone(_paper_unetplusplus("batch"), True, True, "U-Net++ (batch-norm classifier)"),
 }
 
 
