@@ -34,7 +34,7 @@ import torch
 from mtbc_lib.augment import augment_batch, half_resolution
 from mtbc_lib.config import CLASSES, atomic_write
 from mtbc_lib.device import resolve_amp, resolve_channels_last, resolve_device, setup_torch
-from mtbc_lib.evaluate import first_mask, float_outputs, predict, test_outputs, val_metrics
+from mtbc_lib.evaluate import first_mask, float_outputs, predict, test_outputs, to_input, val_metrics
 from mtbc_lib.runs import check_same_config, hold, run_paths, save_masks, summarize, versions, write_history, write_json
 from mtbc_lib.splits import make_splits, train_indices
 from mtbc_lib.trainconfig import TrainConfig, config_diff
@@ -224,9 +224,8 @@ class FoldTrainer:
         from torch.optim.swa_utils import update_bn
 
         idx, bs = np.unique(self.train_idx), self.cfg.eval_batch_size
-        fmt = torch.channels_last if self.cl else torch.contiguous_format
-        update_bn((self.X[idx[s: s + bs]].float().div_(255.0).contiguous(memory_format=fmt)
-                   for s in range(0, len(idx), bs)), self.ema.module)
+        update_bn((to_input(self.X[idx[s: s + bs]], self.device, self.cl) for s in range(0, len(idx), bs)),
+                  self.ema.module)
 
     def validate(self) -> dict[str, float]:
         """Validation loss, Dice and accuracy of :attr:`evaluated` (a weight average gets
