@@ -7,7 +7,9 @@ group k-fold on the same-scan groups of the duplicate audit, so no scan is on bo
 a split). Every image is a test image once in each design, so the two are compared image by
 image: the paired tests and bootstrap intervals of :mod:`mtbc_lib.claims`. Inside the
 image-level design, a test image *has a copy in training* when another member of its
-same-scan group is in that fold's training split.
+same-scan group is in that fold's training split; inside the scan-level design, it *has
+another frame in training* when another member of its same-lesion group is (the audit's
+second level: a frame of the same lesion, never a copy, since copies share a fold).
 
     python -m mtbc_lib.leakage            # train both designs (resumable), write results/leakage.csv
                                           # and the two runs' pages (book/runs/, as the grid's)
@@ -32,7 +34,7 @@ from mtbc_lib.trainconfig import TrainConfig
 
 __all__ = ["DESIGNS", "BASE", "METRICS", "LEAKAGE_COLUMNS", "design_config", "run_study", "run_pages", "per_image",
            "fold_metrics", "leakage_table", "paired_table", "conflict_table", "design_table", "summary_view",
-           "paired_view", "leakage_figure", "conclusion", "write_leakage_csv"]
+           "paired_view", "leakage_figure", "conclusion", "frames_note", "write_leakage_csv"]
 
 #: Design name -> TrainConfig.split.
 DESIGNS: dict[str, str] = {"image-level": "image", "scan-level": "scan"}
@@ -102,9 +104,10 @@ def per_image(results_dir: str | os.PathLike = "results/leakage", data_dir=None,
     """One row per image tested in both designs (index (class, id)): ``label``, its scan
     ``group`` (-1: in none) and whether that group is a ``label_conflict`` (members filed
     under two classes); per design (suffix ``_image`` / ``_scan``) its test ``fold``,
-    ``dice``, ``pred`` and ``correct`` (1/0); and ``copy_in_train``: in the image-level
-    design, another member of its scan group was in that fold's training split. Only
-    images tested in both designs (all of them once both runs are finished)."""
+    ``dice``, ``pred`` and ``correct`` (1/0); ``copy_in_train``: in the image-level design,
+    another member of its scan group was in that fold's training split; ``frame_in_train``:
+    in the scan-level design, another member of its lesion group was. Only images tested
+    in both designs (all of them once both runs are finished)."""
     from mtbc_lib import train
     from mtbc_lib.dedup import audit_groups
     from mtbc_lib.splits import make_splits
@@ -121,15 +124,21 @@ def per_image(results_dir: str | os.PathLike = "results/leakage", data_dir=None,
     cfg = design_config("image-level", out_dir=str(results_dir), **overrides)
     data_dir = data_dir or cfg.data_dir or None
     arrays = train.run_arrays(cfg.to_dict(), data_dir)
-    groups = audit_groups(data_dir, "scan")
     keys = arrays.keys
-    group = np.asarray([groups.get(k, -1) for k in keys])
+    group, lesion = (np.asarray([g.get(k, -1) for k in keys])
+                     for g in (audit_groups(data_dir, "scan"), audit_groups(data_dir, "lesion")))
     n_classes = pd.Series([c for c, _ in keys]).groupby(group).nunique()
-    copy = np.zeros(len(keys), bool)
-    for split in make_splits(cfg, arrays):
-        in_train = set(group[split.train]) - {-1}
-        copy[split.test] = [g != -1 and g in in_train for g in group[split.test]]
-    info = pd.DataFrame({"group": group, "copy_in_train": copy,
+
+    def partner_in_train(design, group):  # per image: a member of its group in its fold's training split
+        out = np.zeros(len(keys), bool)
+        c = design_config(design, **{**overrides, "out_dir": str(results_dir), "data_dir": str(data_dir or "")})
+        for split in make_splits(c, arrays):
+            in_train = set(group[split.train]) - {-1}
+            out[split.test] = [g != -1 and g in in_train for g in group[split.test]]
+        return out
+
+    info = pd.DataFrame({"group": group, "copy_in_train": partner_in_train("image-level", group),
+                         "frame_in_train": partner_in_train("scan-level", lesion),
                          "label_conflict": [g != -1 and n_classes[g] > 1 for g in group]},
                         index=pd.MultiIndex.from_tuples(keys, names=["class", "id"]))
     return both.join(info, how="left").sort_index()
@@ -174,15 +183,19 @@ def _values(t: pd.DataFrame, metric: str, split: str) -> np.ndarray:
 
 
 PAIRED_METRICS = SEG_METRICS + ("acc",)
+#: The comparisons inside one design: name -> (the column that picks the first group, design's split).
+FRAMES = "another frame in training − none (scan-level)"
+INSIDE = {"copy in training − no copy (image-level)": ("copy_in_train", "image"), FRAMES: ("frame_in_train", "scan")}
 
 
 def paired_table(table: pd.DataFrame) -> pd.DataFrame:
     """Image-level minus scan-level, image by image: per metric the two means, their
     difference with a 95 % bootstrap interval and the paired test's p value (Wilcoxon on
-    the Dice, exact McNemar on correctness; :mod:`mtbc_lib.claims`); then the same
-    difference inside the image-level design between test images with and without a copy
-    in training (other images: Mann-Whitney U on the Dice, Fisher's exact test on
-    correctness, an unpaired bootstrap)."""
+    the Dice, exact McNemar on correctness; :mod:`mtbc_lib.claims`); then the comparisons
+    inside one design (:data:`INSIDE`): test images with a copy in training against those
+    without (image-level), with another frame of their lesion in training against those
+    without (scan-level); other images: Mann-Whitney U on the Dice, Fisher's exact test on
+    correctness, an unpaired bootstrap. A comparison with an empty side is left out."""
     from scipy import stats
 
     from mtbc_lib.claims import bootstrap_ci, paired_test
@@ -195,20 +208,21 @@ def paired_table(table: pd.DataFrame) -> pd.DataFrame:
         rows.append({"comparison": "image-level − scan-level", "metric": m, "a": a.mean(), "b": b.mean(),
                      "diff": a.mean() - b.mean(), "ci_low": lo, "ci_high": hi, "p_value": p, "test": test,
                      "n_a": len(a), "n_b": len(b)})
-    copy = table["copy_in_train"]
-    for m in ("dsc_avg", "acc"):
-        a, b = _values(table[copy], m, "image"), _values(table[~copy], m, "image")
-        if not len(a) or not len(b):
-            continue
-        if m == "acc":
-            p = stats.fisher_exact([[a.sum(), len(a) - a.sum()], [b.sum(), len(b) - b.sum()]]).pvalue
-            test = "Fisher's exact"
-        else:
-            p, test = stats.mannwhitneyu(a, b).pvalue, "Mann-Whitney U"
-        lo, hi = _unpaired_ci(a, b)
-        rows.append({"comparison": "copy in training − no copy (image-level)", "metric": m, "a": a.mean(),
-                     "b": b.mean(), "diff": a.mean() - b.mean(), "ci_low": lo, "ci_high": hi,
-                     "p_value": float(p), "test": test, "n_a": len(a), "n_b": len(b)})
+    for comparison, (column, split) in INSIDE.items():
+        sel = table[column].to_numpy(bool)
+        for m in ("dsc_avg", "acc"):
+            a, b = _values(table[sel], m, split), _values(table[~sel], m, split)
+            if not len(a) or not len(b):
+                continue
+            if m == "acc":
+                p = stats.fisher_exact([[a.sum(), len(a) - a.sum()], [b.sum(), len(b) - b.sum()]]).pvalue
+                test = "Fisher's exact"
+            else:
+                p, test = stats.mannwhitneyu(a, b).pvalue, "Mann-Whitney U"
+            lo, hi = _unpaired_ci(a, b)
+            rows.append({"comparison": comparison, "metric": m, "a": a.mean(), "b": b.mean(),
+                         "diff": a.mean() - b.mean(), "ci_low": lo, "ci_high": hi, "p_value": float(p),
+                         "test": test, "n_a": len(a), "n_b": len(b)})
     return pd.DataFrame(rows)
 
 
@@ -233,7 +247,8 @@ def conflict_table(table: pd.DataFrame) -> pd.DataFrame:
 def design_table(design_runs: dict, table: pd.DataFrame) -> pd.DataFrame:
     """What each design trained (``design_runs``: design -> :func:`mtbc_lib.runs.load_run`):
     the shared configuration, folds, epochs, training hours, and the test images that
-    have a copy in their fold's training split."""
+    have a copy (image-level) or another frame of their lesion (scan-level) in their
+    fold's training split."""
     from mtbc_lib.models import backbone_entry
 
     rows = {}
@@ -248,7 +263,9 @@ def design_table(design_runs: dict, table: pd.DataFrame) -> pd.DataFrame:
             "epochs per fold": ", ".join(str(int(n)) for n in h.groupby("fold")["epoch"].max()),
             "training hours (wall)": f"{h['seconds'].sum() / 3600:.1f}",
             "test images": len(table),
-            "with a copy in training": int(table["copy_in_train"].sum()) if split == "image" else 0}
+            "with a copy in training": int(table["copy_in_train"].sum()) if split == "image" else 0,
+            "with another frame of the lesion in training": int(table["frame_in_train"].sum()) if split == "scan"
+            else "—"}
     return pd.DataFrame(rows)
 
 
@@ -322,6 +339,27 @@ def conclusion(paired: pd.DataFrame) -> str:
     n = int(t.loc["dsc_avg", "n_a"])
     return (f"On the same {n} raw BUSI images, splitting by image instead of by scan "
             + " and ".join(parts) + ".")
+
+
+def frames_note(table: pd.DataFrame, paired: pd.DataFrame) -> str:
+    """Markdown: how many scan-level test images have another frame of their lesion in
+    training, how they scored against the others (from :func:`paired_table`), and why a
+    lesion-level design was not trained."""
+    n, total = int(table["frame_in_train"].sum()), len(table)
+    text = (f"In the scan-level folds, {n} of the {total} test images have another frame of their lesion in "
+            "their fold's training split (a same-lesion group of the audit; never a copy, which shares its fold).")
+    t = paired[paired["comparison"] == FRAMES].set_index("metric")
+    parts = []
+    for m, what in (("dsc_avg", "Dice"), ("acc", "accuracy")):
+        if m in t.index:
+            r = t.loc[m]
+            parts.append(f"{what} {r['a']:.3f} against {r['b']:.3f} ({r['diff']:+.3f}, 95 % CI {r['ci_low']:+.3f} "
+                         f"to {r['ci_high']:+.3f}, {r['test']} p = {r['p_value']:.2g})")
+    if parts:
+        text += " Against the other test images of that design: " + "; ".join(parts) + "."
+    return text + (f" A lesion-level design (`split=\"lesion\"`: the frames of one lesion kept in one fold too) "
+                   f"would take that exposure away from these {n} images only ({n / total:.1%} of the test "
+                   "images), so it was not trained for this chapter.")
 
 
 def write_leakage_csv(results_dir: str | os.PathLike = "results/leakage", out: str | os.PathLike | None = None,

@@ -14,11 +14,13 @@ import pytest
 from mtbc_lib import data, leakage, trainconfig
 from mtbc_lib.dedup import audit_groups
 from mtbc_lib.splits import audit_group_ids, cv_splits, make_splits
-from synthetic import _save, _scan
+from synthetic import _frame, _save, _scan
 
 #: The copies of tests/synthetic.py's folder: group A (filed as benign and malignant), group B.
 GROUP_A = {("benign", 1), ("benign", 2), ("malignant", 1), ("malignant", 2)}
 GROUP_B = {("normal", 3), ("normal", 4)}
+#: Two frames of one lesion added by the ``busi`` fixture (a same-lesion group, no copies).
+FRAMES = {("benign", 9), ("benign", 10)}
 
 
 @pytest.fixture(autouse=True)
@@ -28,13 +30,16 @@ def _private_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def busi(synthetic_busi, tmp_path_factory):
-    """synthetic_busi plus 14 unrelated scans: 24 images, two groups of copies."""
+    """synthetic_busi plus 14 unrelated scans and two frames of one lesion (FRAMES): 26
+    images, two groups of copies."""
     root = tmp_path_factory.mktemp("leak") / "BUSI"
     shutil.copytree(synthetic_busi, root)
     for k, (cls, i) in enumerate([(c, i) for c in ("benign", "malignant") for i in range(4, 9)]
                                  + [("normal", i) for i in range(5, 9)]):
         img, lesion = _scan(100 + k)
         _save(root, cls, i, img, lesion)
+    for i, shift in zip((9, 10), ((0, 0, 0), (7, -10, 2.5))):
+        _save(root, "benign", i, *_frame(41, *shift, speckle=i))
     return root
 
 
@@ -47,7 +52,10 @@ def test_scan_level_folds_never_separate_copies(busi):
     groups = audit_group_ids(arrays, busi, "scan")
     key_group = dict(zip(arrays.keys, groups))
     assert len({key_group[k] for k in GROUP_A}) == 1 and len({key_group[k] for k in GROUP_B}) == 1
-    assert len(set(groups)) == len(arrays) - 4  # 24 images, groups of 4 and 2
+    assert len(set(groups)) == len(arrays) - 4  # 26 images, groups of 4 and 2
+    frames = [arrays.keys.index(k) for k in sorted(FRAMES)]  # one lesion, two scans
+    lesion = audit_group_ids(arrays, busi, "lesion")
+    assert lesion[frames[0]] == lesion[frames[1]] and groups[frames[0]] != groups[frames[1]]
     splits = make_splits(_cfg(busi, split="scan"), arrays)
     tested = np.concatenate([s.test for s in splits])
     assert sorted(tested) == list(range(len(arrays)))  # every image tested once
@@ -87,14 +95,22 @@ def test_study_tables_from_two_tiny_trainings(busi, tmp_path):
     results = tmp_path / "results" / "leakage"
     leakage.run_study(progress=False, out_dir=str(results), data_dir=str(busi), **tiny)
     table = leakage.per_image(results, data_dir=busi, **tiny)
-    assert len(table) == 24 and set(table["fold_image"]) == set(table["fold_scan"]) == {0, 1}
+    assert len(table) == 26 and set(table["fold_image"]) == set(table["fold_scan"]) == {0, 1}
     assert table.loc[list(GROUP_A), "label_conflict"].all() and not table.loc[list(GROUP_B), "label_conflict"].any()
     # a copy in training: another member of its group in the image-level fold's training split
     assert table["copy_in_train"].any() and not table.loc[~table.index.isin(GROUP_A | GROUP_B), "copy_in_train"].any()
+    # another frame in training: the other frame in the scan-level fold's training split
+    assert not table.loc[~table.index.isin(FRAMES), "frame_in_train"].any()
+    arrays = data.load_busi(busi, size=32, progress=False)
+    row = {k: n for n, k in enumerate(arrays.keys)}
+    for split in make_splits(leakage.design_config("scan-level", data_dir=str(busi), **tiny), arrays):
+        for frame, other in (sorted(FRAMES), sorted(FRAMES)[::-1]):
+            if row[frame] in split.test:
+                assert table.loc[frame, "frame_in_train"] == (row[other] in split.train)
     summary = leakage.leakage_table(table)
     assert list(summary.columns) == leakage.LEAKAGE_COLUMNS
     assert set(summary["design"]) == {"image-level", "scan-level", "copy-in-train", "no-copy-in-train"}
-    assert summary.loc[summary["design"] == "scan-level", "n_images"].eq(24).all()
+    assert summary.loc[summary["design"] == "scan-level", "n_images"].eq(26).all()
     acc = summary.set_index(["design", "metric"]).loc[("scan-level", "acc"), "value"]
     assert acc == pytest.approx(table.groupby("fold_scan")["correct_scan"].mean().mean())
     paired = leakage.paired_table(table)
@@ -103,6 +119,9 @@ def test_study_tables_from_two_tiny_trainings(busi, tmp_path):
     assert row["ci_low"] <= row["diff"] <= row["ci_high"] and 0 <= row["p_value"] <= 1
     assert set(leakage.conflict_table(table)["image"]) == {"benign (1)", "benign (2)", "malignant (1)", "malignant (2)"}
     assert "raw BUSI images" in leakage.conclusion(paired)
+    n_frames = int(table["frame_in_train"].sum())
+    assert f"{n_frames} of the 26 test images have another frame" in leakage.frames_note(table, paired)
+    assert (leakage.FRAMES in set(paired["comparison"])) == (n_frames > 0)
     assert len(leakage.leakage_figure(table).data) == 12
     out = leakage.write_leakage_csv(results, data_dir=busi, **tiny)
     pd.testing.assert_frame_equal(pd.read_csv(out), summary.round(4), check_dtype=False, atol=1e-4)
