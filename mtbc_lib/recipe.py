@@ -58,6 +58,12 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
             dict(epochs=3, patience=3, ema=0.99, **_COSINE)),
     "r34": ("cosine on the ResNet-34 U-Net++ (1.5× the paper's network's throughput here)",
             dict(backbone="unetplusplus-r34", epochs=4, patience=4, **_COSINE)),
+    "batch4": ("cosine at batch 4 (twice the steps per epoch, same peak rate)",
+               dict(epochs=3, patience=3, batch_size=4, **_COSINE)),
+    "batch16": ("cosine at batch 16 (half the steps per epoch, same peak rate)",
+                dict(epochs=3, patience=3, batch_size=16, **_COSINE)),
+    "clip": ("cosine with the gradient's norm clipped at 1",
+             dict(epochs=3, patience=3, grad_clip=1.0, **_COSINE)),
 }
 
 
@@ -108,8 +114,9 @@ def candidates_table() -> pd.DataFrame:
     rows = []
     for name, (what, _) in CANDIDATES.items():
         c = candidate_config(name)
-        rows.append({"candidate": name, "tests": what, "network": c.backbone, "optimizer": c.optimizer,
-                     "peak lr": c.lr, "schedule": c.schedule, "epochs (at 64²)": f"{c.epochs} ({c.low_res_epochs})",
+        rows.append({"candidate": name, "tests": what, "network": c.backbone, "batch": c.batch_size,
+                     "optimizer": c.optimizer, "peak lr": c.lr, "schedule": c.schedule,
+                     "epochs (at 64²)": f"{c.epochs} ({c.low_res_epochs})", "gradient clip": c.grad_clip or "–",
                      "EMA decay": c.ema or "–"})
     return pd.DataFrame(rows).set_index("candidate")
 
