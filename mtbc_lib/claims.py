@@ -128,8 +128,13 @@ def claims_view(table: pd.DataFrame) -> pd.DataFrame:
 def verdict(table: pd.DataFrame) -> str:
     """One sentence counting the verdicts of a :func:`claims_table`, computed for the book."""
     c = table["holds"].value_counts()
-    return (f"Of {len(table)} comparisons, {c.get('yes', 0)} hold, {c.get('reversed', 0)} are reversed and "
-            f"{c.get('not shown', 0)} are not shown by these runs.")
+
+    def n(verdict, one, many):
+        k = int(c.get(verdict, 0))
+        return f"{k} {one if k == 1 else many}"
+    return (f"Of {len(table)} comparison{'' if len(table) == 1 else 's'}, {n('yes', 'holds', 'hold')}, "
+            f"{n('reversed', 'is reversed', 'are reversed')} and {n('not shown', 'is not shown', 'are not shown')} "
+            "by these runs.")
 
 
 if __name__ == "__main__":  # python -m mtbc_lib.claims BACKBONE PROFILE [RESULTS_DIR]

@@ -68,5 +68,10 @@ def test_a_claim_holds_is_not_shown_or_is_reversed(tmp_path):
     assert row["our_diff"] == pytest.approx(1.0) and row["holds"] == "yes" and row["n_images"] == 20
     assert row["paper_diff"] == pytest.approx(ablation.PAPER_TABLE5["MT+PR"]["dsc_normal"][0]
                                               - ablation.PAPER_TABLE5["MT"]["dsc_normal"][0])
+    counts = t["holds"].value_counts()
+    assert claims.verdict(t) == (f"Of {len(t)} comparisons, {counts['yes']} hold, {counts['reversed']} "
+                                 f"{'is' if counts['reversed'] == 1 else 'are'} reversed and {counts['not shown']} "
+                                 f"{'is' if counts['not shown'] == 1 else 'are'} not shown by these runs.")
+    assert claims.verdict(t.iloc[:1]) == "Of 1 comparison, 1 holds, 0 are reversed and 0 are not shown by these runs."
     path = claims.write_claims_csv("unet-r34", "fast", tmp_path)
     assert list(pd.read_csv(path).columns) == claims.CLAIMS_COLUMNS
