@@ -113,10 +113,11 @@ def _scheduler(cfg: TrainConfig, opt, steps_per_epoch: int):
 
 
 def _batch_stats(out: dict, mask: torch.Tensor, label: torch.Tensor) -> tuple[float, float]:
-    """(sum of per-image Dice of the binarised mask, number of correct labels) of a batch."""
+    """(sum of per-image Dice of the binarised mask, number of correct labels) of a batch;
+    NaN for what the task does not predict."""
     from mtbc_lib.metrics import dice
 
-    d = c = 0.0
+    d = c = math.nan
     if "mask" in out:
         d = float(dice((first_mask(out).detach() > 0).cpu(), mask.cpu() > 0.5).sum())
     if "label" in out:

@@ -171,13 +171,15 @@ def test_single_task_outputs(tmp_path, task):
     train.run(tiny_config(tmp_path, task=task, epochs=1, folds=[0], oversampling=False), arrays=arrays,
               progress=False)
     f = _fold_files(tmp_path / "results" / "tiny", 0)
-    t, m = f["test"], f["metrics"]
+    t, m, h = f["test"], f["metrics"], f["history"]
     if task == "seg":
         assert t["p_benign"].isna().all() and t["pred"].isna().all()
         assert (t["dice_pr"] == t["dice"]).all() and "dsc_avg" in m["raw"] and "acc" not in m["raw"]
+        assert h["train_acc"].isna().all() and h["train_dice"].notna().all()  # no label: no accuracy, not 0
     else:
         assert t["dice"].isna().all() and t["mask_empty"].isna().all() and "masks" not in f["masks"]
         assert (t["label_pr"] == t["pred"]).all() and "acc" in m["raw"] and "dsc_avg" not in m["raw"]
+        assert h["train_dice"].isna().all() and h["train_acc"].notna().all()
 
 
 def test_diverging_run_stops_with_a_clear_message(tmp_path):
