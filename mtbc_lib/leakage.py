@@ -183,8 +183,9 @@ def _values(t: pd.DataFrame, metric: str, split: str) -> np.ndarray:
 
 
 PAIRED_METRICS = SEG_METRICS + ("acc",)
-#: The comparisons inside one design: name -> (the column that picks the first group, design's split).
+#: The comparison of scan-level test images with another frame of their lesion in training.
 FRAMES = "another frame in training − none (scan-level)"
+#: The comparisons inside one design: name -> (the column that picks the first group, design's split).
 INSIDE = {"copy in training − no copy (image-level)": ("copy_in_train", "image"), FRAMES: ("frame_in_train", "scan")}
 
 
