@@ -248,8 +248,9 @@ def describe(cfg: TrainConfig):
     run_dir, ck_dir = run_paths(cfg)
     dev = resolve_device(cfg.device)
     rows = [(k, v) for k, v in cfg.to_dict().items()]
-    rows += [("→ device used", str(dev)), ("→ bf16 autocast", resolve_amp(cfg.amp, dev)),
-             ("→ channels-last", resolve_channels_last(cfg.channels_last, dev)),
+    amp = resolve_amp(cfg.amp, dev)
+    rows += [("→ device used", str(dev)), ("→ bf16 autocast", amp),
+             ("→ channels-last", resolve_channels_last(cfg.channels_last, dev, amp)),
              ("→ CPU threads", cfg.num_threads or torch.get_num_threads()),
              ("→ results", str(run_dir)), ("→ checkpoints", str(ck_dir))]
     return pd.DataFrame(rows, columns=["setting", "value"]).set_index("setting").astype(str)

@@ -139,7 +139,7 @@ class FoldTrainer:
         self.cfg, self.fold = cfg, fold
         self.device = device = resolve_device(cfg.device)
         self.amp = resolve_amp(cfg.amp, device)
-        self.cl = resolve_channels_last(cfg.channels_last, device)
+        self.cl = resolve_channels_last(cfg.channels_last, device, self.amp)
         # data as uint8 tensors (N, 1, S, S) on the device (a few MB); labels int64
         self.X = torch.from_numpy(arrays.images[:, None].copy()).to(device)
         self.M = torch.from_numpy(arrays.masks[:, None].astype(np.uint8)).to(device)
