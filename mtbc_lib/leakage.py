@@ -349,6 +349,9 @@ def frames_note(table: pd.DataFrame, paired: pd.DataFrame) -> str:
     n, total = int(table["frame_in_train"].sum()), len(table)
     text = (f"In the scan-level folds, {n} of the {total} test images have another frame of their lesion in "
             "their fold's training split (a same-lesion group of the audit; never a copy, which shares its fold).")
+    if n == 0:
+        return text + (" A lesion-level design (`split=\"lesion\"`) would therefore test exactly what the "
+                       "scan-level design tests, so it was not trained for this chapter.")
     t = paired[paired["comparison"] == FRAMES].set_index("metric")
     parts = []
     for m, what in (("dsc_avg", "Dice"), ("acc", "accuracy")):

@@ -121,6 +121,7 @@ def test_study_tables_from_two_tiny_trainings(busi, tmp_path):
     assert "raw BUSI images" in leakage.conclusion(paired)
     n_frames = int(table["frame_in_train"].sum())
     assert f"{n_frames} of the 26 test images have another frame" in leakage.frames_note(table, paired)
+    assert "would therefore test exactly" in leakage.frames_note(table.assign(frame_in_train=False), paired)
     assert (leakage.FRAMES in set(paired["comparison"])) == (n_frames > 0)
     assert len(leakage.leakage_figure(table).data) == 12
     out = leakage.write_leakage_csv(results, data_dir=busi, **tiny)
