@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import atomic_write
+from .config import CLASSES, atomic_write
 from .models import BACKBONES
 from .metrics import CLS_METRICS, SEG_METRICS, TABLE_METRICS, aggregate, classification_metrics, segmentation_metrics
 from .refine import refine_labels, refined_dice
@@ -110,10 +110,8 @@ MT+PR+DO           .773 .050 .711 .057 .781 .157 .751 .018 .826 .029 .791 .025 .
 """
 for _line in _PAPER_ROWS.strip().splitlines():
     _name, *_vals = _line.split()
-    PAPER_TABLE5[_name] = {
-        m: (float(_vals[2 * i]), float(_vals[2 * i + 1]))
-        for i, m in enumerate(TABLE_METRICS) if _vals[2 * i] != "-"
-    }
+    PAPER_TABLE5[_name] = {m: (float(_vals[2 * i]), float(_vals[2 * i + 1]))
+                           for i, m in enumerate(TABLE_METRICS) if _vals[2 * i] != "-"}
 
 
 def run_name(backbone: str, setting: str, profile: str) -> str:
@@ -401,9 +399,10 @@ def budget_table(backbone: str, profile: str, results_dir: str | os.PathLike = "
                                        "training minutes"])
 
 
-def gap_summary(table: pd.DataFrame, metrics=("dsc_avg", "acc")) -> str:
+def gap_summary(table: pd.DataFrame, metrics=("dsc_avg", "acc"), outputs: dict | None = None) -> str:
     """One Markdown line per finished configuration: our mean of ``metrics`` against the
-    paper's and the gap, so the reading of the table is computed, not typed."""
+    paper's and the gap, so the reading of the table is computed, not typed. ``outputs``
+    (configuration -> :func:`row_outputs`) flags a classifier that gave every test image one class."""
     lines = []
     for _, r in table.iterrows():
         parts = []
@@ -411,6 +410,10 @@ def gap_summary(table: pd.DataFrame, metrics=("dsc_avg", "acc")) -> str:
             paper = PAPER_TABLE5[r["configuration"]].get(m)
             if paper is not None and np.isfinite(r[m]):
                 parts.append(f"{m} {r[m]:.3f} vs {paper[0]:.3f} ({r[m] - paper[0]:+.3f})")
+        pred = (outputs or {}).get(r["configuration"], pd.DataFrame()).get("pred")
+        if parts and pred is not None and pred.nunique() == 1:
+            parts[-1] += (f" — every test image called *{CLASSES[int(pred.iloc[0])]}*, so the accuracy is that "
+                          "class's share of the test images")
         if parts:
             lines.append(f"- **{r['configuration']}** ({r['folds']} folds): " + "; ".join(parts))
     return "\n".join(lines) or "- no configuration has finished runs yet"
