@@ -41,7 +41,7 @@ import numpy as np
 from mtbc_lib.config import CLASSES, REPO_ROOT, atomic_write
 from mtbc_lib.trainconfig import TrainConfig, config_diff
 
-__all__ = ["RunHeld", "hold", "describe", "read_config", "run_paths", "versions", "write_json", "check_same_config", "write_history", "save_masks",
+__all__ = ["RunHeld", "hold", "describe", "profiles_table", "read_config", "run_paths", "versions", "write_json", "check_same_config", "write_history", "save_masks",
            "load_masks", "summarize", "RunResults", "load_run", "metrics_table", "confusion_table"]
 
 def write_json(path: Path, obj) -> None:
@@ -252,8 +252,39 @@ def describe(cfg: TrainConfig):
     rows += [("→ device used", str(dev)), ("→ bf16 autocast", amp),
              ("→ channels-last", resolve_channels_last(cfg.channels_last, dev, amp)),
              ("→ CPU threads", cfg.num_threads or torch.get_num_threads()),
-             ("→ results", str(run_dir)), ("→ checkpoints", str(ck_dir))]
+             ("→ results", _shown(run_dir)), ("→ checkpoints", _shown(ck_dir))]
     return pd.DataFrame(rows, columns=["setting", "value"]).set_index("setting").astype(str)
+
+
+def _shown(path: Path) -> str:
+    """A path as the book shows it: relative to the repository when inside it."""
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def profiles_table():
+    """The training profiles (``trainconfig.PROFILES``) side by side, one column each, in words."""
+    import pandas as pd
+
+    from mtbc_lib.trainconfig import PROFILES
+
+    amp = {"off": "fp32", "on": "bf16 autocast", "auto": "bf16 autocast where supported, else fp32"}
+    layout = {"off": "", "on": "; channels-last", "auto": "; channels-last with bf16 or on a GPU"}
+
+    def e(x):  # 0.0003 -> 3e-4
+        return f"{x:.0e}".replace("e-0", "e-")
+    cols = {}
+    for name, p in PROFILES.items():
+        sched = (f"plateau (factor {p['plateau_factor']:g}, patience {p['plateau_patience']}, min {e(p['min_lr'])})"
+                 if p["schedule"] == "plateau" else
+                 f"warm-up {p['warmup_epochs']:g} epoch, cosine to {e(p['min_lr'])}")
+        cols[name] = {"batch size": p["batch_size"], "learning rate": e(p["lr"]), "maximum epochs": p["epochs"],
+                      "early stopping (epochs without a lower validation loss)": p["patience"],
+                      "optimiser": "Adam" if p["optimizer"] == "adam" else f"AdamW, weight decay {p['weight_decay']:g}",
+                      "learning-rate schedule": sched,
+                      "weight averaging": f"EMA {p['ema']:g}" if p["ema"] else "none",
+                      "gradient clipping": f"norm {p['grad_clip']:g}" if p["grad_clip"] else "none",
+                      "arithmetic": amp[p["amp"]] + layout[p["channels_last"]]}
+    return pd.DataFrame(cols).astype(str)
 
 
 # ------------------------------------------------------------------------- reading

@@ -13,6 +13,7 @@ import pytest
 
 from mtbc_lib import runs
 from mtbc_lib.config import REPO_ROOT
+from mtbc_lib.trainconfig import TrainConfig
 
 
 def _holder(lock, seconds=60):
@@ -73,3 +74,22 @@ def test_the_lock_is_released_when_the_block_fails(tmp_path):
         with runs.hold(lock, "x"):
             1 / 0
     assert not lock.exists()
+
+
+def test_profiles_table_is_the_profiles_in_words():
+    from mtbc_lib.trainconfig import PROFILES
+
+    t = runs.profiles_table()
+    assert list(t.columns) == list(PROFILES)
+    for name, p in PROFILES.items():
+        assert t.loc["maximum epochs", name] == str(p["epochs"]) and t.loc["batch size", name] == str(p["batch_size"])
+        assert (t.loc["weight averaging", name] == "none") == (not p["ema"])
+        assert t.loc["optimiser", name].startswith("AdamW" if p["optimizer"] == "adamw" else "Adam")
+    assert t.loc["learning rate", "cpu"] == "3e-4" and "cosine to 1e-6" in t.loc["learning-rate schedule", "cpu"]
+
+
+def test_describe_shows_paths_inside_the_repository_relative_to_it(tmp_path):
+    shown = runs.describe(TrainConfig(backbone="unet-r34", task="seg", profile="fast"))["value"]
+    assert shown["→ results"] == "results/unet-r34-st-seg-fast"
+    outside = runs.describe(TrainConfig(backbone="unet-r34", task="seg", profile="fast", out_dir=str(tmp_path)))["value"]
+    assert outside["→ results"] == str(tmp_path / "unet-r34-st-seg-fast")
