@@ -26,9 +26,14 @@ def execute_training(params: dict, notebook_dir: str | os.PathLike = "book/runs"
     repo_root = Path(repo_root)
     nb_dir = Path(notebook_dir) if Path(notebook_dir).is_absolute() else repo_root / notebook_dir
     nb_dir.mkdir(parents=True, exist_ok=True)
-    tmp = nb_dir / f".{name}.ipynb.part"
-    papermill.execute_notebook(str(repo_root / "notebooks" / "train.ipynb"), str(tmp), parameters=params,
-                               cwd=str(repo_root), progress_bar=False, kernel_name="python3")
+    tmp = nb_dir / f".{name}.{os.getpid()}.ipynb.part"  # one per process: a second grid cannot clobber it
+    try:
+        papermill.execute_notebook(str(repo_root / "notebooks" / "train.ipynb"), str(tmp), parameters=params,
+                                   cwd=str(repo_root), progress_bar=False, kernel_name="python3")
+    except papermill.PapermillExecutionError as e:
+        if e.ename == "RunHeld":  # another process trains it: nothing of ours to keep
+            tmp.unlink(missing_ok=True)
+        raise
     from .provenance import stamp
 
     stamp(tmp)  # the machine it ran on, for the book's provenance page
@@ -38,11 +43,20 @@ def execute_training(params: dict, notebook_dir: str | os.PathLike = "book/runs"
 
 def execute_setting(backbone: str, setting: str, profile: str, out_dir: str | os.PathLike = "results",
                     notebook_dir: str | os.PathLike = "book/runs", data_dir: str | None = None,
-                    extra: dict | None = None, repo_root: str | os.PathLike = REPO_ROOT) -> str:
-    """:func:`execute_training` of one setting of the grid. Returns the run name."""
+                    extra: dict | None = None, repo_root: str | os.PathLike = REPO_ROOT) -> str | None:
+    """:func:`execute_training` of one setting of the grid. Returns the run name, or None
+    when another process holds one of its folds (one line says which; the grid goes on)."""
+    from papermill import PapermillExecutionError
+
     params = {"backbone": backbone, "profile": profile, "out_dir": str(out_dir),
               "run_name": run_name(backbone, setting, profile), "data_dir": data_dir or ""}
-    return execute_training(params | SETTINGS[setting] | (extra or {}), notebook_dir, repo_root)
+    try:
+        return execute_training(params | SETTINGS[setting] | (extra or {}), notebook_dir, repo_root)
+    except PapermillExecutionError as e:
+        if e.ename != "RunHeld":
+            raise
+        print(f"grid: skipped {params['run_name']}: {e.evalue}", flush=True)
+        return None
 
 
 def portable_data_dir(data_dir: str | os.PathLike | None, repo_root: Path = REPO_ROOT) -> str:
@@ -61,7 +75,8 @@ def run_grid(backbone: str, profile: str, settings: list[str] | None = None, sch
     ``out_dir/ablation.csv``. Locally the settings run one after the other; with
     ``scheduler`` (``tcp://HOST:PORT`` of a running dask.distributed scheduler) each is
     a task on the cluster, whose workers must see this repository and the data at the
-    same paths. Returns the run names executed."""
+    same paths. Returns the run names executed (not those skipped because another process
+    holds one of their folds)."""
     settings = list(SETTINGS) if settings is None else settings
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:
@@ -80,4 +95,4 @@ def run_grid(backbone: str, profile: str, settings: list[str] | None = None, sch
     else:
         done = [execute_setting(backbone, s, profile, **kwargs) for s in todo]
     write_ablation_csv(out_dir)
-    return done
+    return [d for d in done if d]

@@ -139,6 +139,23 @@ def test_grid_through_a_dask_cluster_on_loopback(tmp_path, make_busi):
                              notebook_dir=tmp_path / "runs", data_dir=str(data), extra=extra) == []
 
 
+@pytest.mark.slow
+def test_grid_skips_a_setting_another_process_holds(tmp_path, make_busi, capsys):
+    """A fold held by another process (here: another machine's lock, which is always
+    respected) makes the grid skip that setting with one line, not stop; the next runs."""
+    data = make_busi(n_per_class=8)
+    extra = {"curation": "none", "epochs": 1, "batch_size": 4, "image_size": 64}
+    held = tmp_path / "results" / "unet-r34-st-cls-fast"
+    held.mkdir(parents=True)
+    (held / ".fold0.lock").write_text(json.dumps({"host": "elsewhere", "pid": 1, "start": "1", "since": "noon"}))
+    done = grid.run_grid("unet-r34", "fast", settings=["st-cls", "st-seg"], out_dir=tmp_path / "results",
+                         notebook_dir=tmp_path / "runs", data_dir=str(data), extra=extra)
+    assert done == ["unet-r34-st-seg-fast"]
+    assert "grid: skipped unet-r34-st-cls-fast:" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["unet-r34-st-seg-fast.ipynb"]  # no partial copy
+    assert (held / ".fold0.lock").exists() and not ablation.is_complete(held)
+
+
 def test_comparison_runs_pairs_like_with_like(tmp_path):
     full = TRUTH | {"dice": [0.9, 0.7, 1.0, 0.0], "mask_empty": [False, False, True, False], "pred": [0, 1, 2, 2]}
     assert ablation.comparison_runs("unet-r34", "fast", tmp_path) is None
