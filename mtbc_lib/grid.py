@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .ablation import SETTINGS, is_complete, run_name, write_ablation_csv
 from .config import REPO_ROOT
+from .runs import repo_relative
 
 __all__ = ["execute_training", "execute_setting", "portable_data_dir", "run_grid"]
 
@@ -83,7 +84,7 @@ def run_grid(backbone: str, profile: str, settings: list[str] | None = None, sch
         raise ValueError(f"unknown setting(s) {unknown}; valid: {', '.join(SETTINGS)}")
     todo = [s for s in settings if not is_complete(Path(out_dir) / run_name(backbone, s, profile))]
     out = Path(out_dir).resolve()  # stored repo-relative where it can be (configs are committed)
-    kwargs = dict(out_dir=str(out.relative_to(REPO_ROOT)) if out.is_relative_to(REPO_ROOT) else str(out),
+    kwargs = dict(out_dir=repo_relative(out),
                   notebook_dir=str(Path(notebook_dir).resolve()),
                   data_dir=portable_data_dir(data_dir), extra=extra)
     if scheduler:

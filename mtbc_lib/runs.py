@@ -41,7 +41,7 @@ import numpy as np
 from mtbc_lib.config import CLASSES, REPO_ROOT, atomic_write
 from mtbc_lib.trainconfig import TrainConfig, config_diff
 
-__all__ = ["RunHeld", "hold", "describe", "profiles_table", "read_config", "run_paths", "versions", "write_json", "check_same_config", "write_history", "save_masks",
+__all__ = ["RunHeld", "hold", "describe", "profiles_table", "repo_relative", "read_config", "run_paths", "versions", "write_json", "check_same_config", "write_history", "save_masks",
            "load_masks", "summarize", "RunResults", "load_run", "metrics_table", "confusion_table"]
 
 def write_json(path: Path, obj) -> None:
@@ -252,12 +252,13 @@ def describe(cfg: TrainConfig):
     rows += [("→ device used", str(dev)), ("→ bf16 autocast", amp),
              ("→ channels-last", resolve_channels_last(cfg.channels_last, dev, amp)),
              ("→ CPU threads", cfg.num_threads or torch.get_num_threads()),
-             ("→ results", _shown(run_dir)), ("→ checkpoints", _shown(ck_dir))]
+             ("→ results", repo_relative(run_dir)), ("→ checkpoints", repo_relative(ck_dir))]
     return pd.DataFrame(rows, columns=["setting", "value"]).set_index("setting").astype(str)
 
 
-def _shown(path: Path) -> str:
-    """A path as the book shows it: relative to the repository when inside it."""
+def repo_relative(path: Path) -> str:
+    """A path as the book shows it and committed files store it: relative to the
+    repository when inside it, else as given."""
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
