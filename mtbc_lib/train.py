@@ -35,7 +35,7 @@ from mtbc_lib.augment import augment_batch, half_resolution
 from mtbc_lib.config import CLASSES, atomic_write
 from mtbc_lib.device import resolve_amp, resolve_channels_last, resolve_device, setup_torch
 from mtbc_lib.evaluate import first_mask, float_outputs, predict, test_outputs, to_input, val_metrics
-from mtbc_lib.runs import check_same_config, hold, run_paths, save_masks, summarize, versions, write_history, write_json
+from mtbc_lib.runs import check_same_config, hold, repo_relative, run_paths, save_masks, summarize, versions, write_history, write_json
 from mtbc_lib.splits import make_splits, train_indices
 from mtbc_lib.trainconfig import TrainConfig, config_diff
 
@@ -402,7 +402,7 @@ def run(cfg: TrainConfig, arrays=None, progress: bool = True,
         if mpath.exists():
             check_same_config(mpath, cfg, "the fold results there")
             if progress:
-                print(f"fold {k}: finished earlier, results in {mpath.parent}")
+                print(f"fold {k}: finished earlier, results in {repo_relative(run_dir)}")
             continue
         with hold(run_dir / f".fold{k}.lock", f"{cfg.run_name} fold {k}"):
             if mpath.exists():  # finished by its holder between the check above and taking the lock
