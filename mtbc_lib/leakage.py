@@ -328,18 +328,24 @@ def leakage_figure(table: pd.DataFrame):
 
 
 def conclusion(paired: pd.DataFrame) -> str:
-    """A sentence on the inflation, computed from :func:`paired_table`."""
+    """A sentence on the inflation, computed from :func:`paired_table`; when neither
+    difference is significant, a second one bounding it by the intervals' upper ends."""
     t = paired[paired["comparison"] == "image-level − scan-level"].set_index("metric")
-    parts = []
+    parts, bounds = [], []
     for m, what in (("dsc_avg", "the DSC average"), ("acc", "the accuracy")):
         r = t.loc[m]
-        sig = r["p_value"] < 0.05
-        verb = ("inflates" if r["diff"] > 0 else "lowers") if sig else "does not measurably change"
-        parts.append(f"{verb} {what} by {r['diff']:+.3f} (95 % CI {r['ci_low']:+.3f} to {r['ci_high']:+.3f}, "
-                     f"{r['test']} p = {r['p_value']:.2g})")
+        ci = f"95 % CI {r['ci_low']:+.3f} to {r['ci_high']:+.3f}, {r['test']} p = {r['p_value']:.2g}"
+        if r["p_value"] < 0.05:
+            parts.append(f"{'inflates' if r['diff'] > 0 else 'lowers'} {what} by {abs(r['diff']):.3f} ({ci})")
+        else:
+            parts.append(f"does not measurably change {what} (difference {r['diff']:+.3f}, {ci})")
+            bounds.append(f"{r['ci_high']:+.3f} in {what[4:]}")
     n = int(t.loc["dsc_avg", "n_a"])
-    return (f"On the same {n} raw BUSI images, splitting by image instead of by scan "
-            + " and ".join(parts) + ".")
+    text = f"On the same {n} raw BUSI images, splitting by image instead of by scan " + " and ".join(parts) + "."
+    if len(bounds) == 2:
+        text += (" With this network and training budget, the inflation that the duplicates could still hide is at "
+                 "most " + " and ".join(bounds) + " (the upper ends of the intervals).")
+    return text
 
 
 def frames_note(table: pd.DataFrame, paired: pd.DataFrame) -> str:

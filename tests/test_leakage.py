@@ -126,3 +126,18 @@ def test_study_tables_from_two_tiny_trainings(busi, tmp_path):
     assert len(leakage.leakage_figure(table).data) == 12
     out = leakage.write_leakage_csv(results, data_dir=busi, **tiny)
     pd.testing.assert_frame_equal(pd.read_csv(out), summary.round(4), check_dtype=False, atol=1e-4)
+
+
+def _paired(dsc, acc):
+    rows = [dict(comparison="image-level − scan-level", metric=m, diff=d, ci_low=lo, ci_high=hi, p_value=p,
+                 test="t", n_a=100, n_b=100) for m, (d, lo, hi, p) in (("dsc_avg", dsc), ("acc", acc))]
+    return pd.DataFrame(rows)
+
+
+def test_conclusion_follows_the_numbers():
+    text = leakage.conclusion(_paired((0.05, 0.02, 0.08, 0.001), (-0.01, -0.03, 0.01, 0.4)))
+    assert "inflates the DSC average by 0.050" in text
+    assert "does not measurably change the accuracy (difference -0.010" in text and "at most" not in text
+    text = leakage.conclusion(_paired((-0.007, -0.019, 0.005, 0.29), (-0.002, -0.027, 0.024, 1.0)))
+    assert text.endswith("at most +0.005 in DSC average and +0.024 in accuracy (the upper ends of the intervals).")
+    assert "lowers the accuracy by 0.040" in leakage.conclusion(_paired((0, -0.1, 0.1, 1), (-0.04, -0.06, -0.02, 0.01)))
