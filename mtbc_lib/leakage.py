@@ -34,7 +34,7 @@ from mtbc_lib.trainconfig import TrainConfig
 
 __all__ = ["DESIGNS", "BASE", "METRICS", "LEAKAGE_COLUMNS", "design_config", "run_study", "run_pages", "per_image",
            "fold_metrics", "leakage_table", "paired_table", "conflict_table", "design_table", "summary_view",
-           "paired_view", "leakage_figure", "conclusion", "frames_note", "write_leakage_csv"]
+           "paired_view", "leakage_figure", "conclusion", "fit_note", "frames_note", "write_leakage_csv"]
 
 #: Design name -> TrainConfig.split.
 DESIGNS: dict[str, str] = {"image-level": "image", "scan-level": "scan"}
@@ -346,6 +346,26 @@ def conclusion(paired: pd.DataFrame) -> str:
         text += (" With this network and training budget, the inflation that the duplicates could still hide is at "
                  "most " + " and ".join(bounds) + " (the upper ends of the intervals).")
     return text
+
+
+def fit_note(design_runs: dict, table: pd.DataFrame, gap: float = 0.05) -> str:
+    """Markdown: each design's training Dice and accuracy at the tested epoch beside its test
+    scores; when no network fits its training images ``gap`` better, it has little to remember."""
+    parts, gaps = [], []
+    for design, run in design_runs.items():
+        h, split = run.history, DESIGNS[design]
+        best = h[h["epoch"] == h["fold"].map({k: m["best_epoch"] for k, m in run.metrics.items()})]
+        for what, train, test in (("Dice", best["train_dice"].mean(), table[f"dice_{split}"].mean()),
+                                  ("accuracy", best["train_acc"].mean(), table[f"correct_{split}"].mean())):
+            parts.append(f"{design} {what} {train:.3f} on its training images against {test:.3f} on its test images")
+            gaps.append(train - test)
+    text = ("At the epoch whose weights were tested (mean over the folds; the training images augmented, as training "
+            "saw them): " + "; ".join(parts) + ".")
+    if max(gaps) >= gap:
+        return text + f" The networks fit their training images up to {max(gaps):.3f} better than unseen ones."
+    return text + (f" Neither network fits its training images {gap:.2f} better than unseen ones, so neither has "
+                   "much to remember: the difference above measures the inflation at this training budget, not that "
+                   "of a network trained until it fits its training images.")
 
 
 def frames_note(table: pd.DataFrame, paired: pd.DataFrame) -> str:

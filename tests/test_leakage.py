@@ -13,6 +13,7 @@ import pytest
 
 from mtbc_lib import data, leakage, trainconfig
 from mtbc_lib.dedup import audit_groups
+from mtbc_lib.runs import load_run
 from mtbc_lib.splits import audit_group_ids, cv_splits, make_splits
 from synthetic import _frame, _save, _scan
 
@@ -123,6 +124,14 @@ def test_study_tables_from_two_tiny_trainings(busi, tmp_path):
     assert f"{n_frames} of the 26 test images have another frame" in leakage.frames_note(table, paired)
     assert "would therefore test exactly" in leakage.frames_note(table.assign(frame_in_train=False), paired)
     assert (leakage.FRAMES in set(paired["comparison"])) == (n_frames > 0)
+    # the fit note: training scores at the tested epoch of each fold, beside the test scores
+    runs_ = {d: load_run(results / leakage.design_config(d, **tiny).run_name) for d in leakage.DESIGNS}
+    h = runs_["scan-level"].history  # one epoch a fold: the tested epoch is the only one
+    note = leakage.fit_note(runs_, table)
+    assert (f"scan-level Dice {h['train_dice'].mean():.3f} on its training images against "
+            f"{table['dice_scan'].mean():.3f} on its test images") in note
+    assert ("has much to remember" in leakage.fit_note(runs_, table, gap=9)
+            and "has much to remember" not in leakage.fit_note(runs_, table, gap=-9))
     assert len(leakage.leakage_figure(table).data) == 12
     out = leakage.write_leakage_csv(results, data_dir=busi, **tiny)
     pd.testing.assert_frame_equal(pd.read_csv(out), summary.round(4), check_dtype=False, atol=1e-4)
