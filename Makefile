@@ -9,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: book test lab reproduce audit grid chromium clean
+.PHONY: book test lab reproduce audit grid recipe leakage chromium clean
 
 # (Re)create the environment when it is missing or the pins changed.
 $(STAMP): pyproject.toml requirements-lock.txt
@@ -38,7 +38,7 @@ reproduce: $(STAMP)
 	@if [ -z "$$MTBC_DATA" ]; then \
 	  echo "make reproduce: set MTBC_DATA to the BUSI folder holding benign/ malignant/ normal/ (Dataset_BUSI_with_GT, Al-Dhabyani et al. 2020; see README.md), e.g. make reproduce MTBC_DATA=../shared/data/BUSI" >&2; exit 2; fi
 	@test -d "$$MTBC_DATA" || { echo "make reproduce: MTBC_DATA=$$MTBC_DATA is not a folder (expected the BUSI folder holding benign/ malignant/ normal/)" >&2; exit 2; }
-	$(MAKE) audit grid book
+	$(MAKE) audit recipe grid leakage book
 
 # Executed notebooks for the book, each stamped with the machine it ran on.
 book/%.ipynb: notebooks/%.ipynb
@@ -64,6 +64,15 @@ grid: $(STAMP)
 	$(BIN)/mtbc grid --backbone unetplusplus-r34 --profile steady --settings mt-do --data "$$MTBC_DATA"
 	$(BIN)/python -m mtbc_lib.claims unetplusplus-r34 fast
 	$(MAKE) -B book/results.ipynb
+
+# The recipe study (fold 0, validation only) and the leakage study (raw BUSI, two split designs).
+recipe: $(STAMP)
+	$(BIN)/python -m mtbc_lib.recipe --data-dir "$$MTBC_DATA"
+	$(MAKE) -B book/recipe.ipynb
+
+leakage: $(STAMP)
+	$(BIN)/python -m mtbc_lib.leakage --data-dir "$$MTBC_DATA"
+	$(MAKE) -B book/leakage.ipynb
 
 clean:
 	rm -rf _build
