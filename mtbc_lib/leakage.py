@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mtbc_lib.book import metric_label
 from mtbc_lib.config import CLASSES, SEED, atomic_write
 from mtbc_lib.metrics import SEG_METRICS, classification_metrics, segmentation_metrics
 from mtbc_lib.trainconfig import TrainConfig
@@ -166,11 +167,8 @@ def leakage_table(table: pd.DataFrame) -> pd.DataFrame:
     """``results/leakage.csv``: per design (and copy group) and metric, the mean over folds,
     their SD and the number of test images (:data:`LEAKAGE_COLUMNS`)."""
     folds = fold_metrics(table)
-    rows = []
-    for design, f in folds.groupby("design", sort=False):
-        for m in METRICS:
-            rows.append({"design": design, "metric": m, "value": f[m].mean(), "sd": f[m].std(ddof=1),
-                         "n_images": int(f["n_images"].sum())})
+    rows = [{"design": design, "metric": m, "value": f[m].mean(), "sd": f[m].std(ddof=1),
+             "n_images": int(f["n_images"].sum())} for design, f in folds.groupby("design", sort=False) for m in METRICS]
     return pd.DataFrame(rows, columns=LEAKAGE_COLUMNS)
 
 
@@ -276,10 +274,11 @@ def summary_view(summary: pd.DataFrame, designs) -> pd.DataFrame:
     t = summary[summary["design"].isin(designs)]
     view = t.pivot(index="metric", columns="design", values="value").loc[list(METRICS), list(designs)]
     sd = t.pivot(index="metric", columns="design", values="sd").loc[list(METRICS), list(designs)]
-    out = view.combine(sd, lambda v, d: [f"{a:.3f} ± {b:.3f}" for a, b in zip(v, d)])
+    out = pd.DataFrame({d: [f"{a:.3f} ± {b:.3f}" for a, b in zip(view[d], sd[d])] for d in designs},
+                       index=[metric_label(m) for m in view.index])
     n = t.groupby("design")["n_images"].first()
     out.loc["test images"] = [str(n[d]) for d in designs]
-    return out.rename_axis(index=None, columns=None)
+    return out
 
 
 def paired_view(paired: pd.DataFrame, comparison: str) -> pd.DataFrame:
@@ -287,7 +286,7 @@ def paired_view(paired: pd.DataFrame, comparison: str) -> pd.DataFrame:
     t = paired[paired["comparison"] == comparison]
     a, b = comparison.split(" − ")
     return pd.DataFrame({
-        "metric": t["metric"], a: t["a"].map("{:.3f}".format), b.split(" (")[0]: t["b"].map("{:.3f}".format),
+        "metric": t["metric"].map(metric_label), a: t["a"].map("{:.3f}".format), b.split(" (")[0]: t["b"].map("{:.3f}".format),
         "difference [95 % CI]": [f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
                                  for d, lo, hi in zip(t["diff"], t["ci_low"], t["ci_high"])],
         "p": t["p_value"].map("{:.2g}".format), "test": t["test"],

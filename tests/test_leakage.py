@@ -114,7 +114,10 @@ def test_study_tables_from_two_tiny_trainings(busi, tmp_path):
     assert summary.loc[summary["design"] == "scan-level", "n_images"].eq(26).all()
     acc = summary.set_index(["design", "metric"]).loc[("scan-level", "acc"), "value"]
     assert acc == pytest.approx(table.groupby("fold_scan")["correct_scan"].mean().mean())
+    view = leakage.summary_view(summary, ["image-level", "scan-level"])  # the chapter's tables and figure
+    assert view.loc["ACC", "scan-level"].startswith(f"{acc:.3f} ± ") and view.loc["test images", "scan-level"] == "26"
     paired = leakage.paired_table(table)
+    assert "DSC avg" in leakage.paired_view(paired, "image-level − scan-level").index
     row = paired.set_index(["comparison", "metric"]).loc[("image-level − scan-level", "dsc_avg")]
     assert row["diff"] == pytest.approx(table["dice_image"].mean() - table["dice_scan"].mean())
     assert row["ci_low"] <= row["diff"] <= row["ci_high"] and 0 <= row["p_value"] <= 1
@@ -128,6 +131,8 @@ def test_study_tables_from_two_tiny_trainings(busi, tmp_path):
     runs_ = {d: load_run(results / leakage.design_config(d, **tiny).run_name) for d in leakage.DESIGNS}
     h = runs_["scan-level"].history  # one epoch a fold: the tested epoch is the only one
     note = leakage.fit_note(runs_, table)
+    assert leakage.design_table(runs_, table).loc["test images"].tolist() == [26, 26]
+    assert len(leakage.leakage_figure(table).data) == 4 + 2 * 2 * 2
     assert (f"scan-level Dice {h['train_dice'].mean():.3f} on its training images against "
             f"{table['dice_scan'].mean():.3f} on its test images") in note
     assert ("has much to remember" in leakage.fit_note(runs_, table, gap=9)
