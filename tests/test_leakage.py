@@ -1,5 +1,5 @@
 """Tests of the split designs (``TrainConfig.split``) and of the leakage study
-(:mod:`mtbc_lib.leakage`) on generated BUSI folders: scan-level folds never separate the
+(:mod:`mtbc_lib.leakage`, :mod:`mtbc_lib.leakage_report`) on generated BUSI folders: scan-level folds never separate the
 copies of one scan, lesion-level folds also keep frames of one lesion together, and the
 study's tables come out of two real (tiny) trainings."""
 
@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from mtbc_lib import data, leakage, trainconfig
+from mtbc_lib import leakage_report as report
 from mtbc_lib.dedup import audit_groups
 from mtbc_lib.runs import load_run
 from mtbc_lib.splits import audit_group_ids, cv_splits, make_splits
@@ -114,30 +115,30 @@ def test_study_tables_from_two_tiny_trainings(busi, tmp_path):
     assert summary.loc[summary["design"] == "scan-level", "n_images"].eq(26).all()
     acc = summary.set_index(["design", "metric"]).loc[("scan-level", "acc"), "value"]
     assert acc == pytest.approx(table.groupby("fold_scan")["correct_scan"].mean().mean())
-    view = leakage.summary_view(summary, ["image-level", "scan-level"])  # the chapter's tables and figure
+    view = report.summary_view(summary, ["image-level", "scan-level"])  # the chapter's tables and figure
     assert view.loc["ACC", "scan-level"].startswith(f"{acc:.3f} ± ") and view.loc["test images", "scan-level"] == "26"
     paired = leakage.paired_table(table)
-    assert "DSC avg" in leakage.paired_view(paired, "image-level − scan-level").index
+    assert report.fold_view(table).data["test images"].sum() == 2 * 26
+    assert "DSC avg" in report.paired_view(paired, "image-level − scan-level").index
     row = paired.set_index(["comparison", "metric"]).loc[("image-level − scan-level", "dsc_avg")]
     assert row["diff"] == pytest.approx(table["dice_image"].mean() - table["dice_scan"].mean())
     assert row["ci_low"] <= row["diff"] <= row["ci_high"] and 0 <= row["p_value"] <= 1
-    assert set(leakage.conflict_table(table)["image"]) == {"benign (1)", "benign (2)", "malignant (1)", "malignant (2)"}
-    assert "raw BUSI images" in leakage.conclusion(paired)
+    assert set(report.conflict_table(table)["image"]) == {"benign (1)", "benign (2)", "malignant (1)", "malignant (2)"}
+    assert "raw BUSI images" in report.conclusion(paired)
     n_frames = int(table["frame_in_train"].sum())
-    assert f"{n_frames} of the 26 test images have another frame" in leakage.frames_note(table, paired)
-    assert "would therefore test exactly" in leakage.frames_note(table.assign(frame_in_train=False), paired)
+    assert f"{n_frames} of the 26 test images have another frame" in report.frames_note(table, paired)
+    assert "would therefore test exactly" in report.frames_note(table.assign(frame_in_train=False), paired)
     assert (leakage.FRAMES in set(paired["comparison"])) == (n_frames > 0)
     # the fit note: training scores at the tested epoch of each fold, beside the test scores
     runs_ = {d: load_run(results / leakage.design_config(d, **tiny).run_name) for d in leakage.DESIGNS}
     h = runs_["scan-level"].history  # one epoch a fold: the tested epoch is the only one
-    note = leakage.fit_note(runs_, table)
-    assert leakage.design_table(runs_, table).loc["test images"].tolist() == [26, 26]
-    assert len(leakage.leakage_figure(table).data) == 4 + 2 * 2 * 2
+    note = report.fit_note(runs_, table)
+    assert report.design_table(runs_, table).loc["test images"].tolist() == [26, 26]
+    assert len(report.leakage_figure(table).data) == 4 + 2 * 2 * 2
     assert (f"scan-level Dice {h['train_dice'].mean():.3f} on its training images against "
             f"{table['dice_scan'].mean():.3f} on its test images") in note
-    assert ("has much to remember" in leakage.fit_note(runs_, table, gap=9)
-            and "has much to remember" not in leakage.fit_note(runs_, table, gap=-9))
-    assert len(leakage.leakage_figure(table).data) == 12
+    assert ("has much to remember" in report.fit_note(runs_, table, gap=9)
+            and "has much to remember" not in report.fit_note(runs_, table, gap=-9))
     out = leakage.write_leakage_csv(results, data_dir=busi, **tiny)
     pd.testing.assert_frame_equal(pd.read_csv(out), summary.round(4), check_dtype=False, atol=1e-4)
 
@@ -149,9 +150,21 @@ def _paired(dsc, acc):
 
 
 def test_conclusion_follows_the_numbers():
-    text = leakage.conclusion(_paired((0.05, 0.02, 0.08, 0.001), (-0.01, -0.03, 0.01, 0.4)))
+    text = report.conclusion(_paired((0.05, 0.02, 0.08, 0.001), (-0.01, -0.03, 0.01, 0.4)))
     assert "inflates the DSC average by 0.050" in text
     assert "does not measurably change the accuracy (difference -0.010" in text and "at most" not in text
-    text = leakage.conclusion(_paired((-0.007, -0.019, 0.005, 0.29), (-0.002, -0.027, 0.024, 1.0)))
+    text = report.conclusion(_paired((-0.007, -0.019, 0.005, 0.29), (-0.002, -0.027, 0.024, 1.0)))
     assert text.endswith("at most +0.005 in DSC average and +0.024 in accuracy (the upper ends of the intervals).")
-    assert "lowers the accuracy by 0.040" in leakage.conclusion(_paired((0, -0.1, 0.1, 1), (-0.04, -0.06, -0.02, 0.01)))
+    assert "lowers the accuracy by 0.040" in report.conclusion(_paired((0, -0.1, 0.1, 1), (-0.04, -0.06, -0.02, 0.01)))
+
+
+def test_inside_note_says_which_way_the_significant_differences_point():
+    def rows(dsc, acc):
+        return pd.DataFrame([dict(comparison="c", metric=m, a=0.5 + d, b=0.5, diff=d, ci_low=d - 0.01, ci_high=d + 0.01,
+                                  p_value=p, test="t") for m, (d, p) in (("dsc_avg", dsc), ("acc", acc))])
+    assert "Dice 0.400 against 0.500 (-0.100" in report.inside_note(rows((-0.1, 0.01), (0.02, 0.5)), "c")
+    assert "these images score lower" in report.inside_note(rows((-0.1, 0.01), (0.02, 0.5)), "c")
+    assert "score higher, as they would" in report.inside_note(rows((0.1, 0.01), (0.02, 0.01)), "c")
+    assert "neither difference is significant" in report.inside_note(rows((0.1, 0.2), (0.02, 0.3)), "c")
+    assert "point both ways" in report.inside_note(rows((0.1, 0.01), (-0.02, 0.01)), "c")
+    assert report.inside_note(rows((0.1, 0.01), (0.02, 0.01)), "other") == ""
