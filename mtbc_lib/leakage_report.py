@@ -11,8 +11,8 @@ from mtbc_lib.book import metric_label
 from mtbc_lib.config import CLASSES
 from mtbc_lib.leakage import DESIGNS, FRAMES, METRICS, fold_metrics
 
-__all__ = ["design_table", "summary_view", "fold_view", "paired_view", "leakage_figure", "conflict_table", "conclusion", "fit_note",
-           "inside_note", "frames_note"]
+__all__ = ["design_table", "summary_view", "fold_view", "paired_view", "leakage_figure", "conflict_table",
+           "conclusion", "fit_note", "inside_note", "frames_note"]
 
 
 def conflict_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -52,8 +52,8 @@ def design_table(design_runs: dict, table: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary_view(summary: pd.DataFrame, designs) -> pd.DataFrame:
-    """The reader's table of :func:`leakage_table`: one row per metric, one column per
-    design, "mean ± SD" over folds, and the number of test images."""
+    """The reader's table of :func:`mtbc_lib.leakage.leakage_table`: one row per metric, one
+    column per design, "mean ± SD" over folds, and the number of test images."""
     t = summary[summary["design"].isin(designs)]
     view = t.pivot(index="metric", columns="design", values="value").loc[list(METRICS), list(designs)]
     sd = t.pivot(index="metric", columns="design", values="sd").loc[list(METRICS), list(designs)]
@@ -72,11 +72,12 @@ def fold_view(table: pd.DataFrame):
 
 
 def paired_view(paired: pd.DataFrame, comparison: str) -> pd.DataFrame:
-    """The reader's rows of :func:`paired_table` for one comparison."""
+    """The reader's rows of :func:`mtbc_lib.leakage.paired_table` for one comparison."""
     t = paired[paired["comparison"] == comparison]
     a, b = comparison.split(" − ")
     return pd.DataFrame({
-        "metric": t["metric"].map(metric_label), a: t["a"].map("{:.3f}".format), b.split(" (")[0]: t["b"].map("{:.3f}".format),
+        "metric": t["metric"].map(metric_label), a: t["a"].map("{:.3f}".format),
+        b.split(" (")[0]: t["b"].map("{:.3f}".format),
         "difference [95 % CI]": [f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
                                  for d, lo, hi in zip(t["diff"], t["ci_low"], t["ci_high"])],
         "p": t["p_value"].map("{:.2g}".format), "test": t["test"],
@@ -117,8 +118,8 @@ def leakage_figure(table: pd.DataFrame):
 
 
 def conclusion(paired: pd.DataFrame) -> str:
-    """A sentence on the inflation, computed from :func:`paired_table`; when neither
-    difference is significant, a second one bounding it by the intervals' upper ends."""
+    """A sentence on the inflation, computed from :func:`mtbc_lib.leakage.paired_table`; when
+    neither difference is significant, a second one bounding it by the intervals' upper ends."""
     t = paired[paired["comparison"] == "image-level − scan-level"].set_index("metric")
     parts, bounds = [], []
     for m, what in (("dsc_avg", "the DSC average"), ("acc", "the accuracy")):
@@ -183,7 +184,7 @@ def inside_note(paired: pd.DataFrame, comparison: str) -> str:
 
 def frames_note(table: pd.DataFrame, paired: pd.DataFrame) -> str:
     """Markdown: how many scan-level test images have another frame of their lesion in
-    training, how they scored against the others (from :func:`paired_table`), and why a
+    training, how they scored against the others (:func:`inside_note`), and why a
     lesion-level design was not trained."""
     n, total = int(table["frame_in_train"].sum()), len(table)
     text = (f"In the scan-level folds, {n} of the {total} test images have another frame of their lesion in "
