@@ -314,8 +314,9 @@ def test_run_pages_are_titled_from_their_own_config(built):
     for path in sorted((BOOK_DIR / "runs").glob("*.ipynb")):
         nb = json.loads(path.read_text(encoding="utf-8"))
         params = reader.notebook_parameters(nb)
-        config_json = ROOT / "results" / params.get("run_name", path.stem) / "config.json"
-        assert config_json.is_file(), f"{path.name}: its run's config.json is not under results/"
+        out_dir = params.get("out_dir") or "results"  # the leakage study's runs: results/leakage
+        config_json = ROOT / out_dir / params.get("run_name", path.stem) / "config.json"
+        assert config_json.is_file(), f"{path.name}: its run's config.json is not under {out_dir}/"
         expected = reader.run_title(json.loads(config_json.read_text())["config"])
         page = (built / f"{_docname(path)}.html").read_text(encoding="utf-8")
         h1 = re.search(r"<h1>([^<]*)<a class=\"headerlink\"", page)
