@@ -1,7 +1,8 @@
 """Tests of the split designs (``TrainConfig.split``) and of the leakage study
-(:mod:`mtbc_lib.leakage`, :mod:`mtbc_lib.leakage_report`) on generated BUSI folders: scan-level folds never separate the
-copies of one scan, lesion-level folds also keep frames of one lesion together, and the
-study's tables come out of two real (tiny) trainings."""
+(:mod:`mtbc_lib.leakage`, :mod:`mtbc_lib.leakage_report`) on generated BUSI folders:
+scan-level folds never separate the copies of one scan, lesion-level folds also keep
+frames of one lesion together, and the study's tables come out of two real (tiny)
+trainings."""
 
 from __future__ import annotations
 
