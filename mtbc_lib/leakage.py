@@ -34,7 +34,8 @@ from mtbc_lib.metrics import SEG_METRICS, classification_metrics, segmentation_m
 from mtbc_lib.trainconfig import TrainConfig
 
 __all__ = ["DESIGNS", "BASE", "METRICS", "LEAKAGE_COLUMNS", "design_config", "run_study", "run_pages", "per_image",
-           "fold_metrics", "leakage_table", "paired_table", "FRAMES", "INSIDE", "write_leakage_csv"]
+           "fold_metrics", "leakage_table", "paired_table", "DESIGNS_DIFF", "COPY", "FRAMES", "INSIDE",
+           "write_leakage_csv"]
 
 #: Design name -> TrainConfig.split.
 DESIGNS: dict[str, str] = {"image-level": "image", "scan-level": "scan"}
@@ -180,10 +181,14 @@ def _values(t: pd.DataFrame, metric: str, split: str) -> np.ndarray:
 
 
 PAIRED_METRICS = SEG_METRICS + ("acc",)
-#: The comparison of scan-level test images with another frame of their lesion in training.
+#: The names of the comparisons in :func:`paired_table`: the two designs image by image; inside the
+#: image-level design, test images with a copy in training against the others; inside the
+#: scan-level design, those with another frame of their lesion in training against the others.
+DESIGNS_DIFF = "image-level − scan-level"
+COPY = "copy in training − no copy (image-level)"
 FRAMES = "another frame in training − none (scan-level)"
 #: The comparisons inside one design: name -> (the column that picks the first group, design's split).
-INSIDE = {"copy in training − no copy (image-level)": ("copy_in_train", "image"), FRAMES: ("frame_in_train", "scan")}
+INSIDE = {COPY: ("copy_in_train", "image"), FRAMES: ("frame_in_train", "scan")}
 
 
 def paired_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -203,7 +208,7 @@ def paired_table(table: pd.DataFrame) -> pd.DataFrame:
         a, b = _values(table, m, "image"), _values(table, m, "scan")  # _values keeps a class's images
         p, test = paired_test(a, b, m)
         lo, hi = bootstrap_ci(a, b)
-        rows.append({"comparison": "image-level − scan-level", "metric": m, "a": a.mean(), "b": b.mean(),
+        rows.append({"comparison": DESIGNS_DIFF, "metric": m, "a": a.mean(), "b": b.mean(),
                      "diff": a.mean() - b.mean(), "ci_low": lo, "ci_high": hi, "p_value": p, "test": test,
                      "n_a": len(a), "n_b": len(b)})
     for comparison, (column, split) in INSIDE.items():

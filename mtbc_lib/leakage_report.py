@@ -9,7 +9,7 @@ import pandas as pd
 
 from mtbc_lib.book import metric_label
 from mtbc_lib.config import CLASSES
-from mtbc_lib.leakage import DESIGNS, FRAMES, METRICS, fold_metrics
+from mtbc_lib.leakage import DESIGNS, DESIGNS_DIFF, FRAMES, METRICS, fold_metrics
 
 __all__ = ["design_table", "summary_view", "fold_view", "paired_view", "leakage_figure", "conflict_table",
            "conclusion", "fit_note", "inside_note", "frames_note"]
@@ -117,14 +117,19 @@ def leakage_figure(table: pd.DataFrame):
     return fig
 
 
+def _interval(r) -> str:
+    """'95 % CI lo to hi, <test> p = …' of one row of :func:`mtbc_lib.leakage.paired_table`."""
+    return f"95 % CI {r['ci_low']:+.3f} to {r['ci_high']:+.3f}, {r['test']} p = {r['p_value']:.2g}"
+
+
 def conclusion(paired: pd.DataFrame) -> str:
     """A sentence on the inflation, computed from :func:`mtbc_lib.leakage.paired_table`; when
     neither difference is significant, a second one bounding it by the intervals' upper ends."""
-    t = paired[paired["comparison"] == "image-level − scan-level"].set_index("metric")
+    t = paired[paired["comparison"] == DESIGNS_DIFF].set_index("metric")
     parts, bounds = [], []
     for m, what in (("dsc_avg", "the DSC average"), ("acc", "the accuracy")):
         r = t.loc[m]
-        ci = f"95 % CI {r['ci_low']:+.3f} to {r['ci_high']:+.3f}, {r['test']} p = {r['p_value']:.2g}"
+        ci = _interval(r)
         if r["p_value"] < 0.05:
             parts.append(f"{'inflates' if r['diff'] > 0 else 'lowers'} {what} by {abs(r['diff']):.3f} ({ci})")
         else:
@@ -167,19 +172,22 @@ def inside_note(paired: pd.DataFrame, comparison: str) -> str:
     for m, what in (("dsc_avg", "Dice"), ("acc", "accuracy")):
         if m in t.index:
             r = t.loc[m]
-            parts.append(f"{what} {r['a']:.3f} against {r['b']:.3f} ({r['diff']:+.3f}, 95 % CI {r['ci_low']:+.3f} "
-                         f"to {r['ci_high']:+.3f}, {r['test']} p = {r['p_value']:.2g})")
+            parts.append(f"{what} {r['a']:.3f} against {r['b']:.3f} ({r['diff']:+.3f}, {_interval(r)})")
             if r["p_value"] < 0.05:
                 signs.add("higher" if r["diff"] > 0 else "lower")
     if not parts:
         return ""
-    verdict = {frozenset(): "neither difference is significant",
-               frozenset({"lower"}): "where the difference is significant, these images score lower: no sign that "
-                                     "the network profits from what it saw in training",
-               frozenset({"higher"}): "where the difference is significant, these images score higher, as they would "
-                                      "if the network remembered what it saw in training"}
-    return (f"Against the other test images of the same design: {'; '.join(parts)}; "
-            f"{verdict.get(frozenset(signs), 'the significant differences point both ways')}.")
+    if not signs:
+        verdict = "neither difference is significant"
+    elif signs == {"lower"}:
+        verdict = ("where the difference is significant, these images score lower: no sign that the network profits "
+                   "from what it saw in training")
+    elif signs == {"higher"}:
+        verdict = ("where the difference is significant, these images score higher, as they would if the network "
+                   "remembered what it saw in training")
+    else:
+        verdict = "the significant differences point both ways"
+    return f"Against the other test images of the same design: {'; '.join(parts)}; {verdict}."
 
 
 def frames_note(table: pd.DataFrame, paired: pd.DataFrame) -> str:

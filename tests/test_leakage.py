@@ -144,10 +144,12 @@ def test_study_tables_from_two_tiny_trainings(busi, tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(out), summary.round(4), check_dtype=False, atol=1e-4)
 
 
-def _paired(dsc, acc):
-    rows = [dict(comparison="image-level − scan-level", metric=m, diff=d, ci_low=lo, ci_high=hi, p_value=p,
-                 test="t", n_a=100, n_b=100) for m, (d, lo, hi, p) in (("dsc_avg", dsc), ("acc", acc))]
-    return pd.DataFrame(rows)
+def _paired(dsc, acc, comparison=leakage.DESIGNS_DIFF):
+    """Rows of paired_table for one comparison: dsc, acc = (diff, ci_low, ci_high, p); the
+    groups' means 0.5 + diff and 0.5."""
+    return pd.DataFrame([dict(comparison=comparison, metric=m, a=0.5 + d, b=0.5, diff=d, ci_low=lo, ci_high=hi,
+                              p_value=p, test="t", n_a=100, n_b=100)
+                         for m, (d, lo, hi, p) in (("dsc_avg", dsc), ("acc", acc))])
 
 
 def test_conclusion_follows_the_numbers():
@@ -160,12 +162,12 @@ def test_conclusion_follows_the_numbers():
 
 
 def test_inside_note_says_which_way_the_significant_differences_point():
-    def rows(dsc, acc):
-        return pd.DataFrame([dict(comparison="c", metric=m, a=0.5 + d, b=0.5, diff=d, ci_low=d - 0.01, ci_high=d + 0.01,
-                                  p_value=p, test="t") for m, (d, p) in (("dsc_avg", dsc), ("acc", acc))])
-    assert "Dice 0.400 against 0.500 (-0.100" in report.inside_note(rows((-0.1, 0.01), (0.02, 0.5)), "c")
-    assert "these images score lower" in report.inside_note(rows((-0.1, 0.01), (0.02, 0.5)), "c")
-    assert "score higher, as they would" in report.inside_note(rows((0.1, 0.01), (0.02, 0.01)), "c")
-    assert "neither difference is significant" in report.inside_note(rows((0.1, 0.2), (0.02, 0.3)), "c")
-    assert "point both ways" in report.inside_note(rows((0.1, 0.01), (-0.02, 0.01)), "c")
-    assert report.inside_note(rows((0.1, 0.01), (0.02, 0.01)), "other") == ""
+    def note(dsc, acc, comparison="c"):  # dsc, acc = (diff, p); interval diff ± .01
+        return report.inside_note(_paired((dsc[0], dsc[0] - 0.01, dsc[0] + 0.01, dsc[1]),
+                                          (acc[0], acc[0] - 0.01, acc[0] + 0.01, acc[1]), "c"), comparison)
+    assert "Dice 0.400 against 0.500 (-0.100" in note((-0.1, 0.01), (0.02, 0.5))
+    assert "these images score lower" in note((-0.1, 0.01), (0.02, 0.5))
+    assert "score higher, as they would" in note((0.1, 0.01), (0.02, 0.01))
+    assert "neither difference is significant" in note((0.1, 0.2), (0.02, 0.3))
+    assert "point both ways" in note((0.1, 0.01), (-0.02, 0.01))
+    assert note((0.1, 0.01), (0.02, 0.01), comparison="other") == ""
