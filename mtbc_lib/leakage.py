@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mtbc_lib import runs
 from mtbc_lib.config import CLASSES, SEED, atomic_write
 from mtbc_lib.metrics import SEG_METRICS, classification_metrics, segmentation_metrics
 from mtbc_lib.trainconfig import TrainConfig
@@ -92,15 +93,6 @@ def run_pages(designs=None, data_dir=None, notebook_dir: str | os.PathLike = "bo
 
 # ----------------------------------------------------------------------------- per image
 
-def _test_outputs(run_dir: Path) -> pd.DataFrame:
-    tables = [pd.read_csv(p).assign(fold=int(p.name[4:].split("_")[0]))
-              for p in sorted(run_dir.glob("fold*_test.csv"))]
-    if not tables:
-        raise FileNotFoundError(f"{run_dir}: no fold*_test.csv; expected a finished run of the leakage study "
-                                "(python -m mtbc_lib.leakage)")
-    return pd.concat(tables, ignore_index=True)
-
-
 def per_image(results_dir: str | os.PathLike = "results/leakage", data_dir=None, **overrides) -> pd.DataFrame:
     """One row per image tested in both designs (index (class, id)): ``label``, its scan
     ``group`` (-1: in none) and whether that group is a ``label_conflict`` (members filed
@@ -116,7 +108,10 @@ def per_image(results_dir: str | os.PathLike = "results/leakage", data_dir=None,
     parts = []
     for design, split in DESIGNS.items():
         cfg = design_config(design, out_dir=str(results_dir), **overrides)
-        t = _test_outputs(Path(results_dir) / cfg.run_name)
+        t = runs.load_run(Path(results_dir) / cfg.run_name).test
+        if t.empty:
+            raise FileNotFoundError(f"{Path(results_dir) / cfg.run_name}: no finished fold; expected a run of the "
+                                    "leakage study (python -m mtbc_lib.leakage)")
         t = t.assign(correct=(t["pred"] == t["label"]).astype(float))
         parts.append(t.set_index(["class", "id"])[["label", "fold", "dice", "pred", "correct"]]
                      .add_suffix(f"_{split}"))

@@ -96,6 +96,8 @@ def test_study_tables_from_two_tiny_trainings(busi, tmp_path):
     tiny = dict(backbone="nnunet-planned", epochs=1, patience=1, batch_size=4, lr=1e-3, image_size=32,
                 n_folds=2, val_size=0.34, eval_batch_size=16, num_threads=1, device="cpu", profile="fast")
     results = tmp_path / "results" / "leakage"
+    with pytest.raises(FileNotFoundError, match="no finished fold; expected a run of the leakage study"):
+        leakage.per_image(results, data_dir=busi, **tiny)  # nothing trained yet
     leakage.run_study(progress=False, out_dir=str(results), data_dir=str(busi), **tiny)
     table = leakage.per_image(results, data_dir=busi, **tiny)
     assert len(table) == 26 and set(table["fold_image"]) == set(table["fold_scan"]) == {0, 1}
