@@ -403,13 +403,15 @@ def gap_summary(table: pd.DataFrame, metrics=("dsc_avg", "acc"), outputs: dict |
     """One Markdown line per finished configuration: our mean of ``metrics`` against the
     paper's and the gap, so the reading of the table is computed, not typed. ``outputs``
     (configuration -> :func:`row_outputs`) flags a classifier that gave every test image one class."""
+    from mtbc_lib.book import metric_label
+
     lines = []
     for _, r in table.iterrows():
         parts = []
         for m in metrics:
             paper = PAPER_TABLE5[r["configuration"]].get(m)
             if paper is not None and np.isfinite(r[m]):
-                parts.append(f"{m} {r[m]:.3f} vs {paper[0]:.3f} ({r[m] - paper[0]:+.3f})")
+                parts.append(f"{metric_label(m)} {r[m]:.3f} vs {paper[0]:.3f} ({r[m] - paper[0]:+.3f})")
         pred = (outputs or {}).get(r["configuration"], pd.DataFrame()).get("pred")
         if parts and pred is not None and pred.nunique() == 1:
             parts[-1] += (f" — every test image called *{CLASSES[int(pred.iloc[0])]}*, so the accuracy is that "
