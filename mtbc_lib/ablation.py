@@ -6,9 +6,8 @@ trained segmenter and classifier, are computed here from the per-image test outp
 that :mod:`mtbc_lib.train` saves (``fold<k>_test.csv``), without retraining.
 
 :func:`ablation_table` assembles ``results/ablation.csv`` (columns: :data:`ABLATION_COLUMNS`);
-:func:`profile_table` sets the same configurations trained under different profiles side by
-side, :func:`probe_comparison` a probe (one setting trained otherwise, e.g. longer) beside its
-grid run.
+:func:`profile_table` sets the same configurations trained under different profiles side by side,
+:func:`probe_comparison` a probe (one setting trained otherwise, e.g. longer) beside its grid run.
 """
 
 from __future__ import annotations
@@ -22,7 +21,8 @@ import pandas as pd
 
 from .config import CLASSES, atomic_write
 from .models import BACKBONES
-from .metrics import CLS_METRICS, SEG_METRICS, TABLE_METRICS, aggregate, classification_metrics, segmentation_metrics
+from .metrics import (CLS_METRICS, SEG_METRICS, TABLE_METRICS, aggregate, classification_metrics, metric_label,
+                      segmentation_metrics)
 from .refine import refine_labels, refined_dice
 from .trainconfig import TrainConfig
 
@@ -228,11 +228,15 @@ def comparison_runs(backbone: str, profile: str, results_dir: str | os.PathLike 
     """The segmentation-only run and the multi-task run whose predictions the results
     chapter sets side by side: the first complete pair of (ST(Seg)+DO, MT+DO),
     (ST(Seg), MT), (ST(Seg), MT+DO), (ST(Seg)+DO, MT); None while there is none."""
-    for st, mt in (("st-seg-do", "mt-do"), ("st-seg", "mt"), ("st-seg", "mt-do"), ("st-seg-do", "mt")):
-        pair = tuple(Path(results_dir) / run_name(backbone, s, profile) for s in (st, mt))
-        if all(is_complete(p) for p in pair):
-            return pair
-    return None
+    done = finished_runs(backbone, profile, results_dir)
+    pairs = (("st-seg-do", "mt-do"), ("st-seg", "mt"), ("st-seg", "mt-do"), ("st-seg-do", "mt"))
+    return next(((done[st], done[mt]) for st, mt in pairs if st in done and mt in done), None)
+
+
+def finished_runs(backbone: str, profile: str, results_dir: str | os.PathLike = "results") -> dict[str, Path]:
+    """Setting -> results folder of every complete training of a grid, in ``SETTINGS`` order."""
+    dirs = {s: Path(results_dir) / run_name(backbone, s, profile) for s in SETTINGS}
+    return {s: d for s, d in dirs.items() if is_complete(d)}
 
 
 def is_complete(run_dir: Path) -> bool:
@@ -386,10 +390,7 @@ def budget_table(backbone: str, profile: str, results_dir: str | os.PathLike = "
     import json
 
     rows = []
-    for setting in SETTINGS:
-        d = Path(results_dir) / run_name(backbone, setting, profile)
-        if not is_complete(d):
-            continue
+    for setting, d in finished_runs(backbone, profile, results_dir).items():
         m = json.loads((d / "summary.json").read_text())["per_fold"]
         rows.append({"setting": setting,
                      "best epoch per fold": ", ".join(f"{f['best_epoch']}/{f['epochs']}" for f in m),
@@ -403,8 +404,6 @@ def gap_summary(table: pd.DataFrame, metrics=("dsc_avg", "acc"), outputs: dict |
     """One Markdown line per finished configuration: our mean of ``metrics`` against the
     paper's and the gap, so the reading of the table is computed, not typed. ``outputs``
     (configuration -> :func:`row_outputs`) flags a classifier that gave every test image one class."""
-    from mtbc_lib.book import metric_label
-
     lines = []
     for _, r in table.iterrows():
         parts = []

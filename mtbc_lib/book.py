@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtbc_lib.config import REPO_ROOT
+from mtbc_lib.metrics import metric_label
 from mtbc_lib.reader import cell_source, is_run_notebook, retitle, run_config, run_title
 
 #: Where the HTML lands, relative to the repository root.
@@ -148,13 +149,6 @@ def sync_toc(root: str | Path = REPO_ROOT) -> bool:
 
 
 # --------------------------------------------------------------------------- tables
-
-def metric_label(name: str) -> str:
-    """A Table 5 metric as a column header: ``dsc_avg`` -> ``DSC avg``, ``f1_benign`` ->
-    ``F1 benign``, ``acc`` -> ``ACC``."""
-    head, _, rest = str(name).partition("_")
-    return f"{head.upper()} {rest}" if rest else head.upper()
-
 
 def column_part(styled, columns, caption: str | None = None, empty: tuple[str, ...] = ("–", "")):
     """Part of a table, so that a wide table can be shown as several that fit the text

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from mtbc_lib.book import metric_label
 from mtbc_lib.config import CLASSES
 from mtbc_lib.leakage import DESIGNS, DESIGNS_DIFF, FRAMES, METRICS, fold_metrics
+from mtbc_lib.metrics import metric_label
 
 __all__ = ["design_table", "summary_view", "fold_view", "paired_view", "leakage_figure", "conflict_table",
            "conclusion", "fit_note", "inside_note", "frames_note"]

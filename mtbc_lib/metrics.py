@@ -32,7 +32,7 @@ from mtbc_lib.config import CLASSES
 __all__ = [
     "SEG_METRICS", "CLS_METRICS", "TABLE_METRICS", "DDOF",
     "dice_iou", "dice", "iou", "segmentation_metrics", "confusion_matrix",
-    "classification_metrics", "aggregate",
+    "classification_metrics", "aggregate", "metric_label",
 ]
 
 #: Segmentation metric names, in the column order of Table 5.
@@ -43,6 +43,13 @@ CLS_METRICS: tuple[str, ...] = tuple(f"f1_{c}" for c in CLASSES) + ("f1_weighted
 TABLE_METRICS: tuple[str, ...] = SEG_METRICS + CLS_METRICS
 #: Degrees of freedom of the fold standard deviation (sample SD, see module doc).
 DDOF: int = 1
+
+
+def metric_label(name: str) -> str:
+    """A Table 5 metric as readers see it in headers and prose: ``dsc_avg`` -> ``DSC avg``,
+    ``f1_benign`` -> ``F1 benign``, ``acc`` -> ``ACC``."""
+    head, _, rest = str(name).partition("_")
+    return f"{head.upper()} {rest}" if rest else head.upper()
 
 
 def _np(x) -> np.ndarray:

@@ -100,14 +100,20 @@ def training_curves(history):
     return fig
 
 
-def profile_curves(histories: dict, title: str = ""):
-    """The same setting trained in several ways (profiles, or a run and a longer probe of
-    it): training loss, validation loss and validation Dice per epoch, one colour per run
-    (the first solid, the others dashed, so a run that repeats another's first epochs
-    does not hide it) and one line per fold, so a reader sees which trains steadily and
-    which swings.
+#: profile_curves' default panels: (history column, title).
+PROFILE_PANELS = (("train_loss", "training loss"), ("val_loss", "validation loss"), ("val_dice", "validation Dice"))
 
-    ``histories``: label (a profile, a run) -> ``runs.load_run(...).history``.
+
+def profile_curves(histories: dict, title: str = "", panels=PROFILE_PANELS, first_solid: bool = True):
+    """Several trainings of one setting (profiles, or a run and a longer probe of it) or
+    the settings of one grid: a metric per panel (``panels``: (history column, title);
+    by default training loss, validation loss, validation Dice) per epoch, one colour per
+    run and one line per fold, so a reader sees which trains steadily and which swings.
+    With ``first_solid`` the first run is drawn solid and the others dashed, so a run
+    that repeats another's first epochs does not hide it. A run without a panel's
+    metric (a classifier's Dice) has no line there.
+
+    ``histories``: label (a profile, a run, a setting) -> ``runs.load_run(...).history``.
     Returns a ``plotly.graph_objects.Figure``."""
     import plotly.graph_objects as go
     from plotly.colors import qualitative
@@ -115,18 +121,21 @@ def profile_curves(histories: dict, title: str = ""):
 
     if not histories:
         raise ValueError("histories: empty; expected {label: history} of at least one finished run")
-    panels = (("train_loss", "training loss"), ("val_loss", "validation loss"), ("val_dice", "validation Dice"))
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for _, t in panels])
     for i, (name, history) in enumerate(histories.items()):
         c = qualitative.D3[i % len(qualitative.D3)]
+        solid, legend = i == 0 or not first_solid, True
         for fold, h in history.groupby("fold", sort=True):
             for j, (col, label) in enumerate(panels, start=1):
+                if col not in h or h[col].isna().all():
+                    continue
                 fig.add_trace(go.Scatter(
                     x=h["epoch"], y=h[col], mode="lines+markers", marker=dict(size=4),
-                    line=dict(color=c, width=1.5 if i == 0 else 1.2, dash="solid" if i == 0 else "dash"),
-                    name=name, legendgroup=name, showlegend=bool(j == 1 and fold == history["fold"].min()),
+                    line=dict(color=c, width=1.5 if solid else 1.2, dash="solid" if solid else "dash"),
+                    name=name, legendgroup=name, showlegend=legend,
                     hovertemplate=f"{name}, fold {fold}<br>epoch %{{x}}<br>{label} %{{y:.3f}}<extra></extra>"),
                     row=1, col=j)
+                legend = False
     fig.update_xaxes(title_text="epoch")
     fig.update_layout(title=title or None, height=380, template="plotly_white",
                       margin=dict(l=10, r=10, t=60 if title else 40, b=40), legend=dict(orientation="h", y=-0.25))

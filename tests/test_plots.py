@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
@@ -150,6 +151,14 @@ def test_profile_curves_one_line_per_fold_and_panel_one_legend_entry_per_profile
     assert sorted(t.name for t in fig.data if t.showlegend) == ["fast", "steady"]
     with pytest.raises(ValueError, match="histories: empty"):
         plots.profile_curves({})
+    # a grid's settings: a classifier has no Dice line, but its legend entry; all drawn solid
+    cls = history([0.5, 0.4, 0.5, 0.3]).assign(val_dice=np.nan, val_acc=[0.5, 0.6, 0.4, 0.7])
+    fig = plots.profile_curves({"st-seg": history([0.5, 0.4, 0.5, 0.3]), "st-cls": cls},
+                               panels=(("val_dice", "validation Dice"), ("val_acc", "validation accuracy")),
+                               first_solid=False)
+    assert [(t.name, t.xaxis) for t in fig.data] == [("st-seg", "x"), ("st-seg", "x"), ("st-cls", "x2"), ("st-cls", "x2")]
+    assert sorted(t.name for t in fig.data if t.showlegend) == ["st-cls", "st-seg"]
+    assert {t.line.dash for t in fig.data} == {"solid"}
 
 
 def test_fold_points_leaves_out_metrics_no_configuration_has():
