@@ -11,6 +11,9 @@ Backbones (:data:`BACKBONES`):
 ``unetplusplus-clsbn``
     The paper's U-Net++ whose classification branch ends in BatchNorm instead of
     InstanceNorm before its average pool (``paper_networks.UNetPlusPlus(cls_norm="batch")``).
+``unetplusplus-std``
+    The paper's U-Net++ that standardises each input image (zero mean, unit SD) before
+    its first convolution (``UNetPlusPlus(standardise=True)``; the recipe study's input scaling).
 ``unetplusplus-r34``, ``unet-r34``, ``nnunet-planned``
     Other networks (:mod:`mtbc_lib.other_networks`): segmentation-models-pytorch's
     U-Net++ / U-Net with a ResNet-34 encoder, and nnU-Net's planned ``PlainConvUNet``.
@@ -38,10 +41,10 @@ from torch import nn
 TASKS: tuple[str, ...] = ("seg", "cls", "mt")
 
 
-def _paper_unetplusplus(cls_norm: str = "instance"):
+def _paper_unetplusplus(**variant):
     def build(task, in_channels, num_classes, deep_supervision):
         from mtbc_lib.paper_networks import UNetPlusPlus
-        return UNetPlusPlus(task, in_channels, num_classes, deep_supervision, cls_norm=cls_norm)
+        return UNetPlusPlus(task, in_channels, num_classes, deep_supervision, **variant)
     return build
 
 
@@ -78,7 +81,10 @@ BACKBONES: dict[str, Backbone] = {
                          ("encoder_weights", "encoder_name", "head_dropout")),
     "nnunet-planned": Backbone(_other("build_nnunet_planned"), False, True, "nnU-Net (planned, 32…512)",
                                ("encoder_weights", "patch_size", "head_dropout")),
-    "unetplusplus-clsbn": Backbone(_paper_unetplusplus("batch"), True, True, "U-Net++ (batch-norm classifier)"),
+    "unetplusplus-clsbn": Backbone(_paper_unetplusplus(cls_norm="batch"), True, True,
+                                   "U-Net++ (batch-norm classifier)"),
+    "unetplusplus-std": Backbone(_paper_unetplusplus(standardise=True), True, True,
+                                 "U-Net++ (inputs standardised per image)"),
 }
 
 

@@ -20,6 +20,10 @@ resolution, the finest (last-decoded) first — the order in which the loss weig
     instead: an InstanceNorm right before a global average pool gives every channel the
     same mean and spread over every image, so the pooled features keep only the shape of
     each channel's distribution, not how strong the feature is (same parameter count).
+    ``standardise=True``: each input image is first shifted and scaled to zero mean and
+    unit SD over its pixels (nnU-Net's default for images other than CT) instead of
+    entering as [0, 1] grey levels (no parameters; the zero padding of the first
+    convolution makes the network sensitive to this).
 
 :class:`NnUNet` (the paper's own nnU-Net-style network, not nnU-Net's planner)
     Widths 32, 64, 128, 256, 320: five encoder levels and a 320-channel bottleneck at 4×4,
@@ -78,13 +82,14 @@ class UNetPlusPlus(BasicUNetPlusPlus):
     _CLS_KEEPS = {"conv_0_0", "conv_1_0", "conv_2_0", "conv_3_0", "conv_4_0", "upcat_3_1"}
 
     def __init__(self, task: str = "mt", in_channels: int = 1, num_classes: int = 3,
-                 deep_supervision: bool = True, features=(24, 48, 96, 192, 384, 24), cls_norm: str = "instance"):
+                 deep_supervision: bool = True, features=(24, 48, 96, 192, 384, 24), cls_norm: str = "instance",
+                 standardise: bool = False):
         if cls_norm not in ("instance", "batch"):
             raise ValueError(f"cls_norm: expected 'instance' (the paper's) or 'batch', got {cls_norm!r}")
         super().__init__(spatial_dims=2, in_channels=in_channels, out_channels=1, features=features,
                          deep_supervision=deep_supervision, act=self.ACT, norm=self.NORM, bias=True,
                          upsample="deconv")
-        self.task, self.backbone, self.divisor = task, "unetplusplus", 16
+        self.task, self.backbone, self.divisor, self.standardise = task, "unetplusplus", 16, standardise
         if task == "cls":  # only the encoder and x3,1 feed the branch
             for name in [n for n, _ in self.named_children() if n not in self._CLS_KEEPS]:
                 delattr(self, name)
@@ -96,6 +101,8 @@ class UNetPlusPlus(BasicUNetPlusPlus):
 
     def forward(self, x: torch.Tensor) -> dict:
         check_input(x, self.divisor, self.backbone)
+        if self.standardise:
+            x = (x - x.mean((2, 3), keepdim=True)) / (x.std((2, 3), keepdim=True) + 1e-5)
         x00 = self.conv_0_0(x)
         x10 = self.conv_1_0(x00)
         x20 = self.conv_2_0(x10)

@@ -64,6 +64,12 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
                 dict(epochs=3, patience=3, batch_size=16, **_COSINE)),
     "clip": ("cosine with the gradient's norm clipped at 1",
              dict(epochs=3, patience=3, grad_clip=1.0, **_COSINE)),
+    "peak": ("cosine from a peak rate of 1e-3 (3.3× cosine's)",
+             dict(epochs=3, patience=3, **(_COSINE | dict(lr=1e-3)))),
+    "adam": ("cosine with Adam instead of AdamW (no weight decay)",
+             dict(epochs=3, patience=3, **(_COSINE | dict(optimizer="adam", weight_decay=0.0)))),
+    "zscore": ("cosine, each input image standardised (zero mean, unit SD) instead of [0, 1] grey levels",
+               dict(backbone="unetplusplus-std", epochs=3, patience=3, **_COSINE)),
 }
 
 

@@ -135,3 +135,15 @@ def test_the_papers_classifier_block_cannot_see_how_strong_a_feature_is():
     assert count_parameters(build_model("unetplusplus-clsbn", "cls")) == PAPER_COUNTS["unetplusplus", "cls"]
     with pytest.raises(ValueError, match="cls_norm: expected 'instance'"):
         UNetPlusPlus("seg", cls_norm="layer")
+
+
+def test_the_standardising_variant_is_the_paper_network_on_standardised_images():
+    torch.manual_seed(0)
+    paper, std = build_model("unetplusplus", "mt").eval(), build_model("unetplusplus-std", "mt").eval()
+    std.load_state_dict(paper.state_dict())  # same parameters: the variant adds none
+    x = torch.rand(2, 1, 32, 32) * torch.tensor([0.3, 1.0]).view(2, 1, 1, 1)
+    z = (x - x.mean((2, 3), keepdim=True)) / x.std((2, 3), keepdim=True)
+    with torch.no_grad():
+        a, b, c = std(x), paper(z), paper(x)
+    assert torch.allclose(a["mask"], b["mask"], atol=1e-4) and torch.allclose(a["label"], b["label"], atol=1e-4)
+    assert not torch.allclose(a["mask"], c["mask"], atol=1e-2)  # [0, 1] inputs give another answer

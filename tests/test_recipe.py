@@ -139,7 +139,7 @@ def test_verdict_ranks_by_the_mean_of_dice_and_accuracy():
     text = recipe.verdict(table)
     assert text.startswith("Ranked by the mean of validation DSC avg and accuracy (both with PR): "
                            "lowres (0.725), cosine (0.700), paper (0.650).")
-    assert "+0.075 above the published recipe" in text and "Not run yet: ema, r34, batch4, batch16, clip." in text
+    assert "+0.075 above the published recipe" in text and "Not run yet: ema, r34, batch4, batch16, clip, peak, adam, zscore." in text
     assert recipe.verdict(table.iloc[:0]).startswith("No candidate has finished yet")
     assert recipe.verdict(table.iloc[:1]).startswith("Only **paper** (the published recipe at batch 8: Adam 1e-4, "
                                                      "ReduceLROnPlateau) has finished: DSC avg 0.600, accuracy 0.700")
