@@ -166,7 +166,7 @@ def _check_size(arrays, run) -> None:
 def prediction_examples(arrays, results, fold: int | None = None, per_class: int = 2):
     """Test images with the ground-truth outline (green) and the predicted mask (red,
     after prediction refinement when a label is predicted): per class the best and the
-    worst Dice of one fold (the first images, for a classification-only run).
+    worst Dice of one fold, a row per class (the first images, for a classification-only run).
 
     arrays: the run's ``BusiArrays``; results: ``runs.load_run(run_dir)``; fold: which
     fold (default: the first finished one). Returns a matplotlib Figure (closed, so that
@@ -196,11 +196,15 @@ def prediction_examples(arrays, results, fold: int | None = None, per_class: int
             rows += [t.iloc[k] for k in range(1, len(t) - 1)][: max(0, per_class - 2)]
         else:
             rows = [t.iloc[k] for k in range(min(per_class, len(t)))]
-        picks += rows
+        picks.append(rows)
     if not picks:
         raise ValueError("test: no test image to show")
-    fig, axes = plt.subplots(1, len(picks), figsize=(2.3 * len(picks), 2.9), squeeze=False)
-    for ax, r in zip(axes[0], picks):
+    ncols = max(map(len, picks))  # a row per class
+    fig, axes = plt.subplots(len(picks), ncols, figsize=(2.6 * ncols, 2.9 * len(picks)), squeeze=False,
+                             layout="constrained")
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, r in ((axes[k, j], r) for k, rows in enumerate(picks) for j, r in enumerate(rows)):
         i = by_name[r["name"]]
         m = None
         title = f"{r['name']}\ntrue {CLASSES[int(r['label'])]}"
@@ -213,10 +217,7 @@ def prediction_examples(arrays, results, fold: int | None = None, per_class: int
         if "label_pr" in r and not np.isnan(r["label_pr"]):
             title += f"\npredicted {CLASSES[int(r['label_pr'])]}"
         ax.set_title(title, fontsize=8)
-        ax.axis("off")
-    fig.suptitle(f"Fold {fold} test images (green: ground truth, red: prediction after refinement)",
-                 fontsize=9)
-    fig.tight_layout()
+    fig.suptitle(f"Fold {fold} test images\n(green: ground truth, red: prediction after refinement)", fontsize=9)
     plt.close(fig)
     return fig
 

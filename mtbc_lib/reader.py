@@ -115,7 +115,8 @@ def run_config(nb: dict, root: str | Path = REPO_ROOT, fallback_name: str = "") 
 
 def run_title(config: dict) -> str:
     """How the book names a run: backbone · configuration · profile, e.g.
-    ``U-Net++ · MT+DO · fast``, plus what else its run name says (``epochs24``)."""
+    ``U-Net++ · MT+DO · fast``, plus what else its run name says, in words
+    (``epochs 24``: :func:`name_suffix_words`)."""
     from mtbc_lib.ablation import ROWS
     from mtbc_lib.models import BACKBONES
 
@@ -128,8 +129,24 @@ def run_title(config: dict) -> str:
     base = f"{backbone}-{setting}-{profile}"
     name = str(config.get("run_name") or "")
     if name.startswith(base + "-"):
-        parts.append(name[len(base) + 1:].replace("-", " "))
+        parts.append(name_suffix_words(name[len(base) + 1:]))
     return " · ".join(parts)
+
+
+def name_suffix_words(suffix: str) -> str:
+    """A run name's suffix as words: ``curationnone-splitscan`` -> ``curation none, split
+    scan``, ``batchsize4-lr0.0003`` -> ``batch size 4, lr 0.0003`` (the fields of
+    ``trainconfig.RUN_NAME_FIELDS``, plus ``ds`` and ``limit``); text it does not parse stays as it is."""
+    import re
+
+    from mtbc_lib.trainconfig import RUN_NAME_FIELDS
+
+    words = {f.replace("_", ""): f.replace("_", " ") for f in (*RUN_NAME_FIELDS, "limit")} | {"ds": "deep supervision"}
+    fields = "|".join(sorted(map(re.escape, words), key=len, reverse=True))
+    found = re.findall(rf"(?:^|-)({fields})(.+?)(?=-(?:{fields})|$)", suffix)
+    if "-".join(k + v for k, v in found) != suffix:
+        return suffix.replace("-", " ")
+    return ", ".join(f"{words[k]} {v}" for k, v in found)
 
 
 def retitle(nb: dict, title: str) -> None:

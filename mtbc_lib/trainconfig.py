@@ -26,7 +26,7 @@ import numpy as np
 
 from mtbc_lib.config import SEED
 
-__all__ = ["PROFILES", "AMP_CHOICES", "TrainConfig", "config_from_namespace", "config_diff"]
+__all__ = ["PROFILES", "AMP_CHOICES", "RUN_NAME_FIELDS", "TrainConfig", "config_from_namespace", "config_diff"]
 
 #: Training profiles: values of the ``None`` fields of TrainConfig.
 PROFILES: dict[str, dict[str, Any]] = {
@@ -101,6 +101,11 @@ EVALUATE_ON: tuple[str, ...] = ("test", "val")
 SPLITS: tuple[str, ...] = ("image", "scan", "lesion")
 #: Values of ``amp`` and ``channels_last``.
 AMP_CHOICES: tuple[str, ...] = ("auto", "on", "off")
+#: The fields a run name spells out (``-<field without underscores><value>``) where they
+#: differ from the profile's or the default value, in this order.
+RUN_NAME_FIELDS: tuple[str, ...] = ("curation", "split", "lam", "epochs", "patience", "batch_size", "lr", "image_size",
+                                    "seed", "gamma", "plateau_factor", "plateau_patience", "min_lr", "amp",
+                                    "budget_minutes", *PAPER_RECIPE, "evaluate_on")
 
 
 @dataclass
@@ -187,9 +192,7 @@ class TrainConfig:
 
         parts = [self.backbone, self.setting(), self.profile]
         prof = PROFILES.get(self.profile, {})
-        for k in ("curation", "split", "lam", "epochs", "patience", "batch_size", "lr", "image_size", "seed", "gamma",
-                  "plateau_factor", "plateau_patience", "min_lr", "amp", "budget_minutes", *PAPER_RECIPE,
-                  "evaluate_on"):
+        for k in RUN_NAME_FIELDS:
             v = getattr(self, k)
             ref = prof[k] if k in prof else _FIELD_DEFAULTS[k]
             if v is not None and v != ref:

@@ -304,7 +304,15 @@ def test_run_title_names_backbone_configuration_and_profile():
                            "run_name": "unetplusplus-st-seg-cpu"}) == "U-Net++ · ST(Seg) · cpu"
     assert reader.run_title({**cfg, "backbone": "nnunet-planned", "task": "cls", "profile": "steady",
                            "run_name": "nnunet-planned-st-cls-do-steady-epochs24"}) == \
-        f"{models.BACKBONES['nnunet-planned'].title} · ST(Cls)+DO · steady · epochs24"
+        f"{models.BACKBONES['nnunet-planned'].title} · ST(Cls)+DO · steady · epochs 24"
+    # what else the run name says, in words; a suffix it cannot parse stays readable
+    name = "unetplusplus-mt-do-cpu-curationkeep-one-splitscan-ds0"
+    assert reader.run_title({**cfg, "profile": "cpu", "run_name": name}) == \
+        "U-Net++ · MT+DO · cpu · curation keep-one, split scan, deep supervision 0"
+    assert reader.run_title({**cfg, "run_name": "unetplusplus-mt-do-fast-epochs3-batchsize4"}) == \
+        "U-Net++ · MT+DO · fast · epochs 3, batch size 4"
+    assert reader.run_title({**cfg, "run_name": "unetplusplus-mt-do-fast-by-hand"}) == \
+        "U-Net++ · MT+DO · fast · by hand"
 
 
 def test_run_pages_are_titled_from_their_own_config(built):
