@@ -3,22 +3,19 @@
     cfg = trainconfig.TrainConfig(backbone="unetplusplus", task="mt", oversampling=True, profile="fast")
     summary = train.run(cfg)                # trains (or resumes) every fold, writes results
 
-Per fold (the paper's protocol): the folds of :mod:`mtbc_lib.splits`, deterministic
-oversampling of the training split only, Adam, ReduceLROnPlateau on the validation loss,
-early stopping; the lowest-validation-loss weights are evaluated on the test fold, without
-and with prediction refinement (PR). The recipe fields of TrainConfig change the optimiser,
-the schedule (warm-up + cosine, per batch), add gradient clipping, a moving average of the
-weights (validated and tested instead) and low-resolution first epochs; a recipe study
-evaluates on the validation split instead of the test fold.
+Per fold (the paper's protocol): the folds of :mod:`mtbc_lib.splits`, deterministic oversampling of the training
+split only, Adam, ReduceLROnPlateau on the validation loss, early stopping; the lowest-validation-loss weights are
+evaluated on the test fold, without and with prediction refinement (PR). The recipe fields of TrainConfig change
+the optimiser, the schedule (warm-up + cosine, per batch), add gradient clipping, a moving average of the weights
+(validated and tested instead) and low-resolution first epochs; a recipe study evaluates on the validation split
+instead of the test fold.
 
-One fold's state is a :class:`FoldTrainer`, whose :meth:`FoldTrainer.train_epoch` the
-benchmarks also time; :func:`train_fold` adds checkpoints, early stopping and evaluation,
-:func:`run` the folds of a setting (files: :mod:`mtbc_lib.runs`). Every file is written
-atomically; a killed run resumes from its last checkpoint and gives the same numbers as an
-uninterrupted one (same machine, same thread count); finished folds are skipped. The
-arrays live in memory as uint8 tensors; augmentation is one resampling per batch
-(:mod:`mtbc_lib.augment`); bf16 and channels-last where the CPU supports them; a GPU is
-used when present.
+One fold's state is a :class:`FoldTrainer`, whose :meth:`FoldTrainer.train_epoch` the benchmarks also time;
+:func:`train_fold` adds checkpoints, early stopping and evaluation, :func:`run` the folds of a setting (files:
+:mod:`mtbc_lib.runs`). Every file is written atomically; a killed run resumes from its last checkpoint and gives
+the same numbers as an uninterrupted one (same machine, same thread count); finished folds are skipped. Arrays
+live in memory as uint8 tensors; augmentation is one resampling per batch (:mod:`mtbc_lib.augment`); bf16 and
+channels-last where the CPU supports them; a GPU is used when present.
 """
 
 from __future__ import annotations
@@ -389,9 +386,12 @@ def run(cfg: TrainConfig, arrays=None, progress: bool = True,
     run_dir, ck_dir = run_paths(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir / "config.json"
-    if cfg_path.exists():
+    if cfg_path.exists():  # kept as written when the run began: a later call only checks it
         check_same_config(cfg_path, cfg, "the results there")
-    write_json(cfg_path, {"config": cfg.to_dict()})
+    else:
+        write_json(cfg_path, {"config": cfg.to_dict()})
+    complete_before = (run_dir / "summary.json").exists() and all(  # nothing to train: nothing is rewritten
+        (run_dir / f"fold{k}_metrics.json").exists() for k in cfg.folds)
     arrays = load_data(cfg, progress=progress) if arrays is None else arrays
     if arrays.images.shape[1:] != (cfg.image_size, cfg.image_size):
         raise ValueError(f"arrays: images are {arrays.images.shape[1]}x{arrays.images.shape[2]} px; "
@@ -417,4 +417,4 @@ def run(cfg: TrainConfig, arrays=None, progress: bool = True,
             if "acc" in r:
                 bits.append(f"acc {r['acc']:.3f} (PR {m['pr']['acc']:.3f})")
             print(f"fold {k}: " + ", ".join(bits))
-    return summarize(cfg, write=True)
+    return summarize(cfg, write=not complete_before)

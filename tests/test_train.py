@@ -109,6 +109,10 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
     sa = json.loads((run_a / "summary.json").read_text())
     sb = json.loads((run_b / "summary.json").read_text())
     assert sa["raw"] == sb["raw"] and sa["pr"] == sb["pr"]
+    # a complete run run again (its page re-executed) trains nothing and rewrites none of its files
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_a.iterdir()}
+    assert train.run(tiny_config(tmp_path / "a"), arrays=arrays, progress=False)["raw"] == sa["raw"]
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_a.iterdir()} == before
 
 
 def test_run_writes_documented_files_and_skips_finished_folds(tmp_path):
