@@ -184,8 +184,8 @@ def row_metrics(row: Row, runs: dict[str, Path]) -> dict[str, float]:
 
 def runs_of(row: Row, backbone: str, profile: str, results_dir: str | os.PathLike = "results") -> dict[str, Path] | None:
     """The results folders a configuration needs, or None while any is incomplete."""
-    runs = {s: Path(results_dir) / run_name(backbone, s, profile) for s in (row.seg, row.cls) if s}
-    return runs if all(is_complete(p) for p in runs.values()) else None
+    done, needed = finished_runs(backbone, profile, results_dir), [s for s in (row.seg, row.cls) if s]
+    return {s: done[s] for s in needed} if all(s in done for s in needed) else None
 
 
 #: Columns of ``results/ablation.csv``.
@@ -327,10 +327,10 @@ def profile_table(backbone: str, profiles, results_dir: str | os.PathLike = "res
 def profile_runs(backbone: str, profiles, results_dir: str | os.PathLike = "results") -> dict[str, dict[str, Path]]:
     """The settings finished under at least two of ``profiles``: setting -> {profile:
     results folder}, for the profiles that finished it."""
+    done = {p: finished_runs(backbone, p, results_dir) for p in profiles}
     out = {}
     for setting in SETTINGS:
-        dirs = {p: Path(results_dir) / run_name(backbone, setting, p) for p in profiles}
-        dirs = {p: d for p, d in dirs.items() if is_complete(d)}
+        dirs = {p: d[setting] for p, d in done.items() if setting in d}
         if len(dirs) >= 2:
             out[setting] = dirs
     return out
