@@ -7,8 +7,7 @@ lr 1e-4, ≤ 200 epochs, early stopping 50, plateau factor .5 / patience 20 / mi
 ``"fast"`` trades epochs for time on a small CPU, see ``PROFILES`` for what it changes
 and why; ``"steady"`` is ``"fast"`` with the paper's learning rate and 12 epochs;
 ``"gpu"`` is the paper's epoch budget with a GPU-sized batch; ``"cpu"`` is the recipe
-study's winner for the campaign on two CPU cores (AdamW, warm-up + cosine decay, a moving
-average of the weights, 7 epochs).
+study's choice for the campaign on two CPU cores (AdamW, warm-up + cosine decay, 7 epochs).
 The other profiles use the paper's recipe (``PAPER_RECIPE``: Adam, ReduceLROnPlateau, no
 clipping, no weight average, full resolution); the recipe fields change it (see
 ``mtbc_lib.recipe``).
@@ -70,7 +69,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "gpu": dict(epochs=200, patience=50, batch_size=8, lr=2e-4,
                 plateau_factor=0.5, plateau_patience=20, min_lr=1e-6,
                 amp="auto", channels_last="off"),
-    # The recipe study's winner on two CPU cores (mtbc_lib.recipe, book chapter "The
+    # The recipe study's choice on two CPU cores (mtbc_lib.recipe, book chapter "The
     # training recipe"): AdamW (weight decay .01), warm-up over half an epoch, then cosine
     # decay from 3e-4 to 1e-6 at the last epoch (stepped per batch), batch 8, no moving
     # average of the weights (measured first with averaged batch-norm statistics, it only

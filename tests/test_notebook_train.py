@@ -4,6 +4,7 @@ papermill smoke run on a few real images (one epoch)."""
 from __future__ import annotations
 
 import ast
+import re
 import json
 import subprocess
 import sys
@@ -58,6 +59,10 @@ def test_profiles_are_shown_from_the_code_not_typed():
     assert len(cells) == 1 and "hide-input" in cells[0].metadata.get("tags", [])
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert "| batch size |" not in text  # no typed copy of the table to go stale
+    prose = [c.source for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("**`paper`**")]
+    assert len(prose) == 1
+    typed = re.findall(r"(?<!\w)\d\S*", prose[0].replace("et al., 2025", ""))  # not bf16
+    assert not typed, f"numbers typed into the profiles' prose (the table above shows them): {typed}"
 
 
 def _papermill(tmp_path, *args, timeout=300):

@@ -93,3 +93,21 @@ def test_describe_shows_paths_inside_the_repository_relative_to_it(tmp_path):
     assert shown["→ results"] == "results/unet-r34-st-seg-fast"
     outside = runs.describe(TrainConfig(backbone="unet-r34", task="seg", profile="fast", out_dir=str(tmp_path)))["value"]
     assert outside["→ results"] == str(tmp_path / "unet-r34-st-seg-fast")
+
+
+@pytest.mark.parametrize("fields", [
+    {"backbone": "unetplusplus", "task": "mt", "oversampling": True, "profile": "cpu"},
+    {"backbone": "unetplusplus-r34", "task": "mt", "profile": "cpu", "curation": "none", "split": "scan"},
+    {"backbone": "unetplusplus", "task": "seg", "profile": "steady", "epochs": 3, "lr": 3e-4, "amp": "off",
+     "schedule": "cosine", "grad_clip": 1.0, "out_dir": "results/recipe", "run_name": "my-name"},
+])
+def test_the_reproduce_command_parsed_as_papermill_does_gives_the_same_run(fields):
+    from papermill.cli import _resolve_type  # papermill's own reading of `-p NAME VALUE`
+
+    cfg = TrainConfig(**fields).resolve()
+    words = runs.reproduce_command(cfg).replace(" \\\n", " ").split()
+    assert words[:4] == ["papermill", "notebooks/train.ipynb", f"book/runs/{cfg.run_name}.ipynb", "-p"]
+    params = {words[k + 1]: _resolve_type(words[k + 2]) for k in range(3, len(words), 3)}
+    again = TrainConfig(**params).resolve()
+    assert again.to_dict() | {"folds": cfg.folds} == cfg.to_dict()
+    assert ("run_name" in params) == ("run_name" in fields)
