@@ -73,11 +73,11 @@ def run_grid(backbone: str, profile: str, settings: list[str] | None = None, sch
              out_dir: str | os.PathLike = "results", notebook_dir: str | os.PathLike = "book/runs",
              data_dir: str | None = None, extra: dict | None = None) -> list[str]:
     """Train every setting of the grid that is not complete yet, then rewrite
-    ``out_dir/ablation.csv``. Locally the settings run one after the other; with
-    ``scheduler`` (``tcp://HOST:PORT`` of a running dask.distributed scheduler) each is
-    a task on the cluster, whose workers must see this repository and the data at the
-    same paths. Returns the run names executed (not those skipped because another process
-    holds one of their folds)."""
+    ``out_dir/ablation.csv`` (locally also after each setting). Locally the settings run
+    one after the other; with ``scheduler`` (``tcp://HOST:PORT`` of a running
+    dask.distributed scheduler) each is a task on the cluster, whose workers must see this
+    repository and the data at the same paths. Returns the run names executed (not those
+    skipped because another process holds one of their folds)."""
     settings = list(SETTINGS) if settings is None else settings
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:
@@ -94,6 +94,9 @@ def run_grid(backbone: str, profile: str, settings: list[str] | None = None, sch
             futures = [client.submit(execute_setting, backbone, s, profile, pure=False, **kwargs) for s in todo]
             done = client.gather(futures)
     else:
-        done = [execute_setting(backbone, s, profile, **kwargs) for s in todo]
+        done = []
+        for s in todo:
+            done.append(execute_setting(backbone, s, profile, **kwargs))
+            write_ablation_csv(out_dir)  # after each setting: a grid stopped midway keeps its finished rows
     write_ablation_csv(out_dir)
     return [d for d in done if d]

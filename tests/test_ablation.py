@@ -156,6 +156,27 @@ def test_grid_skips_a_setting_another_process_holds(tmp_path, make_busi, capsys)
     assert (held / ".fold0.lock").exists() and not ablation.is_complete(held)
 
 
+@pytest.mark.slow
+def test_a_grid_that_fails_midway_keeps_the_rows_it_finished(tmp_path, make_busi):
+    """ablation.csv is rewritten after each setting: the second setting's folder holds
+    results of another configuration, so it fails at once, and the first one's rows stay."""
+    from papermill import PapermillExecutionError
+
+    from mtbc_lib.trainconfig import TrainConfig
+
+    data = make_busi(n_per_class=8)
+    extra = {"curation": "none", "epochs": 1, "batch_size": 4, "image_size": 64}
+    other = tmp_path / "results" / "unet-r34-st-cls-fast"
+    other.mkdir(parents=True)
+    cfg = TrainConfig(backbone="unet-r34", task="cls", profile="fast", seed=7, **extra).resolve()
+    (other / "config.json").write_text(json.dumps({"config": cfg.to_dict()}))
+    with pytest.raises(PapermillExecutionError, match="different configuration"):
+        grid.run_grid("unet-r34", "fast", settings=["st-seg", "st-cls"], out_dir=tmp_path / "results",
+                      notebook_dir=tmp_path / "runs", data_dir=str(data), extra=extra)
+    table = pd.read_csv(tmp_path / "results" / "ablation.csv")
+    assert table["configuration"].tolist() == ["ST(Seg)"]
+
+
 def test_comparison_runs_pairs_like_with_like(tmp_path):
     full = TRUTH | {"dice": [0.9, 0.7, 1.0, 0.0], "mask_empty": [False, False, True, False], "pred": [0, 1, 2, 2]}
     assert ablation.comparison_runs("unet-r34", "fast", tmp_path) is None
