@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from mtbc_lib.config import CLASSES, REPO_ROOT, atomic_write
-from mtbc_lib.trainconfig import TrainConfig, config_diff
+from mtbc_lib.trainconfig import NON_RESULT_FIELDS, TrainConfig, config_diff
 
 __all__ = ["RunHeld", "hold", "describe", "reproduce_command", "profiles_table", "repo_relative", "read_config", "run_paths", "versions", "write_json", "check_same_config", "write_history", "save_masks",
            "load_masks", "summarize", "RunResults", "load_run", "metrics_table", "confusion_table"]
@@ -256,21 +256,18 @@ def describe(cfg: TrainConfig):
     return pd.DataFrame(rows, columns=["setting", "value"]).set_index("setting").astype(str)
 
 
-#: Fields that say where a run reads, writes and computes, not what it computes.
-_PLACE_FIELDS = ("folds", "data_dir", "device", "ckpt_dir", "num_threads", "eval_batch_size",
-                 "stop_after_epochs", "run_name")
-
-
 def reproduce_command(cfg: TrainConfig, width: int = 88) -> str:
     """The papermill call that trains this run again from ``notebooks/train.ipynb``: its
     backbone, task, oversampling and profile, plus every other parameter whose resolved
-    value differs from what those four resolve to (``out_dir`` among them; ``run_name`` if
-    a derived name would differ). The data folder, device and threads are left to the
-    defaults. Lines of at most about ``width`` characters, continued with a backslash."""
+    value differs from what those four resolve to, and ``run_name`` if a derived name would
+    differ. Of the fields that do not change the numbers (``NON_RESULT_FIELDS``: the data
+    folder, device, threads...) only ``out_dir`` is kept. Lines of at most about ``width``
+    characters, continued with a backslash."""
     cfg = cfg.resolve()
     given = {"backbone": cfg.backbone, "task": cfg.task, "oversampling": cfg.oversampling, "profile": cfg.profile}
     base, want = TrainConfig(**given).resolve().to_dict(), cfg.to_dict()
-    given |= {k: v for k, v in want.items() if k not in _PLACE_FIELDS and v != base[k]}
+    kept = set(want) - NON_RESULT_FIELDS | {"out_dir"}
+    given |= {k: v for k, v in want.items() if k in kept and v != base[k]}
     if TrainConfig(**given).resolve().run_name != cfg.run_name:
         given["run_name"] = cfg.run_name
     lines = [f"papermill notebooks/train.ipynb book/runs/{cfg.run_name}.ipynb"]

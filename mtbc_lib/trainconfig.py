@@ -25,7 +25,7 @@ import numpy as np
 
 from mtbc_lib.config import SEED
 
-__all__ = ["PROFILES", "AMP_CHOICES", "RUN_NAME_FIELDS", "TrainConfig", "config_from_namespace", "config_diff"]
+__all__ = ["PROFILES", "AMP_CHOICES", "RUN_NAME_FIELDS", "NON_RESULT_FIELDS", "TrainConfig", "config_from_namespace", "config_diff"]
 
 #: Training profiles: values of the ``None`` fields of TrainConfig.
 PROFILES: dict[str, dict[str, Any]] = {
@@ -294,14 +294,14 @@ for _f in dataclasses.fields(TrainConfig):
         _FIELD_TYPES[_f.name] = (_base, "None" in _ann)
 
 #: Fields that do not change a run's numbers (a results folder may be reused with others).
-_NON_RESULT_FIELDS = {"folds", "data_dir", "out_dir", "device", "run_name", "eval_batch_size",
-                      "ckpt_dir", "num_threads", "stop_after_epochs"}
+NON_RESULT_FIELDS = {"folds", "data_dir", "out_dir", "device", "run_name", "eval_batch_size",
+                     "ckpt_dir", "num_threads", "stop_after_epochs"}
 
 
 def config_diff(a: dict, b: dict) -> list[str]:
     """The fields in which two config dicts (``TrainConfig.to_dict()``) differ in a way
     that changes a run's numbers (not where the data or the results live, the device...)."""
-    keys = (set(a) | set(b)) - _NON_RESULT_FIELDS
+    keys = (set(a) | set(b)) - NON_RESULT_FIELDS
     old = {**PAPER_RECIPE, "evaluate_on": "test", "split": "image"}  # what a run written before these fields used
     return sorted(k for k in keys if a.get(k, old.get(k)) != b.get(k, old.get(k)))
 
