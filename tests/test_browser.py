@@ -201,7 +201,9 @@ _LAYOUT = """() => {
   const sidebar = [...document.querySelectorAll('.bd-sidebar-primary nav a.reference')].map(a => a.textContent.trim());
   // (a table inside a [hidden] box is a deliberate fallback: the static preview of an interactive table)
   const tables = [...document.querySelectorAll('article table')].filter(t => !t.closest('[hidden]'));
-  const emptyTables = tables.filter(t => !visible(t) || t.rows.length === 0).map(label);
+  // (a table in a closed <details> is an output folded on purpose, "Show code cell outputs": it needs rows, not visibility)
+  const folded = t => t.closest('details:not([open])');
+  const emptyTables = tables.filter(t => (!folded(t) && !visible(t)) || t.rows.length === 0).map(label);
   return {pageWidth: document.documentElement.scrollWidth, wide, clipped, parameterCells, figureCode, sidebar,
           tables: tables.length, emptyTables, text: document.querySelector('article').innerText};
 }"""
