@@ -4,8 +4,8 @@ papermill smoke run on a few real images (one epoch)."""
 from __future__ import annotations
 
 import ast
-import re
 import json
+import re
 import subprocess
 import sys
 import time
