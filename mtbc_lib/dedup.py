@@ -62,7 +62,7 @@ from mtbc_lib import config
 from mtbc_lib import registration as reg
 from mtbc_lib.config import atomic_write
 from mtbc_lib.dedup_cache import cache_paths, data_key, load_features, load_pairs, save_features, save_pairs
-from mtbc_lib.dedup_search import (RESAMPLE, Images, aligned_thumbs, complete_groups, components, decode_all,
+from mtbc_lib.dedup_search import (RESAMPLE, Images, Workers, aligned_thumbs, complete_groups, components, decode_all,
                                    keypoint_pairs, lesion_scores, numbered_components, plain_candidates, refine_many,
                                    ssim_of)
 from mtbc_lib.dedup_tables import (DUPLICATE_COLUMNS, LESION_COLUMNS, PAIR_COLUMNS, duplicates_table, group_table,
@@ -176,88 +176,89 @@ def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress:
     index = index_busi(data_dir).reset_index(drop=True)
     root = config.data_dir(data_dir)
     feat_path, pairs_path = cache_paths(index, cfg) if cache else (None, None)
-    prep = load_features(feat_path) if cache and feat_path.exists() else None
-    if prep is None or len(prep) != len(index):
-        prep = decode_all(index, cfg, workers, progress)
-        if cache:
-            save_features(feat_path, prep)
-    known, matches = load_pairs(pairs_path) if cache and pairs_path.exists() else ({}, None)
-    images = Images(index, prep)
-    n = len(prep)
-    shapes = [p["shape"] for p in prep]
-    timings["decode"] = time.perf_counter() - t0
+    with Workers(workers) as pool:  # started by the first stage that needs it
+        prep = load_features(feat_path) if cache and feat_path.exists() else None
+        if prep is None or len(prep) != len(index):
+            prep = decode_all(index, cfg, pool, progress)
+            if cache:
+                save_features(feat_path, prep)
+        known, matches = load_pairs(pairs_path) if cache and pairs_path.exists() else ({}, None)
+        images = Images(index, prep)
+        n = len(prep)
+        shapes = [p["shape"] for p in prep]
+        timings["decode"] = time.perf_counter() - t0
 
-    # ---- whole-image SSIM on the candidates
-    t = time.perf_counter()
-    thumbs = np.stack([p["thumb"] for p in prep])
-    ci, cj = plain_candidates(np.stack([p["small"] for p in prep]), cfg)
-    cand = list(zip(ci.tolist(), cj.tolist()))
-    todo = [k for k in cand if "plain_ssim" not in known.get(k, {})]  # the rest: an earlier run's scores
-    fresh = dict(zip(todo, reg.ssim_pairs(thumbs, *np.array(todo, dtype=np.int64).reshape(-1, 2).T))) if todo else {}
-    scored: dict[tuple[int, int], dict] = {
-        k: {"plain_ssim": float(fresh[k]) if k in fresh else known[k]["plain_ssim"]} for k in cand}
-    timings["whole_image_search"] = time.perf_counter() - t
+        # ---- whole-image SSIM on the candidates
+        t = time.perf_counter()
+        thumbs = np.stack([p["thumb"] for p in prep])
+        ci, cj = plain_candidates(np.stack([p["small"] for p in prep]), cfg)
+        cand = list(zip(ci.tolist(), cj.tolist()))
+        todo = [k for k in cand if "plain_ssim" not in known.get(k, {})]  # the rest: an earlier run's scores
+        fresh = dict(zip(todo, reg.ssim_pairs(thumbs, *np.array(todo, dtype=np.int64).reshape(-1, 2).T))) if todo else {}
+        scored: dict[tuple[int, int], dict] = {
+            k: {"plain_ssim": float(fresh[k]) if k in fresh else known[k]["plain_ssim"]} for k in cand}
+        timings["whole_image_search"] = time.perf_counter() - t
 
-    # ---- extended: keypoint candidates, alignment, SSIM on the aligned overlap
-    t = time.perf_counter()
-    transforms: dict[tuple[int, int], tuple] = {}
-    if cfg.extended:
-        if matches is None:  # else: the candidates of an earlier run on the same features and settings
-            matches = keypoint_pairs(prep, cfg)
-        keys, jobs = [], []
-        for a, b, n_in, p_det in matches:
-            old = known.get((a, b), {})
-            if old.get("inliers") == n_in and "aligned_ssim" in old:  # verified by an earlier run
-                p = (old["sy"], old["sx"], old["ty"], old["tx"])
-                scored.setdefault((a, b), {}).update({k: old[k] for k in ("aligned_ssim", "overlap", "inliers")},
+        # ---- extended: keypoint candidates, alignment, SSIM on the aligned overlap
+        t = time.perf_counter()
+        transforms: dict[tuple[int, int], tuple] = {}
+        if cfg.extended:
+            if matches is None:  # else: the candidates of an earlier run on the same features and settings
+                matches = keypoint_pairs(prep, cfg)
+            keys, jobs = [], []
+            for a, b, n_in, p_det in matches:
+                old = known.get((a, b), {})
+                if old.get("inliers") == n_in and "aligned_ssim" in old:  # verified by an earlier run
+                    p = (old["sy"], old["sx"], old["ty"], old["tx"])
+                    scored.setdefault((a, b), {}).update({k: old[k] for k in ("aligned_ssim", "overlap", "inliers")},
+                                                         sy=p[0], sx=p[1], ty=p[2], tx=p[3])
+                    transforms[(a, b)] = p
+                else:
+                    keys.append((a, b, n_in))
+                    jobs.append((prep[a]["det"], prep[b]["det"], p_det, 8))
+            todo = []
+            for (a, b, n_in), p in zip(keys, refine_many(jobs, pool, progress, "audit: aligning candidates")):
+                p = reg.to_full(p, prep[a]["scale"], prep[b]["scale"])
+                th = aligned_thumbs(images[a], images[b], p, cfg)
+                if th is not None:
+                    todo.append((a, b, n_in, p, th))
+            for (a, b, n_in, p, th), v in zip(todo, ssim_of([x[4][:2] for x in todo])):
+                scored.setdefault((a, b), {}).update(aligned_ssim=float(v), overlap=th[2], inliers=n_in,
                                                      sy=p[0], sx=p[1], ty=p[2], tx=p[3])
                 transforms[(a, b)] = p
-            else:
-                keys.append((a, b, n_in))
-                jobs.append((prep[a]["det"], prep[b]["det"], p_det, 8))
-        todo = []
-        for (a, b, n_in), p in zip(keys, refine_many(jobs, workers, progress, "audit: aligning candidates")):
-            p = reg.to_full(p, prep[a]["scale"], prep[b]["scale"])
-            th = aligned_thumbs(images[a], images[b], p, cfg)
-            if th is not None:
-                todo.append((a, b, n_in, p, th))
-        for (a, b, n_in, p, th), v in zip(todo, ssim_of([x[4][:2] for x in todo])):
-            scored.setdefault((a, b), {}).update(aligned_ssim=float(v), overlap=th[2], inliers=n_in,
-                                                 sy=p[0], sx=p[1], ty=p[2], tx=p[3])
-            transforms[(a, b)] = p
-    timings["extended_search"] = time.perf_counter() - t
+        timings["extended_search"] = time.perf_counter() - t
 
-    # ---- groups: connected components of the same-scan graph
-    t = time.perf_counter()
-    thr = cfg.threshold
+        # ---- groups: connected components of the same-scan graph
+        t = time.perf_counter()
+        thr = cfg.threshold
 
-    def score(r):
-        return max(r.get("plain_ssim", -np.inf), r.get("aligned_ssim", -np.inf))
+        def score(r):
+            return max(r.get("plain_ssim", -np.inf), r.get("aligned_ssim", -np.inf))
 
-    edges = sorted(k for k, r in scored.items() if score(r) >= thr)
-    label = components(n, [a for a, _ in edges], [b for _, b in edges])
-    sizes = np.bincount(label, minlength=n)
-    members: dict[int, list[int]] = {}
-    for k in range(n):
-        if sizes[label[k]] >= 2:
-            members.setdefault(int(label[k]), []).append(k)
-    groups = sorted(members.values(), key=lambda m: m[0])
-    group_of = np.full(n, -1)
-    for g, m in enumerate(groups, start=1):
-        group_of[m] = g
-    complete_groups(groups, edges, scored, transforms, prep, images, thumbs, cfg, known)
-    timings["groups"] = time.perf_counter() - t
+        edges = sorted(k for k, r in scored.items() if score(r) >= thr)
+        label = components(n, [a for a, _ in edges], [b for _, b in edges])
+        sizes = np.bincount(label, minlength=n)
+        members: dict[int, list[int]] = {}
+        for k in range(n):
+            if sizes[label[k]] >= 2:
+                members.setdefault(int(label[k]), []).append(k)
+        groups = sorted(members.values(), key=lambda m: m[0])
+        group_of = np.full(n, -1)
+        for g, m in enumerate(groups, start=1):
+            group_of[m] = g
+        complete_groups(groups, edges, scored, transforms, prep, images, thumbs, cfg, known)
+        timings["groups"] = time.perf_counter() - t
 
-    # ---- same lesion: coarse SSIM of the aligned overlap, components with the copies
-    t = time.perf_counter()
-    cls = index["class"].to_numpy()
-    if cfg.lesion:
-        lesion_scores(scored, group_of, prep, cfg, known, workers)
-    lesion_edges = sorted(k for k, r in scored.items() if r.get("lesion_ssim", -np.inf) >= cfg.lesion_threshold
-                          and cls[k[0]] == cls[k[1]] and score(r) < thr)
-    both = edges + lesion_edges
-    lesion_of = numbered_components(n, both)
-    timings["lesion_search"] = time.perf_counter() - t
+        # ---- same lesion: coarse SSIM of the aligned overlap, components with the copies
+        t = time.perf_counter()
+        cls = index["class"].to_numpy()
+        if cfg.lesion:
+            lesion_scores(scored, group_of, prep, cfg, known, pool)
+        lesion_edges = sorted(k for k, r in scored.items() if r.get("lesion_ssim", -np.inf) >= cfg.lesion_threshold
+                              and cls[k[0]] == cls[k[1]] and score(r) < thr)
+        both = edges + lesion_edges
+        lesion_of = numbered_components(n, both)
+        timings["lesion_search"] = time.perf_counter() - t
 
     # ---- tables
     t = time.perf_counter()

@@ -21,8 +21,8 @@
    copies (no full image needed): the pair's transform refined on blurred copies, then
    SSIM of the overlap at ``lesion_size`` px.
 
-Stages 1, 3 and 5 run on ``workers`` processes (3 and 5: the Lucas-Kanade refinements,
-:func:`refine_many`, one BLAS thread each). ``cfg`` is a :class:`mtbc_lib.dedup.DedupConfig`;
+Stages 1, 3 and 5 run on one :class:`Workers` pool (3 and 5: the Lucas-Kanade refinements,
+:func:`refine_many`), one BLAS thread per process. ``cfg`` is a :class:`mtbc_lib.dedup.DedupConfig`;
 the geometry is :mod:`mtbc_lib.registration`'s.
 """
 
@@ -33,12 +33,47 @@ from PIL import Image
 
 from mtbc_lib import registration as reg
 
-__all__ = ["RESAMPLE", "prepare", "aligned_thumbs", "decode_all", "plain_candidates", "keypoint_pairs", "components",
-           "numbered_components", "ssim_of", "Images", "complete_groups", "lesion_scores", "refine_many"]
+__all__ = ["RESAMPLE", "Workers", "prepare", "aligned_thumbs", "decode_all", "plain_candidates", "keypoint_pairs",
+           "components", "numbered_components", "ssim_of", "Images", "complete_groups", "lesion_scores", "refine_many"]
 
 #: Resize filters for the SSIM thumbnails (Pillow).
 RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "area": Image.Resampling.BOX,
             "nearest": Image.Resampling.NEAREST, "bicubic": Image.Resampling.BICUBIC}
+
+
+class Workers:
+    """A pool of ``n`` processes with one BLAS thread each (the refinements' matrix products
+    are tiny: more threads only add waiting), shared by every parallel stage and started on
+    first use (a warm run starts none); ``n`` <= 1: everything runs in this process. The
+    modules the workers need are imported before they fork, so that each inherits them
+    rather than importing them itself (scipy.ndimage: about 0.35 s a process)."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self._pool = None
+
+    def map(self, func, *iterables, chunksize: int = 8):
+        """``map(func, *iterables)`` in order, lazily (results as they come)."""
+        from threadpoolctl import threadpool_limits
+
+        if self.n <= 1:
+            with threadpool_limits(1):
+                yield from map(func, *iterables)
+            return
+        if self._pool is None:
+            from concurrent.futures import ProcessPoolExecutor
+
+            import scipy.ndimage  # noqa: F401  (see class doc)
+
+            self._pool = ProcessPoolExecutor(max_workers=self.n, initializer=threadpool_limits, initargs=(1,))
+        yield from self._pool.map(func, *iterables, chunksize=chunksize)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._pool is not None:  # on an error: the queued work is dropped, not finished
+            self._pool.shutdown(wait=True, cancel_futures=exc[0] is not None)
 
 
 def prepare(image_path, mask_paths, cfg) -> dict:
@@ -81,10 +116,12 @@ def aligned_thumbs(img_i, img_j, p, cfg, size: int | None = None):
     return ti, tj, float(min(cover, 1.0))
 
 
-def decode_all(index, cfg, workers: int, progress: bool) -> list[dict]:
-    from mtbc_lib.data import map_images
+def decode_all(index, cfg, workers: Workers, progress: bool) -> list[dict]:
+    from tqdm import tqdm
 
-    return map_images(prepare, index, cfg, workers, progress, "audit: decoding images")
+    n = len(index)
+    done = workers.map(prepare, index["image"], index["masks"], [cfg] * n)
+    return list(tqdm(done, total=n, desc="audit: decoding images", unit="img", disable=not progress))
 
 
 def plain_candidates(small: np.ndarray, cfg):
@@ -213,26 +250,16 @@ def _refine_job(job) -> tuple:
     return tuple(reg.refine(a, b, p, iters=iters))
 
 
-def refine_many(jobs: list[tuple], workers: int, progress: bool = False, desc: str = "") -> list[tuple]:
-    """:func:`_refine_job` of every job, on a pool of ``workers`` processes when there are
-    enough of them (in order; a tqdm bar when ``progress``)."""
-    from threadpoolctl import threadpool_limits
+def refine_many(jobs: list[tuple], workers: Workers, progress: bool = False, desc: str = "") -> list[tuple]:
+    """:func:`_refine_job` of every job, in order, on ``workers`` (a tqdm bar when ``progress``)."""
     from tqdm import tqdm
 
-    # the refinement's matrix products are tiny: BLAS threads only add waiting (3x slower
-    # with two processes of two threads each on two cores)
-    if workers > 1 and len(jobs) >= 64:
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(max_workers=workers, initializer=threadpool_limits, initargs=(1,)) as pool:
-            done = pool.map(_refine_job, jobs, chunksize=16)
-            return list(tqdm(done, total=len(jobs), desc=desc, unit="pair", disable=not progress))
-    with threadpool_limits(1):
-        return [_refine_job(j) for j in tqdm(jobs, desc=desc, unit="pair", disable=not progress)]
+    done = workers.map(_refine_job, jobs, chunksize=16)
+    return list(tqdm(done, total=len(jobs), desc=desc, unit="pair", disable=not progress))
 
 
 def lesion_scores(scored: dict, group_of: np.ndarray, prep: list[dict], cfg,
-                   known: dict | None = None, workers: int = 1) -> None:
+                   known: dict | None = None, workers: Workers | None = None) -> None:
     """``lesion_ssim`` of every scored pair outside one same-scan group (in place): the
     pair's transform (the aligned one, else the whole-image map) refined by Lucas-Kanade on
     blurred detection copies, then SSIM of the overlap at ``lesion_size`` px."""
@@ -261,7 +288,7 @@ def lesion_scores(scored: dict, group_of: np.ndarray, prep: list[dict], cfg,
         keys.append((a, b))
         jobs.append((blur(a), blur(b), p, 6))
     todo = []
-    for (a, b), p in zip(keys, refine_many(jobs, workers)):
+    for (a, b), p in zip(keys, refine_many(jobs, workers or Workers(1))):
         th = aligned_thumbs(prep[a]["det"].astype(np.uint8), prep[b]["det"].astype(np.uint8), p, cfg,
                             size=cfg.lesion_size)
         if th is not None:

@@ -153,15 +153,21 @@ def fit_similarity(pa: np.ndarray, pb: np.ndarray, log_ratio: np.ndarray, tol: f
     return int(best.sum()), (s, float(t[0]), float(t[1]))
 
 
+def _grid(p, shape, step: int = 1):
+    """Coordinates in image j of every ``step``-th pixel row and column of image i
+    (``shape``) through p = (sy, sx, ty, tx), j -> i: (ys, xs), float32."""
+    sy, sx, ty, tx = p
+    return ((np.arange(0, shape[0], step, dtype=np.float32) - ty) / sy,
+            (np.arange(0, shape[1], step, dtype=np.float32) - tx) / sx)
+
+
 def warp(img: np.ndarray, p, shape, order: int = 1, step: int = 1):
     """Sample ``img`` (image j) on the pixel grid of image i (``shape``, every ``step``-th
     pixel) through the transform p = (sy, sx, ty, tx) (j -> i).
     Returns (values, valid mask, ys, xs), each (ceil(H / step), ceil(W / step))."""
     from scipy import ndimage as ndi
 
-    sy, sx, ty, tx = p
-    yy = (np.arange(0, shape[0], step, dtype=np.float32) - ty) / sy
-    xx = (np.arange(0, shape[1], step, dtype=np.float32) - tx) / sx
+    yy, xx = _grid(p, shape, step)
     valid = ((yy >= 0) & (yy <= img.shape[0] - 1))[:, None] & ((xx >= 0) & (xx <= img.shape[1] - 1))[None, :]
     ys, xs = np.meshgrid(yy, xx, indexing="ij")
     return ndi.map_coordinates(img, [ys, xs], order=order, mode="nearest"), valid, ys, xs
@@ -256,9 +262,16 @@ def overlap_boxes(shape_i, shape_j, p):
 
 def mask_iou(mask_i, mask_j, p_det) -> float:
     """IoU of two masks (detection copies) in i's frame over the common field of view;
-    1.0 when both are empty there."""
-    v, valid, _, _ = warp(mask_j.astype(np.float32), p_det, mask_i.shape, order=0)
-    a, b = mask_i[valid], v[valid] > 0.5
+    1.0 when both are empty there. Mask j is sampled at the nearest pixel (what ``warp``
+    with order 0 gives: a scale + translation maps rows and columns separately, so two
+    index vectors do it)."""
+    yy, xx = _grid(p_det, mask_i.shape)
+    valid = ((yy >= 0) & (yy <= mask_j.shape[0] - 1))[:, None] & ((xx >= 0) & (xx <= mask_j.shape[1] - 1))[None, :]
+
+    def nearest(c, n):
+        return np.clip(np.floor(c.astype(np.float64) + 0.5), 0, n - 1).astype(np.intp)
+
+    a, b = mask_i[valid], mask_j[np.ix_(nearest(yy, mask_j.shape[0]), nearest(xx, mask_j.shape[1]))][valid]
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 

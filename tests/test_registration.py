@@ -68,6 +68,21 @@ def test_separable_sampling_equals_warp():
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)
 
 
+def test_mask_iou_equals_the_iou_of_the_warped_mask():
+    """mask_iou samples mask j with two index vectors; it must give the IoU of ``warp``'s
+    nearest-pixel sampling (order 0) over the valid region, for crops, rescales, shifts
+    and the whole-image stretch alike."""
+    rng = np.random.default_rng(3)
+    for k in range(300):
+        (h, w), (hj, wj) = rng.integers(20, 90, (2, 2))
+        mi, mj = rng.random((h, w)) > 0.6, ndi.binary_dilation(rng.random((hj, wj)) > 0.9)
+        p = reg.whole((h, w), (hj, wj)) if k % 3 == 0 else (*rng.uniform(0.5, 2, 2), *rng.uniform(-30, 30, 2))
+        v, valid, _, _ = reg.warp(mj.astype(np.float32), p, (h, w), order=0)
+        a, b = mi[valid], v[valid] > 0.5
+        union = (a | b).sum()
+        assert reg.mask_iou(mi, mj, p) == (1.0 if union == 0 else (a & b).sum() / union)
+
+
 def test_refine_recovers_a_scale_and_shift():
     base = 100 * ndi.gaussian_filter(np.random.default_rng(4).normal(size=(90, 110)), 2.5).astype(np.float32)
     p_true = (1.04, 0.97, 2.5, -3.0)  # b -> a
