@@ -400,6 +400,37 @@ def budget_table(backbone: str, profile: str, results_dir: str | os.PathLike = "
                                        "training minutes"])
 
 
+def target_summary(table: pd.DataFrame, backbone: str, profile: str, results_dir: str | os.PathLike = "results",
+                   row: str = "MT+PR+DO", metrics=("dsc_avg", "acc")) -> str:
+    """A Markdown paragraph: the proposal row (``row``) of a grid against the paper's values
+    (reached, or missed by how much), and what the budget tables say about more epochs: in
+    how many of the grid's trainings the best validation loss came at the last epoch, and
+    the profile's epochs against the paper's. Computed from the runs; says so when the grid
+    is not complete yet."""
+    import json
+
+    from mtbc_lib.trainconfig import PROFILES
+
+    runs = finished_runs(backbone, profile, results_dir)
+    if len(runs) < len(SETTINGS):
+        return (f"The grid is not complete ({len(runs)} of {len(SETTINGS)} trainings finished): the target is read "
+                "once every training has run.")
+    r = table.set_index("configuration").loc[row]
+    parts = []
+    for m in metrics:
+        paper = PAPER_TABLE5[row][m][0]
+        verdict = "reached" if r[m] >= paper else f"missed by {paper - r[m]:.3f}"
+        parts.append(f"{metric_label(m)} {r[m]:.3f} ± {r[f'{m}_sd']:.3f} against the paper's {paper:.3f} ({verdict})")
+    folds = [f for d in runs.values() for f in json.loads((d / "summary.json").read_text())["per_fold"]]
+    last = sum(f["best_epoch"] == f["epochs"] for f in folds)
+    epochs, paper_epochs = PROFILES[profile]["epochs"], PROFILES["paper"]["epochs"]
+    return (f"**The target**, the paper's {row}: ours {'; '.join(parts)}, over {int(r['folds'])} folds. "
+            f"In {last} of the grid's {len(folds)} trainings ({len(runs)} settings of {len(folds) // len(runs)} folds) the best "
+            f"validation loss came at the last epoch run: those networks were still improving when the "
+            f"`{profile}` profile's {epochs} epochs ran out, where the paper allows up to {paper_epochs} "
+            f"({paper_epochs / epochs:.0f}× more). The curves below show how steeply each was still climbing.")
+
+
 def gap_summary(table: pd.DataFrame, metrics=("dsc_avg", "acc"), outputs: dict | None = None) -> str:
     """One Markdown line per finished configuration: our mean of ``metrics`` against the
     paper's and the gap, so the reading of the table is computed, not typed. ``outputs``
