@@ -261,13 +261,15 @@ def reproduce_command(cfg: TrainConfig, width: int = 88) -> str:
     backbone, task, oversampling and profile, plus every other parameter whose resolved
     value differs from what those four resolve to, and ``run_name`` if a derived name would
     differ. Of the fields that do not change the numbers (``NON_RESULT_FIELDS``: the data
-    folder, device, threads...) only ``out_dir`` is kept. Lines of at most about ``width``
+    folder, device, threads...) only ``out_dir`` is kept, and ``folds`` when not all of them. Lines of at most about ``width``
     characters, continued with a backslash."""
     cfg = cfg.resolve()
     given = {"backbone": cfg.backbone, "task": cfg.task, "oversampling": cfg.oversampling, "profile": cfg.profile}
     base, want = TrainConfig(**given).resolve().to_dict(), cfg.to_dict()
     kept = set(want) - NON_RESULT_FIELDS | {"out_dir"}
     given |= {k: v for k, v in want.items() if k in kept and v != base[k]}
+    if cfg.folds != list(range(cfg.n_folds)):  # some folds only (a probe): which ones is part of the run
+        given["folds"] = ",".join(map(str, cfg.folds))
     if TrainConfig(**given).resolve().run_name != cfg.run_name:
         given["run_name"] = cfg.run_name
     lines = [f"papermill notebooks/train.ipynb book/runs/{cfg.run_name}.ipynb"]
