@@ -12,8 +12,8 @@ import numpy as np
 from mtbc_lib.config import CLASSES
 from mtbc_lib.dedup import AuditResult, components
 
-__all__ = ["LEVELS", "compare_published", "class_counts", "calibration_table", "threshold_margin", "conflict_table",
-           "find_group", "level_table", "lesion_pairs", "lesion_margin", "lesion_threshold_table", "lesion_additions"]
+__all__ = ["LEVELS", "compare_published", "class_counts", "calibration_table", "calibration_summary", "threshold_margin",
+           "conflict_table", "find_group", "level_table", "lesion_pairs", "lesion_margin", "lesion_threshold_table", "lesion_additions"]
 
 #: Levels of grouping: "scan" (same-scan groups, ``AuditResult.groups``) and "lesion"
 #: (lesion groups, ``AuditResult.lesions``).
@@ -106,6 +106,43 @@ def calibration_table(result: AuditResult, keep=None, thresholds=None):
                          "duplets": int(counts[2]), "triplets": int(counts[3]), "quadruplets": int(counts[4]),
                          "larger": int(counts[5:].sum())})
     return pd.DataFrame(rows)
+
+
+def _images(n) -> str:
+    return f"{int(n)} image{'' if int(n) == 1 else 's'}"
+
+
+def calibration_summary(result: AuditResult, calibration) -> str:
+    """The reading of :func:`calibration_table` (computed, in Markdown): how far apart
+    whole-image SSIM puts copies and other images, its fewest disagreements with the
+    keep-list, and the range of thresholds around the search's own where the common field
+    of view disagrees least, with what those disagreements are."""
+    p = result.pairs
+    dup = p["duplicate"].to_numpy(bool)
+    best = calibration.groupby("method")["disagreements"].min()
+    fov = calibration[calibration["method"] == "common field of view"].sort_values("threshold").reset_index(drop=True)
+    at_best = (fov["disagreements"] == best["common field of view"]).to_numpy()
+    k = int(np.argmin(np.abs(fov["threshold"].to_numpy() - result.config.threshold)))
+    lo = hi = k
+    if at_best[k]:  # the run of best thresholds that holds the search's own
+        while lo > 0 and at_best[lo - 1]:
+            lo -= 1
+        while hi < len(fov) - 1 and at_best[hi + 1]:
+            hi += 1
+    row = fov.iloc[k]
+    held = ("hold every image the keep-list removes" if row["missed"] == 0
+            else f"miss {_images(row['missed'])} the keep-list removes")
+    extra = f", plus {_images(row['extra_removed'])} it keeps (below)" if row["extra_removed"] else ""
+    if not at_best[k]:
+        span = f"at the search's threshold {result.config.threshold:g} it decides {_images(row['disagreements'])} differently"
+    else:
+        span = (f"every threshold from {fov.at[lo, 'threshold']:.3f} to {fov.at[hi, 'threshold']:.3f} decides only "
+                f"{_images(best['common field of view'])} differently")
+    return (f"Whole-image SSIM never comes close: copies of one scan score as low as "
+            f"{p.loc[dup, 'plain_ssim'].min():.2f} once both are stretched to a square (a crop against its "
+            f"original), while images that are not copies score up to {p.loc[~dup, 'plain_ssim'].max():.2f} (frames "
+            f"of one loop); at its best threshold it still decides {_images(best['whole images'])} unlike the "
+            f"keep-list. On the common field of view, {span}: its groups {held}{extra}.")
 
 
 def threshold_margin(result: AuditResult, k: int = 6):

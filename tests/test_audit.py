@@ -38,6 +38,15 @@ def test_calibration_finds_the_threshold_that_reproduces_a_keep_list(result):
     whole = t[t["method"] == "whole images"].set_index("threshold")
     assert whole.at[0.94, "missed"] > 0  # crops need the common field of view
     assert len(audit_figures.calibration_figure(t).data) == 2
+    text = audit.calibration_summary(result, t)
+    lowest = result.pairs.loc[result.pairs["duplicate"], "plain_ssim"].min()
+    assert f"copies of one scan score as low as {lowest:.2f}" in text
+    assert "On the common field of view, every threshold from 0.500 to 0.940 decides only 0 images" in text
+    assert text.endswith("its groups hold every image the keep-list removes.")
+    kept = audit.calibration_summary(result, audit.calibration_table(result, result.keep("drop-all") | {("normal", 3)},
+                                                                      thresholds=[0.5, 0.94, 0.999]))
+    assert kept.endswith("decides only 1 image differently: its groups hold every image the keep-list removes, "
+                         "plus 1 image it keeps (below).")
 
 
 def test_conflicts_margin_and_group_lookup(result):
