@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtbc_lib import ablation, grid
+from mtbc_lib import ablation, budget, grid
 from mtbc_lib.config import NORMAL
 from mtbc_lib.metrics import TABLE_METRICS
 from mtbc_lib.trainconfig import PROFILES, TrainConfig
@@ -218,7 +218,7 @@ def test_budget_table_counts_folds_still_improving(tmp_path):
     d = _write_run(tmp_path, ablation.run_name("unet-r34", "mt", "fast"), lambda k: TRUTH)
     (d / "summary.json").write_text(json.dumps({"per_fold": [
         {"fold": k, "best_epoch": best, "epochs": 8, "train_seconds": 90} for k, best in ((0, 8), (1, 3))]}))
-    t = ablation.budget_table("unet-r34", "fast", tmp_path)
+    t = budget.budget_table("unet-r34", "fast", tmp_path)
     assert t.to_dict("records") == [{"setting": "mt", "best epoch per fold": "8/8, 3/8", "folds still improving": 1,
                                      "folds": 2, "training minutes": 3.0}]
 
@@ -232,11 +232,11 @@ def test_target_summary_reads_the_proposal_row_once_the_grid_is_complete(tmp_pat
         summary["per_fold"] = [{"fold": k, "best_epoch": 8 if n < 2 else 5, "epochs": 8} for k in (0, 1)]
         (d / "summary.json").write_text(json.dumps(summary))
         if n == len(settings) - 2:  # one training short
-            early = ablation.target_summary(ablation.ablation_table("unet-r34", "fast", tmp_path), "unet-r34", "fast",
+            early = budget.target_summary(ablation.ablation_table("unet-r34", "fast", tmp_path), "unet-r34", "fast",
                                             tmp_path)
             assert early.startswith(f"The grid is not complete ({n + 1} of {len(settings)} trainings finished)")
     table = ablation.ablation_table("unet-r34", "fast", tmp_path)
-    text = ablation.target_summary(table, "unet-r34", "fast", tmp_path)
+    text = budget.target_summary(table, "unet-r34", "fast", tmp_path)
     dsc = table.set_index("configuration").loc["MT+PR+DO", "dsc_avg"]  # below .751; accuracy 1 in every fold
     assert dsc < 0.751 and f"DSC avg {dsc:.3f} ± 0.000 against the paper's 0.751 (missed by {0.751 - dsc:.3f})" in text
     assert "ACC 1.000 ± 0.000 against the paper's 0.802 (reached)" in text
@@ -250,13 +250,13 @@ def test_profile_table_sets_configurations_of_two_profiles_side_by_side(tmp_path
     for s in ("mt", "mt-do"):
         _write_run(tmp_path, ablation.run_name("unet-r34", s, "fast"), lambda k: poor)
     _write_run(tmp_path, ablation.run_name("unet-r34", "mt-do", "steady"), lambda k: good)
-    t = ablation.profile_table("unet-r34", ["fast", "steady"], tmp_path)
+    t = budget.profile_table("unet-r34", ["fast", "steady"], tmp_path)
     assert list(t.index) == ["MT+DO", "MT+PR+DO"]  # MT ran under one profile only
     assert t.at["MT+DO", ("acc", "fast")] == pytest.approx(0.5)
     assert t.at["MT+DO", ("acc", "steady")] == pytest.approx(1.0)
     assert t.at["MT+PR+DO", ("dsc_avg", "paper")] == pytest.approx(.751)
-    assert ablation.profile_table("unet-r34", ["fast", "paper"], tmp_path).empty
-    assert ablation.profile_runs("unet-r34", ["fast", "steady"], tmp_path) == {
+    assert budget.profile_table("unet-r34", ["fast", "paper"], tmp_path).empty
+    assert budget.profile_runs("unet-r34", ["fast", "steady"], tmp_path) == {
         "mt-do": {"fast": tmp_path / "unet-r34-mt-do-fast", "steady": tmp_path / "unet-r34-mt-do-steady"}}
 
 
@@ -280,7 +280,7 @@ def _write_full_run(root, name, epochs, folds, dice):
 def test_probe_comparison_sets_a_longer_fold_beside_the_grid_run(tmp_path):
     _write_full_run(tmp_path, "unet-r34-mt-do-steady", 12, (0, 1, 2, 3), 0.5)
     probe = _write_full_run(tmp_path / "probes", "unet-r34-mt-do-steady24", 24, (0,), 0.6)
-    table, histories = ablation.probe_comparison(probe, tmp_path)
+    table, histories = budget.probe_comparison(probe, tmp_path)
     assert table[["run", "fold", "refinement", "best epoch", "dsc_avg"]].values.tolist() == [
         ["unet-r34-mt-do-steady (12 epochs)", 0, "none", "12/12", 0.5],
         ["unet-r34-mt-do-steady (12 epochs)", 0, "PR", "12/12", 0.51],
@@ -288,8 +288,8 @@ def test_probe_comparison_sets_a_longer_fold_beside_the_grid_run(tmp_path):
         ["unet-r34-mt-do-steady24 (24 epochs)", 0, "PR", "24/24", 0.61]]
     assert [len(h) for h in histories.values()] == [12, 24]  # fold 0 only
     with pytest.raises(FileNotFoundError, match="unet-r34-mt-do-steady: not a finished run"):
-        ablation.probe_comparison(probe, tmp_path / "elsewhere")
-    assert ablation.probe_comparison(tmp_path / "probes" / "not-run-yet", tmp_path) is None
+        budget.probe_comparison(probe, tmp_path / "elsewhere")
+    assert budget.probe_comparison(tmp_path / "probes" / "not-run-yet", tmp_path) is None
 
 
 def test_the_grid_stores_the_default_data_folder_as_empty(tmp_path):
