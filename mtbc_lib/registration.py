@@ -161,6 +161,11 @@ def _grid(p, shape, step: int = 1):
             (np.arange(0, shape[1], step, dtype=np.float32) - tx) / sx)
 
 
+def _inside(yy, xx, shape) -> np.ndarray:
+    """(len(yy), len(xx)) mask of the grid points that fall inside an image of ``shape``."""
+    return ((yy >= 0) & (yy <= shape[0] - 1))[:, None] & ((xx >= 0) & (xx <= shape[1] - 1))[None, :]
+
+
 def warp(img: np.ndarray, p, shape, order: int = 1, step: int = 1):
     """Sample ``img`` (image j) on the pixel grid of image i (``shape``, every ``step``-th
     pixel) through the transform p = (sy, sx, ty, tx) (j -> i).
@@ -168,7 +173,7 @@ def warp(img: np.ndarray, p, shape, order: int = 1, step: int = 1):
     from scipy import ndimage as ndi
 
     yy, xx = _grid(p, shape, step)
-    valid = ((yy >= 0) & (yy <= img.shape[0] - 1))[:, None] & ((xx >= 0) & (xx <= img.shape[1] - 1))[None, :]
+    valid = _inside(yy, xx, img.shape)
     ys, xs = np.meshgrid(yy, xx, indexing="ij")
     return ndi.map_coordinates(img, [ys, xs], order=order, mode="nearest"), valid, ys, xs
 
@@ -208,7 +213,7 @@ def refine(a: np.ndarray, b: np.ndarray, p, iters: int = 8, step: int = 2):
     def sample(q, with_grads: bool):
         yy = (ry - np.float32(q[2])) / np.float32(q[0])
         xx = (rx - np.float32(q[3])) / np.float32(q[1])
-        m = ((yy >= 0) & (yy <= b.shape[0] - 1))[:, None] & ((xx >= 0) & (xx <= b.shape[1] - 1))[None, :]
+        m = _inside(yy, xx, b.shape)
         s = _lerp_rows(yy, b.shape[0]) @ (grads if with_grads else grads[:1]) @ _lerp_rows(xx, b.shape[1]).T
         return s.astype(np.float32), m, yy, xx
 
@@ -266,7 +271,7 @@ def mask_iou(mask_i, mask_j, p_det) -> float:
     with order 0 gives: a scale + translation maps rows and columns separately, so two
     index vectors do it)."""
     yy, xx = _grid(p_det, mask_i.shape)
-    valid = ((yy >= 0) & (yy <= mask_j.shape[0] - 1))[:, None] & ((xx >= 0) & (xx <= mask_j.shape[1] - 1))[None, :]
+    valid = _inside(yy, xx, mask_j.shape)
 
     def nearest(c, n):
         return np.clip(np.floor(c.astype(np.float64) + 0.5), 0, n - 1).astype(np.intp)
