@@ -38,10 +38,10 @@ With it the groups hold the 5 quadruplets, 22 triplets and 122 duplets of the pu
 list exactly, plus one duplet it missed (malignant 11 / 113, a crop rescaled by 0.83).
 
 The search is fast and exact at the setting for the ``whole-image`` edges: cheap candidate
-filters, then SSIM at the setting for each candidate (its stages: :mod:`mtbc_lib.dedup_search`);
-per-image features and verified pairs are cached (:mod:`mtbc_lib.dedup_cache`), so a second
-run decodes no PNG and aligns no pair again; the result's tables and files are
-:mod:`mtbc_lib.dedup_tables`'s.
+filters, then SSIM at the setting for each candidate (its stages: :mod:`mtbc_lib.dedup_decode`,
+then :mod:`mtbc_lib.dedup_search`); per-image features and verified pairs are cached
+(:mod:`mtbc_lib.dedup_cache`), so a second run decodes no PNG and aligns no pair again;
+the result's tables and files are :mod:`mtbc_lib.dedup_tables`'s.
 
 The image geometry (SSIM, keypoints, transforms) lives in :mod:`mtbc_lib.registration`
 (its transforms ``(sy, sx, ty, tx)`` map pixel centres of image j to image i, here in
@@ -62,9 +62,9 @@ from mtbc_lib import config
 from mtbc_lib import registration as reg
 from mtbc_lib.config import atomic_write
 from mtbc_lib.dedup_cache import cache_paths, data_key, load_features, load_pairs, save_features, save_pairs
-from mtbc_lib.dedup_search import (RESAMPLE, Images, Workers, aligned_thumbs, complete_groups, components, decode_all,
-                                   keypoint_pairs, lesion_scores, numbered_components, plain_candidates, refine_many,
-                                   ssim_of)
+from mtbc_lib.dedup_decode import RESAMPLE, Images, Workers, decode_all
+from mtbc_lib.dedup_search import (aligned_thumbs, complete_groups, components, keypoint_pairs, lesion_scores,
+                                   match_descriptors, numbered_components, plain_candidates, refine_many, ssim_of)
 from mtbc_lib.dedup_tables import (DUPLICATE_COLUMNS, LESION_COLUMNS, PAIR_COLUMNS, duplicates_table, group_table,
                                    lesion_table, summary, write_audit)
 
@@ -188,8 +188,9 @@ def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress:
         shapes = [p["shape"] for p in prep]
         timings["decode"] = time.perf_counter() - t0
 
-        # ---- whole-image SSIM on the candidates
+        # ---- whole-image SSIM on the candidates, while the workers match keypoint descriptors
         t = time.perf_counter()
+        matched = match_descriptors(prep, cfg, pool) if cfg.extended and matches is None else None
         thumbs = np.stack([p["thumb"] for p in prep])
         ci, cj = plain_candidates(np.stack([p["small"] for p in prep]), cfg)
         cand = list(zip(ci.tolist(), cj.tolist()))
@@ -203,8 +204,8 @@ def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress:
         t = time.perf_counter()
         transforms: dict[tuple[int, int], tuple] = {}
         if cfg.extended:
-            if matches is None:  # else: the candidates of an earlier run on the same features and settings
-                matches = keypoint_pairs(prep, cfg)
+            if matched is not None:  # else: the candidates of an earlier run on the same features and settings
+                matches = keypoint_pairs(prep, cfg, matched)
             keys, jobs = [], []
             for a, b, n_in, p_det in matches:
                 old = known.get((a, b), {})

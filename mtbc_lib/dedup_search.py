@@ -1,7 +1,7 @@
 """The duplicate search's stages (:func:`mtbc_lib.dedup.find_groups` runs them in order).
 
-1. :func:`decode_all`: a pool of processes decodes every PNG once and computes, per image,
-   its SSIM thumbnail, a 16x16 thumbnail, and up to ``keypoints`` scale-space blobs
+1. :func:`mtbc_lib.dedup_decode.decode_all`: a pool of processes decodes every PNG once
+   and computes, per image, its SSIM thumbnail, a 16x16 thumbnail, and up to ``keypoints`` scale-space blobs
    (difference of Gaussians on a copy rescaled to ``det_pixels`` pixels) with a band-pass
    8x8 descriptor each (about 25 kB an image; :mod:`mtbc_lib.dedup_cache` keeps them).
 2. :func:`plain_candidates`: pairs whose 16x16 thumbnails, less the mean thumbnail of the
@@ -14,16 +14,17 @@
    similarity transform (scale + translation) are aligned (least squares, then a
    Lucas-Kanade refinement with a separate scale per axis) and verified with SSIM on the
    aligned overlap (:func:`aligned_thumbs`). The matching computes the upper triangle of
-   the similarity matrix in blocks and sorts only the matches above ``min_desc_corr``.
+   the similarity matrix in blocks of rows and sorts only the matches above ``min_desc_corr``.
 4. :func:`complete_groups`: every pair inside a same-scan group is scored (transforms
    composed along the group's edges), with the IoU of the two masks.
 5. :func:`lesion_scores`: every scored pair outside one same-scan group, on the detection
    copies (no full image needed): the pair's transform refined on blurred copies, then
    SSIM of the overlap at ``lesion_size`` px.
 
-Stages 1, 3 and 5 run on one :class:`Workers` pool (3 and 5: the Lucas-Kanade refinements,
-:func:`refine_many`), one BLAS thread per process. ``cfg`` is a :class:`mtbc_lib.dedup.DedupConfig`;
-the geometry is :mod:`mtbc_lib.registration`'s.
+Stages 1, 3 and 5 run on one :class:`mtbc_lib.dedup_decode.Workers` pool (3: the blocks of the matching and the
+Lucas-Kanade refinements, :func:`refine_many`; 5: the refinements), one BLAS thread per
+process. ``cfg`` is a :class:`mtbc_lib.dedup.DedupConfig`; the geometry is
+:mod:`mtbc_lib.registration`'s.
 """
 
 from __future__ import annotations
@@ -32,72 +33,10 @@ import numpy as np
 from PIL import Image
 
 from mtbc_lib import registration as reg
+from mtbc_lib.dedup_decode import RESAMPLE, Workers
 
-__all__ = ["RESAMPLE", "Workers", "prepare", "aligned_thumbs", "decode_all", "plain_candidates", "keypoint_pairs",
-           "components", "numbered_components", "ssim_of", "Images", "complete_groups", "lesion_scores", "refine_many"]
-
-#: Resize filters for the SSIM thumbnails (Pillow).
-RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "area": Image.Resampling.BOX,
-            "nearest": Image.Resampling.NEAREST, "bicubic": Image.Resampling.BICUBIC}
-
-
-class Workers:
-    """A pool of ``n`` processes with one BLAS thread each (the refinements' matrix products
-    are tiny: more threads only add waiting), shared by every parallel stage and started on
-    first use (a warm run starts none); ``n`` <= 1: everything runs in this process. The
-    modules the workers need are imported before they fork, so that each inherits them
-    rather than importing them itself (scipy.ndimage: about 0.35 s a process)."""
-
-    def __init__(self, n: int):
-        self.n = n
-        self._pool = None
-
-    def map(self, func, *iterables, chunksize: int = 8):
-        """``map(func, *iterables)`` in order, lazily (results as they come)."""
-        from threadpoolctl import threadpool_limits
-
-        if self.n <= 1:
-            with threadpool_limits(1):
-                yield from map(func, *iterables)
-            return
-        if self._pool is None:
-            from concurrent.futures import ProcessPoolExecutor
-
-            import scipy.ndimage  # noqa: F401  (see class doc)
-
-            self._pool = ProcessPoolExecutor(max_workers=self.n, initializer=threadpool_limits, initargs=(1,))
-        yield from self._pool.map(func, *iterables, chunksize=chunksize)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self._pool is not None:  # on an error: the queued work is dropped, not finished
-            self._pool.shutdown(wait=True, cancel_futures=exc[0] is not None)
-
-
-def prepare(image_path, mask_paths, cfg) -> dict:
-    """Worker: decode one image and its masks, compute everything the search needs."""
-    from mtbc_lib.data import DataError, read_image, read_mask
-
-    img = read_image(image_path)
-    mask = read_mask(mask_paths)
-    if mask.shape != img.shape:
-        raise DataError(f"{mask_paths[0]}: mask is {mask.shape[1]}x{mask.shape[0]} px but its image is "
-                        f"{img.shape[1]}x{img.shape[0]}; expected the same size")
-    h, w = img.shape
-    pil = Image.fromarray(img)
-    thumb = np.asarray(pil.resize((cfg.size, cfg.size), RESAMPLE[cfg.resample]))
-    small = np.asarray(Image.fromarray(thumb).resize((16, 16), Image.Resampling.BOX), dtype=np.float32)
-    f = (cfg.det_pixels / (h * w)) ** 0.5  # small images are enlarged, so blobs look alike
-    dh, dw = max(16, round(h * f)), max(16, round(w * f))
-    det = np.asarray(pil.resize((dw, dh), Image.Resampling.BOX if f < 1 else Image.Resampling.BILINEAR),
-                     dtype=np.float32)
-    det_mask = np.asarray(Image.fromarray(mask).resize((dw, dh), Image.Resampling.NEAREST))
-    kp, desc = reg.keypoints(det, cfg.keypoints) if cfg.extended else (np.zeros((0, 3), np.float32),
-                                                                        np.zeros((0, reg.DESC * reg.DESC), np.float32))
-    return {"image": img, "shape": (h, w), "thumb": thumb, "small": small.ravel(), "det": det, "det_mask": det_mask,
-            "scale": (dh / h, dw / w), "kp": kp, "desc": desc}
+__all__ = ["aligned_thumbs", "plain_candidates", "match_descriptors", "keypoint_pairs", "components",
+           "numbered_components", "ssim_of", "complete_groups", "lesion_scores", "refine_many"]
 
 
 def aligned_thumbs(img_i, img_j, p, cfg, size: int | None = None):
@@ -116,14 +55,6 @@ def aligned_thumbs(img_i, img_j, p, cfg, size: int | None = None):
     return ti, tj, float(min(cover, 1.0))
 
 
-def decode_all(index, cfg, workers: Workers, progress: bool) -> list[dict]:
-    from tqdm import tqdm
-
-    n = len(index)
-    done = workers.map(prepare, index["image"], index["masks"], [cfg] * n)
-    return list(tqdm(done, total=n, desc="audit: decoding images", unit="img", disable=not progress))
-
-
 def plain_candidates(small: np.ndarray, cfg):
     """(i, j) pairs, i < j, worth a full SSIM (see module doc)."""
     n = len(small)
@@ -138,38 +69,56 @@ def plain_candidates(small: np.ndarray, cfg):
     return i[keep], j[keep]
 
 
-def keypoint_pairs(prep: list[dict], cfg) -> list[tuple[int, int, int, tuple]]:
-    """Image pairs (i < j) with >= min_inliers keypoint matches agreeing on one
-    similarity transform: (i, j, inliers, transform j -> i in detection pixels)."""
-    kp = np.concatenate([p["kp"] for p in prep])
+_BLOCK = 1024  # rows of the descriptor similarity matrix per worker job
+
+
+def _match_block(desc: np.ndarray, owner: np.ndarray, cut: float):
+    """Worker: the matches (row, column, correlation) >= ``cut`` of the first ``_BLOCK``
+    descriptors with every descriptor after them (``desc``, ``owner``: from the block's
+    first row on); descriptors of one image (owner is sorted) do not match."""
+    sim = desc[:_BLOCK] @ desc.T
+    k = len(sim)
+    b = np.searchsorted(owner, owner[k - 1], "right")
+    sim[:, :b][owner[:k, None] >= owner[None, :b]] = -2.0  # same image or lower triangle
+    hit = np.flatnonzero(sim.ravel() >= cut)
+    r, c = np.divmod(hit, sim.shape[1])
+    return r, c, sim.ravel()[hit]
+
+
+def match_descriptors(prep: list[dict], cfg, workers: Workers):
+    """Start matching every descriptor with every other image's: the pairs correlating >=
+    ``min_desc_corr``, from blocks of rows of the upper triangle of the similarity matrix
+    (it is symmetric) on ``workers``, which go on while the caller does other work. Returns
+    what :func:`keypoint_pairs` takes."""
     desc = np.ascontiguousarray(np.concatenate([p["desc"] for p in prep]), dtype=np.float32)
     owner = np.concatenate([np.full(len(p["kp"]), k) for k, p in enumerate(prep)])
-    n = len(desc)
+    starts = range(0, len(desc), _BLOCK)
+    return starts, workers.map(_match_block, [desc[a:] for a in starts], [owner[a:] for a in starts],
+                               [cfg.min_desc_corr] * len(starts), chunksize=1)
+
+
+def keypoint_pairs(prep: list[dict], cfg, matched) -> list[tuple[int, int, int, tuple]]:
+    """Image pairs (i < j) with >= min_inliers keypoint matches agreeing on one
+    similarity transform: (i, j, inliers, transform j -> i in detection pixels).
+    ``matched``: what :func:`match_descriptors` returned."""
+    kp = np.concatenate([p["kp"] for p in prep])
+    owner = np.concatenate([np.full(len(p["kp"]), k) for k, p in enumerate(prep)])
+    n = len(kp)
     k = min(cfg.neighbours, n - 1)
+    starts, found = matched
+    found = list(found)
     if n < 2 or k < 1:
         return []
-    # every descriptor pair correlating >= min_desc_corr, from the upper triangle of the
-    # similarity matrix only (it is symmetric), block by block; descriptors of one image
-    # (owner is sorted) do not match
-    rs, cs, vs = [], [], []
-    for a in range(0, n, 2048):
-        sim = desc[a:a + 2048] @ desc[a:].T
-        b = np.searchsorted(owner, owner[min(n, a + 2048) - 1], "right") - a
-        sim[:, :b][owner[a:a + 2048, None] >= owner[None, a:a + b]] = -2.0  # same image or lower triangle
-        hit = np.flatnonzero(sim.ravel() >= cfg.min_desc_corr)
-        r, c = np.divmod(hit, sim.shape[1])
-        rs.append(r + a)
-        cs.append(c + a)
-        vs.append(sim.ravel()[hit])
-    r, c, v = np.concatenate(rs), np.concatenate(cs), np.concatenate(vs)
+    r = np.concatenate([f[0] + a for f, a in zip(found, starts)])
+    c = np.concatenate([f[1] + a for f, a in zip(found, starts)])
+    v = np.concatenate([f[2] for f in found])
     r, c, v = np.r_[r, c], np.r_[c, r], np.r_[v, v]  # both directions
     # each descriptor keeps its k nearest (the torch.topk of earlier versions, then the cut):
     # the k best of those above the cut
     order = np.lexsort((c, -v, r))
     r, c = r[order], c[order]
     keep = np.arange(len(r)) - np.searchsorted(r, r) < k
-    rows, cols = [r[keep]], [c[keep]]
-    a_, b_ = np.concatenate(rows), np.concatenate(cols)
+    a_, b_ = r[keep], c[keep]
     swap = owner[a_] > owner[b_]
     a_[swap], b_[swap] = b_[swap], a_[swap]
     key = np.unique(a_.astype(np.int64) * n + b_)
@@ -215,22 +164,6 @@ def ssim_of(pairs_of_thumbs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     return reg.ssim_pairs(stack, 2 * k, 2 * k + 1)
 
 
-class Images:
-    """Full-resolution images by row: those decoded with the features, else read on first
-    use (a warm run reads only the images of pairs it has not verified before)."""
-
-    def __init__(self, index, prep: list[dict]):
-        self._paths = list(index["image"])
-        self._have = {k: p.pop("image") for k, p in enumerate(prep) if "image" in p}
-
-    def __getitem__(self, k: int) -> np.ndarray:
-        if k not in self._have:
-            from mtbc_lib.data import read_image
-
-            self._have[k] = read_image(self._paths[k])
-        return self._have[k]
-
-
 def numbered_components(n: int, edges) -> np.ndarray:
     """Component number (1.., in order of each component's first node) of every node of a
     component of >= 2 nodes, -1 for the others."""
@@ -250,12 +183,14 @@ def _refine_job(job) -> tuple:
     return tuple(reg.refine(a, b, p, iters=iters))
 
 
-def refine_many(jobs: list[tuple], workers: Workers, progress: bool = False, desc: str = "") -> list[tuple]:
-    """:func:`_refine_job` of every job, in order, on ``workers`` (a tqdm bar when ``progress``)."""
+def refine_many(jobs: list[tuple], workers: Workers, progress: bool = False, desc: str = ""):
+    """:func:`_refine_job` of every job on ``workers``: an iterator of the results in order,
+    as they come (the caller uses each while the workers refine the next; a tqdm bar when
+    ``progress``)."""
     from tqdm import tqdm
 
     done = workers.map(_refine_job, jobs, chunksize=16)
-    return list(tqdm(done, total=len(jobs), desc=desc, unit="pair", disable=not progress))
+    return iter(tqdm(done, total=len(jobs), desc=desc, unit="pair", disable=not progress))
 
 
 def lesion_scores(scored: dict, group_of: np.ndarray, prep: list[dict], cfg,

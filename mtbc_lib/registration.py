@@ -9,6 +9,8 @@ Coordinates: a transform ``(sy, sx, ty, tx)`` maps pixel centres of image j to i
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 __all__ = ["ssim_pairs", "keypoints", "fit_similarity", "warp", "refine", "overlap_boxes", "mask_iou",
@@ -62,32 +64,32 @@ def ssim_pairs(thumbs: np.ndarray, i, j, win: int = 7, data_range: float = 255.0
 # ----------------------------------------------------------------------------- per image
 
 def _max_filter(a: np.ndarray, sizes) -> np.ndarray:
-    """Maximum over a centred box of ``sizes`` (odd, one per axis), outside = 0 (what
-    ``scipy.ndimage.maximum_filter(a, sizes, mode="constant")`` gives for a >= 0), as
-    shifted ``np.maximum`` passes (faster on these small stacks)."""
-    out = a
+    """Maximum over a centred box of ``sizes`` (odd, one per axis), the box cut at the
+    border (for a >= 0 what ``scipy.ndimage.maximum_filter(a, sizes, mode="constant")``
+    gives), as shifted in-place ``np.maximum`` passes (faster on these small stacks)."""
     for axis, size in enumerate(sizes):
-        r = size // 2
-        if r == 0:
+        if size // 2 == 0:
             continue
-        pad = [(0, 0)] * a.ndim
-        pad[axis] = (r, r)
-        p = np.pad(out, pad)
-        n = out.shape[axis]
-        out = p[(slice(None),) * axis + (slice(0, n),)].copy()
-        for k in range(1, size):
-            np.maximum(out, p[(slice(None),) * axis + (slice(k, k + n),)], out=out)
-    return out
+        out = a.copy()
+        for k in range(1, size // 2 + 1):
+            lo = (slice(None),) * axis + (slice(None, -k),)
+            hi = (slice(None),) * axis + (slice(k, None),)
+            np.maximum(out[lo], a[hi], out=out[lo])
+            np.maximum(out[hi], a[lo], out=out[hi])
+        a = out
+    return a
 
 
 def _local_maxima(dog: np.ndarray, n: int, margin: np.ndarray, floor: float = 1.0):
     """(level, y, x) of the ``n`` strongest local maxima of ``dog`` (L, H, W; >= 0) over
-    3x5x5 neighbourhoods (outside = 0), above ``floor``, on levels 1..L-2, at least
-    ``margin[level]`` pixels from the border; strongest first."""
+    3x5x5 neighbourhoods, above ``floor``, on levels 1..L-2, at least ``margin[level]``
+    pixels from the border; strongest first."""
     L, h, w = dog.shape
-    peak = (dog == _max_filter(dog, (3, 5, 5))) & (dog > floor)
-    peak[0] = peak[-1] = False
+    inner = dog[1:-1]
+    across = np.maximum(np.maximum(dog[:-2], inner), dog[2:])  # levels l - 1, l, l + 1
+    peak = (inner == _max_filter(across, (1, 5, 5))) & (inner > floor)
     ls, ys, xs = np.nonzero(peak)
+    ls = ls + 1
     r = margin[ls]
     ok = (ys >= r) & (xs >= r) & (ys < h - 1 - r) & (xs < w - 1 - r)
     ls, ys, xs = ls[ok], ys[ok], xs[ok]
@@ -95,29 +97,49 @@ def _local_maxima(dog: np.ndarray, n: int, margin: np.ndarray, floor: float = 1.
     return ls[order], ys[order], xs[order]
 
 
-def keypoints(g: np.ndarray, n: int):
-    """Difference-of-Gaussian blobs of a float32 image: (K, 3) [y, x, sigma] and (K, 64)
-    unit descriptors (band-pass samples on an 8x8 grid spanning +-4 sigma), K <= n."""
+@lru_cache(maxsize=None)
+def _blur_operators(n: int) -> np.ndarray:
+    """(len(SIGMAS), n, n) float32: row k blurs a signal of length n with a Gaussian of
+    SIGMAS[k], as successive blurs (``scipy.ndimage.gaussian_filter1d``, truncated at 3
+    sd, mode "reflect") by sqrt(s_k^2 - s_{k-1}^2) would, composed once per length."""
     from scipy import ndimage as ndi
 
-    sig = np.asarray(SIGMAS, dtype=np.float32)
-    levels, prev, cur = [], 0.0, g
-    for s in sig:  # incremental blurs: G(s_k) = G(s_{k-1}) * gauss(sqrt(s_k^2 - s_{k-1}^2))
-        cur = ndi.gaussian_filter(cur, float(np.sqrt(s * s - prev * prev)), truncate=3.0)
-        levels.append(cur)
+    out, cur, prev = [], np.eye(n), 0.0
+    for s in SIGMAS:
+        cur = ndi.gaussian_filter1d(cur, float(np.sqrt(s * s - prev * prev)), axis=0, truncate=3.0)
+        out.append(cur)
         prev = s
-    stack = np.stack(levels)
+    return np.stack(out).astype(np.float32)
+
+
+def keypoints(g: np.ndarray, n: int):
+    """Difference-of-Gaussian blobs of a float32 image: (K, 3) [y, x, sigma] and (K, 64)
+    unit descriptors (band-pass samples on an 8x8 grid spanning +-4 sigma), K <= n.
+    The Gaussian scale space is two matrix products (:func:`_blur_operators` of the
+    height and the width)."""
+    sig = np.asarray(SIGMAS, dtype=np.float32)
+    h, w = g.shape
+    rows = (_blur_operators(h).reshape(-1, h) @ g.astype(np.float32)).reshape(len(sig), h, w)
+    stack = rows @ _blur_operators(w).transpose(0, 2, 1)
     dog = np.abs((stack[1:] - stack[:-1]) / (sig[1:] / sig[:-1] - 1)[:, None, None])
     ss, ys, xs = _local_maxima(dog, n, np.ceil(DESC / 2 * sig[:-1]).astype(np.int64))
     s = sig[ss]
     u = (np.arange(DESC, dtype=np.float32) - (DESC - 1) / 2) / ((DESC - 1) / 2) * (DESC / 2)
     yy = (ys[:, None, None] + u[None, :, None] * s[:, None, None]) * np.ones((1, 1, DESC), np.float32)
     xx = (xs[:, None, None] + u[None, None, :] * s[:, None, None]) * np.ones((1, DESC, 1), np.float32)
-    lo = np.broadcast_to(ss[:, None, None].astype(np.float32), yy.shape)
-    hi = np.broadcast_to(np.minimum(ss + 5, len(sig) - 1)[:, None, None].astype(np.float32), yy.shape)
-    sample = [yy.ravel(), xx.ravel()]
-    d = (ndi.map_coordinates(stack, [lo.ravel(), *sample], order=1)
-         - ndi.map_coordinates(stack, [hi.ravel(), *sample], order=1)).reshape(len(ys), -1)
+    # bilinear samples (what map_coordinates with order 1 gives; the margin keeps the grid
+    # inside) of the blob's level less a level 5 steps coarser
+    y, x = yy.reshape(len(ys), -1).astype(np.float64), xx.reshape(len(ys), -1).astype(np.float64)
+    y0 = np.clip(np.floor(y).astype(np.intp), 0, h - 2)
+    x0 = np.clip(np.floor(x).astype(np.intp), 0, w - 2)
+    fy, fx = y - y0, x - x0
+
+    def bilinear(level):
+        lv = level[:, None]
+        return ((stack[lv, y0, x0] * (1 - fx) + stack[lv, y0, x0 + 1] * fx) * (1 - fy)
+                + (stack[lv, y0 + 1, x0] * (1 - fx) + stack[lv, y0 + 1, x0 + 1] * fx) * fy)
+
+    d = bilinear(ss) - bilinear(np.minimum(ss + 5, len(sig) - 1))
     d = d - d.mean(axis=1, keepdims=True)
     d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-6)
     return np.stack([ys, xs, s], 1).astype(np.float32), d.astype(np.float32)
@@ -179,13 +201,13 @@ def warp(img: np.ndarray, p, shape, order: int = 1, step: int = 1):
 
 
 def _lerp_rows(coords: np.ndarray, n: int) -> np.ndarray:
-    """(len(coords), n) matrix of linear-interpolation weights: row r samples a signal of
+    """(len(coords), n) float32 matrix of linear-interpolation weights: row r samples a signal of
     length n at ``coords[r]``, clamped to [0, n - 1] (``map_coordinates``' order 1 with
     mode "nearest")."""
     c = np.clip(coords.astype(np.float64), 0, n - 1)
     lo = np.clip(np.floor(c).astype(np.int64), 0, max(n - 2, 0))  # c = n - 1: lo = n - 2, weight 1 on n - 1
     f = c - lo
-    out = np.zeros((len(c), n))
+    out = np.zeros((len(c), n), np.float32)
     r = np.arange(len(c))
     out[r, lo] = 1 - f
     if n > 1:
@@ -205,7 +227,7 @@ def refine(a: np.ndarray, b: np.ndarray, p, iters: int = 8, step: int = 2):
 
     a = ndi.gaussian_filter(a, 0.7)[::step, ::step]
     b = ndi.gaussian_filter(b, 0.7)
-    grads = np.stack([b, *np.gradient(b)]).astype(np.float64)  # values, d/dy, d/dx
+    grads = np.stack([b, *np.gradient(b)]).astype(np.float32)  # values, d/dy, d/dx
     ry = np.arange(0, a.shape[0] * step, step, dtype=np.float32)
     rx = np.arange(0, a.shape[1] * step, step, dtype=np.float32)
     p0 = p = np.asarray(p, dtype=np.float64)
@@ -217,21 +239,29 @@ def refine(a: np.ndarray, b: np.ndarray, p, iters: int = 8, step: int = 2):
         s = _lerp_rows(yy, b.shape[0]) @ (grads if with_grads else grads[:1]) @ _lerp_rows(xx, b.shape[1]).T
         return s.astype(np.float32), m, yy, xx
 
-    def corr(q):
+    def corr(q):  # Pearson correlation of a and b sampled through q, over their overlap
         s, m, _, _ = sample(q, False)
-        return float(np.corrcoef(a[m], s[0][m])[0, 1]) if m.sum() > 32 else -1.0
+        if m.sum() <= 32:
+            return -1.0
+        x, y = a[m].astype(np.float64), s[0][m].astype(np.float64)
+        x, y = x - x.mean(), y - y.mean()
+        return float(x @ y / np.sqrt((x @ x) * (y @ y)))
 
     for _ in range(iters):
         (v, jy, jx), m, yy, xx = sample(p, True)
         if m.sum() < 32:
             break
-        ym, xm = np.broadcast_to(yy[:, None], m.shape)[m], np.broadcast_to(xx[None, :], m.shape)[m]
         jy, jx = jy[m], jx[m]
-        jac = np.stack([-jy * ym / p[0], -jx * xm / p[1], -jy / p[0], -jx / p[1]], 1).astype(np.float64)
-        jac -= jac.mean(0)
-        e = (a[m] - a[m].mean()) - (v[m] - v[m].mean())
-        h = jac.T @ jac  # normal equations of the 4-parameter least squares
-        dp = np.linalg.solve(h, jac.T @ e) if np.linalg.cond(h) < 1e12 else np.full(4, np.nan)
+        jac = np.empty((4, len(jy)))  # d(sampled b) / d(sy, sx, ty, tx), one row each
+        jac[0] = jy * np.broadcast_to(yy[:, None], m.shape)[m]
+        jac[1] = jx * np.broadcast_to(xx[None, :], m.shape)[m]
+        jac[2], jac[3] = jy, jx
+        jac *= (-1 / p[[0, 1, 0, 1]])[:, None]
+        jac -= jac.mean(1, keepdims=True)
+        av, vv = a[m], v[m]
+        e = (av - av.mean()) - (vv - vv.mean())
+        h = jac @ jac.T  # normal equations of the 4-parameter least squares
+        dp = np.linalg.solve(h, jac @ e) if np.linalg.cond(h) < 1e12 else np.full(4, np.nan)
         if not np.all(np.isfinite(dp)) or np.abs(dp[:2]).max() > 0.1 or np.abs(dp[2:]).max() > 8:
             break
         p = p + dp

@@ -306,7 +306,8 @@ def test_second_run_reads_no_png_matches_no_keypoint_and_finds_the_same(tmp_path
     with monkeypatch.context() as m:
         m.setattr(dedup, "decode_all", boom)
         m.setattr(data, "read_image", boom)
-        m.setattr(dedup, "keypoint_pairs", boom)  # the candidates are kept too
+        m.setattr(dedup, "match_descriptors", boom)  # the candidates are kept too
+        m.setattr(dedup, "keypoint_pairs", boom)
         second = dedup.find_groups(root, progress=False, workers=1)
     pd.testing.assert_frame_equal(second.pairs, first.pairs)
     pd.testing.assert_frame_equal(second.groups, first.groups)

@@ -44,6 +44,12 @@ def test_fit_similarity_recovers_the_transform_despite_outliers():
     assert reg.fit_similarity(pa[:1], pb[:1], np.zeros(1)) == (0, None)
 
 
+def test_max_filter_equals_scipy():
+    a = np.random.default_rng(6).uniform(0, 5, (5, 23, 31)).astype(np.float32)
+    for sizes in [(3, 5, 5), (1, 5, 5), (1, 1, 3), (3, 1, 7)]:
+        np.testing.assert_array_equal(reg._max_filter(a, sizes), ndi.maximum_filter(a, sizes, mode="constant"))
+
+
 def test_keypoints_follow_a_shift_of_the_image():
     g = 100 * ndi.gaussian_filter(np.random.default_rng(1).normal(size=(96, 120)), 3).astype(np.float32)
     kp, desc = reg.keypoints(g, 16)
