@@ -147,7 +147,7 @@ def _open_png(path, modes: Sequence[str], what: str) -> Image.Image:
 def read_image(path) -> np.ndarray:
     """A PNG image as grey ``(H, W) uint8`` (luma of RGB/RGBA, see module doc)."""
     im = _open_png(path, IMAGE_MODES, "image")
-    return np.asarray(im.convert("L"), dtype=np.uint8).copy()
+    return np.array(im if im.mode == "L" else im.convert("L"), dtype=np.uint8)  # one copy, writable
 
 
 def _mask_array(path) -> np.ndarray:
