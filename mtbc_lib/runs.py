@@ -261,18 +261,21 @@ def reproduce_command(cfg: TrainConfig, width: int = 88) -> str:
     backbone, task, oversampling and profile, plus every other parameter whose resolved
     value differs from what those four resolve to, and ``run_name`` if a derived name would
     differ. Of the fields that do not change the numbers (``NON_RESULT_FIELDS``: the data
-    folder, device, threads...) only ``out_dir`` is kept, and ``folds`` when not all of them. Lines of at most about ``width``
-    characters, continued with a backslash."""
+    folder, device, threads...) only ``out_dir`` is kept, and ``folds`` when not all of
+    them. The executed notebook goes to ``book/runs/`` (a page of the book), a probe's (some
+    folds only) beside its results, as the committed ones are. Lines of at most about
+    ``width`` characters, continued with a backslash."""
     cfg = cfg.resolve()
     given = {"backbone": cfg.backbone, "task": cfg.task, "oversampling": cfg.oversampling, "profile": cfg.profile}
     base, want = TrainConfig(**given).resolve().to_dict(), cfg.to_dict()
     kept = set(want) - NON_RESULT_FIELDS | {"out_dir"}
     given |= {k: v for k, v in want.items() if k in kept and v != base[k]}
-    if cfg.folds != list(range(cfg.n_folds)):  # some folds only (a probe): which ones is part of the run
+    probe = cfg.folds != list(range(cfg.n_folds))
+    if probe:  # some folds only: which ones is part of the run
         given["folds"] = ",".join(map(str, cfg.folds))
     if TrainConfig(**given).resolve().run_name != cfg.run_name:
         given["run_name"] = cfg.run_name
-    lines = [f"papermill notebooks/train.ipynb book/runs/{cfg.run_name}.ipynb"]
+    lines = [f"papermill notebooks/train.ipynb {cfg.out_dir if probe else 'book/runs'}/{cfg.run_name}.ipynb"]
     for k, v in given.items():
         arg = f"-p {k} {v:g}" if isinstance(v, float) else f"-p {k} {v}"
         if len(lines) == 1 or len(lines[-1]) + len(arg) + 1 > width:

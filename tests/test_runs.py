@@ -109,7 +109,8 @@ def test_the_reproduce_command_parsed_as_papermill_does_gives_the_same_run(field
 
     cfg = TrainConfig(**fields).resolve()
     words = runs.reproduce_command(cfg).replace(" \\\n", " ").split()
-    assert words[:4] == ["papermill", "notebooks/train.ipynb", f"book/runs/{cfg.run_name}.ipynb", "-p"]
+    page = f"{cfg.out_dir}/{cfg.run_name}.ipynb" if "folds" in fields else f"book/runs/{cfg.run_name}.ipynb"
+    assert words[:4] == ["papermill", "notebooks/train.ipynb", page, "-p"]  # a probe's beside its results
     params = {words[k + 1]: _resolve_type(words[k + 2]) for k in range(3, len(words), 3)}
     again = TrainConfig(**params).resolve()
     assert again.to_dict() == cfg.to_dict()
