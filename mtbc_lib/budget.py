@@ -93,20 +93,31 @@ def run_budget(run_dir: str | os.PathLike) -> pd.DataFrame:
                          for k, f in sorted(m.items())])
 
 
+def _bf16(run_dir: Path, fold: int) -> bool:
+    """Whether a fold trained under bf16 autocast (its metrics file's ``amp``; a machine with
+    AMX under ``amp="auto"``), else in float32."""
+    try:
+        return bool(json.loads((run_dir / f"fold{fold}_metrics.json").read_text()).get("amp"))
+    except (OSError, ValueError):
+        return False
+
+
 def budget_table(backbone: str, profile: str, results_dir: str | os.PathLike = "results") -> pd.DataFrame:
     """How a backbone's finished runs used their training budget, one row per setting:
     the epoch of the best validation loss in each fold (out of the epochs run), in how
     many folds it was the last epoch run (the network was still improving when the budget
-    ran out), and the training minutes summed over folds."""
+    ran out), the training minutes summed over folds, and how many folds trained under
+    bf16 autocast (the others in float32: the sessions' machines differ)."""
     rows = []
     for setting, d in finished_runs(backbone, profile, results_dir).items():
         m = json.loads((d / "summary.json").read_text())["per_fold"]
         rows.append({"setting": setting,
                      "best epoch per fold": ", ".join(f"{f['best_epoch']}/{f['epochs']}" for f in m),
                      "folds still improving": sum(f["best_epoch"] == f["epochs"] for f in m),
-                     "folds": len(m), "training minutes": round(sum(f["train_seconds"] for f in m) / 60, 1)})
+                     "folds": len(m), "training minutes": round(sum(f["train_seconds"] for f in m) / 60, 1),
+                     "folds in bf16": sum(_bf16(d, f["fold"]) for f in m)})
     return pd.DataFrame(rows, columns=["setting", "best epoch per fold", "folds still improving", "folds",
-                                       "training minutes"])
+                                       "training minutes", "folds in bf16"])
 
 
 def target_summary(table: pd.DataFrame, backbone: str, profile: str, results_dir: str | os.PathLike = "results",
@@ -128,11 +139,14 @@ def target_summary(table: pd.DataFrame, backbone: str, profile: str, results_dir
         paper = PAPER_TABLE5[row][m][0]
         verdict = "reached" if r[m] >= paper else f"missed by {paper - r[m]:.3f}"
         parts.append(f"{metric_label(m)} {r[m]:.3f} ± {r[f'{m}_sd']:.3f} against the paper's {paper:.3f} ({verdict})")
-    folds = [f for d in runs.values() for f in json.loads((d / "summary.json").read_text())["per_fold"]]
-    last = sum(f["best_epoch"] == f["epochs"] for f in folds)
+    folds = [(d, f) for d in runs.values() for f in json.loads((d / "summary.json").read_text())["per_fold"]]
+    last = sum(f["best_epoch"] == f["epochs"] for _, f in folds)
+    bf16 = sum(_bf16(d, f["fold"]) for d, f in folds)
     epochs, paper_epochs = PROFILES[profile]["epochs"], PROFILES["paper"]["epochs"]
     return (f"**The target**, the paper's {row}: ours {'; '.join(parts)}, over {int(r['folds'])} folds. "
             f"In {last} of the grid's {len(folds)} trainings ({len(runs)} settings of {len(folds) // len(runs)} folds) the best "
             f"validation loss came at the last epoch run: those networks were still improving when the "
             f"`{profile}` profile's {epochs} epochs ran out, where the paper allows up to {paper_epochs} "
-            f"({paper_epochs / epochs:.0f}× more). The curves below show how steeply each was still climbing.")
+            f"({paper_epochs / epochs:.0f}× more). The curves below show how steeply each was still climbing. "
+            f"{bf16} of the {len(folds)} trainings ran under bf16 autocast (on the sessions' machines with AMX), "
+            "the others in float32 (the budget tables say which).")

@@ -218,9 +218,10 @@ def test_budget_table_counts_folds_still_improving(tmp_path):
     d = _write_run(tmp_path, ablation.run_name("unet-r34", "mt", "fast"), lambda k: TRUTH)
     (d / "summary.json").write_text(json.dumps({"per_fold": [
         {"fold": k, "best_epoch": best, "epochs": 8, "train_seconds": 90} for k, best in ((0, 8), (1, 3))]}))
+    (d / "fold1_metrics.json").write_text(json.dumps({"amp": True}))  # fold 0: no metrics file, float32
     t = budget.budget_table("unet-r34", "fast", tmp_path)
     assert t.to_dict("records") == [{"setting": "mt", "best epoch per fold": "8/8, 3/8", "folds still improving": 1,
-                                     "folds": 2, "training minutes": 3.0}]
+                                     "folds": 2, "training minutes": 3.0, "folds in bf16": 1}]
 
 
 def test_target_summary_reads_the_proposal_row_once_the_grid_is_complete(tmp_path):
@@ -242,6 +243,7 @@ def test_target_summary_reads_the_proposal_row_once_the_grid_is_complete(tmp_pat
     assert "ACC 1.000 ± 0.000 against the paper's 0.802 (reached)" in text
     assert "In 4 of the grid's 12 trainings (6 settings of 2 folds)" in text
     assert "`fast` profile's 8 epochs ran out, where the paper allows up to 200 (25× more)" in text
+    assert "0 of the 12 trainings ran under bf16 autocast" in text
 
 
 def test_profile_table_sets_configurations_of_two_profiles_side_by_side(tmp_path):
