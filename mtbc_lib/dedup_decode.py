@@ -61,10 +61,9 @@ class Workers:
             return serial()
         if self._pool is None:
             from concurrent.futures import ProcessPoolExecutor
+            from multiprocessing import get_context
 
             import scipy.ndimage  # noqa: F401  (see class doc)
-
-            from multiprocessing import get_context
 
             self._pool = ProcessPoolExecutor(max_workers=self.n, mp_context=get_context("fork"),
                                              initializer=threadpool_limits, initargs=(1,))
