@@ -3,16 +3,17 @@
     .venv/bin/python benchmarks/bench_models.py [--batch 16] [--size 128] [--warmup 2] [--steps 5]
 
 For each backbone and task ("seg", "cls", "mt"; with the backbone's default deep
-supervision), at size×size with one input channel, batch ``--batch``, four
+supervision), at size×size with one input channel, batch ``--batch``, five
 measurements, each in its own fresh subprocess:
 
 - ``train fp32``: forward + the task's loss (λ = 0.35 for "mt") + backward + Adam step, fp32;
-- ``train bf16+CL``: the same under ``torch.autocast("cpu", dtype=torch.bfloat16)`` with
-  model and input in channels-last memory format (loss in fp32, weights fp32);
+- ``train fp32+CL``: the same with model and input in channels-last memory format;
+- ``train bf16+CL``: channels-last under ``torch.autocast("cpu", dtype=torch.bfloat16)``
+  (loss in fp32, weights fp32): what the engine's ``amp="auto"`` runs on a CPU with AMX;
 - ``infer fp32`` / ``infer bf16+CL``: eval mode, ``torch.inference_mode``, forward only.
 
 Images/s = batch × timed steps / wall time of the timed steps (after ``--warmup``
-untimed steps). Memory: ``peak RSS`` is ``resource.getrusage(RUSAGE_SELF).ru_maxrss``
+untimed steps); the speed-up column is train bf16+CL over train fp32. Memory: ``peak RSS`` is ``resource.getrusage(RUSAGE_SELF).ru_maxrss``
 of that subprocess at its end — the peak resident memory of the whole process (Python,
 torch libraries, model, optimizer state, activations, allocator caches), so it includes
 the process baseline (see the base RSS column: about 1 GB here); ``base RSS`` is the RSS
@@ -39,7 +40,7 @@ from pathlib import Path
 
 from mtbc_lib.config import atomic_write
 
-MODES = ("train fp32", "train bf16+CL", "infer fp32", "infer bf16+CL")
+MODES = ("train fp32", "train fp32+CL", "train bf16+CL", "infer fp32", "infer bf16+CL")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -57,14 +58,14 @@ def worker(backbone: str, task: str, mode: str, batch: int, size: int, warmup: i
     from mtbc_lib.models import build_model, count_parameters
 
     torch.manual_seed(0)
-    bf16 = "bf16" in mode
+    bf16, channels_last = "bf16" in mode, mode.endswith("+CL")
     train = mode.startswith("train")
     model = build_model(backbone, task)
     x = torch.rand(batch, 1, size, size)
     mask = torch.zeros(batch, 1, size, size)
     mask[::2, :, size // 4: size // 2, size // 4: size // 2] = 1
     label = torch.arange(batch) % 3
-    if bf16:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     loss_fn = MultiTaskLoss(task)
@@ -96,29 +97,28 @@ def worker(backbone: str, task: str, mode: str, batch: int, size: int, warmup: i
 
 
 def run_all(args) -> list[dict]:
-    from mtbc_lib.models import BACKBONES
+    from mtbc_lib.models import BACKBONES, TASKS
 
     rows = []
-    from mtbc_lib.models import TASKS
-
     for backbone, task, mode in ((b, t, m) for b in BACKBONES for t in TASKS for m in MODES):
-            cmd = [sys.executable, __file__, "--worker", backbone, task, mode, "--batch", str(args.batch),
-                   "--size", str(args.size), "--warmup", str(args.warmup), "--steps", str(args.steps)]
-            t0 = time.perf_counter()
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            if res.returncode != 0:
-                sys.exit(f"bench_models: {backbone} / {task} / {mode} failed:\n{res.stderr[-2000:]}")
-            row = json.loads(res.stdout.strip().splitlines()[-1])
-            print(f"  {backbone:16s} {task:3s} {mode:14s} {row['images_per_s']:7.2f} img/s  "
-                  f"peak {row['peak_rss_mib']:7.0f} MiB  ({time.perf_counter() - t0:.0f} s)", flush=True)
-            rows.append(row)
+        cmd = [sys.executable, __file__, "--worker", backbone, task, mode, "--batch", str(args.batch),
+               "--size", str(args.size), "--warmup", str(args.warmup), "--steps", str(args.steps)]
+        t0 = time.perf_counter()
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            sys.exit(f"bench_models: {backbone} / {task} / {mode} failed:\n{res.stderr[-2000:]}")
+        row = json.loads(res.stdout.strip().splitlines()[-1])
+        print(f"  {backbone:16s} {task:3s} {mode:14s} {row['images_per_s']:7.2f} img/s  "
+              f"peak {row['peak_rss_mib']:7.0f} MiB  ({time.perf_counter() - t0:.0f} s)", flush=True)
+        rows.append(row)
     return rows
 
 
 def table(rows: list[dict]) -> list[list[str]]:
-    """One line per backbone and task: parameters, images/s of the four modes, peak/base RSS."""
-    header = ["backbone", "task", "params (M)", "train fp32 img/s", "train bf16+CL img/s",
-              "infer fp32 img/s", "infer bf16+CL img/s",
+    """One line per backbone and task: parameters, images/s of the five modes, the bf16+CL
+    speed-up in training, peak/base RSS."""
+    header = ["backbone", "task", "params (M)", "train fp32 img/s", "train fp32+CL img/s", "train bf16+CL img/s",
+              "infer fp32 img/s", "infer bf16+CL img/s", "train speed-up bf16+CL",
               "peak RSS train fp32 (MiB)", "peak RSS train bf16+CL (MiB)",
               "peak RSS infer fp32 (MiB)", "base RSS (MiB)"]
     out = [header]
@@ -126,6 +126,7 @@ def table(rows: list[dict]) -> list[list[str]]:
         by = {r["mode"]: r for r in rows if (r["backbone"], r["task"]) == (backbone, task)}
         out.append([backbone, task, f"{by['train fp32']['params'] / 1e6:.2f}"]
                    + [f"{by[m]['images_per_s']:.2f}" for m in MODES]
+                   + [f"{by['train bf16+CL']['images_per_s'] / by['train fp32']['images_per_s']:.2f}×"]
                    + [f"{by[m]['peak_rss_mib']:.0f}" for m in ("train fp32", "train bf16+CL", "infer fp32")]
                    + [f"{by['train fp32']['base_rss_mib']:.0f}"])
     return out
