@@ -88,7 +88,7 @@ def _local_maxima(dog: np.ndarray, n: int, margin: np.ndarray, floor: float = 1.
     inner = dog[1:-1]
     across = np.maximum(np.maximum(dog[:-2], inner), dog[2:])  # levels l - 1, l, l + 1
     peak = (inner == _max_filter(across, (1, 5, 5))) & (inner > floor)
-    ls, ys, xs = np.nonzero(peak)
+    ls, ys, xs = np.unravel_index(np.flatnonzero(peak), peak.shape)  # (np.nonzero is 5x slower here)
     ls = ls + 1
     r = margin[ls]
     ok = (ys >= r) & (xs >= r) & (ys < h - 1 - r) & (xs < w - 1 - r)
@@ -133,11 +133,12 @@ def keypoints(g: np.ndarray, n: int):
     y0 = np.clip(np.floor(y).astype(np.intp), 0, h - 2)
     x0 = np.clip(np.floor(x).astype(np.intp), 0, w - 2)
     fy, fx = y - y0, x - x0
+    flat, corner = stack.ravel(), y0 * w + x0
 
     def bilinear(level):
-        lv = level[:, None]
-        return ((stack[lv, y0, x0] * (1 - fx) + stack[lv, y0, x0 + 1] * fx) * (1 - fy)
-                + (stack[lv, y0 + 1, x0] * (1 - fx) + stack[lv, y0 + 1, x0 + 1] * fx) * fy)
+        at = corner + (level * h * w)[:, None]
+        return ((flat[at] * (1 - fx) + flat[at + 1] * fx) * (1 - fy)
+                + (flat[at + w] * (1 - fx) + flat[at + w + 1] * fx) * fy)
 
     d = bilinear(ss) - bilinear(np.minimum(ss + 5, len(sig) - 1))
     d = d - d.mean(axis=1, keepdims=True)
