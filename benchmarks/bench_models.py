@@ -132,6 +132,19 @@ def table(rows: list[dict]) -> list[list[str]]:
     return out
 
 
+def markdown(tab: list[list[str]]) -> str:
+    """The table as two markdown tables, speed and memory (each narrow enough for a page)."""
+    def md(cols):
+        rows = [[r[c] for c in cols] for r in tab]
+        return "\n".join(["| " + " | ".join(rows[0]) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+                         + ["| " + " | ".join(r) + " |" for r in rows[1:]])
+
+    head = tab[0]
+    speed = [k for k, h in enumerate(head) if "RSS" not in h]
+    memory = [0, 1] + [k for k, h in enumerate(head) if "RSS" in h]
+    return f"Speed:\n\n{md(speed)}\n\nMemory:\n\n{md(memory)}"
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=16)
@@ -171,9 +184,7 @@ def main(argv=None) -> None:
             f"Peak RSS = ru_maxrss of a fresh process per cell (whole process: Python, torch, "
             f"libraries, model, optimizer, activations); base RSS = RSS after building model and "
             f"batch, before the first step, so peak − base ≈ what the steps need.")
-    md = "\n".join(["| " + " | ".join(r) + " |" if i != 1 else
-                    "|" + "|".join("---" for _ in tab[0]) + "|\n| " + " | ".join(r) + " |"
-                    for i, r in enumerate(tab)])
+    md = markdown(tab)
     atomic_write(RESULTS / "bench_models.md", lambda p: p.write_text(f"# Model speed and memory (CPU)\n\n{meta}\n\n{md}\n"))
     atomic_write(RESULTS / "bench_models.csv", lambda p: p.write_text("\n".join(",".join(r) for r in tab) + "\n"))
     print()
