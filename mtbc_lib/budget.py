@@ -148,5 +148,8 @@ def target_summary(table: pd.DataFrame, backbone: str, profile: str, results_dir
             f"validation loss came at the last epoch run: those networks were still improving when the "
             f"`{profile}` profile's {epochs} epochs ran out, where the paper allows up to {paper_epochs} "
             f"({paper_epochs / epochs:.0f}× more). The curves below show how steeply each was still climbing. "
-            f"{bf16} of the {len(folds)} trainings ran under bf16 autocast (on the sessions' machines with AMX), "
-            "the others in float32 (the budget tables say which).")
+            + (f"All {len(folds)} trainings ran in float32." if bf16 == 0 else
+               f"All {len(folds)} trainings ran under bf16 autocast (on the sessions' machines with AMX)."
+               if bf16 == len(folds) else
+               f"{bf16} of the {len(folds)} trainings ran under bf16 autocast (on the sessions' machines with AMX), "
+               "the others in float32 (the budget tables say which)."))

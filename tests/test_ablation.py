@@ -243,7 +243,12 @@ def test_target_summary_reads_the_proposal_row_once_the_grid_is_complete(tmp_pat
     assert "ACC 1.000 ± 0.000 against the paper's 0.802 (reached)" in text
     assert "In 4 of the grid's 12 trainings (6 settings of 2 folds)" in text
     assert "`fast` profile's 8 epochs ran out, where the paper allows up to 200 (25× more)" in text
-    assert "0 of the 12 trainings ran under bf16 autocast" in text
+    assert text.endswith("All 12 trainings ran in float32.")
+    d = tmp_path / ablation.run_name("unet-r34", "mt", "fast")
+    (d / "fold1_metrics.json").write_text(json.dumps({"amp": True}))
+    assert budget.target_summary(table, "unet-r34", "fast", tmp_path).endswith(
+        "1 of the 12 trainings ran under bf16 autocast (on the sessions' machines with AMX), the others in float32 "
+        "(the budget tables say which).")
 
 
 def test_profile_table_sets_configurations_of_two_profiles_side_by_side(tmp_path):
