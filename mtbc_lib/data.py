@@ -150,31 +150,38 @@ def read_image(path) -> np.ndarray:
     return np.array(im if im.mode == "L" else im.convert("L"), dtype=np.uint8)  # one copy, writable
 
 
-def _mask_array(path) -> np.ndarray:
-    im = _open_png(path, MASK_MODES, "mask")
+def _mask_array(im: Image.Image) -> np.ndarray:
     a = np.asarray(im)
-    if im.mode == "1":
-        return a.astype(bool)
+    if im.mode == "1":  # bool, but Pillow's bytes are 0 / 255: made 0 / 1
+        return a.view(np.uint8) > 0
     if im.mode == "L":
         return a > 0
     colour = (a[..., 0] | a[..., 1] | a[..., 2]) > 0  # any channel set (.any(axis=2) is 20x slower)
     return colour if im.mode == "RGB" else colour & (a[..., 3] > 0)  # RGBA: transparent = background
 
 
-def read_mask(paths) -> np.ndarray:
-    """The union of one or more mask PNGs as ``(H, W) bool``; all must have one size."""
+def read_mask(paths, shape: tuple[int, int] | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The union of one or more mask PNGs as ``(H, W) bool``; all must have one size,
+    ``shape`` (H, W) when given (their image's). ``size`` (width, height): the union
+    sampled at that size by nearest pixel (Pillow's NEAREST; each file is sampled before
+    it becomes an array, which gives the same pixels and saves most of the work)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     paths = [Path(p) for p in paths]
     if not paths:
         raise DataError("read_mask: no mask file given; expected at least one path")
-    out = _mask_array(paths[0])
-    for p in paths[1:]:
-        m = _mask_array(p)
-        if m.shape != out.shape:
-            raise DataError(f"{p}: mask is {m.shape[1]}x{m.shape[0]} px but {paths[0].name} is "
-                            f"{out.shape[1]}x{out.shape[0]}; expected masks of one image to have the same size")
-        out |= m
+    out = first = None
+    for p in paths:
+        im = _open_png(p, MASK_MODES, "mask")
+        if shape is not None and im.size != (shape[1], shape[0]):
+            raise DataError(f"{p}: mask is {im.width}x{im.height} px but its image is {shape[1]}x{shape[0]}; "
+                            "expected the same size")
+        if first is not None and im.size != first.size:
+            raise DataError(f"{p}: mask is {im.width}x{im.height} px but {paths[0].name} is "
+                            f"{first.width}x{first.height}; expected masks of one image to have the same size")
+        first = first or im
+        m = _mask_array(im if size is None else im.resize(tuple(size), Image.Resampling.NEAREST))
+        out = m if out is None else out | m
     return out
 
 
@@ -182,13 +189,8 @@ def _load_one(image: Path, masks: tuple[Path, ...], size: int):
     """Worker: decode, check and resize one image and its masks.
     Returns (image (S,S) uint8, mask (S,S) bool, original (H, W))."""
     img = read_image(image)
-    msk = read_mask(masks)
-    if msk.shape != img.shape:
-        raise DataError(f"{masks[0]}: mask is {msk.shape[1]}x{msk.shape[0]} px but its image {image.name} is "
-                        f"{img.shape[1]}x{img.shape[0]}; expected the same size")
     img_s = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BOX))
-    msk_s = np.asarray(Image.fromarray(msk.astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)) > 0
-    return img_s, msk_s, img.shape
+    return img_s, read_mask(masks, img.shape, (size, size)), img.shape
 
 
 # ----------------------------------------------------------------------------- arrays

@@ -216,7 +216,7 @@ def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress:
                     transforms[(a, b)] = p
                 else:
                     keys.append((a, b, n_in))
-                    jobs.append((prep[a]["det"], prep[b]["det"], p_det, 8))
+                    jobs.append((prep[a]["det"], prep[b]["det"], p_det, 8, 0))
             todo = []
             for (a, b, n_in), p in zip(keys, refine_many(jobs, pool, progress, "audit: aligning candidates")):
                 p = reg.to_full(p, prep[a]["scale"], prep[b]["scale"])

@@ -83,13 +83,9 @@ def prepare(image_path, mask_paths, cfg, slot: tuple[int, int] | None = None) ->
     """Worker: decode one image and its masks, compute everything the search needs. The
     image itself is returned, or written row by row to ``_SHARED`` at ``slot`` (offset,
     bytes) when it has that size."""
-    from mtbc_lib.data import DataError, read_image, read_mask
+    from mtbc_lib.data import read_image, read_mask
 
     img = read_image(image_path)
-    mask = read_mask(mask_paths)
-    if mask.shape != img.shape:
-        raise DataError(f"{mask_paths[0]}: mask is {mask.shape[1]}x{mask.shape[0]} px but its image is "
-                        f"{img.shape[1]}x{img.shape[0]}; expected the same size")
     h, w = img.shape
     pil = Image.fromarray(img)
     thumb = np.asarray(pil.resize((cfg.size, cfg.size), RESAMPLE[cfg.resample]))
@@ -98,7 +94,7 @@ def prepare(image_path, mask_paths, cfg, slot: tuple[int, int] | None = None) ->
     dh, dw = max(16, round(h * f)), max(16, round(w * f))
     det = np.asarray(pil.resize((dw, dh), Image.Resampling.BOX if f < 1 else Image.Resampling.BILINEAR),
                      dtype=np.float32)
-    det_mask = np.asarray(Image.fromarray(mask).resize((dw, dh), Image.Resampling.NEAREST))
+    det_mask = read_mask(mask_paths, (h, w), (dw, dh))
     kp, desc = reg.keypoints(det, cfg.keypoints) if cfg.extended else (np.zeros((0, 3), np.float32),
                                                                         np.zeros((0, reg.DESC * reg.DESC), np.float32))
     out = {"shape": (h, w), "thumb": thumb, "small": small.ravel(), "det": det, "det_mask": det_mask,

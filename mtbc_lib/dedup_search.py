@@ -114,8 +114,13 @@ def keypoint_pairs(prep: list[dict], cfg, matched) -> list[tuple[int, int, int, 
     v = np.concatenate([f[2] for f in found])
     r, c, v = np.r_[r, c], np.r_[c, r], np.r_[v, v]  # both directions
     # each descriptor keeps its k nearest (the torch.topk of earlier versions, then the cut):
-    # the k best of those above the cut
-    order = np.lexsort((c, -v, r))
+    # the k best of those above the cut, ties to the lower column. The order of
+    # np.lexsort((c, -v, r)) from two stable sorts, the second on one int64 key: the row, then
+    # the float32 bits of v mapped to an order-preserving integer, reversed (6x faster)
+    bits = v.astype(np.float32).view(np.int32).astype(np.int64)
+    bits ^= (bits >> 31) & 0x7FFFFFFF  # negative floats: their bits count the wrong way
+    order = np.argsort(c, kind="stable")
+    order = order[np.argsort((r[order].astype(np.int64) << 32) + (2 ** 31 - 1 - bits[order]), kind="stable")]
     r, c = r[order], c[order]
     keep = np.arange(len(r)) - np.searchsorted(r, r) < k
     a_, b_ = r[keep], c[keep]
@@ -178,8 +183,13 @@ def numbered_components(n: int, edges) -> np.ndarray:
 
 
 def _refine_job(job) -> tuple:
-    """Worker: ``reg.refine`` of one pair (a, b, p, iters)."""
-    a, b, p, iters = job
+    """Worker: ``reg.refine`` of one pair (a, b, p, iters, blur): a and b first blurred
+    with a Gaussian of sd ``blur`` when it is not 0."""
+    a, b, p, iters, blur = job
+    if blur:
+        from scipy import ndimage as ndi
+
+        a, b = ndi.gaussian_filter(a, blur), ndi.gaussian_filter(b, blur)
     return tuple(reg.refine(a, b, p, iters=iters))
 
 
@@ -198,15 +208,6 @@ def lesion_scores(scored: dict, group_of: np.ndarray, prep: list[dict], cfg,
     """``lesion_ssim`` of every scored pair outside one same-scan group (in place): the
     pair's transform (the aligned one, else the whole-image map) refined by Lucas-Kanade on
     blurred detection copies, then SSIM of the overlap at ``lesion_size`` px."""
-    blurred: dict[int, np.ndarray] = {}
-
-    def blur(k):  # once per image (a warm run blurs none)
-        if k not in blurred:
-            from scipy import ndimage as ndi
-
-            blurred[k] = ndi.gaussian_filter(prep[k]["det"], 1.5)
-        return blurred[k]
-
     keys, jobs = [], []
     for (a, b), r in scored.items():
         if group_of[a] > 0 and group_of[a] == group_of[b]:
@@ -221,7 +222,7 @@ def lesion_scores(scored: dict, group_of: np.ndarray, prep: list[dict], cfg,
         else:
             p = reg.whole(da.shape, db.shape)
         keys.append((a, b))
-        jobs.append((blur(a), blur(b), p, 6))
+        jobs.append((da, db, p, 6, 1.5))
     todo = []
     for (a, b), p in zip(keys, refine_many(jobs, workers or Workers(1))):
         th = aligned_thumbs(prep[a]["det"].astype(np.uint8), prep[b]["det"].astype(np.uint8), p, cfg,

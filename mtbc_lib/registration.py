@@ -201,19 +201,30 @@ def warp(img: np.ndarray, p, shape, order: int = 1, step: int = 1):
     return ndi.map_coordinates(img, [ys, xs], order=order, mode="nearest"), valid, ys, xs
 
 
-def _lerp_rows(coords: np.ndarray, n: int) -> np.ndarray:
-    """(len(coords), n) float32 matrix of linear-interpolation weights: row r samples a signal of
-    length n at ``coords[r]``, clamped to [0, n - 1] (``map_coordinates``' order 1 with
-    mode "nearest")."""
-    c = np.clip(coords.astype(np.float64), 0, n - 1)
-    lo = np.clip(np.floor(c).astype(np.int64), 0, max(n - 2, 0))  # c = n - 1: lo = n - 2, weight 1 on n - 1
+def _lerp(coords: np.ndarray, n: int):
+    """Linear interpolation of a signal of length n at ``coords``, clamped to [0, n - 1]
+    (``map_coordinates``' order 1 with mode "nearest"): the lower neighbour's index, the
+    upper one's, and their float32 weights."""
+    c = np.minimum(np.maximum(coords.astype(np.float64), 0), n - 1)  # np.clip: the same, slower
+    lo = np.minimum(c.astype(np.int64), max(n - 2, 0))  # c = n - 1: lo = n - 2, weight 1 on n - 1
     f = c - lo
-    out = np.zeros((len(c), n), np.float32)
-    r = np.arange(len(c))
-    out[r, lo] = 1 - f
-    if n > 1:
-        out[r, lo + 1] = f
-    return out
+    return lo, np.minimum(lo + 1, n - 1), (1 - f).astype(np.float32), f.astype(np.float32)
+
+
+def _span(v: np.ndarray, n: int) -> slice:
+    """The indices of a monotonic ``v`` whose values lie in [0, n - 1], as a slice."""
+    ok = np.flatnonzero((v >= 0) & (v <= n - 1))
+    return slice(int(ok[0]), int(ok[-1]) + 1) if len(ok) else slice(0, 0)
+
+
+def _sample(stack: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """``stack`` (k, H, W) sampled on the grid ``yy`` x ``xx`` by bilinear interpolation
+    (``warp``'s values): a scale + translation maps the grid row by row and column by
+    column, so rows then columns are each a weighted sum of two gathered neighbours."""
+    lo, hi, w0, w1 = _lerp(yy, stack.shape[1])
+    rows = stack[:, lo] * w0[:, None] + stack[:, hi] * w1[:, None]
+    lo, hi, w0, w1 = _lerp(xx, stack.shape[2])
+    return rows[:, :, lo] * w0 + rows[:, :, hi] * w1
 
 
 def refine(a: np.ndarray, b: np.ndarray, p, iters: int = 8, step: int = 2):
@@ -221,9 +232,8 @@ def refine(a: np.ndarray, b: np.ndarray, p, iters: int = 8, step: int = 2):
     a) refinement of p = (sy, sx, ty, tx), b -> a, both float32 images. Keeps the start
     if that correlates better.
 
-    A scale + translation maps the sampling grid row by row and column by column, so b and
-    its gradients are sampled with two small interpolation matrices (rows @ b @ cols.T:
-    the values of ``warp``, with a fraction of its per-pixel cost)."""
+    b and its gradients are sampled by :func:`_sample` (the values of ``warp``, with a
+    fraction of its per-pixel cost)."""
     from scipy import ndimage as ndi
 
     a = ndi.gaussian_filter(a, 0.7)[::step, ::step]
@@ -233,36 +243,35 @@ def refine(a: np.ndarray, b: np.ndarray, p, iters: int = 8, step: int = 2):
     rx = np.arange(0, a.shape[1] * step, step, dtype=np.float32)
     p0 = p = np.asarray(p, dtype=np.float64)
 
-    def sample(q, with_grads: bool):
+    def sample(q, with_grads: bool):  # on the grid points inside b: a block of rows and columns
         yy = (ry - np.float32(q[2])) / np.float32(q[0])
         xx = (rx - np.float32(q[3])) / np.float32(q[1])
-        m = _inside(yy, xx, b.shape)
-        s = _lerp_rows(yy, b.shape[0]) @ (grads if with_grads else grads[:1]) @ _lerp_rows(xx, b.shape[1]).T
-        return s.astype(np.float32), m, yy, xx
+        r, c = _span(yy, b.shape[0]), _span(xx, b.shape[1])
+        return _sample(grads if with_grads else grads[:1], yy[r], xx[c]), a[r, c].ravel(), yy[r], xx[c]
 
     def corr(q):  # Pearson correlation of a and b sampled through q, over their overlap
-        s, m, _, _ = sample(q, False)
-        if m.sum() <= 32:
+        s, x, _, _ = sample(q, False)
+        if len(x) <= 32:
             return -1.0
-        x, y = a[m].astype(np.float64), s[0][m].astype(np.float64)
+        x, y = x.astype(np.float64), s[0].ravel().astype(np.float64)
         x, y = x - x.mean(), y - y.mean()
         return float(x @ y / np.sqrt((x @ x) * (y @ y)))
 
     for _ in range(iters):
-        (v, jy, jx), m, yy, xx = sample(p, True)
-        if m.sum() < 32:
+        (v, jy, jx), av, yy, xx = sample(p, True)
+        if len(av) < 32:
             break
-        jy, jx = jy[m], jx[m]
-        jac = np.empty((4, len(jy)))  # d(sampled b) / d(sy, sx, ty, tx), one row each
-        jac[0] = jy * np.broadcast_to(yy[:, None], m.shape)[m]
-        jac[1] = jx * np.broadcast_to(xx[None, :], m.shape)[m]
-        jac[2], jac[3] = jy, jx
+        jac = np.empty((4, len(av)))  # d(sampled b) / d(sy, sx, ty, tx), one row each
+        jac[0] = (jy * yy[:, None]).ravel()
+        jac[1] = (jx * xx[None, :]).ravel()
+        jac[2], jac[3] = jy.ravel(), jx.ravel()
         jac *= (-1 / p[[0, 1, 0, 1]])[:, None]
         jac -= jac.mean(1, keepdims=True)
-        av, vv = a[m], v[m]
+        vv = v.ravel()
         e = (av - av.mean()) - (vv - vv.mean())
         h = jac @ jac.T  # normal equations of the 4-parameter least squares
-        dp = np.linalg.solve(h, jac @ e) if np.linalg.cond(h) < 1e12 else np.full(4, np.nan)
+        w = np.linalg.eigvalsh(h)  # its condition number: h is symmetric, positive semi-definite
+        dp = np.linalg.solve(h, jac @ e) if w[0] > 0 and w[-1] < 1e12 * w[0] else np.full(4, np.nan)
         if not np.all(np.isfinite(dp)) or np.abs(dp[:2]).max() > 0.1 or np.abs(dp[2:]).max() > 8:
             break
         p = p + dp

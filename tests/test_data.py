@@ -90,7 +90,7 @@ def test_read_mask_every_mode(tmp_path, mode):
     p = write_png(tmp_path / "m.png", arr, mode)
     assert Image.open(p).mode == mode
     out = data.read_mask(p)
-    assert out.dtype == bool
+    assert out.dtype == bool and set(np.unique(out.view(np.uint8))) == {0, 1}
     np.testing.assert_array_equal(out, m)
 
 
@@ -115,6 +115,22 @@ def test_mask_union_of_two_files(tmp_path):
     out = data.read_mask([pa, pb])
     np.testing.assert_array_equal(out, a | b)
     assert out.sum() == a.sum() + b.sum()
+
+
+def test_mask_sampled_at_a_size_equals_the_full_mask_resized(tmp_path):
+    """read_mask(..., size=) samples each file before it becomes an array: the same pixels
+    as the full-resolution union resized by nearest pixel, for every mode and a union."""
+    rng = np.random.default_rng(5)
+    a, b = rng.random((37, 53)) > 0.7, rng.random((37, 53)) > 0.8
+    pa = write_png(tmp_path / "y_mask.png", a)
+    pb = write_png(tmp_path / "y_mask_1.png", np.stack([b.astype(np.uint8) * 255] * 3, -1), "RGB")
+    for size in [(16, 12), (53, 37), (70, 90)]:
+        want = np.asarray(Image.fromarray(a | b).resize(size, Image.Resampling.NEAREST))
+        got = data.read_mask([pa, pb], (37, 53), size)
+        assert got.shape == (size[1], size[0])
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(data.DataError, match=r"y_mask.png: mask is 53x37 px but its image is 50x37"):
+        data.read_mask([pa, pb], (37, 50))
 
 
 # ----------------------------------------------------------------------------- loading
