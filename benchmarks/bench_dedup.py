@@ -60,6 +60,7 @@ RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
 
 from mtbc_lib.config import atomic_write  # noqa: E402
+from mtbc_lib.provenance import hardware  # noqa: E402
 
 
 def _load() -> str:
@@ -82,17 +83,6 @@ def _cpu_seconds() -> tuple[float, float]:
         return float("nan"), own
     idle = fields[3] + fields[4]  # idle + iowait
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), own
-
-
-def _cpu_model() -> str:
-    """The processor's name (from /proc/cpuinfo where there is one)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _median_run(runs: list[dict]) -> dict:
@@ -236,7 +226,7 @@ def main(argv=None) -> int:
     data = config.data_dir(args.data)
     cfg = dedup.DedupConfig()
     lines = [f"# Duplicate search benchmark ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
-             f"Machine: {_cpu_model()}, {os.cpu_count()} cores, Python "
+             f"Machine: {hardware()['cpu']}, {os.cpu_count()} cores, Python "
              f"{platform.python_version()}; load average before (1/5/15 min): {_load()}.",
              f"Setting: {cfg.size}x{cfg.size} {cfg.resample} grey thumbnails, scikit-image SSIM "
              f"(7x7 uniform window), same scan if SSIM >= {cfg.threshold}; same lesion if the "

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mtbc_lib.config import atomic_write
+from mtbc_lib.provenance import hardware
 
 MODES = ("train fp32", "train fp32+CL", "train bf16+CL", "infer fp32", "infer bf16+CL")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -168,22 +168,19 @@ def main(argv=None) -> None:
     rows = run_all(args)
     load1 = os.getloadavg()
     tab = table(rows)
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = hardware()["cpu"]
     meta = (f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC in one run "
             f"({time.perf_counter() - t0:.0f} s) on {cpu}, {os.cpu_count()} logical CPUs, "
             f"torch {torch.__version__} with {rows[0]['threads']} threads, CPU capability "
             f"{torch.backends.cpu.get_cpu_capability()} (the engine's amp='auto' "
             f"{'uses' if resolve_amp('auto', torch.device('cpu')) else 'does not use'} bf16 here); every backbone and task, "
             f"{args.size}×{args.size}×1, batch {args.batch}, {args.warmup} warm-up + {args.steps} timed steps. "
-            f"Shared machine: load average {load0[0]:.2f} before, {load1[0]:.2f} after "
-            f"(other jobs competed for the same cores, so treat speeds as lower bounds). "
-            f"Peak RSS = ru_maxrss of a fresh process per cell (whole process: Python, torch, "
-            f"libraries, model, optimizer, activations); base RSS = RSS after building model and "
-            f"batch, before the first step, so peak − base ≈ what the steps need.")
+            f"Load average {load0[0]:.2f} before, {load1[0]:.2f} after (its own load included): "
+            + ("other jobs were using the cores when it began, so treat speeds as lower bounds. "
+               if load0[0] > 0.5 else "no other job was using the cores when it began. ")
+            + "Peak RSS = ru_maxrss of a fresh process per cell (whole process: Python, torch, "
+            "libraries, model, optimizer, activations); base RSS = RSS after building model and "
+            "batch, before the first step, so peak − base ≈ what the steps need.")
     md = markdown(tab)
     atomic_write(RESULTS / "bench_models.md", lambda p: p.write_text(f"# Model speed and memory (CPU)\n\n{meta}\n\n{md}\n"))
     atomic_write(RESULTS / "bench_models.csv", lambda p: p.write_text("\n".join(",".join(r) for r in tab) + "\n"))
