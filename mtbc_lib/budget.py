@@ -2,7 +2,7 @@
 :func:`run_budget`), the proposal row against the paper's target (:func:`target_summary`), the
 same configurations under other profiles side by side (:func:`profile_table`,
 :func:`profile_runs`), and a probe, one setting trained otherwise (e.g. longer), beside its grid
-run (:func:`probe_comparison`). Read from the runs that :mod:`mtbc_lib.ablation` assembles."""
+run (:func:`probe_comparison`, :func:`probe_summary`). Read from the runs that :mod:`mtbc_lib.ablation` assembles."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import pandas as pd
 from .ablation import PAPER_TABLE5, ROWS, SETTINGS, ablation_table, finished_runs, is_complete, run_name
 from .metrics import metric_label
 
-__all__ = ["budget_table", "run_budget", "target_summary", "profile_table", "profile_runs", "probe_comparison"]
+__all__ = ["budget_table", "run_budget", "target_summary", "profile_table", "profile_runs", "probe_comparison",
+           "probe_summary"]
 
 
 def profile_table(backbone: str, profiles, results_dir: str | os.PathLike = "results",
@@ -80,6 +81,19 @@ def probe_comparison(probe_dir: str | os.PathLike, results_dir: str | os.PathLik
                              "best epoch": f"{m['best_epoch']}/{m['epochs']}"} | {x: m[key].get(x, np.nan) for x in metrics})
     histories = {label: run.history[run.history["fold"].isin(folds)] for label, run in runs.items()}
     return pd.DataFrame(rows), histories
+
+
+def probe_summary(table: pd.DataFrame, metrics=("dsc_avg", "acc")) -> str:
+    """One sentence on a :func:`probe_comparison` table: on the probe's folds, each metric
+    with PR in the grid run and in the probe (means over those folds)."""
+    pr = table[table["refinement"] == "PR"]
+    folds = sorted(pr["fold"].unique())
+    grid, probe = pr["run"].unique()
+    means = pr.groupby("run", sort=False)[[m for m in metrics if m in pr]].mean()
+    changes = [f"{metric_label(m)} from {means.at[grid, m]:.3f} to {means.at[probe, m]:.3f}" for m in means
+               if not means[m].isna().all()]
+    where = f"fold {folds[0]}" if len(folds) == 1 else "folds " + ", ".join(map(str, folds)) + " (means)"
+    return f"On {where}, with PR, the longer run changes " + " and ".join(changes) + "."
 
 
 def run_budget(run_dir: str | os.PathLike) -> pd.DataFrame:

@@ -32,7 +32,7 @@ import socket
 import subprocess
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -319,10 +319,18 @@ def profiles_table():
 
 # ------------------------------------------------------------------------- reading
 
-def read_config(run_dir) -> TrainConfig | None:
-    """The resolved TrainConfig a run stored in its ``config.json`` (None if absent)."""
+def read_config(run_dir, finished_folds: bool = False) -> TrainConfig | None:
+    """The resolved TrainConfig a run stored in its ``config.json`` (None if absent). With
+    ``finished_folds``, its ``folds`` are those whose results are there: a run can be
+    trained a few folds at a time, and its config.json keeps the folds of its first call."""
     path = Path(run_dir) / "config.json"
-    return TrainConfig.from_dict(json.loads(path.read_text())["config"]) if path.is_file() else None
+    if not path.is_file():
+        return None
+    cfg = TrainConfig.from_dict(json.loads(path.read_text())["config"])
+    if finished_folds:
+        done = [k for k in range(cfg.n_folds) if (Path(run_dir) / f"fold{k}_metrics.json").is_file()]
+        cfg = replace(cfg, folds=done or cfg.folds)
+    return cfg
 
 
 @dataclass

@@ -294,6 +294,10 @@ def test_probe_comparison_sets_a_longer_fold_beside_the_grid_run(tmp_path):
         ["unet-r34-mt-do-steady24 (24 epochs)", 0, "none", "24/24", 0.6],
         ["unet-r34-mt-do-steady24 (24 epochs)", 0, "PR", "24/24", 0.61]]
     assert [len(h) for h in histories.values()] == [12, 24]  # fold 0 only
+    assert budget.probe_summary(table) == "On fold 0, with PR, the longer run changes DSC avg from 0.510 to 0.610 and ACC from 0.500 to 0.500."
+    two = _write_full_run(tmp_path / "probes", "unet-r34-mt-do-steady36", 36, (0, 2), 0.7)
+    table2, _ = budget.probe_comparison(two, tmp_path)
+    assert budget.probe_summary(table2).startswith("On folds 0, 2 (means), with PR, the longer run changes DSC avg from 0.510 to 0.710")
     with pytest.raises(FileNotFoundError, match="unet-r34-mt-do-steady: not a finished run"):
         budget.probe_comparison(probe, tmp_path / "elsewhere")
     assert budget.probe_comparison(tmp_path / "probes" / "not-run-yet", tmp_path) is None

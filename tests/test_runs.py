@@ -116,3 +116,18 @@ def test_the_reproduce_command_parsed_as_papermill_does_gives_the_same_run(field
     assert again.to_dict() == cfg.to_dict()
     assert ("run_name" in params) == ("run_name" in fields)
     assert ("folds" in params) == ("folds" in fields)
+
+
+def test_a_probe_trained_a_fold_at_a_time_is_reproduced_with_all_its_finished_folds(tmp_path):
+    """config.json keeps the folds of a run's first call; the command that trains the run
+    again names every fold whose results are there."""
+    cfg = TrainConfig(backbone="unetplusplus", task="mt", oversampling=True, profile="cpu", epochs=14,
+                      folds=[0], out_dir=str(tmp_path)).resolve()
+    run_dir = tmp_path / cfg.run_name
+    run_dir.mkdir()
+    runs.write_json(run_dir / "config.json", {"config": cfg.to_dict()})
+    for k in (0, 1):
+        (run_dir / f"fold{k}_metrics.json").write_text("{}")
+    assert runs.read_config(run_dir).folds == [0]
+    assert runs.read_config(run_dir, finished_folds=True).folds == [0, 1]
+    assert "-p folds 0,1" in runs.reproduce_command(runs.read_config(run_dir, finished_folds=True))
