@@ -10,8 +10,9 @@ In one run:
    ``MTBC_CACHE`` (cold: every PNG decoded), then again with the cache it left (warm: the
    per-image features and the verified pairs are read back), ``--repeat`` times each (the
    median is the figure: the same run varies by 10-20% on a shared virtual machine): wall
-   time, CPU time (all processes), the load average beside each; and the in-process stage
-   times of ``dedup.find_groups`` for a cold and a warm run.
+   time, CPU time (all processes), the load average beside each, whether each warm run
+   wrote the same files as its cold run; then the stage times of ``dedup.find_groups``,
+   cold and warm, each in a fresh process (the imports to make, as the command has them).
 2. **Brute force at the paper's setting** (the naive baseline): scikit-image's
    ``structural_similarity`` on every pair of the 780 thumbnails (grey, 64x64 bilinear):
    timed on a random sample of ``--sample`` pairs and extrapolated to all 303,810, plus the
@@ -43,6 +44,7 @@ without it step 5 says so and the rest runs.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import resource
@@ -91,19 +93,33 @@ def _median_run(runs: list[dict]) -> dict:
 
 
 def run_audit(data: Path, out: Path, cache: Path) -> dict:
-    """Time `mtbc audit` in a fresh process with the cache folder ``cache``."""
+    """Time `mtbc audit` in a fresh process with the cache folder ``cache``, as a user runs
+    it (its progress bars go to a pipe); its printed summary comes back too."""
     env = dict(os.environ, MTBC_CACHE=str(cache))
     load = _load()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "mtbc_lib.cli", "audit", str(data), "--out", str(out),
-                          "--quiet"], env=env, capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "mtbc_lib.cli", "audit", str(data), "--out", str(out)],
+                         env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if run.returncode:
         raise SystemExit(f"mtbc audit failed: {run.stderr.strip()}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall": wall, "cpu": cpu, "load": load}
+    return {"wall": wall, "cpu": cpu, "load": load, "summary": run.stdout.strip().rsplit("\nwrote ", 1)[0]}
+
+
+def run_stages(data: Path, cache: Path) -> tuple[dict, str]:
+    """The stage times of ``dedup.find_groups`` in a fresh process (what `mtbc audit` runs,
+    with the same imports to make) with the cache folder ``cache``, and the load before."""
+    load = _load()
+    code = ("import json, sys; from mtbc_lib import dedup; "
+            "print(json.dumps(dedup.find_groups(sys.argv[1], progress=False).timings))")
+    run = subprocess.run([sys.executable, "-c", code, str(data)], env=dict(os.environ, MTBC_CACHE=str(cache)),
+                         capture_output=True, text=True)
+    if run.returncode:
+        raise SystemExit(f"dedup.find_groups failed: {run.stderr.strip()}")
+    return json.loads(run.stdout.strip().splitlines()[-1]), load
 
 
 def _pairs_of(labels: dict) -> set:
@@ -233,24 +249,23 @@ def main(argv=None) -> int:
              f"{cfg.lesion_size}x{cfg.lesion_size} SSIM of the aligned overlap >= {cfg.lesion_threshold} (same class).",
              ""]
 
-    # 1. our audit, cold and warm, as the command line runs it; then in process for the stages
+    # 1. our audit, cold and warm, as the command line runs it; then its stages, in a fresh process
     busy0, own0 = _cpu_seconds()
     t_step = time.perf_counter()
-    colds, warms = [], []
+    colds, warms, same = [], [], True
     for _ in range(max(1, args.repeat)):
         with tempfile.TemporaryDirectory() as tmp:
-            colds.append(run_audit(data, Path(tmp) / "a", Path(tmp) / "cache"))
-            warms.append(run_audit(data, Path(tmp) / "b", Path(tmp) / "cache"))
+            a, b = Path(tmp) / "a", Path(tmp) / "b"
+            colds.append(run_audit(data, a, Path(tmp) / "cache"))
+            warms.append(run_audit(data, b, Path(tmp) / "cache"))
             cache_mb = sum(p.stat().st_size for p in (Path(tmp) / "cache").glob("audit_*")) / 1e6
+            same &= all((a / f.name).read_bytes() == f.read_bytes() for f in b.glob("*.csv"))
     cold, warm = _median_run(colds), _median_run(warms)
     with tempfile.TemporaryDirectory() as tmp:
+        (stages_c, load_c), (stages_w, load_w) = run_stages(data, tmp), run_stages(data, tmp)
         os.environ["MTBC_CACHE"] = tmp
-        load_c = _load()
-        res = dedup.find_groups(data, progress=False)  # cold, in process
-        load_w = _load()
-        res_w = dedup.find_groups(data, progress=False)  # warm, in process
+        res = dedup.find_groups(data, progress=False)  # from the cache: the result the steps below read
         os.environ.pop("MTBC_CACHE")
-    same = res_w.pairs.equals(res.pairs) and res_w.lesions.equals(res.lesions)
     busy1, own1 = _cpu_seconds()
     t_step = time.perf_counter() - t_step
     others = max(0.0, (busy1 - busy0) - (own1 - own0))  # the two clocks' ticks differ by hundredths
@@ -260,8 +275,8 @@ def main(argv=None) -> int:
     n = len(res.index)
     n_pairs = n * (n - 1) // 2
 
-    def stages(r):
-        return ", ".join(f"{k} {v:.2f}" for k, v in r.timings.items())
+    def stages(timings):
+        return ", ".join(f"{k} {v:.2f}" for k, v in timings.items())
 
     def met(run, key):
         return f"≤ {TARGETS[key]:.0f} s: {'met' if run['wall'] <= TARGETS[key] else 'missed'}"
@@ -281,15 +296,16 @@ def main(argv=None) -> int:
               f"{met(cold, 'cold')} | {cold['cpu']:.1f} | {cold['load']} |",
               f"| `mtbc audit`, warm (the cache of the cold run: {cache_mb:.1f} MB) | **{warm['wall']:.1f}** | "
               f"{each(warms)} | {met(warm, 'warm')} | {warm['cpu']:.1f} | {warm['load']} |", "",
-              f"Stages in process (s), cold (load {load_c}): {stages(res)}.",
-              f"Stages in process (s), warm (load {load_w}): {stages(res_w)}.",
-              f"The warm run finds the same pairs, scores and lesion groups: **{same}**.",
+              f"Stages (s) of `dedup.find_groups` in a fresh process, cold (load {load_c}): {stages(stages_c)}.",
+              f"Warm (load {load_w}): {stages(stages_w)}.",
+              f"Every warm run writes the same files as its cold run (duplicates.csv, pairs.csv, curated.csv, "
+              f"byte for byte): **{same}**.",
               f"Of the command's wall time, {t_start:.1f} s (load {_load()}) is Python start-up, imports and building "
               "the `mtbc` parser, before the audit starts.",
               f"Pairs verified: {res.counts['whole_image_candidates']} whole-image candidates (of {n_pairs:,}), "
               f"{res.counts['extended_candidates']} aligned keypoint candidates; "
               f"{int(res.pairs['lesion_ssim'].notna().sum())} pairs scored for the lesion relation.",
-              "", "```", dedup.summary(res), "```", ""]
+              "", "What the median cold run printed:", "", "```", cold["summary"], "```", ""]
 
     # the thumbnails, decoded in one process (the decode time of brute force)
     index = index_busi(data)
@@ -317,8 +333,8 @@ def main(argv=None) -> int:
               "warm** (wall; our audit also searches crops, rescales and frames of one lesion, which brute force "
               "at this setting cannot find).",
               f"The SSIM stage alone, after decoding: brute force {per_pair * n_pairs:.0f} s, ours (candidate filter "
-              f"+ exact SSIM of the candidates, stage `whole_image_search`) {res.timings['whole_image_search']:.2f} s: "
-              f"**{per_pair * n_pairs / res.timings['whole_image_search']:.0f}x**.",
+              f"+ exact SSIM of the candidates, stage `whole_image_search`) {stages_c['whole_image_search']:.2f} s: "
+              f"**{per_pair * n_pairs / stages_c['whole_image_search']:.0f}x**.",
               f"Largest difference between scikit-image and `registration.ssim_pairs` on the sample: {max_err:.1e}.", ""]
 
     # 3. the exact all-pairs groups equal our whole-image groups
