@@ -95,3 +95,11 @@ def test_refine_recovers_a_scale_and_shift():
     a, _, _, _ = reg.warp(base, p_true, base.shape)  # a(y, x) = base((y - ty) / sy, ...)
     p = reg.refine(a, base, (1.0, 1.0, 0.0, 0.0))
     assert p[:2] == pytest.approx(p_true[:2], abs=0.005) and p[2:] == pytest.approx(p_true[2:], abs=0.05)
+
+
+def test_refine_keeps_its_start_when_the_images_do_not_overlap():
+    """A start that maps b wholly outside a leaves nothing to fit: refine returns it."""
+    rng = np.random.default_rng(6)
+    a, b = (rng.uniform(0, 255, (40, 50)).astype(np.float32) for _ in range(2))
+    start = (1.0, 1.0, 300.0, -400.0)
+    assert tuple(reg.refine(a, b, start)) == start
