@@ -176,10 +176,11 @@ def read_mask(paths, shape: tuple[int, int] | None = None, size: tuple[int, int]
         if shape is not None and im.size != (shape[1], shape[0]):
             raise DataError(f"{p}: mask is {im.width}x{im.height} px but its image is {shape[1]}x{shape[0]}; "
                             "expected the same size")
-        if first is not None and im.size != first.size:
+        if first is None:
+            first = im
+        elif im.size != first.size:
             raise DataError(f"{p}: mask is {im.width}x{im.height} px but {paths[0].name} is "
                             f"{first.width}x{first.height}; expected masks of one image to have the same size")
-        first = first or im
         m = _mask_array(im if size is None else im.resize(tuple(size), Image.Resampling.NEAREST))
         out = m if out is None else out | m
     return out
