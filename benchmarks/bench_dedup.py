@@ -2,6 +2,7 @@
 against a peer tool (imagededup), on the real BUSI data.
 
     .venv/bin/python benchmarks/bench_dedup.py [--data DIR] [--repeat 3] [--sample 3000] [--no-recall] [--no-exact]
+                                               [--against REV [--rounds 5]]
 
 In one run:
 
@@ -13,6 +14,8 @@ In one run:
    time, CPU time (all processes), the load average beside each, whether each warm run
    wrote the same files as its cold run; then the stage times of ``dedup.find_groups``,
    cold and warm, each in a fresh process (the imports to make, as the command has them).
+   With ``--against REV``, cold runs of the code at git revision REV and of this tree,
+   alternated ``--rounds`` times, and whether they wrote the same files.
 2. **Brute force at the paper's setting** (the naive baseline): scikit-image's
    ``structural_similarity`` on every pair of the 780 thumbnails (grey, 64x64 bilinear):
    timed on a random sample of ``--sample`` pairs and extrapolated to all 303,810, plus the
@@ -50,6 +53,7 @@ import platform
 import resource
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -92,21 +96,67 @@ def _median_run(runs: list[dict]) -> dict:
     return sorted(runs, key=lambda r: r["wall"])[(len(runs) - 1) // 2]
 
 
-def run_audit(data: Path, out: Path, cache: Path) -> dict:
+def _mtbc(code: Path | None) -> list[str]:
+    """The command that runs `mtbc` from the checkout ``code`` (another revision), or from
+    this repository's install when None. With -S no site hook runs, so this repository's
+    editable install cannot take the import over; the packages come from this environment."""
+    if code is None:
+        return [sys.executable, "-m", "mtbc_lib.cli"]
+    paths = [str(code), sysconfig.get_paths()["purelib"]]
+    return [sys.executable, "-S", "-c",
+            f"import sys; sys.path[:0] = {paths!r}; from mtbc_lib.cli import main; sys.exit(main(sys.argv[1:]))"]
+
+
+def run_audit(data: Path, out: Path, cache: Path, code: Path | None = None) -> dict:
     """Time `mtbc audit` in a fresh process with the cache folder ``cache``, as a user runs
-    it (its progress bars go to a pipe); its printed summary comes back too."""
+    it (its progress bars go to a pipe); its printed summary comes back too. ``code``: see
+    :func:`_mtbc`."""
     env = dict(os.environ, MTBC_CACHE=str(cache))
     load = _load()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "mtbc_lib.cli", "audit", str(data), "--out", str(out)],
-                         env=env, capture_output=True, text=True)
+    run = subprocess.run([*_mtbc(code), "audit", str(data), "--out", str(out)], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if run.returncode:
         raise SystemExit(f"mtbc audit failed: {run.stderr.strip()}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"wall": wall, "cpu": cpu, "load": load, "summary": run.stdout.strip().rsplit("\nwrote ", 1)[0]}
+
+
+def against(rev: str, rounds: int, data: Path) -> list[str]:
+    """Cold `mtbc audit` of the code at git revision ``rev`` (a temporary worktree) and of
+    this tree, alternated ``rounds`` times: the machine's speed drifts between runs, so only
+    runs side by side compare two versions."""
+    git = ["git", "-C", str(REPO)]
+    name = subprocess.run([*git, "log", "-1", "--format=%h (%cs)", rev], capture_output=True, text=True)
+    if name.returncode:
+        raise SystemExit(f"--against {rev}: not a revision of {REPO}; expected a commit, tag or branch")
+    runs: dict[str, list[dict]] = {"then": [], "now": []}
+    same = {"duplicates.csv": True, "curated.csv": True, "pairs.csv": True}
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run([*git, "worktree", "add", "--detach", str(tree), rev], check=True, capture_output=True)
+        try:
+            for _ in range(max(1, rounds)):
+                out = {}
+                for when, code in (("then", tree), ("now", None)):
+                    runs[when].append(run_audit(data, Path(tmp) / when, Path(tmp) / f"cache-{when}-{len(runs[when])}", code))
+                    out[when] = {f: (Path(tmp) / when / f).read_bytes() for f in same}
+                for f in same:
+                    same[f] &= out["then"][f] == out["now"][f]
+        finally:
+            subprocess.run([*git, "worktree", "remove", "--force", str(tree)], capture_output=True)
+    walls = {w: [r["wall"] for r in rs] for w, rs in runs.items()}
+    faster = sum(b < a for a, b in zip(walls["then"], walls["now"]))
+    return ["### Against an earlier revision", "",
+            f"Cold `mtbc audit`, the code of {name.stdout.strip()} and this tree's, alternated {len(walls['now'])} "
+            f"times (each cold, its own empty cache): median **{float(np.median(walls['then'])):.2f} s then, "
+            f"{float(np.median(walls['now'])):.2f} s now**; this tree faster in {faster} of {len(walls['now'])} "
+            f"rounds; CPU of all processes (mean) {np.mean([r['cpu'] for r in runs['then']]):.1f} s then, "
+            f"{np.mean([r['cpu'] for r in runs['now']]):.1f} s now.",
+            "Rounds (s, then / now): " + ", ".join(f"{a:.1f} / {b:.1f}" for a, b in zip(walls["then"], walls["now"])) + ".",
+            "The same files in every round: " + ", ".join(f"{f} **{v}**" for f, v in same.items()) + ".", ""]
 
 
 def run_stages(data: Path, cache: Path) -> tuple[dict, str]:
@@ -231,6 +281,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sample", type=int, default=3000, help="pairs timed with scikit-image")
     ap.add_argument("--no-recall", action="store_true", help="skip the generous-settings recall check")
     ap.add_argument("--no-exact", action="store_true", help="skip the exact all-pairs SSIM check (step 3)")
+    ap.add_argument("--against", metavar="REV", help="also time cold runs of the code at git revision REV, "
+                    "alternated with this tree's (step 1)")
+    ap.add_argument("--rounds", type=int, default=5, help="alternated rounds with --against")
     args = ap.parse_args(argv)
 
     from PIL import Image
@@ -306,6 +359,8 @@ def main(argv=None) -> int:
               f"{res.counts['extended_candidates']} aligned keypoint candidates; "
               f"{int(res.pairs['lesion_ssim'].notna().sum())} pairs scored for the lesion relation.",
               "", "What the median cold run printed:", "", "```", cold["summary"], "```", ""]
+    if args.against:
+        lines += against(args.against, args.rounds, data)
 
     # the thumbnails, decoded in one process (the decode time of brute force)
     index = index_busi(data)
