@@ -25,8 +25,8 @@ class Workers:
     """A pool of ``n`` processes with one BLAS thread each (the refinements' matrix products
     are tiny: more threads only add waiting), shared by every parallel stage and started on
     first use (a warm run starts none); ``n`` <= 1: everything runs in this process. The
-    workers fork, so they inherit the modules imported before (scipy.ndimage: about 0.35 s
-    a process) and the memory of :meth:`shared`."""
+    workers fork, so they inherit the modules imported before and the memory of
+    :meth:`shared`."""
 
     def __init__(self, n: int):
         self.n = n
@@ -62,8 +62,6 @@ class Workers:
         if self._pool is None:
             from concurrent.futures import ProcessPoolExecutor
             from multiprocessing import get_context
-
-            import scipy.ndimage  # noqa: F401  (see class doc)
 
             self._pool = ProcessPoolExecutor(max_workers=self.n, mp_context=get_context("fork"),
                                              initializer=threadpool_limits, initargs=(1,))

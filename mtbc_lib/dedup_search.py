@@ -187,9 +187,7 @@ def _refine_job(job) -> tuple:
     with a Gaussian of sd ``blur`` when it is not 0."""
     a, b, p, iters, blur = job
     if blur:
-        from scipy import ndimage as ndi
-
-        a, b = ndi.gaussian_filter(a, blur), ndi.gaussian_filter(b, blur)
+        a, b = reg.blur(a, blur), reg.blur(b, blur)
     return tuple(reg.refine(a, b, p, iters=iters))
 
 

@@ -168,6 +168,21 @@ def test_keep_list_is_cached(synthetic, monkeypatch, tmp_path):
         dedup.keep_list(root, "none")
 
 
+def test_the_audit_imports_no_scipy(synthetic_lesions, tmp_path):
+    """Every audit stage (both levels; one process, so the workers' imports count too)
+    runs without scipy, whose import would cost a cold run about 0.3 s before the workers
+    start."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from mtbc_lib import cli; cli.main(['audit', sys.argv[1], '--out', sys.argv[2], '--workers', '1', '--quiet']); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'scipy', 'skimage', 'sklearn', 'torch'}))")
+    run = subprocess.run([sys.executable, "-c", code, str(synthetic_lesions), str(tmp_path / "out")],
+                         capture_output=True, text=True, env={**__import__("os").environ, "MTBC_CACHE": str(tmp_path / "c")})
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "out" / "pairs.csv").exists() and run.stdout.strip().endswith("[]")
+
+
 def test_bad_input_raises_one_line_data_error(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         dedup.find_groups(tmp_path / "missing", progress=False, workers=1)

@@ -1,6 +1,6 @@
 """Tests of mtbc_lib.registration: SSIM equal to scikit-image's, transforms that compose
 and convert, a similarity fit that ignores outlier matches, keypoints that follow a shift,
-a Lucas-Kanade refinement that finds a scale and shift."""
+a Lucas-Kanade refinement that finds a scale and shift, blurs equal to scipy's."""
 
 from __future__ import annotations
 
@@ -22,6 +22,26 @@ def test_ssim_pairs_equals_scikit_image():
     want = [structural_similarity(base[a], base[b], data_range=255) for a, b in zip(i, j)]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
     assert got[list(zip(i, j)).index((0, 3))] > 0.8 > max(np.delete(got, list(zip(i, j)).index((0, 3))))
+
+
+def test_blurs_are_scipys_without_scipy():
+    """``blur`` gives scipy.ndimage.gaussian_filter's values bit for bit (also on an image
+    narrower than the kernel, mirrored more than once), and the keypoints' scale-space
+    operators equal successive gaussian_filter1d blurs of the identity."""
+    rng = np.random.default_rng(8)
+    for shape in [(100, 120), (17, 16), (3, 40)]:
+        img = (rng.random(shape) * 255).astype(np.float32)
+        for sigma in (0.7, 1.5):
+            out = reg.blur(img, sigma)
+            assert out.dtype == np.float32 and out.flags.c_contiguous
+            np.testing.assert_array_equal(out, ndi.gaussian_filter(img, sigma))
+    for n in (16, 57):
+        cur, prev, want = np.eye(n), 0.0, []
+        for s in reg.SIGMAS:
+            cur = ndi.gaussian_filter1d(cur, float(np.sqrt(s * s - prev * prev)), axis=0, truncate=3.0)
+            want.append(cur)
+            prev = s
+        np.testing.assert_allclose(reg._blur_operators(n), np.stack(want).astype(np.float32), rtol=0, atol=1e-7)
 
 
 def test_transforms_compose_and_convert():
