@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -117,9 +119,69 @@ def test_mask_union_of_two_files(tmp_path):
     assert out.sum() == a.sum() + b.sum()
 
 
+def _raw_png(path: Path, arr: np.ndarray, depth: int, colour_type: int, trns: bytes = b"") -> Path:
+    """A PNG of any bit depth (1-16) and colour type (0 grey, 2 RGB, 6 RGBA), no filtering,
+    with an optional tRNS chunk: the variants Pillow cannot write."""
+    h, w = arr.shape[:2]
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    if depth == 16:
+        rows = arr.astype(">u2").reshape(h, -1).view(np.uint8)
+    elif depth < 8:  # pack 8 // depth samples a byte, most significant first
+        per = 8 // depth
+        a = np.pad(arr.astype(np.uint8), ((0, 0), (0, -w % per))).reshape(h, -1, per)
+        rows = np.bitwise_or.reduce(a << (8 - depth * np.arange(1, per + 1)).astype(np.uint8), axis=2)
+    else:
+        rows = arr.reshape(h, -1).astype(np.uint8)
+    raw = b"".join(b"\0" + r.tobytes() for r in rows)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, colour_type, 0, 0, 0))
+                     + (chunk(b"tRNS", trns) if trns else b"") + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("depth,colour_type,channels,trns", [
+    (1, 0, 0, b""), (2, 0, 0, b""), (4, 0, 0, b""), (8, 0, 0, b""), (8, 0, 0, struct.pack(">H", 7)),
+    (8, 2, 3, b""), (8, 2, 3, struct.pack(">HHH", 1, 2, 3)), (16, 2, 3, b""), (8, 6, 4, b""), (16, 6, 4, b"")])
+def test_decoding_gives_pillows_pixels(tmp_path, depth, colour_type, channels, trns):
+    """Images and masks decode to the pixels Pillow gives (its convert("L"); any channel
+    set, alpha > 0) for every bit depth and colour type of the accepted modes, whichever
+    decoder reads them."""
+    rng = np.random.default_rng(depth + colour_type)
+    shape = (9, 13, channels) if channels else (9, 13)
+    arr = rng.integers(0, 2 ** depth, shape) * (rng.random(shape[:2]) < 0.6).reshape(shape[:2] + (1,) * bool(channels))
+    if trns:  # some pixels of the transparent colour (ignored: Pillow keeps it as info in modes L, RGB)
+        arr[:3, :3] = np.frombuffer(trns, ">u2").reshape((1, 1, -1) if channels else (1, 1))
+    p = _raw_png(tmp_path / "x.png", arr, depth, colour_type, trns)
+    pil = Image.open(p)
+    np.testing.assert_array_equal(data.read_image(p), np.asarray(pil.convert("L")))
+    a = np.asarray(pil)
+    want = a.view(np.uint8) > 0 if pil.mode == "1" else (a > 0 if a.ndim == 2 else (a[..., :3] > 0).any(axis=2))
+    if pil.mode == "RGBA":
+        want &= a[..., 3] > 0
+    np.testing.assert_array_equal(data.read_mask(p), want)
+
+
+@pytest.mark.parametrize("depth,mode", [(8, "L"), (1, "1")])
+def test_corrupt_png_data_is_an_error(tmp_path, depth, mode):
+    """A changed byte inside the compressed pixels is reported (checksums are verified),
+    by both decoders (8-bit grey, 1-bit)."""
+    arr = np.random.default_rng(3).integers(0, 2 ** depth, (40, 40))
+    p = _raw_png(tmp_path / "y.png", arr, depth, 0)
+    assert Image.open(p).mode == mode
+    b = bytearray(p.read_bytes())
+    start = b.index(b"IDAT") + 4
+    b[start + (b.index(b"IEND") - 8 - start) // 2] ^= 0x10
+    p.write_bytes(bytes(b))
+    for read in (data.read_image, data.read_mask):
+        with pytest.raises(DataError, match=r"y\.png: PNG (image|mask) cannot be decoded, truncated or corrupt"):
+            read(p)
+
+
 def test_mask_sampled_at_a_size_equals_the_full_mask_resized(tmp_path):
-    """read_mask(..., size=) samples each file before it becomes an array: the same pixels
-    as the full-resolution union resized by nearest pixel, for every mode and a union."""
+    """read_mask(..., size=) samples each file before its channels are combined: the same
+    pixels as the full-resolution union resized by nearest pixel, for every mode and a union."""
     rng = np.random.default_rng(5)
     a, b = rng.random((37, 53)) > 0.7, rng.random((37, 53)) > 0.8
     pa = write_png(tmp_path / "y_mask.png", a)
@@ -131,6 +193,17 @@ def test_mask_sampled_at_a_size_equals_the_full_mask_resized(tmp_path):
         np.testing.assert_array_equal(got, want)
     with pytest.raises(data.DataError, match=r"y_mask.png: mask is 53x37 px but its image is 50x37"):
         data.read_mask([pa, pb], (37, 50))
+
+
+def test_nearest_sampling_is_pillows_at_every_size():
+    """The sampled rows and columns are those of Pillow's NEAREST resize, also where a
+    sample falls exactly between two pixels (8 -> 7: Pillow takes 3, not 4, for the 4th)."""
+    for n_in in range(1, 41):
+        ramp = Image.fromarray(np.arange(n_in, dtype=np.int32)[None], mode="I")
+        for n_out in range(1, 41):
+            want = np.asarray(ramp.resize((n_out, 1), Image.Resampling.NEAREST))[0]
+            np.testing.assert_array_equal(data._nearest(n_in, n_out), want, err_msg=f"{n_in} -> {n_out}")
+    assert data._nearest(8, 7)[3] == 3
 
 
 # ----------------------------------------------------------------------------- loading
