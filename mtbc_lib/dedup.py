@@ -168,20 +168,23 @@ def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress:
     pairs in ``config.cache_dir()``, keyed by the files' names, sizes and mtimes and the
     settings, so that a second run decodes no PNG and aligns no pair again. Bad input raises
     ``mtbc_lib.data.DataError`` (one line naming the file)."""
-    from mtbc_lib.data import index_busi
+    from mtbc_lib.data import scan_busi
 
     cfg = settings or DedupConfig()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    index = index_busi(data_dir).reset_index(drop=True)
+    columns = scan_busi(data_dir)  # the index without pandas, imported while the workers decode
     root = config.data_dir(data_dir)
-    feat_path, pairs_path = cache_paths(index, cfg) if cache else (None, None)
+    feat_path, pairs_path = cache_paths(columns, cfg) if cache else (None, None)
     with Workers(workers) as pool:  # started by the first stage that needs it
         prep = load_features(feat_path) if cache and feat_path.exists() else None
-        if prep is None or len(prep) != len(index):
-            prep = decode_all(index, cfg, pool, progress)
+        if prep is None or len(prep) != len(columns["image"]):
+            prep = decode_all(columns, cfg, pool, progress, meanwhile=lambda: __import__("pandas"))
             if cache:
                 save_features(feat_path, prep)
+        import pandas as pd
+
+        index = pd.DataFrame(columns)
         known, matches = load_pairs(pairs_path) if cache and pairs_path.exists() else ({}, None)
         images = Images(index, prep)
         n = len(prep)

@@ -58,7 +58,7 @@ def _pack_features(prep: list[dict]) -> dict[str, np.ndarray]:
         "shape": np.array([p["shape"] for p in prep], dtype=np.int64).reshape(-1, 2),
         "scale": np.array([p["scale"] for p in prep], dtype=np.float64).reshape(-1, 2),
         "det_shape": det_shape,
-        "det": np.concatenate([p["det"].astype(np.uint8).ravel() for p in prep]),
+        "det": np.concatenate([p["det"].ravel() for p in prep]),
         "det_mask": np.packbits(np.concatenate([p["det_mask"].astype(bool).ravel() for p in prep])),
         "kp_count": np.array([len(p["kp"]) for p in prep], dtype=np.int64),
         "kp": np.concatenate([p["kp"] for p in prep]).reshape(-1, 3).astype(np.float32),
@@ -67,7 +67,7 @@ def _pack_features(prep: list[dict]) -> dict[str, np.ndarray]:
 
 
 def _unpack_features(f) -> list[dict]:
-    """Inverse of :func:`_pack_features` (``det`` back to float32, as computed)."""
+    """Inverse of :func:`_pack_features`."""
     sizes = f["det_shape"].prod(axis=1)
     starts = np.r_[0, np.cumsum(sizes)]
     mask = np.unpackbits(f["det_mask"], count=int(starts[-1])).astype(bool)
@@ -78,7 +78,7 @@ def _unpack_features(f) -> list[dict]:
         a, b = starts[k], starts[k + 1]
         out.append({"thumb": f["thumb"][k], "small": f["small"][k], "shape": tuple(int(v) for v in f["shape"][k]),
                     "scale": tuple(float(v) for v in f["scale"][k]),
-                    "det": f["det"][a:b].reshape(shp).astype(np.float32), "det_mask": mask[a:b].reshape(shp),
+                    "det": f["det"][a:b].reshape(shp), "det_mask": mask[a:b].reshape(shp),
                     "kp": f["kp"][kstarts[k]:kstarts[k + 1]], "desc": f["desc"][kstarts[k]:kstarts[k + 1]]})
     return out
 
@@ -120,8 +120,8 @@ def save_pairs(path: Path, scored: dict, matches: list) -> None:
 
 def data_key(data_dir, cfg) -> str:
     """Digest of the search settings and every file's name, size and mtime."""
-    from mtbc_lib.data import index_busi
+    from mtbc_lib.data import scan_busi
 
     h = hashlib.sha256(f"dedup-v{KEEP_VERSION};{json.dumps(dataclasses.asdict(cfg), sort_keys=True)}\n".encode())
-    return files_digest(index_busi(data_dir), h).hexdigest()[:20]
+    return files_digest(scan_busi(data_dir), h).hexdigest()[:20]
 

@@ -90,8 +90,7 @@ def prepare(image_path, mask_paths, cfg, slot: tuple[int, int] | None = None) ->
     small = np.asarray(Image.fromarray(thumb).resize((16, 16), Image.Resampling.BOX), dtype=np.float32)
     f = (cfg.det_pixels / (h * w)) ** 0.5  # small images are enlarged, so blobs look alike
     dh, dw = max(16, round(h * f)), max(16, round(w * f))
-    det = np.asarray(pil.resize((dw, dh), Image.Resampling.BOX if f < 1 else Image.Resampling.BILINEAR),
-                     dtype=np.float32)
+    det = np.asarray(pil.resize((dw, dh), Image.Resampling.BOX if f < 1 else Image.Resampling.BILINEAR))
     det_mask = read_mask(mask_paths, (h, w), (dw, dh))
     kp, desc = reg.keypoints(det, cfg.keypoints) if cfg.extended else (np.zeros((0, 3), np.float32),
                                                                         np.zeros((0, reg.DESC * reg.DESC), np.float32))
@@ -114,17 +113,21 @@ def _png_size(path) -> tuple[int, int]:
         return 0, 0
 
 
-def decode_all(index, cfg, workers: Workers, progress: bool) -> list[dict]:
-    """:func:`prepare` of every image on ``workers``; the full images come back through
-    memory shared with them, not through their pipes (about 250 MB on BUSI)."""
+def decode_all(index, cfg, workers: Workers, progress: bool, meanwhile=None) -> list[dict]:
+    """:func:`prepare` of every image (``index``: columns ``image``, ``masks``) on
+    ``workers``; the full images come back through memory shared with them, not through
+    their pipes (about 250 MB on BUSI). ``meanwhile()``, if given, is called once the work
+    is queued: what this process would otherwise do later, alone, runs while they decode."""
     from tqdm import tqdm
 
-    n = len(index)
+    n = len(index["image"])
     sizes = [_png_size(p) for p in index["image"]]
     offsets = np.cumsum([0] + [h * w for h, w in sizes])
     arena = workers.shared(int(offsets[-1]))
     slots = [None if arena is None else (int(o), h * w) for o, (h, w) in zip(offsets, sizes)]
     done = workers.map(prepare, index["image"], index["masks"], [cfg] * n, slots)
+    if meanwhile is not None:
+        meanwhile()
     prep = list(tqdm(done, total=n, desc="audit: decoding images", unit="img", disable=not progress))
     for p, slot in zip(prep, slots):
         if "image" not in p:

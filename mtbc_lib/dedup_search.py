@@ -223,7 +223,7 @@ def lesion_scores(scored: dict, group_of: np.ndarray, prep: list[dict], cfg,
         jobs.append((da, db, p, 6, 1.5))
     todo = []
     for (a, b), p in zip(keys, refine_many(jobs, workers or Workers(1))):
-        th = aligned_thumbs(prep[a]["det"].astype(np.uint8), prep[b]["det"].astype(np.uint8), p, cfg,
+        th = aligned_thumbs(prep[a]["det"], prep[b]["det"], p, cfg,
                             size=cfg.lesion_size)
         if th is not None:
             todo.append(((a, b), th))
