@@ -262,8 +262,9 @@ def reproduce_command(cfg: TrainConfig, width: int = 88) -> str:
     value differs from what those four resolve to, and ``run_name`` if a derived name would
     differ. Of the fields that do not change the numbers (``NON_RESULT_FIELDS``: the data
     folder, device, threads...) only ``out_dir`` is kept, and ``folds`` when not all of
-    them. The executed notebook goes to ``book/runs/`` (a page of the book), a probe's (some
-    folds only) beside its results, as the committed ones are. Lines of at most about
+    them. The executed notebook of a run of all folds in the default ``out_dir`` goes to
+    ``book/runs/`` (a page of the book); any other's (some folds only, or trained into another
+    folder, e.g. a probe's) beside its results, as the committed ones are. Lines of at most about
     ``width`` characters, continued with a backslash."""
     cfg = cfg.resolve()
     given = {"backbone": cfg.backbone, "task": cfg.task, "oversampling": cfg.oversampling, "profile": cfg.profile}
@@ -275,7 +276,8 @@ def reproduce_command(cfg: TrainConfig, width: int = 88) -> str:
         given["folds"] = ",".join(map(str, cfg.folds))
     if TrainConfig(**given).resolve().run_name != cfg.run_name:
         given["run_name"] = cfg.run_name
-    lines = [f"papermill notebooks/train.ipynb {cfg.out_dir if probe else 'book/runs'}/{cfg.run_name}.ipynb"]
+    page = "book/runs" if not probe and cfg.out_dir == TrainConfig().out_dir else cfg.out_dir
+    lines = [f"papermill notebooks/train.ipynb {page}/{cfg.run_name}.ipynb"]
     for k, v in given.items():
         arg = f"-p {k} {v:g}" if isinstance(v, float) else f"-p {k} {v}"
         if len(lines) == 1 or len(lines[-1]) + len(arg) + 1 > width:

@@ -109,8 +109,9 @@ def test_the_reproduce_command_parsed_as_papermill_does_gives_the_same_run(field
 
     cfg = TrainConfig(**fields).resolve()
     words = runs.reproduce_command(cfg).replace(" \\\n", " ").split()
-    page = f"{cfg.out_dir}/{cfg.run_name}.ipynb" if "folds" in fields else f"book/runs/{cfg.run_name}.ipynb"
-    assert words[:4] == ["papermill", "notebooks/train.ipynb", page, "-p"]  # a probe's beside its results
+    beside = "folds" in fields or "out_dir" in fields  # a probe's or another folder's: beside its results
+    page = f"{cfg.out_dir}/{cfg.run_name}.ipynb" if beside else f"book/runs/{cfg.run_name}.ipynb"
+    assert words[:4] == ["papermill", "notebooks/train.ipynb", page, "-p"]
     params = {words[k + 1]: _resolve_type(words[k + 2]) for k in range(3, len(words), 3)}
     again = TrainConfig(**params).resolve()
     assert again.to_dict() == cfg.to_dict()
@@ -131,3 +132,7 @@ def test_a_probe_trained_a_fold_at_a_time_is_reproduced_with_all_its_finished_fo
     assert runs.read_config(run_dir).folds == [0]
     assert runs.read_config(run_dir, finished_folds=True).folds == [0, 1]
     assert "-p folds 0,1" in runs.reproduce_command(runs.read_config(run_dir, finished_folds=True))
+    for k in (2, 3):  # all folds done: still a probe, its notebook beside its results, not a book page
+        (run_dir / f"fold{k}_metrics.json").write_text("{}")
+    command = runs.reproduce_command(runs.read_config(run_dir, finished_folds=True))
+    assert "-p folds" not in command and command.startswith(f"papermill notebooks/train.ipynb {tmp_path}/")
