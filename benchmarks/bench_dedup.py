@@ -358,7 +358,7 @@ def main(argv=None) -> int:
               f"Pairs verified: {res.counts['whole_image_candidates']} whole-image candidates (of {n_pairs:,}), "
               f"{res.counts['extended_candidates']} aligned keypoint candidates; "
               f"{int(res.pairs['lesion_ssim'].notna().sum())} pairs scored for the lesion relation.",
-              "", "What the median cold run printed:", "", "```", cold["summary"], "```", ""]
+              "", "What the median cold run printed:", "", "```text", cold["summary"], "```", ""]
     if args.against:
         lines += against(args.against, args.rounds, data)
 
