@@ -19,7 +19,7 @@ from mtbc_lib.config import atomic_write
 __all__ = ["VERSION", "KEEP_VERSION", "files_digest", "cache_paths", "load_features", "save_features", "load_pairs",
            "save_pairs", "data_key"]
 
-VERSION = 2  # bump when the features or the verified pairs change (2: scale space by matrix products, float32 LK)
+VERSION = 3  # bump when the features or the verified pairs change (2: scale space by matrix products, float32 LK; 3: blurs by matrix products)
 KEEP_VERSION = 2  # bump when the cached keep-lists and groups change (2: the rule "paper" became "drop-all")
 
 #: Settings that change the per-image features (the rest only change the search).
