@@ -413,6 +413,19 @@ def test_weird_image_mode(make_busi):
     _fails(root, p, "PNG mode", "expected one of 1, L, RGB, RGBA")
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_load_busi_with_a_progress_bar(make_busi, workers, capsys, monkeypatch):
+    """The bar (tqdm, whose update() returns True when it redraws: here at every step)
+    changes nothing."""
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")
+    root = make_busi(n_per_class=3)
+    quiet = data.load_busi(root, size=16, cache=False, progress=False, workers=workers)
+    shown = data.load_busi(root, size=16, cache=False, progress=True, workers=workers)
+    assert "decoding BUSI PNGs (16px)" in capsys.readouterr().err
+    np.testing.assert_array_equal(shown.images, quiet.images)
+    np.testing.assert_array_equal(shown.masks, quiet.masks)
+
+
 def test_bad_size_argument(make_busi):
     with pytest.raises(ValueError, match="size"):
         data.load_busi(make_busi(n_per_class=1), size=0)
