@@ -333,19 +333,15 @@ def _decode_all(index, size: int, workers: int, progress: bool) -> list:
     from tqdm import tqdm
 
     args = (list(index["image"]), list(index["masks"]), [size] * len(index))
-    with tqdm(total=len(index), desc=f"decoding BUSI PNGs ({size}px)", unit="img", disable=not progress) as bar:
-        def ticked(results):  # each result as it comes, one step of the bar
-            for r in results:
-                bar.update()
-                yield r
-        if (workers or 0) <= 1 or len(index) <= 1:
-            return list(ticked(_load_one(*a) for a in zip(*args)))
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            try:
-                return list(ticked(pool.map(_load_one, *args, chunksize=8)))
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+    bar = dict(total=len(index), desc=f"decoding BUSI PNGs ({size}px)", unit="img", disable=not progress)
+    if (workers or 0) <= 1 or len(index) <= 1:
+        return list(tqdm((_load_one(*a) for a in zip(*args)), **bar))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        try:
+            return list(tqdm(pool.map(_load_one, *args, chunksize=8), **bar))
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 def load_busi(data_dir=None, size: int = 128, cache: bool = True, progress: bool = True,
