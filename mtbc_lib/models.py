@@ -42,15 +42,15 @@ TASKS: tuple[str, ...] = ("seg", "cls", "mt")
 
 
 def _paper_unetplusplus(**variant):
-    def build(task, in_channels, num_classes, deep_supervision):
+    def build(task, in_channels, num_classes, deep_supervision, width=1.0):
         from mtbc_lib.paper_networks import UNetPlusPlus
-        return UNetPlusPlus(task, in_channels, num_classes, deep_supervision, **variant)
+        return UNetPlusPlus(task, in_channels, num_classes, deep_supervision, width, **variant)
     return build
 
 
-def _paper_nnunet(task, in_channels, num_classes, deep_supervision):
+def _paper_nnunet(task, in_channels, num_classes, deep_supervision, width=1.0):
     from mtbc_lib.paper_networks import NnUNet
-    return NnUNet(task, in_channels, num_classes, deep_supervision)
+    return NnUNet(task, in_channels, num_classes, deep_supervision, width)
 
 
 def _other(name: str) -> Callable[..., nn.Module]:
@@ -73,8 +73,8 @@ class Backbone:
 
 #: Backbone name -> registry entry.
 BACKBONES: dict[str, Backbone] = {
-    "unetplusplus": Backbone(_paper_unetplusplus(), True, True, "U-Net++"),
-    "nnunet": Backbone(_paper_nnunet, True, True, "nnU-Net"),
+    "unetplusplus": Backbone(_paper_unetplusplus(), True, True, "U-Net++", ("width",)),
+    "nnunet": Backbone(_paper_nnunet, True, True, "nnU-Net", ("width",)),
     "unetplusplus-r34": Backbone(_other("build_unetplusplus_r34"), False, False, "U-Net++ (ResNet-34, smp)",
                                  ("encoder_weights", "encoder_name", "head_dropout")),
     "unet-r34": Backbone(_other("build_unet_r34"), False, False, "U-Net (ResNet-34, smp)",
@@ -82,9 +82,9 @@ BACKBONES: dict[str, Backbone] = {
     "nnunet-planned": Backbone(_other("build_nnunet_planned"), False, True, "nnU-Net (planned, 32…512)",
                                ("encoder_weights", "patch_size", "head_dropout")),
     "unetplusplus-clsbn": Backbone(_paper_unetplusplus(cls_norm="batch"), True, True,
-                                   "U-Net++ (batch-norm classifier)"),
+                                   "U-Net++ (batch-norm classifier)", ("width",)),
     "unetplusplus-std": Backbone(_paper_unetplusplus(standardise=True), True, True,
-                                 "U-Net++ (inputs standardised per image)"),
+                                 "U-Net++ (inputs standardised per image)", ("width",)),
 }
 
 
@@ -109,7 +109,8 @@ def build_model(backbone: str, task: str, in_channels: int = 1, num_classes: int
     options: ``encoder_weights`` (the other networks: None = from scratch, a path to a
         saved encoder state dict, or an smp weight name such as "imagenet"),
         ``encoder_name`` (smp, default "resnet34"), ``patch_size`` (nnunet-planned,
-        default 128), ``head_dropout`` (the other networks' head, default 0.2).
+        default 128), ``head_dropout`` (the other networks' head, default 0.2), ``width``
+        (the paper's networks: every channel count times this factor, default 1).
 
     Returns a module whose forward maps (B, in_channels, H, W) to a dict with "mask"
     (B, 1, H, W) and/or "label" (B, num_classes) logits (see the module docstring).

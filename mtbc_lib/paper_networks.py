@@ -39,6 +39,11 @@ resolution, the finest (last-decoded) first — the order in which the loss weig
     average pool → Linear 512→256 → ReLU → Linear 256→3. Parameters: 15,819,799 (``"mt"``);
     ``"seg"`` drops the branch, ``"cls"`` keeps the encoder, the first decoder level and
     the branch.
+
+Both take a width factor ``width`` (default 1, the paper's): every channel count above,
+those of the classification branch included (its 512- and 256-wide layers), is multiplied
+by it and rounded; the topology, the normalisation and the heads stay. ``width=0.25`` gives
+the U-Net++ features 6, 12, 24, 48, 96, 6 and a branch 288 → 128 → 64 → 3.
 """
 
 from __future__ import annotations
@@ -49,7 +54,14 @@ from monai.networks.nets import BasicUNetPlusPlus
 from monai.networks.nets.basic_unet import Down, TwoConv
 from torch import nn
 
-__all__ = ["UNetPlusPlus", "NnUNet", "check_input"]
+__all__ = ["UNetPlusPlus", "NnUNet", "check_input", "scaled"]
+
+
+def scaled(widths, width: float) -> tuple[int, ...]:
+    """Channel counts times the width factor ``width``, rounded, at least 1 each."""
+    if not (isinstance(width, (int, float)) and 0 < width <= 4):
+        raise ValueError(f"width: expected a factor in (0, 4] (1 = the paper's widths), got {width!r}")
+    return tuple(max(1, round(c * width)) for c in widths)
 
 
 def check_input(x: torch.Tensor, divisor: int, backbone: str) -> None:
@@ -61,9 +73,11 @@ def check_input(x: torch.Tensor, divisor: int, backbone: str) -> None:
                          f"for backbone {backbone!r}, got {tuple(x.shape[-2:])}")
 
 
-def _mlp(num_classes: int) -> nn.Sequential:
-    """The classification branch's last layers: Linear 512→256 → ReLU → Linear 256→K."""
-    return nn.Sequential(nn.Linear(512, 256), nn.ReLU(inplace=True), nn.Linear(256, num_classes))
+def _mlp(num_classes: int, width: float) -> nn.Sequential:
+    """The classification branch's last layers: Linear 512→256 → ReLU → Linear 256→K
+    (512 and 256 times the width factor)."""
+    c512, c256 = scaled((512, 256), width)
+    return nn.Sequential(nn.Linear(c512, c256), nn.ReLU(inplace=True), nn.Linear(c256, num_classes))
 
 
 def _outputs(heads: list[torch.Tensor], deep_supervision: bool):
@@ -79,11 +93,13 @@ class UNetPlusPlus(BasicUNetPlusPlus):
 
     ACT = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True})
     NORM = ("instance", {"affine": True})
+    FEATURES = (24, 48, 96, 192, 384, 24)
     _CLS_KEEPS = {"conv_0_0", "conv_1_0", "conv_2_0", "conv_3_0", "conv_4_0", "upcat_3_1"}
 
     def __init__(self, task: str = "mt", in_channels: int = 1, num_classes: int = 3,
-                 deep_supervision: bool = True, features=(24, 48, 96, 192, 384, 24), cls_norm: str = "instance",
+                 deep_supervision: bool = True, width: float = 1.0, cls_norm: str = "instance",
                  standardise: bool = False):
+        features = scaled(self.FEATURES, width)
         if cls_norm not in ("instance", "batch"):
             raise ValueError(f"cls_norm: expected 'instance' (the paper's) or 'batch', got {cls_norm!r}")
         super().__init__(spatial_dims=2, in_channels=in_channels, out_channels=1, features=features,
@@ -96,8 +112,9 @@ class UNetPlusPlus(BasicUNetPlusPlus):
         if task != "seg":
             f = features
             self.cls_down = Down(2, f[3], f[4], self.ACT, self.NORM, True)       # used twice
-            self.cls_block = TwoConv(2, 3 * f[4], 512, self.ACT, self.NORM if cls_norm == "instance" else "batch", True)
-            self.cls_mlp = _mlp(num_classes)
+            self.cls_block = TwoConv(2, 3 * f[4], scaled((512,), width)[0], self.ACT,
+                                     self.NORM if cls_norm == "instance" else "batch", True)
+            self.cls_mlp = _mlp(num_classes, width)
 
     def forward(self, x: torch.Tensor) -> dict:
         check_input(x, self.divisor, self.backbone)
@@ -152,33 +169,35 @@ class NnUNet(nn.Module):
     WIDTHS = (32, 64, 128, 256, 320)
 
     def __init__(self, task: str = "mt", in_channels: int = 1, num_classes: int = 3,
-                 deep_supervision: bool = True):
+                 deep_supervision: bool = True, width: float = 1.0):
         super().__init__()
         self.task, self.backbone, self.divisor = task, "nnunet", 2 ** len(self.WIDTHS)
         self.deep_supervision = deep_supervision
-        w = self.WIDTHS
+        w = scaled(self.WIDTHS, width)
+        last = scaled((16,), width)[0]            # the last decoder level's channels
         self.pool = nn.MaxPool2d(2)
         self.encoder = nn.ModuleList(_level(c_in, c) for c_in, c in zip((in_channels,) + w[:-1], w))
         self.bottleneck = _level(w[-1], w[-1])
         # decoder level i: up-sample (channels kept), concatenate the skip, two conv units
-        ups = (320, 256, 128, 64, 32)
-        outs = (256, 128, 64, 32, 16)
+        ups = w[::-1]                             # 320, 256, 128, 64, 32
+        outs = w[-2::-1] + (last,)                # 256, 128, 64, 32, 16
         n_dec = 1 if task == "cls" else len(outs)   # "cls" needs the first level only
         self.up = nn.ModuleList(nn.ConvTranspose2d(c, c, 2, stride=2) for c in ups[:n_dec])
         self.decoder = nn.ModuleList(
-            _level(2 * c, o, c_mid=32 if o == 16 else None) for c, o in zip(ups[:n_dec], outs[:n_dec]))
+            _level(2 * c, o, c_mid=w[0] if i == len(outs) - 1 else None)
+            for i, (c, o) in enumerate(zip(ups[:n_dec], outs[:n_dec])))
         if task != "cls":
-            self.head = nn.Conv2d(16, 1, 1)
+            self.head = nn.Conv2d(last, 1, 1)
             # auxiliary outputs of the 32-, 64- and 128-channel levels (×2, ×4, ×8 to full size)
             self.aux = nn.ModuleList(
                 nn.Sequential(nn.ConvTranspose2d(c, c, f, stride=f), nn.Conv2d(c, 1, 1))
-                for c, f in ((32, 2), (64, 4), (128, 8)))
+                for c, f in ((w[0], 2), (w[1], 4), (w[2], 8)))
         self.apply(self._init_segmentation_part)
         if task != "seg":
-            self.cls_enc = _unit(320, 320)
-            self.cls_dec = _unit(256, 320)
-            self.cls_block = _unit(960, 512)
-            self.cls_mlp = _mlp(num_classes)
+            self.cls_enc = _unit(w[4], w[4])
+            self.cls_dec = _unit(w[3], w[4])
+            self.cls_block = _unit(3 * w[4], scaled((512,), width)[0])
+            self.cls_mlp = _mlp(num_classes, width)
 
     @staticmethod
     def _init_segmentation_part(m: nn.Module) -> None:

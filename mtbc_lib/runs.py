@@ -315,7 +315,9 @@ def profiles_table():
                       "learning-rate schedule": sched,
                       "weight averaging": f"EMA {p['ema']:g}" if p["ema"] else "none",
                       "gradient clipping": f"norm {p['grad_clip']:g}" if p["grad_clip"] else "none",
-                      "arithmetic": amp[p["amp"]] + layout[p["channels_last"]]}
+                      "arithmetic": amp[p["amp"]] + layout[p["channels_last"]],
+                      "images": f"{p['image_size']} × {p['image_size']}",
+                      "network widths": "the paper's" if p["width"] == 1 else f"{p['width']:g} × the paper's"}
     return pd.DataFrame(cols).astype(str)
 
 

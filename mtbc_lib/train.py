@@ -85,8 +85,11 @@ def _seed_all(seed: int) -> None:
 
 
 def _model_options(cfg: TrainConfig) -> dict:
-    """Extra build_model options: nnU-Net's planner plans its topology for the input size."""
-    return {"patch_size": cfg.image_size} if cfg.backbone == "nnunet-planned" else {}
+    """Extra build_model options: nnU-Net's planner plans its topology for the input size;
+    the paper's networks take a width factor."""
+    if cfg.backbone == "nnunet-planned":
+        return {"patch_size": cfg.image_size}
+    return {"width": cfg.width} if cfg.width != 1.0 else {}
 
 
 def _scheduler(cfg: TrainConfig, opt, steps_per_epoch: int):
@@ -352,7 +355,7 @@ def _fit(t: FoldTrainer, run_dir, ck_dir, progress: bool, callback) -> None:
 
 def _evaluate_and_write(t: FoldTrainer, arrays, run_dir, ck_dir) -> dict:
     """Evaluate the best weights (on the test fold, or the validation split in a recipe
-    study) and write the fold's history, per-image table, masks and metrics (the metrics
+    study; and on the fold's training images, unaugmented: ``train_fit``) and write the fold's history, per-image table, masks and metrics (the metrics
     file last: it marks the fold finished); the rolling checkpoint is deleted."""
     cfg, st, fold = t.cfg, t.state, t.fold
     eval_idx = t.test_idx if cfg.evaluate_on == "test" else t.val_idx
@@ -362,6 +365,11 @@ def _evaluate_and_write(t: FoldTrainer, arrays, run_dir, ck_dir) -> dict:
     test_seconds = time.perf_counter() - t0
     sub = arrays.subset(eval_idx)
     table, masks, metrics = test_outputs(cfg, sub, pred)
+    # how well the tested weights fit the images they were trained on (each once, unaugmented)
+    fit_idx = np.unique(t.train_idx)
+    fit = test_outputs(cfg, arrays.subset(fit_idx), predict(t.model, t.X[fit_idx], cfg.eval_batch_size, t.device,
+                                                             t.amp, t.cl))[2]["raw"]
+    metrics["train_fit"] = {k: v for k, v in fit.items() if k != "confusion"}
     metrics.update(fold=fold, run=cfg.run_name, best_epoch=st["best_epoch"], epochs=st["epoch"],
                    stopped=t.stopped(), best_val_loss=st["best_loss"], train_seconds=st["train_seconds"],
                    test_seconds=test_seconds, n_train=t.n_split_train, n_train_oversampled=len(t.train_idx), n_val=len(t.val_idx), n_test=len(t.test_idx),

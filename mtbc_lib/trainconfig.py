@@ -7,7 +7,8 @@ lr 1e-4, ≤ 200 epochs, early stopping 50, plateau factor .5 / patience 20 / mi
 ``"fast"`` trades epochs for time on a small CPU, see ``PROFILES`` for what it changes
 and why; ``"steady"`` is ``"fast"`` with the paper's learning rate and 12 epochs;
 ``"gpu"`` is the paper's epoch budget with a GPU-sized batch; ``"cpu"`` is the recipe
-study's choice for the campaign on two CPU cores (AdamW, warm-up + cosine decay, 7 epochs).
+study's choice for the campaign on two CPU cores (AdamW, warm-up + cosine decay, 7 epochs);
+``"replica"`` is ``"paper"`` on a quarter-scale replica (the networks at ¼ width, 64² images).
 The other profiles use the paper's recipe (``PAPER_RECIPE``: Adam, ReduceLROnPlateau, no
 clipping, no weight average, full resolution); the recipe fields change it (see
 ``mtbc_lib.recipe``).
@@ -82,7 +83,19 @@ PROFILES: dict[str, dict[str, Any]] = {
                 plateau_factor=0.5, plateau_patience=4, min_lr=1e-6,  # plateau: only with schedule="plateau"
                 amp="auto", channels_last="auto",
                 optimizer="adamw", weight_decay=0.01, schedule="cosine", warmup_epochs=0.5),
+    # The paper's protocol exactly (as "paper": Adam 1e-4, batch 2, plateau, early stopping
+    # 50, ≤ 200 epochs) on a quarter-scale replica of the task: the paper's networks at a
+    # quarter of their widths (every channel count, the classification branch's included) on
+    # 64 × 64 images, 1/64 of the FLOPs, so that a training runs to its own early stopping on
+    # two CPU cores (other networks keep their widths). bf16 autocast where the CPU has it.
+    "replica": dict(epochs=200, patience=50, batch_size=2, lr=1e-4,
+                    plateau_factor=0.5, plateau_patience=20, min_lr=1e-6,
+                    amp="auto", channels_last="off", image_size=64, width=0.25),
 }
+#: The published scale, in every profile above that does not set its own (all but "replica"):
+#: 128 × 128 images, the networks at their published widths. Runs written before ``width``
+#: existed used width 1 (``config_diff`` reads a missing field so).
+PAPER_SCALE: dict[str, Any] = dict(image_size=128, width=1.0)
 #: The published recipe, in every profile above that does not set its own (all but "cpu"):
 #: Adam without weight decay, ReduceLROnPlateau, no clipping, no weight averaging, every epoch
 #: at full resolution. Runs written before these fields existed used exactly this recipe
@@ -90,7 +103,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 PAPER_RECIPE: dict[str, Any] = dict(optimizer="adam", weight_decay=0.0, schedule="plateau", warmup_epochs=0.0,
                                     grad_clip=0.0, ema=0.0, low_res_epochs=0)
 for _p in PROFILES.values():
-    for _k, _v in PAPER_RECIPE.items():
+    for _k, _v in (PAPER_RECIPE | PAPER_SCALE).items():
         _p.setdefault(_k, _v)
 #: Optimisers, learning-rate schedules and evaluation splits (fields optimizer, schedule, evaluate_on).
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw")
@@ -103,7 +116,7 @@ AMP_CHOICES: tuple[str, ...] = ("auto", "on", "off")
 #: The fields a run name spells out (``-<field without underscores><value>``) where they
 #: differ from the profile's or the default value, in this order.
 RUN_NAME_FIELDS: tuple[str, ...] = ("curation", "split", "lam", "epochs", "patience", "batch_size", "lr", "image_size",
-                                    "seed", "gamma", "plateau_factor", "plateau_patience", "min_lr", "amp",
+                                    "width", "seed", "gamma", "plateau_factor", "plateau_patience", "min_lr", "amp",
                                     "budget_minutes", *PAPER_RECIPE, "evaluate_on")
 
 
@@ -121,7 +134,8 @@ class TrainConfig:
     patience: int | None = None      # early stopping: epochs without a lower val loss (None: profile)
     batch_size: int | None = None    # training batch size (None: profile)
     lr: float | None = None          # Adam learning rate (None: profile)
-    image_size: int = 128            # images are resized to image_size × image_size
+    image_size: int | None = None    # images are resized to image_size × image_size (None: profile, 128 but in "replica")
+    width: float | None = None       # the paper's networks' channel counts times this factor (None: profile, 1 but in "replica")
     folds: list[int] | None = None   # which folds to run, 0-based (None or []: all)
     seed: int = SEED                 # seed of the splits, the weights and the augmentation
     curation: str = "paper"          # "paper" (published Curated BUSI), "keep-one", "none" (raw BUSI)
@@ -129,7 +143,7 @@ class TrainConfig:
     data_dir: str = ""               # raw BUSI folder ("" = $MTBC_DATA or ../shared/data/BUSI)
     out_dir: str = "results"         # results go to out_dir/<run name>/ (relative: to the repo root)
     device: str = "auto"             # "auto" (GPU if any), "cpu", "cuda", "cuda:1", ...
-    profile: str = "paper"           # "paper" (the published protocol), "fast", "steady", "gpu" or "cpu" (see PROFILES)
+    profile: str = "paper"           # "paper" (the published protocol), "fast", "steady", "gpu", "cpu" or "replica" (see PROFILES)
     limit: int = 0                   # use only the first `limit` images per class (0: all); smoke tests
     run_name: str = ""               # "" = derived from the setting (see run_name())
     # --- engine settings (also accepted as notebook parameters)
@@ -164,10 +178,14 @@ class TrainConfig:
     def resolve(self) -> "TrainConfig":
         """A validated copy with the profile's values filled in and ``folds`` a list."""
         self.validate()
+        from mtbc_lib.models import BACKBONES
+
         c = dataclasses.replace(self)
         for k, v in PROFILES[c.profile].items():
             if getattr(c, k) is None:
                 setattr(c, k, v)
+        if self.width is None and "width" not in BACKBONES[c.backbone].options:
+            c.width = 1.0  # a profile's scale reaches only the networks that have a width factor
         c.folds = _parse_folds(c.folds, c.n_folds)
         if c.deep_supervision is None:
             from mtbc_lib.models import default_deep_supervision
@@ -233,7 +251,7 @@ class TrainConfig:
             raise ValueError(f"parameter ema={self.ema!r}: expected a decay in [0, 1) (0: no averaging)")
         if self.low_res_epochs is not None and self.low_res_epochs < 0:
             raise ValueError(f"parameter low_res_epochs={self.low_res_epochs!r}: expected an integer >= 0")
-        if self.low_res_epochs and self.image_size % 64:
+        if self.low_res_epochs and self.image_size is not None and self.image_size % 64:
             raise ValueError(f"parameter low_res_epochs={self.low_res_epochs!r}: needs an image_size that is a "
                              f"multiple of 64 (got {self.image_size})")
         dev = self.device
@@ -255,8 +273,14 @@ class TrainConfig:
             raise ValueError(f"parameter val_size={self.val_size!r}: expected a fraction in (0, 1)")
         if not 0 < self.threshold < 1:
             raise ValueError(f"parameter threshold={self.threshold!r}: expected a probability in (0, 1)")
-        if self.image_size < 32 or self.image_size % 32:
+        if self.image_size is not None and (self.image_size < 32 or self.image_size % 32):
             raise ValueError(f"parameter image_size={self.image_size!r}: expected a multiple of 32 (e.g. 128)")
+        if self.width is not None and not (math.isfinite(self.width) and 0 < self.width <= 4):
+            raise ValueError(f"parameter width={self.width!r}: expected a factor in (0, 4] (1: the paper's widths)")
+        if self.width not in (None, 1.0) and "width" not in BACKBONES[self.backbone].options:
+            valid = [b for b, e in BACKBONES.items() if "width" in e.options]
+            raise ValueError(f"parameter width={self.width!r}: only the paper's networks scale their widths "
+                             f"({', '.join(valid)}); got backbone {self.backbone!r}")
         if self.n_folds < 2:
             raise ValueError(f"parameter n_folds={self.n_folds!r}: expected an integer >= 2")
         if not (math.isfinite(self.budget_minutes) and self.budget_minutes >= 0):
@@ -302,7 +326,7 @@ def config_diff(a: dict, b: dict) -> list[str]:
     """The fields in which two config dicts (``TrainConfig.to_dict()``) differ in a way
     that changes a run's numbers (not where the data or the results live, the device...)."""
     keys = (set(a) | set(b)) - NON_RESULT_FIELDS
-    old = {**PAPER_RECIPE, "evaluate_on": "test", "split": "image"}  # what a run written before these fields used
+    old = {**PAPER_RECIPE, **PAPER_SCALE, "evaluate_on": "test", "split": "image"}  # what a run written before these fields used
     return sorted(k for k in keys if a.get(k, old.get(k)) != b.get(k, old.get(k)))
 
 

@@ -141,6 +141,9 @@ def test_run_writes_documented_files_and_skips_finished_folds(tmp_path):
     assert m["raw"]["dsc_avg"] == pytest.approx(t["dice"].mean())
     assert m["config"]["run_name"] == "tiny" and m["epochs"] == 2 and "torch" in m["versions"]
     assert m["n_train_oversampled"] > m["n_train"] == len(split.train)
+    # the tested weights' fit on the training images: the test fold's metrics, on other images
+    assert set(m["train_fit"]) == set(m["raw"]) - {"confusion"}
+    assert 0 <= m["train_fit"]["dsc_avg"] <= 1 and 0 <= m["train_fit"]["acc"] <= 1
     assert list(f["history"]["epoch"]) == [1, 2]
     # a second call skips the finished fold
     mtime = (run_dir / "fold0_test.csv").stat().st_mtime_ns

@@ -17,6 +17,22 @@ def test_profiles_fill_unset_fields_and_given_values_win():
     assert paper.seed == 1993 and paper.lam == 0.35 and paper.folds == [0, 1, 2, 3]
     fast = trainconfig.TrainConfig(profile="fast", epochs=7).resolve()
     assert fast.epochs == 7 and fast.batch_size == trainconfig.PROFILES["fast"]["batch_size"]
+    assert (paper.image_size, paper.width, fast.image_size, fast.width) == (128, 1.0, 128, 1.0)
+
+
+def test_replica_is_the_paper_protocol_at_a_quarter_scale():
+    paper, replica = (trainconfig.TrainConfig(profile=p).resolve() for p in ("paper", "replica"))
+    protocol = ("epochs", "patience", "batch_size", "lr", "plateau_factor", "plateau_patience", "min_lr",
+                *trainconfig.PAPER_RECIPE)
+    assert all(getattr(paper, k) == getattr(replica, k) for k in protocol)
+    assert (replica.image_size, replica.width) == (64, 0.25)
+    assert replica.run_name == "unetplusplus-mt-replica"
+    assert trainconfig.TrainConfig(profile="replica", width=0.5).resolve().run_name == "unetplusplus-mt-replica-width0.5"
+    assert trainconfig.TrainConfig(image_size=64).resolve().run_name == "unetplusplus-mt-paper-imagesize64"
+    # a run written before the field existed used the paper's widths
+    old = trainconfig.TrainConfig().resolve().to_dict()
+    del old["width"]
+    assert trainconfig.config_diff(old, trainconfig.TrainConfig().resolve().to_dict()) == []
 
 
 def test_run_name_derivation():
@@ -44,6 +60,8 @@ def test_run_name_derivation():
     (dict(lam=1.5), "expected a weight in [0, 1]"),
     (dict(amp="maybe"), "expected one of auto, on, off"),
     (dict(image_size=100), "multiple of 32"),
+    (dict(width=0), "parameter width=0: expected a factor in (0, 4]"),
+    (dict(backbone="unet-r34", width=0.5), "only the paper's networks scale their widths (unetplusplus, nnunet"),
     (dict(backbone="unet-r34", deep_supervision=True), "a backbone out of unetplusplus, nnunet, nnunet-planned"),
 ])
 def test_bad_values_fail_with_one_line(kw, message):
