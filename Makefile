@@ -1,6 +1,7 @@
 # mtbc — one command builds the book, one command runs the tests.
 #   make book        build the HTML book into _build/html (offline; no BUSI data needed)
 #   make test        run the whole test suite (unit, real-data, papermill smoke, browser)
+#   make test-fast   the unit tests only (tests/<package>/, no real data, no browser)
 #   make lab         open JupyterLab on the notebook templates
 #   make reproduce   re-run everything from the raw data (hours on a CPU): needs MTBC_DATA
 SHELL := /bin/bash
@@ -9,7 +10,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: book test lab reproduce audit grid recipe leakage chromium clean
+.PHONY: book test test-fast lab reproduce audit grid recipe leakage chromium clean
 
 # (Re)create the environment when it is missing or the pins changed.
 $(STAMP): pyproject.toml requirements-lock.txt
@@ -19,20 +20,25 @@ $(STAMP): pyproject.toml requirements-lock.txt
 	@touch $@
 
 book: $(STAMP)
-	$(BIN)/python -m mtbc_lib.book build
+	$(BIN)/mtbc book build
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not data and not browser" --ignore=tests/integration --ignore=tests/browser
+
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
-# Headless Chromium for the browser test (Debian package; nothing downloads its own browser).
+# Headless Chromium for the browser tests (Debian package; nothing downloads its own browser).
+# Installed only when asked (INSTALL_CHROMIUM=1, as CI does); otherwise a missing one stops
+# `make test` with the one command to run.
 chromium:
 	@command -v chromium >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  if [ "$(INSTALL_CHROMIUM)" = 1 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "make: chromium is missing: install the Debian package 'chromium' (sudo apt-get install chromium)" >&2; exit 1; fi; }
+	  else echo "make: chromium is missing for the browser tests: run 'sudo apt-get install chromium' (or make test INSTALL_CHROMIUM=1 as root)" >&2; exit 1; fi; }
 
 reproduce: $(STAMP)
 	@if [ -z "$$MTBC_DATA" ]; then \
@@ -43,12 +49,12 @@ reproduce: $(STAMP)
 # Executed notebooks for the book, each stamped with the machine it ran on.
 book/%.ipynb: notebooks/%.ipynb
 	$(BIN)/papermill $< $@ -p data_dir "$$MTBC_DATA"
-	$(BIN)/python -m mtbc_lib.provenance stamp $@
+	$(BIN)/mtbc stamp $@
 
-# The recipe chapter reads only results/recipe/ (python -m mtbc_lib.recipe trains them).
+# The recipe chapter reads only results/recipe/ (mtbc recipe trains them).
 book/recipe.ipynb: notebooks/recipe.ipynb
 	$(BIN)/papermill $< $@
-	$(BIN)/python -m mtbc_lib.provenance stamp $@
+	$(BIN)/mtbc stamp $@
 
 audit: $(STAMP)
 	$(MAKE) -B book/dataset_audit.ipynb book/duplicate_explorer.ipynb
@@ -64,16 +70,16 @@ grid: $(STAMP)
 	$(BIN)/mtbc grid --backbone unetplusplus-r34 --data "$$MTBC_DATA"
 	$(BIN)/mtbc grid --backbone nnunet-planned --settings st-seg st-cls mt-do --data "$$MTBC_DATA"
 	$(BIN)/mtbc grid --backbone unetplusplus-r34 --profile steady --settings mt-do --data "$$MTBC_DATA"
-	$(BIN)/python -m mtbc_lib.claims unetplusplus cpu
+	$(BIN)/mtbc claims unetplusplus cpu
 	$(MAKE) -B book/results.ipynb
 
 # The recipe study (fold 0, validation only) and the leakage study (raw BUSI, two split designs).
 recipe: $(STAMP)
-	$(BIN)/python -m mtbc_lib.recipe --data-dir "$$MTBC_DATA"
+	$(BIN)/mtbc recipe --data "$$MTBC_DATA"
 	$(MAKE) -B book/recipe.ipynb
 
 leakage: $(STAMP)
-	$(BIN)/python -m mtbc_lib.leakage --data-dir "$$MTBC_DATA"
+	$(BIN)/mtbc leakage --data "$$MTBC_DATA"
 	$(MAKE) -B book/leakage.ipynb
 
 clean:

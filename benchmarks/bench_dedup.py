@@ -63,10 +63,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
-sys.path.insert(0, str(REPO))
 
-from mtbc_lib.config import atomic_write  # noqa: E402
-from mtbc_lib.provenance import hardware  # noqa: E402
+from mtbc_lib.core import atomic_write
+from mtbc_lib.provenance import hardware
 
 
 def _load() -> str:
@@ -101,7 +100,7 @@ def _mtbc(code: Path | None) -> list[str]:
     this repository's install when None. With -S no site hook runs, so this repository's
     editable install cannot take the import over; the packages come from this environment."""
     if code is None:
-        return [sys.executable, "-m", "mtbc_lib.cli"]
+        return [sys.executable, "-m", "mtbc_lib"]
     paths = [str(code), sysconfig.get_paths()["purelib"]]
     return [sys.executable, "-S", "-c",
             f"import sys; sys.path[:0] = {paths!r}; from mtbc_lib.cli import main; sys.exit(main(sys.argv[1:]))"]
@@ -234,7 +233,8 @@ def exact_check(res, thumbs, cfg) -> list[str]:
     """Step 3: whole-image SSIM of all pairs, exactly; its groups against ours; the filter's margin."""
     from PIL import Image
 
-    from mtbc_lib import dedup, registration
+    from mtbc_lib import dedup
+    from mtbc_lib.dedup import registration
 
     n = len(thumbs)
     n_pairs = n * (n - 1) // 2
@@ -289,10 +289,12 @@ def main(argv=None) -> int:
     from PIL import Image
     from skimage.metrics import structural_similarity
 
-    from mtbc_lib import config, dedup, registration
-    from mtbc_lib.data import index_busi, read_image
+    from mtbc_lib import core
+    from mtbc_lib import dedup
+    from mtbc_lib.dedup import registration
+    from mtbc_lib.data.busi import index_busi, read_image
 
-    data = config.data_dir(args.data)
+    data = core.data_dir(args.data)
     cfg = dedup.DedupConfig()
     lines = [f"# Duplicate search benchmark ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
              f"Machine: {hardware()['cpu']}, {os.cpu_count()} cores, Python "
@@ -402,7 +404,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, MTBC_CACHE=str(Path(tmp) / "cache"))
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "mtbc_lib.cli", "audit", str(data), "--out", str(Path(tmp) / "a"),
+        subprocess.run([sys.executable, "-m", "mtbc_lib", "audit", str(data), "--out", str(Path(tmp) / "a"),
                         "--quiet", "--no-extended", "--no-lesion"], env=env, check=True, capture_output=True)
         t_plain = time.perf_counter() - t
     lines += [f"The same comparison restricted to whole-image SSIM (`mtbc audit --no-extended --no-lesion`, cold, "

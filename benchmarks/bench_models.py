@@ -37,7 +37,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mtbc_lib.config import atomic_write
+from mtbc_lib.core import atomic_write
 from mtbc_lib.provenance import hardware
 
 MODES = ("train fp32", "train fp32+CL", "train bf16+CL", "infer fp32", "infer bf16+CL")
@@ -55,7 +55,7 @@ def worker(backbone: str, task: str, mode: str, batch: int, size: int, warmup: i
     import torch
 
     from mtbc_lib.losses import MultiTaskLoss
-    from mtbc_lib.models import build_model, count_parameters
+    from mtbc_lib.networks.registry import build_model, count_parameters
 
     torch.manual_seed(0)
     bf16, channels_last = "bf16" in mode, mode.endswith("+CL")
@@ -97,7 +97,7 @@ def worker(backbone: str, task: str, mode: str, batch: int, size: int, warmup: i
 
 
 def run_all(args) -> list[dict]:
-    from mtbc_lib.models import BACKBONES, TASKS
+    from mtbc_lib.networks.registry import BACKBONES, TASKS
 
     rows = []
     for backbone, task, mode in ((b, t, m) for b in BACKBONES for t in TASKS for m in MODES):
@@ -159,7 +159,7 @@ def main(argv=None) -> None:
 
     import torch
 
-    from mtbc_lib.device import resolve_amp
+    from mtbc_lib.engine.device import resolve_amp
 
     load0 = os.getloadavg()
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Training throughput: the engine (mtbc_lib.train) against a plain training loop.
+"""Training throughput: the engine (mtbc_lib.engine.train) against a plain training loop.
 
 Same model (U-Net++ multi-task by default, same initial weights), same real data (Curated
 BUSI, fold 0, training split after deterministic oversampling), same loss and optimiser;
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 import warnings
 from datetime import datetime, timezone
@@ -37,14 +36,14 @@ import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from mtbc_lib import train, trainconfig  # noqa: E402
-from mtbc_lib.config import atomic_write  # noqa: E402
-from mtbc_lib.device import resolve_amp  # noqa: E402
-from mtbc_lib.losses import MultiTaskLoss  # noqa: E402
-from mtbc_lib.models import build_model  # noqa: E402
-from mtbc_lib.splits import make_splits, train_indices  # noqa: E402
+from mtbc_lib.core import atomic_write
+from mtbc_lib.data.splits import make_splits, train_indices
+from mtbc_lib.engine import train
+from mtbc_lib.engine.config import PROFILES, TrainConfig
+from mtbc_lib.engine.device import resolve_amp
+from mtbc_lib.losses import MultiTaskLoss
+from mtbc_lib.networks import build_model
 
 OUT = REPO / "benchmarks" / "results" / "bench_train.md"
 
@@ -97,7 +96,7 @@ def plain_loop(model, arrays, idx: np.ndarray, batch_size: int, loss_fn, lr: flo
 
 def engine_trainer(args, arrays, split, batch_size: int, amp: bool, channels_last: bool) -> "train.FoldTrainer":
     """The engine's fold trainer (fresh weights, Adam 1e-4) for one measured setting."""
-    cfg = trainconfig.TrainConfig(backbone=args.backbone, task=args.task, oversampling=True, batch_size=batch_size,
+    cfg = TrainConfig(backbone=args.backbone, task=args.task, oversampling=True, batch_size=batch_size,
                                   lr=1e-4, amp="on" if amp else "off", channels_last="on" if channels_last else "off",
                                   device="cpu").resolve()
     return train.FoldTrainer(cfg, arrays, split)
@@ -205,13 +204,13 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args(argv)
 
-    cfg = trainconfig.TrainConfig(backbone=args.backbone, task=args.task, oversampling=True).resolve()
+    cfg = TrainConfig(backbone=args.backbone, task=args.task, oversampling=True).resolve()
     arrays = train.load_data(cfg, progress=False)
     split = make_splits(cfg, arrays)[0]
     idx = train_indices(cfg, split, arrays.labels)
     idx = idx[np.random.default_rng(0).permutation(len(idx))]
     bf16 = resolve_amp("auto", torch.device("cpu"))
-    fast = trainconfig.PROFILES["fast"]
+    fast = PROFILES["fast"]
     load_before = loadavg()
     t_start = time.perf_counter()
 

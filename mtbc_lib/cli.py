@@ -1,11 +1,15 @@
-"""The ``mtbc`` command: one sub-command per task (``mtbc audit ...``).
+"""The ``mtbc`` command: one sub-command per workflow step, in the order of the work —
+``audit`` (the duplicate search), ``train`` (one setting), ``grid`` (the ablation grid),
+``recipe`` (the recipe study), ``leakage`` (the leakage study), ``claims`` (the paper's
+claims tested per image), ``book`` (build the book, or its table of contents), ``stamp``
+(record the machine in executed notebooks) and ``provenance`` (what executed them).
 
 Add a sub-command by writing ``_add_<name>(subparsers)`` (a parser whose defaults hold
 ``func``, the function run with the parsed arguments and returning the exit code) and
-listing it in ``SUBCOMMANDS``. Bad input (a missing folder, a corrupt PNG, an unwritable
-output folder) ends with one line ``mtbc: error: <message>`` on stderr and exit code 2.
-
-Also runs as ``python -m mtbc_lib.cli``.
+listing it in ``SUBCOMMANDS``. Building the parser imports no training code, so that
+``mtbc audit`` starts without torch. Bad input (a missing folder, a corrupt PNG, an unknown
+parameter, an unwritable output folder) ends with one line ``mtbc: error: <message>`` on
+stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ def _positive(text: str) -> int:
 
 
 def _add_audit(sub) -> None:
-    from mtbc_lib.dedup import RESAMPLE, RULES, DedupConfig
+    from mtbc_lib.dedup.search import RESAMPLE, RULES, DedupConfig
 
     d = DedupConfig()
     p = sub.add_parser(
@@ -108,11 +112,11 @@ def _add_grid(sub) -> None:
                     "are complete (unfinished ones resume from their checkpoints), then write "
                     "results/ablation.csv (Table 5: ten rows per backbone from six trainings).")
     p.add_argument("--backbone", default="unetplusplus", metavar="NAME",
-                   help="network, a name of mtbc_lib.models.BACKBONES (default: %(default)s)")
+                   help="network, a name of mtbc_lib.networks.BACKBONES (default: %(default)s)")
     p.add_argument("--profile", default="fast", metavar="NAME",
-                   help="training profile, a name of mtbc_lib.trainconfig.PROFILES (default: %(default)s)")
+                   help="training profile, a name of mtbc_lib.engine.config.PROFILES (default: %(default)s)")
     p.add_argument("--settings", nargs="+", default=None, metavar="SETTING",
-                   help="settings to train, names of mtbc_lib.ablation.SETTINGS (default: all six)")
+                   help="settings to train, names of mtbc_lib.studies.ablation.SETTINGS (default: all six)")
     p.add_argument("--data", metavar="DIR", default="", help="BUSI folder (default: $MTBC_DATA)")
     p.add_argument("--out", metavar="DIR", default="results", help="results folder (default: %(default)s)")
     p.add_argument("--scheduler", metavar="tcp://HOST:PORT", default=None,
@@ -122,7 +126,7 @@ def _add_grid(sub) -> None:
 
 
 def _run_grid(args) -> int:
-    from mtbc_lib import grid
+    from mtbc_lib.studies import grid
 
     done = grid.run_grid(args.backbone, args.profile, settings=args.settings, scheduler=args.scheduler,
                          out_dir=args.out, data_dir=args.data or None)
@@ -131,8 +135,165 @@ def _run_grid(args) -> int:
     return 0
 
 
-#: Sub-commands: name -> function adding its parser.
-SUBCOMMANDS = {"audit": _add_audit, "grid": _add_grid}
+# ----------------------------------------------------------------------------- train
+
+def _assignment(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> (key, value as a Python literal, else the text)."""
+    import ast
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. epochs=14)")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train and evaluate one setting (notebooks/train.ipynb through papermill)",
+        description="Execute notebooks/train.ipynb for one setting, as `mtbc grid` does for each: it trains "
+                    "(or resumes) every fold asked for, writes results/<run name>/ and the executed notebook "
+                    "(book/runs/<run name>.ipynb for a run of all folds in results/, else beside its results). "
+                    "Any other field of the run's configuration is given with --set.")
+    p.add_argument("--backbone", default="unetplusplus", metavar="NAME",
+                   help="network, a name of mtbc_lib.networks.BACKBONES (default: %(default)s)")
+    p.add_argument("--task", default="mt", metavar="TASK", help="seg, cls or mt (default: %(default)s)")
+    p.add_argument("--do", dest="oversampling", action="store_true", help="deterministic oversampling (DO)")
+    p.add_argument("--profile", default="paper", metavar="NAME",
+                   help="training profile, a name of mtbc_lib.engine.config.PROFILES (default: %(default)s)")
+    p.add_argument("--folds", default="", metavar="K,K", help="folds to train, e.g. 0,2 (default: all)")
+    p.add_argument("--data", metavar="DIR", default="", help="BUSI folder (default: $MTBC_DATA)")
+    p.add_argument("--out", metavar="DIR", default="results", help="results folder (default: %(default)s)")
+    p.add_argument("--set", dest="fields", type=_assignment, action="append", default=[], metavar="KEY=VALUE",
+                   help="any other TrainConfig field, e.g. --set epochs=14 --set num_threads=1 (repeatable)")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from mtbc_lib.studies import grid
+
+    name = grid.train_setting({"backbone": args.backbone, "task": args.task, "oversampling": args.oversampling,
+                               "profile": args.profile, "folds": args.folds, "out_dir": args.out,
+                               "data_dir": args.data, **dict(args.fields)})
+    print(f"trained {name}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- studies
+
+def _add_recipe(sub) -> None:
+    p = sub.add_parser("recipe", help="train the recipe study's candidates (fold 0, validation only)",
+                       description="Train the recipe study's candidates one after the other (finished ones are "
+                                   "skipped), each on fold 0, judged on the validation split only.")
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help="candidates to run (default: all; see mtbc_lib.studies.recipe.CANDIDATES and "
+                        "CLASSIFIER_PROBE)")
+    p.add_argument("--data", metavar="DIR", default="", help="BUSI folder (default: $MTBC_DATA)")
+    p.set_defaults(func=_run_recipe)
+
+
+def _run_recipe(args) -> int:
+    from mtbc_lib.studies import recipe
+
+    recipe.run_study(args.names or None, data_dir=args.data)
+    return 0
+
+
+def _add_leakage(sub) -> None:
+    p = sub.add_parser("leakage", help="train the leakage study (image- against scan-level folds on raw BUSI)",
+                       description="Train the leakage study's designs (resumable), write results/leakage.csv "
+                                   "and the runs' pages (book/runs/).")
+    p.add_argument("designs", nargs="*", metavar="DESIGN", help="designs to train (default: all)")
+    p.add_argument("--data", metavar="DIR", default="", help="BUSI folder (default: $MTBC_DATA)")
+    p.set_defaults(func=_run_leakage)
+
+
+def _run_leakage(args) -> int:
+    from mtbc_lib.studies import leakage
+
+    leakage.run_study(args.designs or None, data_dir=args.data)
+    print(leakage.write_leakage_csv(data_dir=args.data))
+    print("run pages:", ", ".join(leakage.run_pages(args.designs or None, args.data)))
+    return 0
+
+
+def _add_claims(sub) -> None:
+    p = sub.add_parser("claims", help="test the paper's claims per image on a finished grid (claims.csv)",
+                       description="Test each claim of the paper on the per-image test outputs of a finished "
+                                   "grid and write RESULTS/claims.csv.")
+    p.add_argument("backbone", metavar="BACKBONE", help="the grid's network, e.g. unetplusplus")
+    p.add_argument("profile", metavar="PROFILE", help="the grid's profile, e.g. cpu")
+    p.add_argument("--results", metavar="DIR", default="results", help="results folder (default: %(default)s)")
+    p.set_defaults(func=_run_claims)
+
+
+def _run_claims(args) -> int:
+    from mtbc_lib.studies import claims
+
+    print(claims.write_claims_csv(args.backbone, args.profile, args.results))
+    return 0
+
+
+# ----------------------------------------------------------------------------- the book
+
+def _add_book(sub) -> None:
+    p = sub.add_parser("book", help="build the HTML book (strict, offline), or rewrite its table of contents",
+                       description="build: the HTML book into _build/html (warnings are errors; the stored "
+                                   "notebooks are shown, not executed). toc: group the stored run notebooks "
+                                   "under their backbone in _toc.yml.")
+    p.add_argument("action", choices=("build", "toc"), nargs="?", default="build")
+    p.add_argument("--all", action="store_true", help="build: re-build every page, not only changed ones")
+    p.set_defaults(func=_run_book)
+
+
+def _run_book(args) -> int:
+    from mtbc_lib.report import book
+
+    if args.action == "toc":
+        print("_toc.yml " + ("updated" if book.sync_toc() else "already up to date"))
+        return 0
+    return book.build(rebuild_all=args.all).returncode
+
+
+def _add_stamp(sub) -> None:
+    p = sub.add_parser("stamp", help="record this machine's hardware and packages in executed notebooks",
+                       description="Record this machine's hardware and package versions in the metadata of "
+                                   "notebooks papermill has just executed (the book's provenance page reads it).")
+    p.add_argument("notebooks", nargs="+", metavar="NOTEBOOK")
+    p.set_defaults(func=_run_stamp)
+
+
+def _run_stamp(args) -> int:
+    from mtbc_lib import provenance
+
+    env = provenance.environment()
+    for path in args.notebooks:
+        provenance.stamp(path, env)
+        print(f"stamped {path}")
+    return 0
+
+
+def _add_provenance(sub) -> None:
+    p = sub.add_parser("provenance", help="list the stored notebooks: when, how long and on what they ran")
+    p.add_argument("book_dir", nargs="?", default="book", metavar="BOOK_DIR",
+                   help="folder of the stored notebooks (default: %(default)s)")
+    p.set_defaults(func=_run_provenance)
+
+
+def _run_provenance(args) -> int:
+    from mtbc_lib import provenance
+
+    table = provenance.runs_table(args.book_dir)
+    print(table.drop(columns="duration_s").to_string(index=False) if len(table) else "no stored notebooks")
+    return 0
+
+
+#: Sub-commands, in the order of the work: name -> function adding its parser.
+SUBCOMMANDS = {"audit": _add_audit, "train": _add_train, "grid": _add_grid, "recipe": _add_recipe,
+               "leakage": _add_leakage, "claims": _add_claims, "book": _add_book, "stamp": _add_stamp,
+               "provenance": _add_provenance}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,17 +309,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mtbc`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
-    from mtbc_lib.data import DataError
+    from mtbc_lib.data.busi import DataError
 
     try:
         return int(args.func(args) or 0)
     except (DataError, OSError, ValueError) as exc:
         print(f"mtbc: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a notebook that failed: papermill names the cell's exception
+        if type(exc).__name__ != "PapermillExecutionError":
+            raise
+        print(f"mtbc: error: {exc.ename}: {_one_line(exc.evalue)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("mtbc: error: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

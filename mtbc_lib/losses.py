@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss, FocalLoss
 
-from .models import TASKS
+from mtbc_lib.networks.registry import TASKS
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0,

@@ -27,7 +27,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from mtbc_lib.config import CLASSES
+from mtbc_lib.core import CLASSES
 
 __all__ = [
     "SEG_METRICS", "CLS_METRICS", "TABLE_METRICS", "DDOF",

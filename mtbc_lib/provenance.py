@@ -7,7 +7,7 @@ per cell). Papermill does not record the machine, so :func:`stamp` adds it
 (``metadata.mtbc.environment``: hardware and package versions) right after execution::
 
     papermill notebooks/dataset_audit.ipynb book/dataset_audit.ipynb
-    python -m mtbc_lib.provenance stamp book/dataset_audit.ipynb
+    mtbc stamp book/dataset_audit.ipynb
 
 :func:`runs_table` reads every stored notebook of ``book/`` (what the reproducibility
 page shows); it never executes anything and needs neither data nor network.
@@ -15,12 +15,10 @@ page shows); it never executes anything and needs neither data nor network.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
@@ -28,7 +26,7 @@ from pathlib import Path
 
 import nbformat
 
-from mtbc_lib.config import REPO_ROOT, atomic_write
+from mtbc_lib.core import REPO_ROOT, atomic_write
 
 #: The executed notebooks of the book live here (``book/*.ipynb``, ``book/runs/*.ipynb``).
 BOOK_DIR: Path = REPO_ROOT / "book"
@@ -312,35 +310,6 @@ def markdown_table(frame) -> str:
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *body])
-
-
-# --------------------------------------------------------------------------- command line
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mtbc_lib.provenance", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_stamp = sub.add_parser("stamp", help="record this machine's hardware and packages in executed notebooks")
-    p_stamp.add_argument("notebooks", nargs="+", type=Path)
-    p_show = sub.add_parser("show", help="print the provenance of every stored notebook")
-    p_show.add_argument("book_dir", nargs="?", type=Path, default=BOOK_DIR)
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "stamp":
-            env = environment()
-            for path in args.notebooks:
-                stamp(path, env)
-                print(f"stamped {path}")
-        else:
-            table = runs_table(args.book_dir)
-            print(table.drop(columns="duration_s").to_string(index=False) if len(table) else "no stored notebooks")
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def execution_time_figure(runs):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .config import NORMAL
+from mtbc_lib.core import NORMAL
 
 
 def refine(mask_prob, class_scores, threshold: float = 0.5, normal: int = NORMAL):

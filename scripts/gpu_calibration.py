@@ -12,7 +12,7 @@ fold that hits the budget stops there and says so: ``stopped = "time budget"``).
     python scripts/gpu_calibration.py train --arrays .devrun/curated_busi_128.npz \\
         --out-dir results/calibration --budget-minutes 6.5
 
-Results land in ``<out-dir>/<run name>/`` like any run's (``mtbc_lib.runs``).
+Results land in ``<out-dir>/<run name>/`` like any run's (``mtbc_lib.engine.runs``).
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mtbc_lib import curation, data  # noqa: E402
-from mtbc_lib.trainconfig import TrainConfig  # noqa: E402
+from mtbc_lib.data import busi  # noqa: E402
+from mtbc_lib.data import curation
+from mtbc_lib.engine.config import TrainConfig  # noqa: E402
 
 
 def config(out_dir: str, budget_minutes: float, ckpt_dir: str = "") -> TrainConfig:
@@ -37,16 +38,16 @@ def config(out_dir: str, budget_minutes: float, ckpt_dir: str = "") -> TrainConf
 
 
 def prepare(out: Path, data_dir: str | None) -> None:
-    arrays = curation.curate(data.load_busi(data_dir, size=128), "paper", data_dir)
+    arrays = curation.curate(busi.load_busi(data_dir, size=128), "paper")
     out.parent.mkdir(parents=True, exist_ok=True)
-    data._save_npz(out, arrays)
+    busi._save_npz(out, arrays)
     print(f"{out}: {len(arrays)} curated images, {out.stat().st_size / 1e6:.1f} MB")
 
 
 def train_fold(arrays_path: Path, fold: int, out_dir: str, budget: float, ckpt_dir: str) -> None:
-    from mtbc_lib import train
+    from mtbc_lib.engine import train
 
-    arrays = data._load_npz(arrays_path)
+    arrays = busi._load_npz(arrays_path)
     cfg = config(out_dir, budget, ckpt_dir)
     cfg.folds = [fold]
     train.run(cfg, arrays=arrays, progress=True)  # the fold log ends with its summary line

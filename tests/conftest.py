@@ -12,10 +12,10 @@ from PIL import Image
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real BUSI folder (``MTBC_DATA`` or ../shared/data/BUSI); skips the test if absent."""
-    from mtbc_lib import config
+    from mtbc_lib import core
 
     try:
-        return config.data_dir()
+        return core.data_dir()
     except FileNotFoundError as exc:
         pytest.skip(f"real BUSI data absent: {exc}")
 

@@ -10,10 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtbc_lib import ablation, budget, grid
-from mtbc_lib.config import NORMAL
+from mtbc_lib.studies import ablation
+from mtbc_lib.studies import budget
+from mtbc_lib.studies import grid
+from mtbc_lib.core import NORMAL
 from mtbc_lib.metrics import TABLE_METRICS
-from mtbc_lib.trainconfig import PROFILES, TrainConfig
+from mtbc_lib.engine.config import PROFILES, TrainConfig
 
 
 def _write_run(root, name, rows_per_fold, folds=(0, 1)):
@@ -125,7 +127,7 @@ def test_grid_through_a_dask_cluster_on_loopback(tmp_path, make_busi):
     # the results chapter executes on this partial grid, predictions figure included
     import papermill
 
-    from mtbc_lib.config import REPO_ROOT
+    from mtbc_lib.core import REPO_ROOT
 
     out = papermill.execute_notebook(str(REPO_ROOT / "notebooks" / "results.ipynb"), str(tmp_path / "results.ipynb"),
                                      parameters={"results_dir": str(tmp_path / "results"), "grids": "unet-r34/fast",
@@ -162,7 +164,7 @@ def test_a_grid_that_fails_midway_keeps_the_rows_it_finished(tmp_path, make_busi
     results of another configuration, so it fails at once, and the first one's rows stay."""
     from papermill import PapermillExecutionError
 
-    from mtbc_lib.trainconfig import TrainConfig
+    from mtbc_lib.engine.config import TrainConfig
 
     data = make_busi(n_per_class=8)
     extra = {"curation": "none", "epochs": 1, "batch_size": 4, "image_size": 64}

@@ -1,4 +1,4 @@
-"""Tests of mtbc_lib.audit: the tables and figures read off a duplicate search, on the
+"""Tests of mtbc_lib.report.audit: the tables and figures read off a duplicate search, on the
 small generated folder of tests/synthetic.py (group 1: four images, benign + malignant; group 2:
 two normal images; four unrelated scans)."""
 
@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mtbc_lib import audit, audit_figures, dedup
+from mtbc_lib.report import audit
+from mtbc_lib import dedup
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def test_class_counts_per_keep_list(result):
     counts = audit.class_counts(result, {"drop-all": result.keep("drop-all"), "keep-one": result.keep("keep-one")})
     assert counts.loc["total"].tolist() == [10, 4, 5]
     assert counts.loc["normal"].tolist() == [4, 2, 3]
-    assert audit_figures.class_counts_figure(counts).axes[0].get_legend() is not None
+    assert audit.class_counts_figure(counts).axes[0].get_legend() is not None
 
 
 def test_calibration_finds_the_threshold_that_reproduces_a_keep_list(result):
@@ -37,7 +38,7 @@ def test_calibration_finds_the_threshold_that_reproduces_a_keep_list(result):
     assert fov.at[0.999, "missed"] > 0  # too strict: copies not grouped
     whole = t[t["method"] == "whole images"].set_index("threshold")
     assert whole.at[0.94, "missed"] > 0  # crops need the common field of view
-    assert len(audit_figures.calibration_figure(t).data) == 2
+    assert len(audit.calibration_figure(t).data) == 2
     text = audit.calibration_summary(result, t)
     lowest = result.pairs.loc[result.pairs["duplicate"], "plain_ssim"].min()
     assert f"copies of one scan score as low as {lowest:.2f}" in text
@@ -64,22 +65,22 @@ def test_audit_figures(result):
     img = np.full((40, 60), 100, np.uint8)
     mask = np.zeros((40, 60), bool)
     mask[10:30, 20:40] = True
-    rgb = audit_figures.mask_overlay(img, mask, height=20)
+    rgb = audit.mask_overlay(img, mask, height=20)
     assert rgb.shape == (20, 30, 3) and (rgb == (255, 60, 60)).all(axis=2).any()
     assert (rgb[0, 0] == 100).all()
-    fig = audit_figures.group_slider(result, height=32)
+    fig = audit.group_slider(result, height=32)
     steps = fig.layout.sliders[0].steps
     assert [s.label for s in steps] == ["1", "2"] and len(fig.data) == 4  # one image trace per slot
     assert steps[1].args[0]["visible"] == [True, True, False, False]
     assert steps[0].args[0]["source"][0] == fig.data[0].source
     assert fig.data[0].source.startswith(("data:image/webp;base64,", "data:image/jpeg;base64,"))
     assert "label conflict" in steps[0].args[1]["title.text"] and "normal (4)" in steps[1].args[1]["title.text"]
-    hist = audit_figures.ssim_distribution(result.pairs, 0.94)
+    hist = audit.ssim_distribution(result.pairs, 0.94)
     assert len(hist.data) == 2 and hist.layout.shapes[0].x0 == 0.94
-    gal = audit_figures.group_gallery(result, [1, 2], height=40)
+    gal = audit.group_gallery(result, [1, 2], height=40)
     assert len(gal.axes) == 8
     with pytest.raises(ValueError, match="no such duplicate group"):
-        audit_figures.group_gallery(result, [9])
+        audit.group_gallery(result, [9])
 
 
 # ----------------------------------------------------------------------------- second level: same lesion
@@ -105,28 +106,28 @@ def test_lesion_tables(lesion_result):
     assert t.loc[0.805, ["lesion_groups", "images_in_groups", "added_images", "added_benign"]].tolist() == [1, 3, 1, 1]
     assert t.at[0.99, "added_images"] == 0 and t.at[0.99, "lesion_groups"] == 1  # the copies alone
     assert t.at[0.5, "added_images"] >= 1 and t.at[0.5, "largest"] >= 3
-    fig = audit_figures.lesion_threshold_figure(t.reset_index(), 0.805)
+    fig = audit.lesion_threshold_figure(t.reset_index(), 0.805)
     assert len(fig.data) == 3 and list(fig.data[0].y) == t["added_images"].tolist()
 
 
 def test_lesion_figures(lesion_result):
     r = lesion_result
-    hist = audit_figures.lesion_distribution(r)
+    hist = audit.lesion_distribution(r)
     assert [d.name.split(" (")[0] for d in hist.data] == ["same class", "different classes"]
     assert hist.layout.shapes[0].x0 == r.config.lesion_threshold
-    gal = audit_figures.group_gallery(r, [1], height=40, level="lesion", max_cols=2)
+    gal = audit.group_gallery(r, [1], height=40, level="lesion", max_cols=2)
     assert len(gal.axes) == 4  # three members wrapped after two: two rows of two slots
     assert any("copies: group 1" in ax.get_title() for ax in gal.axes)
-    sl = audit_figures.group_slider(r, height=32, level="lesion")
+    sl = audit.group_slider(r, height=32, level="lesion")
     assert [s.label for s in sl.layout.sliders[0].steps] == ["1"] and len(sl.data) == 3
     assert "lesion group 1" in sl.layout.title.text and "same-scan groups: 1" in sl.layout.title.text
-    pg = audit_figures.pair_gallery(r, audit.lesion_margin(r, k=1), height=32, cols=2)
+    pg = audit.pair_gallery(r, audit.lesion_margin(r, k=1), height=32, cols=2)
     titles = [ax.get_title(loc="left") for ax in pg.axes]
     assert len(pg.axes) == 8 and "benign (1)" in titles[0] and "linked)" in titles[0]
     assert sum("apart)" in t for t in titles) == 2
     with pytest.raises(ValueError, match="no pair given"):
-        audit_figures.pair_gallery(r, r.pairs.iloc[:0])
+        audit.pair_gallery(r, r.pairs.iloc[:0])
     with pytest.raises(ValueError, match="no such lesion group"):
-        audit_figures.group_gallery(r, [5], level="lesion")
+        audit.group_gallery(r, [5], level="lesion")
     with pytest.raises(ValueError, match="level='frame'"):
-        audit_figures.group_slider(r, level="frame")
+        audit.group_slider(r, level="frame")

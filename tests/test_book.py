@@ -2,7 +2,7 @@
 notebook is in the table of contents and in the reproducibility page, no plotly figure
 silently disappears, and nothing is loaded from outside the book.
 
-The module builds the book once with ``mtbc_lib.book.build`` (the command of
+The module builds the book once with ``mtbc_lib.report.book.build`` (the command of
 ``make book``; incremental, so cheap after a previous build).
 """
 
@@ -17,7 +17,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mtbc_lib import book, models, provenance, reader
+from mtbc_lib.report import book
+from mtbc_lib import networks
+from mtbc_lib import provenance
+from mtbc_lib.report import reader
 
 ROOT = Path(__file__).resolve().parent.parent
 HTML = ROOT / book.HTML_DIR
@@ -119,7 +122,7 @@ def test_no_widget_output_is_left_for_the_static_book():
 def test_no_plotly_figure_disappears(built):
     """Each stored notebook's page shows exactly as many plotly figures as the
     notebook stores (an output that only carries plotly's own MIME type is dropped by
-    the book: use mtbc_lib.plots.show_plotly)."""
+    the book: use mtbc_lib.report.plots.show_plotly)."""
     mismatches = {}
     for path in _stored():
         expected = plotly_outputs(nbformat.read(path, as_version=4))
@@ -208,12 +211,12 @@ def test_plotly_figure_survives_papermill_and_the_build(tmp_path):
         nbformat.v4.new_markdown_cell("# A plotly figure"),
         nbformat.v4.new_code_cell("n_bars: int = 3  # bars to draw", metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell(
-            "import plotly.graph_objects as go\nfrom mtbc_lib.plots import show_plotly\n"
+            "import plotly.graph_objects as go\nfrom mtbc_lib.report.plots import show_plotly\n"
             "show_plotly(go.Figure(go.Bar(x=list(range(n_bars)), y=list(range(n_bars)))))",
             metadata={"tags": ["hide-input"]}),
         # what fig.show() leaves under nbclient: plotly's JSON MIME type alone
         nbformat.v4.new_code_cell(
-            "import json\nfrom IPython.display import display\nfrom mtbc_lib.plots import PLOTLY_MIME\n"
+            "import json\nfrom IPython.display import display\nfrom mtbc_lib.report.plots import PLOTLY_MIME\n"
             "fig = go.Figure(go.Scatter(x=[0, 1], y=[1, 0]))\n"
             "display({PLOTLY_MIME: json.loads(fig.to_json())}, raw=True)",
             metadata={"tags": ["hide-input"]}),
@@ -304,7 +307,7 @@ def test_run_title_names_backbone_configuration_and_profile():
                            "run_name": "unetplusplus-st-seg-cpu"}) == "U-Net++ · ST(Seg) · cpu"
     assert reader.run_title({**cfg, "backbone": "nnunet-planned", "task": "cls", "profile": "steady",
                            "run_name": "nnunet-planned-st-cls-do-steady-epochs24"}) == \
-        f"{models.BACKBONES['nnunet-planned'].title} · ST(Cls)+DO · steady · epochs 24"
+        f"{networks.BACKBONES['nnunet-planned'].title} · ST(Cls)+DO · steady · epochs 24"
     # what else the run name says, in words; a suffix it cannot parse stays readable
     name = "unetplusplus-mt-do-cpu-curationkeep-one-splitscan-ds0"
     assert reader.run_title({**cfg, "profile": "cpu", "run_name": name}) == \
@@ -334,17 +337,17 @@ def test_run_pages_are_titled_from_their_own_config(built):
 
 
 def test_toc_groups_the_runs_under_their_backbone():
-    """_toc.yml's generated block is up to date (python -m mtbc_lib.book toc) and puts
+    """_toc.yml's generated block is up to date (mtbc book toc) and puts
     every run notebook in the part of its backbone."""
     toc = (ROOT / "_toc.yml").read_text()
-    assert book.runs_toc_block(ROOT) in toc, "_toc.yml is stale: run python -m mtbc_lib.book toc"
+    assert book.runs_toc_block(ROOT) in toc, "_toc.yml is stale: run mtbc book toc"
     import yaml
 
     parts = {p["caption"]: [c["file"] for c in p["chapters"]] for p in yaml.safe_load(toc)["parts"]}
     for path in sorted((BOOK_DIR / "runs").glob("*.ipynb")):
         cfg = reader.run_config(json.loads(path.read_text(encoding="utf-8")), ROOT, path.stem)
         study = Path(cfg.get("out_dir") or "results").name  # a study's own runs: their own part
-        caption = "Training runs: " + models.BACKBONES[cfg["backbone"]].title + (f" ({study} study)" if study != "results" else "")
+        caption = "Training runs: " + networks.BACKBONES[cfg["backbone"]].title + (f" ({study} study)" if study != "results" else "")
         assert _docname(path) in parts.get(caption, []), f"{path.name} is not under {caption!r}"
 
 
@@ -461,7 +464,7 @@ def test_browsable_tables_carry_the_library_once_per_cell_in_a_kernel():
     be all that is left after the first cell is re-run)."""
     from nbclient import NotebookClient
 
-    setup = "import pandas as pd\nfrom mtbc_lib import book\ndf = pd.DataFrame({'a': range(30)})"
+    setup = "import pandas as pd\nfrom mtbc_lib.report import book\ndf = pd.DataFrame({'a': range(30)})"
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell(setup + "\ndisplay(book.browsable_table(df), book.browsable_table(df))"),
         nbformat.v4.new_code_cell("display(book.browsable_table(df))")])

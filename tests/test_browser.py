@@ -5,7 +5,7 @@ parameters cell, no code shown above a figure, no two pages with the same title 
 sidebar, every plotly figure drawn and every table of the notebook shown.
 
 Uses ``_build/html`` as built by ``make book``; when it is absent the fixture builds it
-with the same command (``mtbc_lib.book.build``). Screenshots go to ``_build/screenshots/``.
+with the same command (``mtbc_lib.report.book.build``). Screenshots go to ``_build/screenshots/``.
 Chromium is the system one (``/usr/bin/chromium``, or ``$MTBC_CHROMIUM``), driven by
 playwright (never ``playwright install``).
 """
@@ -24,7 +24,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from mtbc_lib import book, reader
+from mtbc_lib.report import book
+from mtbc_lib.report import reader
 
 pytestmark = pytest.mark.browser
 
@@ -246,7 +247,7 @@ _PIPE_TABLE_RULE = re.compile(r"^\|?\s*:?-{3,}:?\s*(?:\|\s*:?-{3,}:?\s*)+\|?\s*$
 def test_long_tables_are_browsable_whole(site, browser):
     """The results chapter's per-image tables hold every test image of the proposal's
     row, and a reader can search them and sort them by a column, offline."""
-    from mtbc_lib import ablation
+    from mtbc_lib.studies import ablation
 
     nb = json.loads((ROOT / "book" / "results.ipynb").read_text(encoding="utf-8"))
     params = reader.notebook_parameters(nb)

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from mtbc_lib import ablation, claims
-from mtbc_lib.config import NORMAL
+from mtbc_lib.studies import ablation
+from mtbc_lib.studies import claims
+from mtbc_lib.core import NORMAL
 from test_ablation import _write_run
 
 

@@ -1,5 +1,5 @@
 """Tests of the ``mtbc`` command (mtbc_lib.cli), run as a subprocess
-(``python -m mtbc_lib.cli``) on a tiny generated folder and on bad input."""
+(``mtbc``) on a tiny generated folder and on bad input."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import sys
 import pandas as pd
 import pytest
 
-from mtbc_lib import cli, dedup
-from mtbc_lib.data import read_keep_list
+from mtbc_lib import cli
+from mtbc_lib import dedup
+from mtbc_lib.data.busi import read_keep_list
 
 
 def _mtbc(*args, tmp_path):
     env = dict(os.environ, MTBC_CACHE=str(tmp_path / "cache"))
-    return subprocess.run([sys.executable, "-m", "mtbc_lib.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "mtbc_lib", *map(str, args)], capture_output=True,
                           text=True, env=env, timeout=300)
 
 
@@ -82,9 +83,14 @@ def test_corrupt_png_and_unwritable_output(busi, tmp_path):
     assert run.returncode == 2 and run.stderr.startswith("mtbc: error: ") and run.stderr.count("\n") == 1
 
 
-def test_parser_has_subcommands():
+def test_parser_has_every_workflow_step(tmp_path):
     parser = cli.build_parser()
-    assert set(cli.SUBCOMMANDS) == {"audit", "grid"}
+    steps = ["audit", "train", "grid", "recipe", "leakage", "claims", "book", "stamp", "provenance"]
+    assert list(cli.SUBCOMMANDS) == steps
+    shown = _mtbc("--help", tmp_path=tmp_path)
+    assert shown.returncode == 0 and all(f"\n    {s}" in shown.stdout for s in steps)
+    for s in steps:
+        assert _mtbc(s, "--help", tmp_path=tmp_path).returncode == 0
     args = parser.parse_args(["audit", "x", "--out", "y"])
     assert args.threshold == dedup.DedupConfig().threshold and args.curation == "drop-all" and args.extended
 
@@ -105,3 +111,20 @@ def test_grid_refuses_unknown_names_in_one_line(tmp_path, args, message):
     run = _mtbc("grid", *args, "--out", tmp_path / "results", tmp_path=tmp_path)
     assert run.returncode == 2 and message in run.stderr and run.stderr.count("\n") == 1
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "epochz=3"], "unknown parameter(s) epochz; valid: backbone, task,"),
+    (["--task", "segm"], "parameter task='segm': expected one of seg, cls, mt"),
+    (["--set", "width=0.5", "--backbone", "unet-r34"], "only the paper's networks scale their widths"),
+    (["--set", "epochs"], "'epochs' is not KEY=VALUE"),
+])
+def test_train_refuses_bad_parameters_in_one_line_before_anything_runs(tmp_path, args, message):
+    run = _mtbc("train", *args, "--out", tmp_path / "results", tmp_path=tmp_path)
+    assert run.returncode == 2 and message in run.stderr and run.stderr.count("\n") == 1
+    assert not (tmp_path / "results").exists()
+
+
+def test_claims_of_a_grid_with_no_runs_say_so_in_one_line(tmp_path):
+    run = _mtbc("claims", "unetplusplus", "cpu", "--results", tmp_path / "none", tmp_path=tmp_path)
+    assert run.returncode == 2 and run.stderr.startswith("mtbc: error: ") and run.stderr.count("\n") == 1

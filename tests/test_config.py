@@ -1,4 +1,4 @@
-"""mtbc_lib.config.atomic_write: the one way every result file is written."""
+"""mtbc_lib.core.atomic_write: the one way every result file is written."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from mtbc_lib.config import atomic_write
+from mtbc_lib.core import atomic_write
 
 
 def test_atomic_write_replaces_the_file_with_the_usual_permissions(tmp_path):

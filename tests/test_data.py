@@ -1,4 +1,4 @@
-"""Tests of mtbc_lib.data: indexing, PNG modes, masks, resizing, cache, bad input,
+"""Tests of mtbc_lib.data.busi: indexing, PNG modes, masks, resizing, cache, bad input,
 keep-lists, curation and the cross-validation folds. Tiny generated PNGs in tmp_path;
 real-data checks behind @pytest.mark.data."""
 
@@ -16,9 +16,10 @@ from PIL import Image
 
 from conftest import write_png
 from mtbc_lib import data
-from mtbc_lib.curation import curate
-from mtbc_lib.data import DataError
-from mtbc_lib.splits import cv_splits
+from mtbc_lib.data import busi as busi_io
+from mtbc_lib.data.curation import curate
+from mtbc_lib.data.busi import DataError
+from mtbc_lib.data.splits import cv_splits
 
 
 @pytest.fixture(autouse=True)
@@ -202,8 +203,8 @@ def test_nearest_sampling_is_pillows_at_every_size():
         ramp = Image.fromarray(np.arange(n_in, dtype=np.int32)[None], mode="I")
         for n_out in range(1, 41):
             want = np.asarray(ramp.resize((n_out, 1), Image.Resampling.NEAREST))[0]
-            np.testing.assert_array_equal(data._nearest(n_in, n_out), want, err_msg=f"{n_in} -> {n_out}")
-    assert data._nearest(8, 7)[3] == 3
+            np.testing.assert_array_equal(busi_io._nearest(n_in, n_out), want, err_msg=f"{n_in} -> {n_out}")
+    assert busi_io._nearest(8, 7)[3] == 3
 
 
 # ----------------------------------------------------------------------------- loading
@@ -265,8 +266,8 @@ def test_cache_hit_reads_no_png(make_busi, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("a PNG was decoded although the cache is valid")
 
-    monkeypatch.setattr(data, "_load_one", no_decoding)
-    monkeypatch.setattr(data, "read_image", no_decoding)
+    monkeypatch.setattr(busi_io, "_load_one", no_decoding)
+    monkeypatch.setattr(busi_io, "read_image", no_decoding)
     second = data.load_busi(root, size=32, progress=False, workers=1)
     for name in ("images", "masks", "labels", "classes", "ids", "orig_sizes"):
         a, b = getattr(first, name), getattr(second, name)
@@ -609,7 +610,10 @@ def test_real_curate_paper_and_folds(busi):
 @pytest.mark.data
 @pytest.mark.slow
 def test_real_curate_keep_one(busi, data_dir):
-    pytest.importorskip("mtbc_lib.dedup", reason="mtbc_lib.dedup not written yet")
-    cur = curate(busi, "keep-one", data_dir)
+    from mtbc_lib import dedup
+
+    with pytest.raises(ValueError, match="curation 'keep-one': needs the duplicate audit's keep-list"):
+        curate(busi, "keep-one")
+    cur = curate(busi, "keep-one", dedup.keep_list(data_dir, "keep-one"))
     assert 450 < len(cur) < 780
     assert set(np.unique(cur.labels)) == {0, 1, 2}

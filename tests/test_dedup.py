@@ -1,4 +1,4 @@
-"""Tests of mtbc_lib.dedup: the search on small generated scans (a crop, a
+"""Tests of mtbc_lib.dedup.search: the search on small generated scans (a crop, a
 rescale, a crop + rescale of one synthetic scan are found, unrelated scans are not),
 label conflicts, mask agreement, the curation rules, the cached keep-list, the output
 files, bad input. Real-data checks (the paper's groups) behind @pytest.mark.data."""
@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtbc_lib import audit, dedup
-from mtbc_lib.data import DataError, read_keep_list
+from mtbc_lib.report import audit
+from mtbc_lib import dedup
+from mtbc_lib.data.busi import DataError, read_keep_list
 from synthetic import write_synthetic_busi, write_synthetic_lesions
 
 
@@ -162,7 +163,7 @@ def test_keep_list_is_cached(synthetic, monkeypatch, tmp_path):
     def boom(*a, **k):
         raise AssertionError("searched again")
 
-    monkeypatch.setattr(dedup, "find_groups", boom)
+    monkeypatch.setattr(dedup.search, "find_groups", boom)
     assert dedup.keep_list(root, "drop-all") == r.keep("drop-all")
     with pytest.raises(ValueError, match="unknown curation rule"):
         dedup.keep_list(root, "none")
@@ -208,10 +209,10 @@ def test_notebook_params_reject_unknown_names():
 
 @pytest.fixture(scope="module")
 def busi_audit():
-    from mtbc_lib import config
+    from mtbc_lib import core
 
     try:
-        root = config.data_dir()
+        root = core.data_dir()
     except FileNotFoundError as exc:
         pytest.skip(f"real BUSI data absent: {exc}")
     return dedup.find_groups(root, progress=False)
@@ -226,7 +227,7 @@ def _key_name(c, i):
 def test_busi_reproduces_the_published_groups(busi_audit):
     """The published removal set is exactly 5 quadruplets, 22 triplets and 122 duplets
     of our groups; we find one duplet more (malignant 11 / 113, a crop + rescale)."""
-    from mtbc_lib.data import PUBLISHED_KEEP_LIST
+    from mtbc_lib.data.busi import PUBLISHED_KEEP_LIST
 
     r = busi_audit
     published = read_keep_list(PUBLISHED_KEEP_LIST)
@@ -319,10 +320,10 @@ def test_second_run_reads_no_png_matches_no_keypoint_and_finds_the_same(tmp_path
         raise AssertionError("decoded a PNG")
 
     with monkeypatch.context() as m:
-        m.setattr(dedup, "decode_all", boom)
-        m.setattr(data, "read_image", boom)
-        m.setattr(dedup, "match_descriptors", boom)  # the candidates are kept too
-        m.setattr(dedup, "keypoint_pairs", boom)
+        m.setattr(dedup.search, "decode_all", boom)
+        m.setattr(data.busi, "read_image", boom)
+        m.setattr(dedup.search, "match_descriptors", boom)  # the candidates are kept too
+        m.setattr(dedup.search, "keypoint_pairs", boom)
         second = dedup.find_groups(root, progress=False, workers=1)
     pd.testing.assert_frame_equal(second.pairs, first.pairs)
     pd.testing.assert_frame_equal(second.groups, first.groups)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mtbc_lib.device import resolve_amp, resolve_channels_last, resolve_device
+from mtbc_lib.engine.device import resolve_amp, resolve_channels_last, resolve_device
 
 
 @pytest.mark.parametrize("value,device,amp,expected", [

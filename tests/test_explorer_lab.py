@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from mtbc_lib import dedup
-from mtbc_lib.data import read_keep_list
+from mtbc_lib.data.busi import read_keep_list
 from test_browser import CHROMIUM_FLAGS, LOOPBACK, _chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -1,5 +1,5 @@
 """Tests of the split designs (``TrainConfig.split``) and of the leakage study
-(:mod:`mtbc_lib.leakage`, :mod:`mtbc_lib.leakage_report`) on generated BUSI folders:
+(:mod:`mtbc_lib.studies.leakage`, :mod:`mtbc_lib.report.leakage`) on generated BUSI folders:
 scan-level folds never separate the copies of one scan, lesion-level folds also keep
 frames of one lesion together, and the study's tables come out of two real (tiny)
 trainings."""
@@ -12,11 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtbc_lib import data, leakage, trainconfig
-from mtbc_lib import leakage_report as report
+from mtbc_lib import data
+from mtbc_lib.studies import leakage
+from mtbc_lib.engine import config
+from mtbc_lib.report import leakage as report
+from mtbc_lib import dedup
 from mtbc_lib.dedup import audit_groups
-from mtbc_lib.runs import load_run
-from mtbc_lib.splits import audit_group_ids, cv_splits, make_splits
+from mtbc_lib.engine import train
+from mtbc_lib.engine.runs import load_run
+from mtbc_lib.data.splits import cv_splits, group_ids, make_splits
 from synthetic import _frame, _save, _scan
 
 #: The copies of tests/synthetic.py's folder: group A (filed as benign and malignant), group B.
@@ -47,19 +51,19 @@ def busi(synthetic_busi, tmp_path_factory):
 
 
 def _cfg(busi, **kw):
-    return trainconfig.TrainConfig(curation="none", data_dir=str(busi), profile="fast", **kw).resolve()
+    return config.TrainConfig(curation="none", data_dir=str(busi), profile="fast", **kw).resolve()
 
 
 def test_scan_level_folds_never_separate_copies(busi):
     arrays = data.load_busi(busi, size=32, progress=False)
-    groups = audit_group_ids(arrays, busi, "scan")
+    groups = group_ids(arrays, dedup.audit_groups(busi, "scan"))
     key_group = dict(zip(arrays.keys, groups))
     assert len({key_group[k] for k in GROUP_A}) == 1 and len({key_group[k] for k in GROUP_B}) == 1
     assert len(set(groups)) == len(arrays) - 4  # 26 images, groups of 4 and 2
     frames = [arrays.keys.index(k) for k in sorted(FRAMES)]  # one lesion, two scans
-    lesion = audit_group_ids(arrays, busi, "lesion")
+    lesion = group_ids(arrays, dedup.audit_groups(busi, "lesion"))
     assert lesion[frames[0]] == lesion[frames[1]] and groups[frames[0]] != groups[frames[1]]
-    splits = make_splits(_cfg(busi, split="scan"), arrays)
+    splits = train.run_splits(_cfg(busi, split="scan"), arrays)
     tested = np.concatenate([s.test for s in splits])
     assert sorted(tested) == list(range(len(arrays)))  # every image tested once
     for s in splits:
@@ -81,14 +85,14 @@ def test_lesion_level_joins_the_frames_of_one_lesion(synthetic_lesions):
 
 
 def test_split_field_names_runs_and_reads_old_configs():
-    assert trainconfig.TrainConfig(profile="fast").resolve().run_name == "unetplusplus-mt-fast"
-    assert trainconfig.TrainConfig(profile="fast", split="scan").resolve().run_name == "unetplusplus-mt-fast-splitscan"
+    assert config.TrainConfig(profile="fast").resolve().run_name == "unetplusplus-mt-fast"
+    assert config.TrainConfig(profile="fast", split="scan").resolve().run_name == "unetplusplus-mt-fast-splitscan"
     with pytest.raises(ValueError, match=r"^parameter split='group': expected one of image, scan, lesion$"):
-        trainconfig.TrainConfig(split="group").resolve()
-    new = trainconfig.TrainConfig(profile="fast").resolve().to_dict()
+        config.TrainConfig(split="group").resolve()
+    new = config.TrainConfig(profile="fast").resolve().to_dict()
     old = {k: v for k, v in new.items() if k != "split"}
-    assert trainconfig.config_diff(old, new) == []
-    assert trainconfig.config_diff(old, new | {"split": "scan"}) == ["split"]
+    assert config.config_diff(old, new) == []
+    assert config.config_diff(old, new | {"split": "scan"}) == ["split"]
 
 
 @pytest.mark.slow
@@ -108,7 +112,7 @@ def test_study_tables_from_two_tiny_trainings(busi, tmp_path):
     assert not table.loc[~table.index.isin(FRAMES), "frame_in_train"].any()
     arrays = data.load_busi(busi, size=32, progress=False)
     row = {k: n for n, k in enumerate(arrays.keys)}
-    for split in make_splits(leakage.design_config("scan-level", data_dir=str(busi), **tiny), arrays):
+    for split in train.run_splits(leakage.design_config("scan-level", data_dir=str(busi), **tiny), arrays):
         for frame, other in (sorted(FRAMES), sorted(FRAMES)[::-1]):
             if row[frame] in split.test:
                 assert table.loc[frame, "frame_in_train"] == (row[other] in split.train)

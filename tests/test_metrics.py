@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mtbc_lib import metrics
-from mtbc_lib.config import CLASSES
+from mtbc_lib.core import CLASSES
 
 
 def _square(size=16, top=4, left=4, side=6) -> np.ndarray:

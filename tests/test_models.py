@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from mtbc_lib.losses import MultiTaskLoss
-from mtbc_lib.models import TASKS, build_model, count_parameters
-from mtbc_lib.other_networks import nnunet_plan
+from mtbc_lib.networks.registry import TASKS, build_model, count_parameters
+from mtbc_lib.networks.library_unets import nnunet_plan
 
 OTHER = ["unetplusplus-r34", "unet-r34", "nnunet-planned"]
 

@@ -13,8 +13,8 @@ import time
 import nbformat
 import pytest
 
-from mtbc_lib import trainconfig
-from mtbc_lib.config import REPO_ROOT
+from mtbc_lib.engine import config
+from mtbc_lib.core import REPO_ROOT
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "train.ipynb"
 
@@ -34,7 +34,7 @@ def test_notebook_structure_and_declared_parameters():
         stmt = ast.parse(line).body[0]
         assert isinstance(stmt, ast.AnnAssign), f"parameter line without a type: {line!r}"
         declared[stmt.target.id] = ast.literal_eval(stmt.value)  # literals only
-    fields = trainconfig.TrainConfig.__dataclass_fields__
+    fields = config.TrainConfig.__dataclass_fields__
     assert set(declared) <= set(fields)
     for name, value in declared.items():
         default = fields[name].default

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtbc_lib.config import CLASSES, SEED
-from mtbc_lib.data import PUBLISHED_KEEP_LIST
-from mtbc_lib.oversampling import oversample, oversampling_factors
-from mtbc_lib.splits import cv_splits
+from mtbc_lib.core import CLASSES, SEED
+from mtbc_lib.data.busi import PUBLISHED_KEEP_LIST
+from mtbc_lib.data.oversampling import oversample, oversampling_factors
+from mtbc_lib.data.splits import cv_splits
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_exact_counts_on_curated_busi(curated_labels):
 
 
 def test_same_factors_with_splits_made_directly_by_sklearn(curated_labels):
-    """Independent of mtbc_lib.data: the paper's protocol written out with sklearn."""
+    """Independent of mtbc_lib.data.busi: the paper's protocol written out with sklearn."""
     from sklearn.model_selection import StratifiedKFold, train_test_split
     skf = StratifiedKFold(n_splits=4, shuffle=True, random_state=SEED)
     for rest, _test in skf.split(np.zeros(len(curated_labels)), curated_labels):

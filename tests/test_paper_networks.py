@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mtbc_lib.losses import MultiTaskLoss
-from mtbc_lib.models import BACKBONES, build_model, count_parameters
-from mtbc_lib.paper_networks import UNetPlusPlus
+from mtbc_lib.networks.registry import BACKBONES, build_model, count_parameters
+from mtbc_lib.networks.unetplusplus import UNetPlusPlus
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""mtbc_lib.plots: plotly output for the book and the execution-time figure."""
+"""mtbc_lib.report.plots: plotly output for the book and the execution-time figure."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from mtbc_lib import plots, provenance
+from mtbc_lib.report import plots
+from mtbc_lib import provenance
 
 
 def _runs(durations: dict[str, float | None], status: str = "completed") -> pd.DataFrame:
@@ -101,7 +102,8 @@ def _run_dir(root, name, test: pd.DataFrame, masks: dict):
 def test_comparison_examples_picks_best_typical_worst_and_refinement_cases(tmp_path):
     import numpy as np
 
-    from mtbc_lib import data, runs
+    from mtbc_lib import data
+    from mtbc_lib.engine import runs
 
     names = ["benign (1)", "benign (2)", "malignant (3)", "normal (4)", "normal (5)"]
     lesion = np.zeros((16, 16), bool)

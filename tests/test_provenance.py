@@ -149,12 +149,14 @@ def test_markdown_table_escapes_cells():
 
 
 def test_command_line_stamp_and_show(book_dir, tmp_path, capsys):
+    from mtbc_lib.cli import main
+
     target = tmp_path / "ok.ipynb"
     target.write_bytes((book_dir / "runs" / "ok.ipynb").read_bytes())
-    assert provenance.main(["stamp", str(target)]) == 0
+    assert main(["stamp", str(target)]) == 0
     assert "environment" in nbformat.read(target, as_version=4).metadata["mtbc"]
-    assert provenance.main(["show", str(book_dir)]) == 0
+    assert main(["provenance", str(book_dir)]) == 0
     out = capsys.readouterr().out
     assert "runs/ok.ipynb" in out and "completed" in out
-    assert provenance.main(["stamp", str(tmp_path / "missing.ipynb")]) == 2
+    assert main(["stamp", str(tmp_path / "missing.ipynb")]) == 2
     assert "missing.ipynb" in capsys.readouterr().err

@@ -5,8 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-from mtbc_lib import recipe, train, trainconfig
-from mtbc_lib.splits import make_splits
+from mtbc_lib.studies import recipe
+from mtbc_lib.engine import train
+from mtbc_lib.engine import config
+from mtbc_lib.data.splits import make_splits
 from test_train import _fold_files, tiny_arrays, tiny_config
 
 RECIPE = dict(optimizer="adamw", weight_decay=0.01, schedule="cosine", warmup_epochs=0.5, grad_clip=1.0,
@@ -29,7 +31,7 @@ def test_killed_and_resumed_run_with_every_recipe_field_equals_an_uninterrupted_
 
 
 def test_cosine_schedule_warms_up_then_decays_to_min_lr():
-    cfg = trainconfig.TrainConfig(profile="fast", schedule="cosine", warmup_epochs=1.0, epochs=4, lr=1e-3,
+    cfg = config.TrainConfig(profile="fast", schedule="cosine", warmup_epochs=1.0, epochs=4, lr=1e-3,
                                   min_lr=1e-5).resolve()
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
     sched = train._scheduler(cfg, opt, steps_per_epoch=10)
@@ -100,12 +102,12 @@ def test_the_moving_average_gets_batch_norm_statistics_of_its_own_weights(tmp_pa
 
 
 def test_runs_written_before_the_recipe_fields_match_the_paper_recipe():
-    cfg = trainconfig.TrainConfig(profile="steady").resolve()
-    old = {k: v for k, v in cfg.to_dict().items() if k not in (*trainconfig.PAPER_RECIPE, "evaluate_on")}
-    assert trainconfig.config_diff(old, cfg.to_dict()) == []
-    assert trainconfig.config_diff(old, trainconfig.TrainConfig(profile="steady", ema=0.99).resolve().to_dict()) == ["ema"]
+    cfg = config.TrainConfig(profile="steady").resolve()
+    old = {k: v for k, v in cfg.to_dict().items() if k not in (*config.PAPER_RECIPE, "evaluate_on")}
+    assert config.config_diff(old, cfg.to_dict()) == []
+    assert config.config_diff(old, config.TrainConfig(profile="steady", ema=0.99).resolve().to_dict()) == ["ema"]
     assert cfg.run_name == "unetplusplus-mt-steady"
-    assert trainconfig.TrainConfig(profile="steady", schedule="cosine", evaluate_on="val").resolve().run_name == \
+    assert config.TrainConfig(profile="steady", schedule="cosine", evaluate_on="val").resolve().run_name == \
         "unetplusplus-mt-steady-schedulecosine-evaluateonval"
 
 
@@ -119,7 +121,7 @@ def test_runs_written_before_the_recipe_fields_match_the_paper_recipe():
 ])
 def test_bad_recipe_values_fail_in_one_line(kw, message):
     with pytest.raises(ValueError) as e:
-        trainconfig.TrainConfig(**kw).resolve()
+        config.TrainConfig(**kw).resolve()
     assert message in str(e.value) and "\n" not in str(e.value)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtbc_lib.config import NORMAL
+from mtbc_lib.core import NORMAL
 from mtbc_lib.refine import refine
 
 B, M, N = 0, 1, NORMAL  # benign, malignant, normal
@@ -122,7 +122,8 @@ def test_engine_pr_metrics_equal_the_table_computed_from_saved_outputs(tmp_path)
     refines the saved per-image summaries (refine_labels, refined_dice): same numbers."""
     import json
 
-    from mtbc_lib import ablation, train
+    from mtbc_lib.studies import ablation
+    from mtbc_lib.engine import train
     from test_train import tiny_arrays, tiny_config
 
     train.run(tiny_config(tmp_path, epochs=2), arrays=tiny_arrays(), progress=False)

@@ -1,4 +1,4 @@
-"""Tests of mtbc_lib.registration: SSIM equal to scikit-image's, transforms that compose
+"""Tests of mtbc_lib.dedup.registration: SSIM equal to scikit-image's, transforms that compose
 and convert, a similarity fit that ignores outlier matches, keypoints that follow a shift,
 a Lucas-Kanade refinement that finds a scale and shift, blurs equal to scipy's."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from mtbc_lib import registration as reg
+from mtbc_lib.dedup import registration as reg
 
 
 def test_ssim_pairs_equals_scikit_image():

@@ -11,9 +11,9 @@ import textwrap
 
 import pytest
 
-from mtbc_lib import runs
-from mtbc_lib.config import REPO_ROOT
-from mtbc_lib.trainconfig import TrainConfig
+from mtbc_lib.engine import runs
+from mtbc_lib.core import REPO_ROOT
+from mtbc_lib.engine.config import TrainConfig
 
 
 def _holder(lock, seconds=60):
@@ -22,7 +22,7 @@ def _holder(lock, seconds=60):
         import sys, time
         sys.path.insert(0, {str(REPO_ROOT)!r})
         from pathlib import Path
-        from mtbc_lib import runs
+        from mtbc_lib.engine import runs
         with runs.hold(Path({str(lock)!r}), "test run fold 0"):
             print("held", flush=True)
             time.sleep({seconds})
@@ -77,7 +77,7 @@ def test_the_lock_is_released_when_the_block_fails(tmp_path):
 
 
 def test_profiles_table_is_the_profiles_in_words():
-    from mtbc_lib.trainconfig import PROFILES
+    from mtbc_lib.engine.config import PROFILES
 
     t = runs.profiles_table()
     assert list(t.columns) == list(PROFILES)

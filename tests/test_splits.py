@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mtbc_lib.splits import cv_splits, group_splits
+from mtbc_lib.data.splits import cv_splits, group_splits
 
 
 def test_group_splits_never_put_two_members_of_a_group_in_different_parts():

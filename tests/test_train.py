@@ -1,5 +1,5 @@
-"""Tests of the training engine (mtbc_lib.train) and of the files a run writes
-(mtbc_lib.runs) on a tiny generated dataset: augmentation, the files a run writes,
+"""Tests of the training engine (mtbc_lib.engine.train) and of the files a run writes
+(mtbc_lib.engine.runs) on a tiny generated dataset: augmentation, the files a run writes,
 resume-after-kill equality, skipping of finished folds and the divergence stop."""
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ import pandas as pd
 import pytest
 import torch
 
-from mtbc_lib import runs, train, trainconfig
-from mtbc_lib.augment import augment_batch
-from mtbc_lib.splits import make_splits, split_counts
-from mtbc_lib.config import CLASSES
-from mtbc_lib.data import BusiArrays
+from mtbc_lib.engine import runs
+from mtbc_lib.engine import train
+from mtbc_lib.engine import config
+from mtbc_lib.data.augment import augment_batch
+from mtbc_lib.data.splits import make_splits, split_counts
+from mtbc_lib.core import CLASSES
+from mtbc_lib.data.busi import BusiArrays
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -43,11 +45,11 @@ def tiny_arrays(n_per_class: int = 8, size: int = 32, seed: int = 0) -> BusiArra
                       orig_sizes=np.full((len(ids), 2), size, np.int64))
 
 
-def tiny_config(out_dir, **kw) -> trainconfig.TrainConfig:
+def tiny_config(out_dir, **kw) -> config.TrainConfig:
     base = dict(backbone="nnunet-planned", task="mt", oversampling=True, epochs=3, patience=10, batch_size=4,
                 lr=1e-3, image_size=32, n_folds=2, out_dir=str(out_dir / "results"), run_name="tiny", profile="fast",
                 device="cpu", eval_batch_size=16, num_threads=1)  # tiny ops: 1 thread is faster
-    return trainconfig.TrainConfig(**(base | kw))
+    return config.TrainConfig(**(base | kw))
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -213,13 +215,13 @@ def test_metrics_table_and_confusion_from_a_run(tmp_path):
 
 @pytest.mark.data
 def test_load_data_limit_and_split_counts(data_dir):
-    cfg = trainconfig.TrainConfig(limit=6, data_dir=str(data_dir), oversampling=True).resolve()
+    cfg = config.TrainConfig(limit=6, data_dir=str(data_dir), oversampling=True).resolve()
     arrays = train.load_data(cfg, progress=False)
     assert np.bincount(arrays.labels).tolist() == [6, 6, 6]
-    counts = split_counts(cfg, arrays)
+    counts = split_counts(cfg, arrays, make_splits(cfg, arrays))
     assert set(counts["split"]) == {"train", "train (DO)", "val", "test"}
     assert counts[counts["split"] == "test"]["total"].sum() == 18  # every image tested once
-    full = train.load_data(trainconfig.TrainConfig(data_dir=str(data_dir)).resolve(), progress=False)
+    full = train.load_data(config.TrainConfig(data_dir=str(data_dir)).resolve(), progress=False)
     assert np.bincount(full.labels).tolist() == [222, 164, 64]  # Curated BUSI
 
 
@@ -227,6 +229,6 @@ def test_load_data_limit_and_split_counts(data_dir):
 def test_run_arrays_rebuild_a_runs_own_images(data_dir):
     """The results chapter draws a run's masks over train.run_arrays(its config): a 64-px
     run gets 64-px images, whatever the default size."""
-    stored = trainconfig.TrainConfig(image_size=64, limit=3, data_dir="").resolve().to_dict()
+    stored = config.TrainConfig(image_size=64, limit=3, data_dir="").resolve().to_dict()
     arrays = train.run_arrays(stored, data_dir=data_dir)
     assert arrays.images.shape == (9, 64, 64) and arrays.masks.shape == (9, 64, 64)

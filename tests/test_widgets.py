@@ -1,4 +1,4 @@
-"""Tests of mtbc_lib.widgets.DuplicateExplorer, driven from Python (filters, stepping,
+"""Tests of mtbc_lib.report.explorer.DuplicateExplorer, driven from Python (filters, stepping,
 marking, export), on the small generated folders of tests/synthetic.py."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from mtbc_lib import dedup
-from mtbc_lib.data import read_keep_list
-from mtbc_lib.widgets import DuplicateExplorer
+from mtbc_lib.data.busi import read_keep_list
+from mtbc_lib.report.explorer import DuplicateExplorer
 
 OUTSIDE = {("benign", 3), ("malignant", 3), ("normal", 1), ("normal", 2)}
 

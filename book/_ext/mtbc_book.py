@@ -1,7 +1,7 @@
 """Sphinx extension of the mtbc book: the reader's view of every notebook, and
 plotly.js served from the book itself.
 
-Every stored notebook is shown as ``mtbc_lib.reader.reader_view`` makes it (parameters and
+Every stored notebook is shown as ``mtbc_lib.report.reader.reader_view`` makes it (parameters and
 set-up code removed, the code of figures and tables collapsed, training runs titled by
 their configuration), for every notebook of the book at once: the change is made to the
 notebook text Sphinx reads (``source-read``), never to the files, so the ``.ipynb``
@@ -9,7 +9,7 @@ offered for download is the executed notebook as papermill stored it. The book's
 stylesheet (``_static/mtbc.css``: tables that fit the text column) is added to every page.
 
 Notebook figures are stored as HTML that calls the page's ``Plotly`` global
-(``mtbc_lib.plots.show_plotly`` never embeds plotly.js). This extension
+(``mtbc_lib.report.plots.show_plotly`` never embeds plotly.js). This extension
 
 * adds ``_static/plotly.min.js`` to every page whose body holds a plotly figure
   (other pages do not pay for the 4.6 MB script), ahead of the other scripts so that
@@ -83,11 +83,11 @@ def _reread_build_time_pages(app, env, added, changed, removed) -> list[str]:
 
 
 def _reader_view(app, docname, source) -> None:
-    """Apply ``mtbc_lib.reader.reader_view`` to a notebook as Sphinx reads it."""
+    """Apply ``mtbc_lib.report.reader.reader_view`` to a notebook as Sphinx reads it."""
     path = Path(app.env.doc2path(docname))
     if path.suffix != ".ipynb":
         return
-    from mtbc_lib.reader import reader_view
+    from mtbc_lib.report.reader import reader_view
 
     nb = json.loads(source[0])
     source[0] = json.dumps(reader_view(nb, root=Path(app.srcdir), name=path.stem), ensure_ascii=False)

@@ -1,0 +1,395 @@
+"""Duplicate search in BUSI: groups of files that show the same scan, and groups of files
+that show the same lesion.
+
+Two images are *the same scan* when their SSIM is at least ``threshold`` with the paper's
+setting (grey, both resized to ``size x size`` with ``resample``, scikit-image's SSIM:
+7x7 uniform window, K1 = 0.01, K2 = 0.03, data range 255), computed
+
+- ``whole-image``: on the whole images (what a plain SSIM search compares), or
+- ``extended``: on their common field of view, for pairs related by a crop and/or a
+  rescale: the overlap of the two images, once aligned, cut out of each and resized.
+
+Groups are the connected components of the graph whose edges are same-scan pairs. A group
+whose members carry different class labels is an *inconsistent annotation*.
+
+Two images of one class show *the same lesion* (another frame or view of it: the content
+shifted, rescaled or slightly rotated, the speckle different) when the SSIM of their aligned
+overlap at a coarse ``lesion_size x lesion_size`` (speckle averages out, anatomy stays) is at
+least ``lesion_threshold``; the alignment (keypoints when they matched, else the whole-image
+map) is refined by Lucas-Kanade on blurred copies first. Lesion groups are the connected
+components of the graph of same-scan and same-lesion pairs, so every same-scan group lies
+inside one lesion group. They do not change the curation rules; they are the grouping a
+split by lesion needs. Calibration (notebooks/dataset_audit.ipynb): pairs of different
+classes (which cannot be one lesion, label conflicts aside) reach 0.73; same-class pairs
+of different lesions (spiculated masses of different patients) reach 0.79; the frames of
+one lesion connect at >= 0.82; the default 0.805 is the middle of that gap. Some frames of
+one lesion score below it too (the score cannot tell them from look-alike lesions), and
+pairs that no candidate filter proposes are never scored: lesion groups are a lower bound.
+
+Calibration (notebooks/dataset_audit.ipynb): no code of the paper's search was released;
+the published keep-list is the ground truth (its 330 removed images are every member of
+their groups). Whole-image SSIM cannot reproduce it: with 32 to 128 px thumbnails and
+nearest, bilinear or area filters, at every threshold, at least 26 images are decided
+differently (crops of one scan score as low as 0.2 once stretched to a square, while
+neighbouring frames of one cine loop score above 0.9). SSIM on the common field of view, 64x64
+bilinear, reproduces it for every threshold in [0.915, 0.965] (the gap between the
+closest different frames and the least similar copies); the default 0.94 is its middle.
+With it the groups hold the 5 quadruplets, 22 triplets and 122 duplets of the published
+list exactly, plus one duplet it missed (malignant 11 / 113, a crop rescaled by 0.83).
+
+The search is fast and exact at the setting for the ``whole-image`` edges: cheap candidate
+filters, then SSIM at the setting for each candidate (its stages: :mod:`mtbc_lib.dedup.decode`,
+then :mod:`mtbc_lib.dedup.stages`); per-image features and verified pairs are cached
+(:mod:`mtbc_lib.dedup.cache`), so a second run decodes no PNG and aligns no pair again;
+the result's tables and files are :mod:`mtbc_lib.dedup.tables`'s.
+
+The image geometry (SSIM, keypoints, transforms) lives in :mod:`mtbc_lib.dedup.registration`
+(its transforms ``(sy, sx, ty, tx)`` map pixel centres of image j to image i, here in
+full-resolution pixels); the tables and figures that read a search's result are in
+:mod:`mtbc_lib.report.audit`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mtbc_lib import core
+from mtbc_lib.dedup import registration as reg
+from mtbc_lib.core import atomic_write
+from mtbc_lib.dedup.cache import cache_paths, data_key, load_features, load_pairs, save_features, save_pairs
+from mtbc_lib.dedup.decode import RESAMPLE, Images, Workers, decode_all
+from mtbc_lib.dedup.stages import (aligned_thumbs, complete_groups, components, keypoint_pairs, lesion_scores,
+                                   match_descriptors, numbered_components, plain_candidates, refine_many, ssim_of)
+from mtbc_lib.dedup.tables import (DUPLICATE_COLUMNS, LESION_COLUMNS, PAIR_COLUMNS, duplicates_table, group_table,
+                                   lesion_table, summary, write_audit)
+
+__all__ = ["RESAMPLE", "RULES", "DedupConfig", "AuditResult", "find_groups", "curated_keep", "keep_list",
+           "GROUP_LEVELS", "audit_groups", "write_audit", "duplicates_table", "summary", "components",
+           "DUPLICATE_COLUMNS", "PAIR_COLUMNS", "LESION_COLUMNS", "NOTEBOOK_PARAMS", "params_from_namespace"]
+
+#: Curation rules of the audit: "drop-all" drops every member of every group (as the
+#: published list does; it differs from that list where the searches differ, see the audit chapter);
+#: "keep-one" keeps the largest image (height x width; ties: smallest id) of each group
+#: whose labels agree and drops every member of a group whose labels disagree.
+RULES = ("drop-all", "keep-one")
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    """Settings of the duplicate search (defaults: calibrated on the published list, see
+    the module doc; the keypoint settings trade time for recall, and more generous ones
+    find no other pair on BUSI, see benchmarks/bench_dedup.py)."""
+
+    size: int = 64                 # side of the square thumbnails SSIM compares (paper setting)
+    resample: str = "bilinear"     # their resize filter (key of RESAMPLE)
+    threshold: float = 0.94        # SSIM >= threshold: same scan
+    extended: bool = True          # also find crops / rescales (aligned-overlap SSIM)
+    candidate_corr: float = 0.7    # whole-image candidates: correlation of centred 16x16 thumbnails >= this
+    all_pairs_below: int = 20000   # fewer pairs than this: verify all of them (no filter)
+    det_pixels: int = 12000        # keypoint detection copy: about this many pixels
+    keypoints: int = 24            # strongest blobs kept per image
+    neighbours: int = 8            # matches kept per descriptor (nearest over all images)
+    min_desc_corr: float = 0.85    # descriptor correlation of a keypoint match
+    min_inliers: int = 4           # matches agreeing on one transform to try an alignment
+    lesion: bool = True            # also group frames of one lesion (coarse SSIM of the aligned overlap)
+    lesion_size: int = 24          # side of the coarse thumbnails the lesion relation compares
+    lesion_threshold: float = 0.805  # coarse aligned SSIM >= this (same class): same lesion
+
+    def __post_init__(self):
+        if self.resample not in RESAMPLE:
+            raise ValueError(f"unknown resample {self.resample!r}; expected one of {', '.join(RESAMPLE)}")
+        if not 8 <= self.size <= 1024:
+            raise ValueError(f"size={self.size}; expected 8..1024 (the SSIM thumbnail side)")
+        if not -1 <= self.threshold <= 1:
+            raise ValueError(f"threshold={self.threshold}; expected an SSIM value in [-1, 1]")
+        if not -1 <= self.lesion_threshold <= 1:
+            raise ValueError(f"lesion_threshold={self.lesion_threshold}; expected an SSIM value in [-1, 1]")
+        if not 8 <= self.lesion_size <= 64:
+            raise ValueError(f"lesion_size={self.lesion_size}; expected 8..64 (the coarse thumbnail side)")
+
+
+@dataclass
+class AuditResult:
+    """What :func:`find_groups` found.
+
+    index: one row per image (``data.index_busi`` columns plus ``height``, ``width``).
+    pairs: one row per scored pair ``i < j`` (rows of ``index``): ``plain_ssim`` (whole
+      images), ``aligned_ssim`` (aligned overlap, NaN when not aligned), ``score`` (their
+      max), ``method`` ("whole-image" when plain_ssim >= threshold, "extended" when only the
+      aligned one is, "" otherwise), ``duplicate``, transform ``sy, sx, ty, tx`` (j -> i),
+      ``overlap`` (share of the smaller image covered), ``inliers``, ``mask_iou`` (masks
+      compared in i's frame over the overlap; empty vs empty = 1), ``group`` (-1 if none).
+    groups: one row per image of a multi-image group, columns ``DUPLICATE_COLUMNS``
+      plus ``row`` (its row in ``index``): ``method`` "whole-image" when whole-image SSIM alone
+      connects the group, else "extended"; ``linked_by`` "whole-image" when the image has a
+      whole-image SSIM edge inside its group; ``min_ssim``/``max_ssim`` over the group's
+      same-scan pairs; ``mask_iou_min`` the lowest IoU of two members' masks (aligned);
+      ``keep_one`` the member the keep-one rule keeps; ``lesion_group`` its lesion group.
+      Pairs also carry ``lesion_ssim`` (coarse SSIM of the aligned overlap; NaN inside a
+      same-scan group or without the lesion search), ``same_lesion`` (a same-lesion edge:
+      same class, not a copy, lesion_ssim >= lesion_threshold) and ``lesion_group``.
+    lesions: one row per image of a multi-image lesion group, columns ``LESION_COLUMNS``
+      (``group``: its same-scan group, -1 if none; ``min_lesion_ssim``: the weakest
+      same-lesion edge of the lesion group, NaN if copies alone connect it).
+    """
+
+    index: "object"
+    pairs: "object"
+    groups: "object"
+    config: DedupConfig
+    data_dir: Path
+    timings: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
+    lesions: "object" = None
+
+    def group_sizes(self) -> dict[int, int]:
+        """{group size: number of groups}."""
+        g = self.groups.drop_duplicates("group")["size"].value_counts()
+        return {int(k): int(v) for k, v in sorted(g.items())}
+
+    def keep(self, rule: str = "drop-all") -> set[tuple[str, int]]:
+        """The keep-list of a curation rule (see RULES) as (class, id) pairs."""
+        return curated_keep(self.index, self.groups, rule)
+
+
+def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress: bool = True,
+                workers: int = 2, cache: bool = True) -> AuditResult:
+    """Search a BUSI folder for groups of images showing the same scan, and for groups of
+    images showing the same lesion (module doc).
+
+    ``data_dir``: the BUSI folder (default: ``core.data_dir()``); ``settings``: a
+    DedupConfig; ``workers``: processes that decode and align; ``cache``: keep the per-image
+    features (thumbnails, detection copies, keypoints: about 25 kB an image) and the verified
+    pairs in ``core.cache_dir()``, keyed by the files' names, sizes and mtimes and the
+    settings, so that a second run decodes no PNG and aligns no pair again. Bad input raises
+    ``mtbc_lib.data.busi.DataError`` (one line naming the file)."""
+    from mtbc_lib.data.busi import scan_busi
+
+    cfg = settings or DedupConfig()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    columns = scan_busi(data_dir)  # the index without pandas, imported while the workers decode
+    root = core.data_dir(data_dir)
+    feat_path, pairs_path = cache_paths(columns, cfg) if cache else (None, None)
+    with Workers(workers) as pool:  # started by the first stage that needs it
+        prep = load_features(feat_path) if cache and feat_path.exists() else None
+        if prep is None or len(prep) != len(columns["image"]):
+            prep = decode_all(columns, cfg, pool, progress, meanwhile=lambda: __import__("pandas"))
+            if cache:
+                save_features(feat_path, prep)
+        import pandas as pd
+
+        index = pd.DataFrame(columns)
+        known, matches = load_pairs(pairs_path) if cache and pairs_path.exists() else ({}, None)
+        images = Images(index, prep)
+        n = len(prep)
+        shapes = [p["shape"] for p in prep]
+        timings["decode"] = time.perf_counter() - t0
+
+        # ---- whole-image SSIM on the candidates, while the workers match keypoint descriptors
+        t = time.perf_counter()
+        matched = match_descriptors(prep, cfg, pool) if cfg.extended and matches is None else None
+        thumbs = np.stack([p["thumb"] for p in prep])
+        ci, cj = plain_candidates(np.stack([p["small"] for p in prep]), cfg)
+        cand = list(zip(ci.tolist(), cj.tolist()))
+        todo = [k for k in cand if "plain_ssim" not in known.get(k, {})]  # the rest: an earlier run's scores
+        fresh = dict(zip(todo, reg.ssim_pairs(thumbs, *np.array(todo, dtype=np.int64).reshape(-1, 2).T))) if todo else {}
+        scored: dict[tuple[int, int], dict] = {
+            k: {"plain_ssim": float(fresh[k]) if k in fresh else known[k]["plain_ssim"]} for k in cand}
+        timings["whole_image_search"] = time.perf_counter() - t
+
+        # ---- extended: keypoint candidates, alignment, SSIM on the aligned overlap
+        t = time.perf_counter()
+        transforms: dict[tuple[int, int], tuple] = {}
+        if cfg.extended:
+            if matched is not None:  # else: the candidates of an earlier run on the same features and settings
+                matches = keypoint_pairs(prep, cfg, matched)
+            keys, jobs = [], []
+            for a, b, n_in, p_det in matches:
+                old = known.get((a, b), {})
+                if old.get("inliers") == n_in and "aligned_ssim" in old:  # verified by an earlier run
+                    p = (old["sy"], old["sx"], old["ty"], old["tx"])
+                    scored.setdefault((a, b), {}).update({k: old[k] for k in ("aligned_ssim", "overlap", "inliers")},
+                                                         sy=p[0], sx=p[1], ty=p[2], tx=p[3])
+                    transforms[(a, b)] = p
+                else:
+                    keys.append((a, b, n_in))
+                    jobs.append((prep[a]["det"], prep[b]["det"], p_det, 8, 0))
+            todo = []
+            for (a, b, n_in), p in zip(keys, refine_many(jobs, pool, progress, "audit: aligning candidates")):
+                p = reg.to_full(p, prep[a]["scale"], prep[b]["scale"])
+                th = aligned_thumbs(images[a], images[b], p, cfg)
+                if th is not None:
+                    todo.append((a, b, n_in, p, th))
+            for (a, b, n_in, p, th), v in zip(todo, ssim_of([x[4][:2] for x in todo])):
+                scored.setdefault((a, b), {}).update(aligned_ssim=float(v), overlap=th[2], inliers=n_in,
+                                                     sy=p[0], sx=p[1], ty=p[2], tx=p[3])
+                transforms[(a, b)] = p
+        timings["extended_search"] = time.perf_counter() - t
+
+        # ---- groups: connected components of the same-scan graph
+        t = time.perf_counter()
+        thr = cfg.threshold
+
+        def score(r):
+            return max(r.get("plain_ssim", -np.inf), r.get("aligned_ssim", -np.inf))
+
+        edges = sorted(k for k, r in scored.items() if score(r) >= thr)
+        label = components(n, [a for a, _ in edges], [b for _, b in edges])
+        sizes = np.bincount(label, minlength=n)
+        members: dict[int, list[int]] = {}
+        for k in range(n):
+            if sizes[label[k]] >= 2:
+                members.setdefault(int(label[k]), []).append(k)
+        groups = sorted(members.values(), key=lambda m: m[0])
+        group_of = np.full(n, -1)
+        for g, m in enumerate(groups, start=1):
+            group_of[m] = g
+        complete_groups(groups, edges, scored, transforms, prep, images, thumbs, cfg, known)
+        timings["groups"] = time.perf_counter() - t
+
+        # ---- same lesion: coarse SSIM of the aligned overlap, components with the copies
+        t = time.perf_counter()
+        cls = index["class"].to_numpy()
+        if cfg.lesion:
+            lesion_scores(scored, group_of, prep, cfg, known, pool)
+        lesion_edges = sorted(k for k, r in scored.items() if r.get("lesion_ssim", -np.inf) >= cfg.lesion_threshold
+                              and cls[k[0]] == cls[k[1]] and score(r) < thr)
+        both = edges + lesion_edges
+        lesion_of = numbered_components(n, both)
+        timings["lesion_search"] = time.perf_counter() - t
+
+    # ---- tables
+    t = time.perf_counter()
+    import pandas as pd
+
+    index = index.assign(height=[h for h, _ in shapes], width=[w for _, w in shapes])
+    lesion_set = set(lesion_edges)
+    rows = []
+    for (a, b), r in scored.items():
+        sc = score(r)
+        method = "whole-image" if r.get("plain_ssim", -np.inf) >= thr else "extended" if sc >= thr else ""
+        rows.append({"i": a, "j": b, "name_i": index.at[a, "name"], "name_j": index.at[b, "name"],
+                     "plain_ssim": r.get("plain_ssim", np.nan), "aligned_ssim": r.get("aligned_ssim", np.nan),
+                     "score": sc, "method": method, "duplicate": sc >= thr,
+                     **{k: r.get(k, np.nan) for k in ("sy", "sx", "ty", "tx", "overlap")},
+                     "inliers": r.get("inliers", 0), "mask_iou": r.get("mask_iou", np.nan),
+                     "group": int(group_of[a]) if group_of[a] == group_of[b] else -1,
+                     "lesion_ssim": r.get("lesion_ssim", np.nan), "same_lesion": (a, b) in lesion_set,
+                     "lesion_group": int(lesion_of[a]) if lesion_of[a] == lesion_of[b] else -1})
+    pairs = pd.DataFrame(rows, columns=PAIR_COLUMNS).sort_values(["i", "j"]).reset_index(drop=True)
+    table = group_table(index, pairs, groups, root)
+    table.insert(len(DUPLICATE_COLUMNS) - 1, "lesion_group", lesion_of[table["row"].to_numpy()].astype(int))
+    lesions = lesion_table(index, pairs, lesion_of, group_of, root)
+    if cache and known != scored:
+        save_pairs(pairs_path, scored, matches or [])
+    timings["tables"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    counts = {"images": n, "whole_image_candidates": int(len(ci)), "extended_candidates": len(transforms),
+              "duplicate_pairs": len(edges), "groups": len(groups),
+              "images_in_groups": int(sum(len(m) for m in groups)),
+              "lesion_pairs": len(lesion_edges), "lesion_groups": int(lesions["lesion_group"].nunique()),
+              "images_in_lesion_groups": len(lesions)}
+    return AuditResult(index=index, pairs=pairs, groups=table, config=cfg, data_dir=root,
+                       timings=timings, counts=counts, lesions=lesions)
+
+
+def curated_keep(index, groups, rule: str = "drop-all") -> set[tuple[str, int]]:
+    """Keep-list of a curation rule (RULES) from find_groups' index and group table."""
+    if rule not in RULES:
+        raise ValueError(f"unknown curation rule {rule!r}; expected one of {', '.join(RULES)}")
+    drop = {(c, int(i)) for c, i in zip(groups["class"], groups["id"])}
+    if rule == "keep-one":
+        drop -= {(c, int(i)) for c, i, k in zip(groups["class"], groups["id"], groups["keep_one"]) if k}
+    return {(c, int(i)) for c, i in zip(index["class"], index["id"])} - drop
+
+
+def _cached_audit(data_dir, settings: DedupConfig | None, progress: bool) -> dict:
+    """The audit's keep-lists and groups for a BUSI folder, searched once per folder and
+    settings and cached as JSON in ``core.cache_dir()`` (keyed by the settings and the
+    files' names, sizes, mtimes): ``{rule: [[class, id], ...], "groups": [[[class, id],
+    ...], ...], "lesions": [...]}``."""
+    cfg = settings or DedupConfig()
+    path = core.cache_dir() / f"dedup_{data_key(data_dir, cfg)}.json"
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass
+    res = find_groups(data_dir, cfg, progress=progress)
+    cached = {rule_: sorted([c, i] for c, i in res.keep(rule_)) for rule_ in RULES}
+    cached["groups"] = [[[c, int(i)] for c, i in zip(g["class"], g["id"])]
+                        for _, g in res.groups.groupby("group", sort=True)]
+    cached["lesions"] = [[[c, int(i)] for c, i in zip(g["class"], g["id"])]
+                         for _, g in res.lesions.groupby("lesion_group", sort=True)]
+    atomic_write(path, lambda p: p.write_text(json.dumps(cached)))
+    return cached
+
+
+def keep_list(data_dir=None, rule: str = "drop-all", *, settings: DedupConfig | None = None,
+              progress: bool = False) -> set[tuple[str, int]]:
+    """The keep-list of a curation rule (RULES) for a BUSI folder, as (class, id) pairs
+    (the search is cached, see :func:`_cached_audit`)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown curation rule {rule!r}; expected one of {', '.join(RULES)}")
+    return {(c, int(i)) for c, i in _cached_audit(data_dir, settings, progress)[rule]}
+
+
+#: Levels of grouping for splits: "scan" (copies of one scan), "lesion" (frames of one lesion,
+#: every scan group inside one lesion group).
+GROUP_LEVELS = ("scan", "lesion")
+
+
+def audit_groups(data_dir=None, level: str = "scan", *, settings: DedupConfig | None = None,
+                 progress: bool = False) -> dict[tuple[str, int], int]:
+    """The audit's group of every grouped image of a BUSI folder, as ``{(class, id): group
+    number}`` (numbers from 0; an image in no group is absent). ``level="lesion"`` joins
+    the same-scan groups with the same-lesion relation. Cached like :func:`keep_list`."""
+    if level not in GROUP_LEVELS:
+        raise ValueError(f"level={level!r}: expected one of {', '.join(GROUP_LEVELS)}")
+    cached = _cached_audit(data_dir, settings, progress)
+    lists = cached["groups"] + (cached["lesions"] if level == "lesion" else [])
+    keys = sorted({(c, int(i)) for members in lists for c, i in members})
+    pos = {k: n for n, k in enumerate(keys)}
+    edges = [(pos[(m[0][0], int(m[0][1]))], pos[(c, int(i))]) for m in lists for c, i in m[1:]]
+    comp = components(len(keys), [e[0] for e in edges], [e[1] for e in edges])
+    return {k: int(comp[n]) for k, n in pos.items()}
+
+
+# ----------------------------------------------------------------------------- notebooks
+
+#: Notebook parameters of dataset_audit / duplicate_explorer and their types.
+NOTEBOOK_PARAMS = {"data_dir": str, "threshold": float, "size": int, "resample": str, "extended": bool,
+                   "curation": str, "lesion_threshold": float}
+
+
+def params_from_namespace(namespace: dict) -> tuple[Path, DedupConfig, str]:
+    """(data folder, DedupConfig, curation rule) from a notebook's ``globals()``.
+
+    Papermill only warns about parameters a notebook does not declare; here every
+    public global holding a literal must be one of NOTEBOOK_PARAMS, else ValueError
+    names the unknown ones. ``data_dir`` "" means the default folder
+    (``$MTBC_DATA``, else ../shared/data/BUSI). Call it before assigning other globals."""
+    values = core.notebook_params(namespace, NOTEBOOK_PARAMS)
+    for k, v in values.items():
+        want = NOTEBOOK_PARAMS[k]
+        if not isinstance(v, want) or (want is not bool and isinstance(v, bool)):
+            if not (want is float and isinstance(v, int) and not isinstance(v, bool)):
+                raise ValueError(f"parameter {k}={v!r}; expected a {want.__name__}")
+    curation = values.pop("curation", "drop-all")
+    if curation not in RULES:
+        raise ValueError(f"parameter curation={curation!r}; expected one of {', '.join(RULES)}")
+    from mtbc_lib.data.busi import DataError
+
+    try:
+        folder = core.data_dir(values.pop("data_dir", "") or None)
+    except FileNotFoundError as exc:
+        raise DataError(str(exc)) from None
+    cfg = DedupConfig(**{k: (float(v) if k in ("threshold", "lesion_threshold") else v) for k, v in values.items()})
+    return folder, cfg, curation
+

@@ -1,0 +1,383 @@
+"""The configuration of a training run: :class:`TrainConfig` (a typed dataclass of
+commented defaults, saved in every checkpoint and results file), the training profiles
+and the checks of notebook parameters.
+
+Profiles (``PROFILES``): ``"paper"`` is the published protocol exactly (fp32, batch 2,
+lr 1e-4, ≤ 200 epochs, early stopping 50, plateau factor .5 / patience 20 / min 1e-6);
+``"fast"`` trades epochs for time on a small CPU, see ``PROFILES`` for what it changes
+and why; ``"steady"`` is ``"fast"`` with the paper's learning rate and 12 epochs;
+``"gpu"`` is the paper's epoch budget with a GPU-sized batch; ``"cpu"`` is the recipe
+study's choice for the campaign on two CPU cores (AdamW, warm-up + cosine decay, 7 epochs);
+``"replica"`` is ``"paper"`` on a quarter-scale replica (the networks at ¼ width, 64² images).
+The other profiles use the paper's recipe (``PAPER_RECIPE``: Adam, ReduceLROnPlateau, no
+clipping, no weight average, full resolution); the recipe fields change it (see
+``mtbc_lib.studies.recipe``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mtbc_lib.core import SEED
+
+__all__ = ["PROFILES", "AMP_CHOICES", "RUN_NAME_FIELDS", "NON_RESULT_FIELDS", "TrainConfig", "config_from_namespace", "config_diff"]
+
+#: Training profiles: values of the ``None`` fields of TrainConfig.
+PROFILES: dict[str, dict[str, Any]] = {
+    # The published protocol, exactly: Adam 1e-4, batch 2, ≤ 200 epochs, early stopping
+    # after 50 epochs without a lower validation loss, ReduceLROnPlateau(factor .5,
+    # patience 20, min lr 1e-6), fp32.
+    "paper": dict(epochs=200, patience=50, batch_size=2, lr=1e-4,
+                  plateau_factor=0.5, plateau_patience=20, min_lr=1e-6,
+                  amp="off", channels_last="off"),
+    # Fewer, larger steps for a small CPU. U-Net++ (ResNet-34 encoder, 26.6 M parameters)
+    # costs ≈ 27 GFLOP per 128×128 image (forward + backward), so the paper's budget
+    # (≤ 200 epochs of ≈ 830 oversampled images per fold) is days of CPU time. Measured on
+    # the shared 2-core EPYC here (benchmarks/results/bench_train.md): fp32 batch 2 ≈ 1.5–3
+    # img/s; bf16 autocast + channels-last batch 8 ≈ 3.5–5.5 img/s on one thread and ≈ 9.6
+    # img/s on two idle cores (batch 16: no faster). What changes, and why:
+    #   batch 8: bf16 kernels run ~2× faster than fp32 at this size; batch 16 gains nothing
+    #     more and would halve the optimiser steps again;
+    #   lr 4e-4: 4 × 1e-4, linear scaling of the step for a 4× larger batch, because the
+    #     epoch budget is tiny (the first committed run shows it is on the high side: its
+    #     training loss wobbles after epoch 4);
+    #   8 epochs, early stopping 8 (none), plateau patience 4: 25× fewer epochs than the
+    #     paper, so that one setting (4 folds, ≈ 830 images per epoch with DO) takes ≈ 45 min
+    #     on two idle cores; the models are under-trained, and the numbers say so;
+    #   bf16 autocast + channels-last where supported (bf16 rounding changes the
+    #     trajectory, so numbers differ somewhat from an fp32 run; losses and metrics are
+    #     computed in fp32).
+    "fast": dict(epochs=8, patience=8, batch_size=8, lr=4e-4,
+                 plateau_factor=0.5, plateau_patience=4, min_lr=1e-6,
+                 amp="auto", channels_last="auto"),
+    # "fast" with the paper's learning rate and 1.5× the epochs (≈ 1.5× the time). The
+    # committed fast runs show lr 4e-4 is unstable at batch 8: in three of the four U-Net++
+    # MT+DO folds the training loss climbs back mid-run (fold 1: .44 at epoch 3, .57 at
+    # epoch 4) and the validation Dice swings by .3 between epochs. This profile tests
+    # whether a smaller, steadier step buys more than the fast profile's larger one.
+    "steady": dict(epochs=12, patience=12, batch_size=8, lr=1e-4,
+                   plateau_factor=0.5, plateau_patience=4, min_lr=1e-6,
+                   amp="auto", channels_last="auto"),
+    # The paper's epoch budget on a GPU: ≤ 200 epochs, early stopping 50, plateau 20, with
+    # a GPU-sized batch of 8 (4× fewer steps per epoch than batch 2) and the rate scaled by
+    # √4 (Adam's square-root rule for a larger batch: 2e-4); bf16 autocast where fast.
+    "gpu": dict(epochs=200, patience=50, batch_size=8, lr=2e-4,
+                plateau_factor=0.5, plateau_patience=20, min_lr=1e-6,
+                amp="auto", channels_last="off"),
+    # The recipe study's choice on two CPU cores (mtbc_lib.studies.recipe, book chapter "The
+    # training recipe"): AdamW (weight decay .01), warm-up over half an epoch, then cosine
+    # decay from 3e-4 to 1e-6 at the last epoch (stepped per batch), batch 8, no moving
+    # average of the weights (measured first with averaged batch-norm statistics, it only
+    # tied; its own statistics cost a pass over the training images per epoch). 7 epochs
+    # per fold, no early stopping (the schedule needs its whole length; the
+    # best-validation-loss epoch is still the one tested), so that the
+    # six U-Net++ trainings (4 folds each, about 26 minutes for one epoch of all six) fit in
+    # about 12-13 h on two idle cores.
+    "cpu": dict(epochs=7, patience=7, batch_size=8, lr=3e-4,
+                plateau_factor=0.5, plateau_patience=4, min_lr=1e-6,  # plateau: only with schedule="plateau"
+                amp="auto", channels_last="auto",
+                optimizer="adamw", weight_decay=0.01, schedule="cosine", warmup_epochs=0.5),
+    # The paper's protocol exactly (as "paper": Adam 1e-4, batch 2, plateau, early stopping
+    # 50, ≤ 200 epochs) on a quarter-scale replica of the task: the paper's networks at a
+    # quarter of their widths (every channel count, the classification branch's included) on
+    # 64 × 64 images, 1/64 of the FLOPs, so that a training runs to its own early stopping on
+    # two CPU cores (other networks keep their widths). bf16 autocast where the CPU has it.
+    "replica": dict(epochs=200, patience=50, batch_size=2, lr=1e-4,
+                    plateau_factor=0.5, plateau_patience=20, min_lr=1e-6,
+                    amp="auto", channels_last="off", image_size=64, width=0.25),
+}
+#: The published scale, in every profile above that does not set its own (all but "replica"):
+#: 128 × 128 images, the networks at their published widths. Runs written before ``width``
+#: existed used width 1 (``config_diff`` reads a missing field so).
+PAPER_SCALE: dict[str, Any] = dict(image_size=128, width=1.0)
+#: The published recipe, in every profile above that does not set its own (all but "cpu"):
+#: Adam without weight decay, ReduceLROnPlateau, no clipping, no weight averaging, every epoch
+#: at full resolution. Runs written before these fields existed used exactly this recipe
+#: (``config_diff`` reads a missing field so).
+PAPER_RECIPE: dict[str, Any] = dict(optimizer="adam", weight_decay=0.0, schedule="plateau", warmup_epochs=0.0,
+                                    grad_clip=0.0, ema=0.0, low_res_epochs=0)
+for _p in PROFILES.values():
+    for _k, _v in (PAPER_RECIPE | PAPER_SCALE).items():
+        _p.setdefault(_k, _v)
+#: Optimisers, learning-rate schedules and evaluation splits (fields optimizer, schedule, evaluate_on).
+OPTIMIZERS: tuple[str, ...] = ("adam", "adamw")
+SCHEDULES: tuple[str, ...] = ("plateau", "cosine")
+EVALUATE_ON: tuple[str, ...] = ("test", "val")
+#: Split designs (field split): stratified folds of images, or of the audit's same-scan / same-lesion groups.
+SPLITS: tuple[str, ...] = ("image", "scan", "lesion")
+#: Values of ``amp`` and ``channels_last``.
+AMP_CHOICES: tuple[str, ...] = ("auto", "on", "off")
+#: The fields a run name spells out (``-<field without underscores><value>``) where they
+#: differ from the profile's or the default value, in this order.
+RUN_NAME_FIELDS: tuple[str, ...] = ("curation", "split", "lam", "epochs", "patience", "batch_size", "lr", "image_size",
+                                    "width", "seed", "gamma", "plateau_factor", "plateau_patience", "min_lr", "amp",
+                                    "budget_minutes", *PAPER_RECIPE, "evaluate_on")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. ``None`` fields take the profile's value
+    (:meth:`resolve`); a given value overrides the profile."""
+
+    # --- the setting (notebook parameters)
+    backbone: str = "unetplusplus"   # network, a key of mtbc_lib.networks.registry.BACKBONES
+    task: str = "mt"                 # "seg" (segmentation), "cls" (classification), "mt" (both)
+    oversampling: bool = False       # deterministic oversampling (DO) of the training split
+    lam: float = 0.35                # λ of the multi-task loss λ·Dice + (1 − λ)·Focal
+    epochs: int | None = None        # maximum epochs per fold (None: profile)
+    patience: int | None = None      # early stopping: epochs without a lower val loss (None: profile)
+    batch_size: int | None = None    # training batch size (None: profile)
+    lr: float | None = None          # Adam learning rate (None: profile)
+    image_size: int | None = None    # images are resized to image_size × image_size (None: profile, 128 but in "replica")
+    width: float | None = None       # the paper's networks' channel counts times this factor (None: profile, 1 but in "replica")
+    folds: list[int] | None = None   # which folds to run, 0-based (None or []: all)
+    seed: int = SEED                 # seed of the splits, the weights and the augmentation
+    curation: str = "paper"          # "paper" (published Curated BUSI), "keep-one", "none" (raw BUSI)
+    split: str = "image"             # folds of images ("image", the paper's), or of the audit's groups: "scan", "lesion"
+    data_dir: str = ""               # raw BUSI folder ("" = $MTBC_DATA or ../shared/data/BUSI)
+    out_dir: str = "results"         # results go to out_dir/<run name>/ (relative: to the repo root)
+    device: str = "auto"             # "auto" (GPU if any), "cpu", "cuda", "cuda:1", ...
+    profile: str = "paper"           # "paper" (the published protocol), "fast", "steady", "gpu", "cpu" or "replica" (see PROFILES)
+    limit: int = 0                   # use only the first `limit` images per class (0: all); smoke tests
+    run_name: str = ""               # "" = derived from the setting (see run_name())
+    # --- engine settings (also accepted as notebook parameters)
+    deep_supervision: bool | None = None  # Dice on every mask output (None: the backbone's default, on for the paper's networks)
+    gamma: float = 2.0               # focal loss exponent γ
+    n_folds: int = 4                 # StratifiedKFold splits
+    val_size: float = 0.2            # share of the training part held out for validation
+    oversampling_quirk: bool = False # the published code's doubling of a class with factor ≤ 1
+    plateau_factor: float | None = None    # ReduceLROnPlateau factor (None: profile)
+    plateau_patience: int | None = None    # ReduceLROnPlateau patience (None: profile)
+    min_lr: float | None = None      # ReduceLROnPlateau minimum lr (None: profile)
+    amp: str | None = None           # bf16 autocast: "auto" (if supported), "on", "off" (None: profile)
+    channels_last: str | None = None # channels-last memory: "auto", "on", "off" (None: profile)
+    threshold: float = 0.5           # a mask pixel is lesion when sigmoid(logit) > threshold
+    eval_batch_size: int = 32        # batch size of validation and test inference
+    ckpt_dir: str = ""               # "" = <out_dir>/../checkpoints/<run name>
+    num_threads: int = 0             # torch CPU threads (0: torch's default)
+    deterministic: bool = True       # torch.use_deterministic_algorithms
+    budget_minutes: float = 0.0      # per-fold training-time budget: no new epoch starts once spent (0: none)
+    # --- the recipe (None: the profile's value; every profile so far uses the paper's, PAPER_RECIPE)
+    optimizer: str | None = None     # "adam" (the paper's) or "adamw" (decoupled weight decay)
+    weight_decay: float | None = None  # weight decay (Adam: L2 added to the gradient; AdamW: decoupled)
+    schedule: str | None = None      # "plateau" (ReduceLROnPlateau on the validation loss) or "cosine"
+    warmup_epochs: float | None = None  # "cosine": linear warm-up over these epochs, then cosine decay to min_lr at `epochs`
+    grad_clip: float | None = None   # clip the gradients' global norm to this value (0: no clipping)
+    ema: float | None = None         # decay of an exponential moving average of the weights, which validation and test use (0: none)
+    low_res_epochs: int | None = None  # progressive resizing: the first epochs train at image_size/2 (≈ 4× cheaper)
+    evaluate_on: str = "test"        # the split the best weights are evaluated on: "test"; "val" in recipe studies (test fold unread)
+    stop_after_epochs: int = 0       # test hook: stop (as if killed) after this many epochs
+
+    # ------------------------------------------------------------------ derivation
+    def resolve(self) -> "TrainConfig":
+        """A validated copy with the profile's values filled in and ``folds`` a list."""
+        self.validate()
+        from mtbc_lib.networks.registry import BACKBONES
+
+        c = dataclasses.replace(self)
+        for k, v in PROFILES[c.profile].items():
+            if getattr(c, k) is None:
+                setattr(c, k, v)
+        if self.width is None and "width" not in BACKBONES[c.backbone].options:
+            c.width = 1.0  # a profile's scale reaches only the networks that have a width factor
+        c.folds = _parse_folds(c.folds, c.n_folds)
+        if c.deep_supervision is None:
+            from mtbc_lib.networks.registry import default_deep_supervision
+
+            c.deep_supervision = default_deep_supervision(c.backbone, c.task)
+        if not c.run_name:
+            c.run_name = c.derived_run_name()
+        c.validate()
+        return c
+
+    def setting(self) -> str:
+        """The Table 5 training setting: ``st-seg``, ``st-cls`` or ``mt``, plus ``-do``."""
+        return {"seg": "st-seg", "cls": "st-cls", "mt": "mt"}[self.task] + ("-do" if self.oversampling else "")
+
+    def derived_run_name(self) -> str:
+        """The one run-name scheme: ``<backbone>-<setting>-<profile>``, plus
+        ``-<field><value>`` for each setting that differs from its default, the profile's
+        value or the backbone's (``-curationkeep-one``, ``-epochs24``, ``-ds0``...), e.g.
+        ``unetplusplus-mt-do-fast`` or ``nnunet-st-seg-paper-lr0.0002``."""
+        from mtbc_lib.networks.registry import default_deep_supervision
+
+        parts = [self.backbone, self.setting(), self.profile]
+        prof = PROFILES.get(self.profile, {})
+        for k in RUN_NAME_FIELDS:
+            v = getattr(self, k)
+            ref = prof[k] if k in prof else _FIELD_DEFAULTS[k]
+            if v is not None and v != ref:
+                parts.append(f"{k.replace('_', '')}{v:g}" if isinstance(v, float) else f"{k.replace('_', '')}{v}")
+        if self.deep_supervision is not None and \
+                self.deep_supervision != default_deep_supervision(self.backbone, self.task):
+            parts.append(f"ds{int(self.deep_supervision)}")
+        if self.limit:
+            parts.append(f"limit{self.limit}")
+        return "-".join(parts)
+
+    def validate(self) -> "TrainConfig":
+        """Check every field's type and value; raise ValueError with one line naming the
+        parameter and the valid choices."""
+        from mtbc_lib.networks.registry import BACKBONES, TASKS
+
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), _FIELD_TYPES[f.name])
+        _choice("backbone", self.backbone, tuple(BACKBONES))
+        _choice("task", self.task, TASKS)
+        from mtbc_lib.data.curation import CURATIONS
+
+        _choice("curation", self.curation, tuple(CURATIONS))
+        _choice("profile", self.profile, tuple(PROFILES))
+        if self.amp is not None:
+            _choice("amp", self.amp, AMP_CHOICES)
+        if self.channels_last is not None:
+            _choice("channels_last", self.channels_last, AMP_CHOICES)
+        for k, valid in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+            if getattr(self, k) is not None:
+                _choice(k, getattr(self, k), valid)
+        _choice("evaluate_on", self.evaluate_on, EVALUATE_ON)
+        _choice("split", self.split, SPLITS)
+        for k in ("weight_decay", "warmup_epochs", "grad_clip"):
+            v = getattr(self, k)
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"parameter {k}={v!r}: expected a number >= 0")
+        if self.ema is not None and not 0 <= self.ema < 1:
+            raise ValueError(f"parameter ema={self.ema!r}: expected a decay in [0, 1) (0: no averaging)")
+        if self.low_res_epochs is not None and self.low_res_epochs < 0:
+            raise ValueError(f"parameter low_res_epochs={self.low_res_epochs!r}: expected an integer >= 0")
+        if self.low_res_epochs and self.image_size is not None and self.image_size % 64:
+            raise ValueError(f"parameter low_res_epochs={self.low_res_epochs!r}: needs an image_size that is a "
+                             f"multiple of 64 (got {self.image_size})")
+        dev = self.device
+        if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise ValueError(f"parameter device={dev!r}: expected one of auto, cpu, cuda, cuda:N, mps")
+        for k in ("epochs", "patience", "batch_size", "plateau_patience", "eval_batch_size"):
+            v = getattr(self, k)
+            if v is not None and v < 1:
+                raise ValueError(f"parameter {k}={v!r}: expected a positive integer")
+        for k in ("lr", "min_lr", "gamma"):
+            v = getattr(self, k)
+            if v is not None and not (math.isfinite(v) and (v > 0 or (v == 0 and k != "lr"))):
+                raise ValueError(f"parameter {k}={v!r}: expected a {'positive' if k == 'lr' else 'non-negative'} number")
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"parameter lam={self.lam!r}: expected a weight in [0, 1]")
+        if self.plateau_factor is not None and not 0 < self.plateau_factor < 1:
+            raise ValueError(f"parameter plateau_factor={self.plateau_factor!r}: expected a number in (0, 1)")
+        if not 0 < self.val_size < 1:
+            raise ValueError(f"parameter val_size={self.val_size!r}: expected a fraction in (0, 1)")
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"parameter threshold={self.threshold!r}: expected a probability in (0, 1)")
+        if self.image_size is not None and (self.image_size < 32 or self.image_size % 32):
+            raise ValueError(f"parameter image_size={self.image_size!r}: expected a multiple of 32 (e.g. 128)")
+        if self.width is not None and not (math.isfinite(self.width) and 0 < self.width <= 4):
+            raise ValueError(f"parameter width={self.width!r}: expected a factor in (0, 4] (1: the paper's widths)")
+        if self.width not in (None, 1.0) and "width" not in BACKBONES[self.backbone].options:
+            valid = [b for b, e in BACKBONES.items() if "width" in e.options]
+            raise ValueError(f"parameter width={self.width!r}: only the paper's networks scale their widths "
+                             f"({', '.join(valid)}); got backbone {self.backbone!r}")
+        if self.n_folds < 2:
+            raise ValueError(f"parameter n_folds={self.n_folds!r}: expected an integer >= 2")
+        if not (math.isfinite(self.budget_minutes) and self.budget_minutes >= 0):
+            raise ValueError(f"parameter budget_minutes={self.budget_minutes!r}: expected minutes >= 0 (0: no budget)")
+        for k in ("limit", "num_threads", "stop_after_epochs"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"parameter {k}={getattr(self, k)!r}: expected an integer >= 0")
+        if self.deep_supervision and (self.task == "cls" or not BACKBONES[self.backbone].supports_deep_supervision):
+            valid = [b for b, e in BACKBONES.items() if e.supports_deep_supervision]
+            raise ValueError(f"parameter deep_supervision=True: needs task seg or mt and a backbone out of "
+                             f"{', '.join(valid)} (got {self.backbone!r}, {self.task!r})")
+        if self.run_name and (os.sep in self.run_name or self.run_name.startswith(".")):
+            raise ValueError(f"parameter run_name={self.run_name!r}: expected a plain folder name")
+        _parse_folds(self.folds, self.n_folds)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+# the types of the annotations, for the checks of notebook parameters
+_FIELD_TYPES: dict[str, tuple] = {}
+for _f in dataclasses.fields(TrainConfig):
+    _ann = str(_f.type)
+    _base = {"str": str, "int": int, "float": float, "bool": bool}.get(_ann.split(" ")[0])
+    if _f.name == "folds":
+        _FIELD_TYPES[_f.name] = ("folds",)
+    else:
+        _FIELD_TYPES[_f.name] = (_base, "None" in _ann)
+
+#: Fields that do not change a run's numbers (a results folder may be reused with others).
+NON_RESULT_FIELDS = {"folds", "data_dir", "out_dir", "device", "run_name", "eval_batch_size",
+                     "ckpt_dir", "num_threads", "stop_after_epochs"}
+
+
+def config_diff(a: dict, b: dict) -> list[str]:
+    """The fields in which two config dicts (``TrainConfig.to_dict()``) differ in a way
+    that changes a run's numbers (not where the data or the results live, the device...)."""
+    keys = (set(a) | set(b)) - NON_RESULT_FIELDS
+    old = {**PAPER_RECIPE, **PAPER_SCALE, "evaluate_on": "test", "split": "image"}  # what a run written before these fields used
+    return sorted(k for k in keys if a.get(k, old.get(k)) != b.get(k, old.get(k)))
+
+
+def _check_type(name: str, value, spec) -> None:
+    if spec == ("folds",):
+        return  # checked by _parse_folds
+    base, optional = spec
+    if value is None:
+        if optional:
+            return
+        raise ValueError(f"parameter {name}=None: expected {_a(base.__name__)}")
+    ok = (isinstance(value, bool) if base is bool else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if base is float else
+          isinstance(value, int) and not isinstance(value, bool) if base is int else isinstance(value, base))
+    if not ok:
+        raise ValueError(f"parameter {name}={value!r}: expected {_a(base.__name__)}"
+                         + (" or None" if optional else ""))
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def _choice(name: str, value, valid) -> None:
+    if value not in valid:
+        raise ValueError(f"parameter {name}={value!r}: expected one of {', '.join(map(str, valid))}")
+
+
+def _parse_folds(folds, n_folds: int) -> list[int]:
+    """None, [], "" -> all; an int, a list of ints or "0,2" -> sorted unique list."""
+    if folds is None or folds == [] or folds == "" or folds == ():
+        return list(range(n_folds))
+    if isinstance(folds, str):
+        try:
+            folds = [int(s) for s in folds.replace(" ", "").split(",") if s]
+        except ValueError:
+            raise ValueError(f"parameter folds={folds!r}: expected fold numbers 0..{n_folds - 1}, e.g. [0, 2]") from None
+    if isinstance(folds, (int, np.integer)) and not isinstance(folds, bool):
+        folds = [int(folds)]
+    if not isinstance(folds, (list, tuple)) or not all(
+            isinstance(k, (int, np.integer)) and not isinstance(k, bool) and 0 <= k < n_folds for k in folds):
+        raise ValueError(f"parameter folds={folds!r}: expected a list of fold numbers in 0..{n_folds - 1} (or [] for all)")
+    return sorted({int(k) for k in folds})
+
+
+def config_from_namespace(namespace: dict) -> TrainConfig:
+    """The resolved TrainConfig of a notebook's parameters, from its ``globals()``: every
+    literal-valued public global must be a TrainConfig field, else ValueError listing the
+    valid names (see :func:`mtbc_lib.core.notebook_params`). Call it before any other
+    global is assigned."""
+    from mtbc_lib.core import notebook_params
+
+    values = notebook_params(namespace, [f.name for f in dataclasses.fields(TrainConfig)])
+    return TrainConfig(**values).resolve()

@@ -1,0 +1,123 @@
+"""Training the ablation grid: ``notebooks/train.ipynb`` executed through papermill once per
+setting (locally, or as tasks on a Dask cluster), skipping settings whose results are
+complete, then ``results/ablation.csv`` rewritten (:mod:`mtbc_lib.studies.ablation`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mtbc_lib.studies.ablation import SETTINGS, is_complete, run_name, write_ablation_csv
+from mtbc_lib.core import REPO_ROOT
+from mtbc_lib.engine.runs import repo_relative
+
+__all__ = ["execute_training", "execute_setting", "train_setting", "portable_data_dir", "run_grid"]
+
+
+def execute_training(params: dict, notebook_dir: str | os.PathLike = "book/runs",
+                     repo_root: str | os.PathLike = REPO_ROOT) -> str:
+    """Execute ``notebooks/train.ipynb`` with papermill ``params`` (``run_name`` among
+    them), writing the executed notebook to ``notebook_dir/<run name>.ipynb`` (atomically:
+    a failed or interrupted run leaves the previous copy, and its checkpoints let the next
+    call resume; a finished run is not trained again, only reported). Returns the run
+    name. Runs in whatever process calls it: locally, or on a Dask worker."""
+    import papermill
+
+    name = params["run_name"]
+    repo_root = Path(repo_root)
+    nb_dir = Path(notebook_dir) if Path(notebook_dir).is_absolute() else repo_root / notebook_dir
+    nb_dir.mkdir(parents=True, exist_ok=True)
+    tmp = nb_dir / f".{name}.{os.getpid()}.ipynb.part"  # one per process: a second grid cannot clobber it
+    try:
+        papermill.execute_notebook(str(repo_root / "notebooks" / "train.ipynb"), str(tmp), parameters=params,
+                                   cwd=str(repo_root), progress_bar=False, kernel_name="python3")
+    except papermill.PapermillExecutionError as e:
+        if e.ename == "RunHeld":  # another process trains it: nothing of ours to keep
+            tmp.unlink(missing_ok=True)
+        raise
+    from mtbc_lib.provenance import stamp
+
+    stamp(tmp)  # the machine it ran on, for the book's provenance page
+    os.replace(tmp, nb_dir / f"{name}.ipynb")
+    return name
+
+
+def execute_setting(backbone: str, setting: str, profile: str, out_dir: str | os.PathLike = "results",
+                    notebook_dir: str | os.PathLike = "book/runs", data_dir: str | None = None,
+                    extra: dict | None = None, repo_root: str | os.PathLike = REPO_ROOT) -> str | None:
+    """:func:`execute_training` of one setting of the grid. Returns the run name, or None
+    when another process holds one of its folds (one line says which; the grid goes on)."""
+    from papermill import PapermillExecutionError
+
+    params = {"backbone": backbone, "profile": profile, "out_dir": str(out_dir),
+              "run_name": run_name(backbone, setting, profile), "data_dir": data_dir or ""}
+    try:
+        return execute_training(params | SETTINGS[setting] | (extra or {}), notebook_dir, repo_root)
+    except PapermillExecutionError as e:
+        if e.ename != "RunHeld":
+            raise
+        print(f"grid: skipped {params['run_name']}: {e.evalue}", flush=True)
+        return None
+
+
+def train_setting(params: dict, repo_root: str | os.PathLike = REPO_ROOT) -> str:
+    """Train one setting (``mtbc train``): :func:`execute_training` with ``params``, fields of
+    :class:`~mtbc_lib.engine.config.TrainConfig` (checked first: an unknown name or a bad value
+    fails with one line before anything runs). The executed notebook goes to ``book/runs/`` for
+    a run of every fold in the default results folder, else beside the run's results (as
+    :func:`mtbc_lib.engine.runs.reproduce_command` says). Returns the run name."""
+    import dataclasses
+
+    from mtbc_lib.engine.config import TrainConfig
+
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(fields)}")
+    params = {**params, "data_dir": portable_data_dir(params.get("data_dir"))}
+    cfg = TrainConfig(**params).resolve()
+    every_fold = cfg.folds == list(range(cfg.n_folds))
+    notebook_dir = "book/runs" if every_fold and cfg.out_dir == TrainConfig().out_dir else cfg.out_dir
+    return execute_training({**params, "run_name": cfg.run_name}, notebook_dir, repo_root)
+
+
+def portable_data_dir(data_dir: str | os.PathLike | None, repo_root: Path = REPO_ROOT) -> str:
+    """``data_dir`` as a run should store it: "" for the default folder beside the
+    repository (``../shared/data/BUSI``), so that committed configurations hold no path of
+    the machine that trained them; any other folder as given."""
+    if data_dir and Path(data_dir).expanduser().resolve() == (repo_root.parent / "shared" / "data" / "BUSI").resolve():
+        return ""
+    return str(data_dir or "")
+
+
+def run_grid(backbone: str, profile: str, settings: list[str] | None = None, scheduler: str | None = None,
+             out_dir: str | os.PathLike = "results", notebook_dir: str | os.PathLike = "book/runs",
+             data_dir: str | None = None, extra: dict | None = None) -> list[str]:
+    """Train every setting of the grid that is not complete yet, then rewrite
+    ``out_dir/ablation.csv`` (locally also after each setting). Locally the settings run
+    one after the other; with ``scheduler`` (``tcp://HOST:PORT`` of a running
+    dask.distributed scheduler) each is a task on the cluster, whose workers must see this
+    repository and the data at the same paths. Returns the run names executed (not those
+    skipped because another process holds one of their folds)."""
+    settings = list(SETTINGS) if settings is None else settings
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; valid: {', '.join(SETTINGS)}")
+    todo = [s for s in settings if not is_complete(Path(out_dir) / run_name(backbone, s, profile))]
+    out = Path(out_dir).resolve()  # stored repo-relative where it can be (configs are committed)
+    kwargs = dict(out_dir=repo_relative(out),
+                  notebook_dir=str(Path(notebook_dir).resolve()),
+                  data_dir=portable_data_dir(data_dir), extra=extra)
+    if scheduler:
+        from dask.distributed import Client
+
+        with Client(scheduler) as client:
+            futures = [client.submit(execute_setting, backbone, s, profile, pure=False, **kwargs) for s in todo]
+            done = client.gather(futures)
+    else:
+        done = []
+        for s in todo:
+            done.append(execute_setting(backbone, s, profile, **kwargs))
+            write_ablation_csv(out_dir)  # after each setting: a grid stopped midway keeps its finished rows
+    write_ablation_csv(out_dir)
+    return [d for d in done if d]
