@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import CLASSES, atomic_write
+from .config import CLASSES, NORMAL, atomic_write
 from .models import BACKBONES
 from .metrics import (CLS_METRICS, SEG_METRICS, TABLE_METRICS, aggregate, classification_metrics, metric_label,
                       segmentation_metrics)
@@ -93,6 +93,19 @@ def grid_list(param: str, value) -> list[tuple[str, str]]:
     return out
 
 
+def grid_arguments(argv: list[str], what: str) -> tuple[list[tuple[str, str]], str]:
+    """The command line of a module that writes one file from several grids:
+    ``BACKBONE PROFILE [BACKBONE PROFILE ...] [RESULTS_DIR]`` (an odd count: the last word
+    is the results folder, default ``results``) -> (grids, results_dir). Raises ValueError
+    naming the parameter on a wrong count or an unknown backbone or profile."""
+    words = list(argv)
+    results_dir = words.pop() if len(words) % 2 else "results"
+    if not words:
+        raise ValueError(f"grids: none given; usage: python -m mtbc_lib.{what} BACKBONE PROFILE "
+                         "[BACKBONE PROFILE ...] [RESULTS_DIR]")
+    return grid_list("grids", [f"{b}/{p}" for b, p in zip(words[::2], words[1::2])]), results_dir
+
+
 #: The published Table 5 (U-Net++, Curated BUSI): configuration -> {metric: (mean, sd)}.
 PAPER_TABLE5: dict[str, dict[str, tuple[float, float]]] = {}
 _PAPER_ROWS = """
@@ -134,8 +147,9 @@ def _fold_tables(run_dir: Path) -> dict[int, pd.DataFrame]:
 
 def row_outputs(row: Row, runs: dict[str, Path]) -> pd.DataFrame:
     """Per-image test outputs of one configuration over all folds: columns fold, class,
-    id, label, pred (the final label; absent without a classifier) and dice (the final
-    per-image Dice; absent without a segmenter).
+    id, label, pred (the final label; absent without a classifier), dice (the final
+    per-image Dice) and mask_empty (bool: the final binarised mask is empty; both absent
+    without a segmenter).
 
     runs maps each setting the row needs to its results folder. With PR the final label
     is normal when the classifier says normal or the segmenter's mask is empty, and a
@@ -154,9 +168,11 @@ def row_outputs(row: Row, runs: dict[str, Path]) -> pd.DataFrame:
             t["pred"] = c["pred"].to_numpy().astype(np.int64)
         if s is not None:
             t["dice"] = s["dice"].to_numpy()
+            t["mask_empty"] = s["mask_empty"].to_numpy().astype(bool)
         if row.pr:
-            t["pred"] = refine_labels(t["pred"].to_numpy(), s["mask_empty"].to_numpy().astype(bool))
+            t["pred"] = refine_labels(t["pred"].to_numpy(), t["mask_empty"].to_numpy())
             t["dice"] = refined_dice(t["dice"], t["pred"], t["label"])
+            t["mask_empty"] = t["pred"].to_numpy() == NORMAL  # PR empties the mask of a normal label
         out.append(t)
     return pd.concat(out).reset_index()
 
@@ -236,6 +252,24 @@ def finished_runs(backbone: str, profile: str, results_dir: str | os.PathLike = 
     """Setting -> results folder of every complete training of a grid, in ``SETTINGS`` order."""
     dirs = {s: Path(results_dir) / run_name(backbone, s, profile) for s in SETTINGS}
     return {s: d for s, d in dirs.items() if is_complete(d)}
+
+
+def complete_grids(grids, results_dir: str | os.PathLike = "results", what: str = "results") -> list[tuple[str, str]]:
+    """The (backbone, profile) grids out of ``grids`` whose six trainings (:data:`SETTINGS`)
+    are all complete under ``results_dir``; for each other grid one line on stderr says
+    which settings are missing and that ``what`` skips it."""
+    import sys
+
+    out = []
+    for backbone, profile in grids:
+        done = finished_runs(backbone, profile, results_dir)
+        missing = [s for s in SETTINGS if s not in done]
+        if missing:
+            print(f"{what}: skipping {backbone}/{profile}: {', '.join(missing)} not finished under {results_dir}",
+                  file=sys.stderr)
+        else:
+            out.append((backbone, profile))
+    return out
 
 
 def is_complete(run_dir: Path) -> bool:
