@@ -70,7 +70,7 @@ grid: $(STAMP)
 	$(BIN)/mtbc grid --backbone unetplusplus-r34 --data "$$MTBC_DATA"
 	$(BIN)/mtbc grid --backbone nnunet-planned --settings st-seg st-cls mt-do --data "$$MTBC_DATA"
 	$(BIN)/mtbc grid --backbone unetplusplus-r34 --profile steady --settings mt-do --data "$$MTBC_DATA"
-	$(BIN)/mtbc claims unetplusplus cpu
+	$(BIN)/mtbc claims unetplusplus cpu nnunet cpu
 	$(MAKE) -B book/results.ipynb
 
 # The recipe study (fold 0, validation only) and the leakage study (raw BUSI, two split designs).

@@ -220,19 +220,26 @@ def _run_leakage(args) -> int:
 
 
 def _add_claims(sub) -> None:
-    p = sub.add_parser("claims", help="test the paper's claims per image on a finished grid (claims.csv)",
-                       description="Test each claim of the paper on the per-image test outputs of a finished "
-                                   "grid and write RESULTS/claims.csv.")
-    p.add_argument("backbone", metavar="BACKBONE", help="the grid's network, e.g. unetplusplus")
-    p.add_argument("profile", metavar="PROFILE", help="the grid's profile, e.g. cpu")
+    p = sub.add_parser("claims", help="test the paper's claims per image on finished grids (claims.csv, "
+                                      "consistency.csv)",
+                       description="Test each claim of the paper on the per-image test outputs of finished grids "
+                                   "and measure how often their labels and masks disagree; write RESULTS/claims.csv "
+                                   "and RESULTS/consistency.csv with the rows of every complete grid named.")
+    p.add_argument("grids", nargs="+", metavar="BACKBONE PROFILE",
+                   help="one or more grids, each a backbone and a profile, e.g. unetplusplus cpu nnunet cpu")
     p.add_argument("--results", metavar="DIR", default="results", help="results folder (default: %(default)s)")
     p.set_defaults(func=_run_claims)
 
 
 def _run_claims(args) -> int:
-    from mtbc_lib.studies import claims
+    from mtbc_lib.studies import claims, consistency
+    from mtbc_lib.studies.ablation import grid_list
 
-    print(claims.write_claims_csv(args.backbone, args.profile, args.results))
+    if len(args.grids) % 2:
+        raise ValueError(f"grids {' '.join(args.grids)}: expected pairs BACKBONE PROFILE, e.g. unetplusplus cpu")
+    grids = grid_list("grids", [f"{b}/{p}" for b, p in zip(args.grids[::2], args.grids[1::2])])
+    print(claims.write_claims_csv(grids, args.results))
+    print(consistency.write_consistency_csv(grids, args.results))
     return 0
 
 

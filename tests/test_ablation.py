@@ -205,6 +205,18 @@ def test_name_list_accepts_a_papermill_string_and_names_an_unknown_name():
         ablation.name_list("other_profiles", "steady,slow", ["fast", "steady"], empty_ok=True)
 
 
+def test_row_outputs_say_whether_the_final_mask_is_empty(tmp_path):
+    mt = _write_run(tmp_path, "unet-r34-mt-fast", lambda k: TRUTH | {
+        "dice": [0.0, 0.9, 0.0, 1.0], "mask_empty": [True, False, False, True], "pred": [0, NORMAL, NORMAL, 0]})
+    raw = ablation.row_outputs(ablation.Row("MT", "mt", "mt"), {"mt": mt})
+    assert raw["mask_empty"].tolist() == [True, False, False, True] * 2
+    pr = ablation.row_outputs(ablation.Row("MT+PR", "mt", "mt", pr=True), {"mt": mt})
+    assert pr["mask_empty"].tolist() == [True, True, True, True] * 2  # PR empties the masks it labels normal
+    assert pr["pred"].tolist() == [NORMAL] * 8
+    cls = _write_run(tmp_path, "unet-r34-st-cls-fast", lambda k: TRUTH | {"pred": [0, 1, 2, 2]})
+    assert "mask_empty" not in ablation.row_outputs(ablation.ROWS[2], {"st-cls": cls})
+
+
 def test_grid_list_pairs_backbone_and_profile():
     assert ablation.grid_list("grids", "unetplusplus/cpu, nnunet-planned/fast") == [
         ("unetplusplus", "cpu"), ("nnunet-planned", "fast")]

@@ -125,6 +125,13 @@ def test_train_refuses_bad_parameters_in_one_line_before_anything_runs(tmp_path,
     assert not (tmp_path / "results").exists()
 
 
-def test_claims_of_a_grid_with_no_runs_say_so_in_one_line(tmp_path):
-    run = _mtbc("claims", "unetplusplus", "cpu", "--results", tmp_path / "none", tmp_path=tmp_path)
-    assert run.returncode == 2 and run.stderr.startswith("mtbc: error: ") and run.stderr.count("\n") == 1
+@pytest.mark.parametrize("grids, message", [
+    (["unetplusplus", "cpu"], "grids: none of unetplusplus/cpu has its six trainings finished"),
+    (["unetplusplus"], "expected pairs BACKBONE PROFILE"),
+    (["nnunet", "slow"], "grids: 'nnunet/slow' is not backbone/profile"),
+])
+def test_claims_of_grids_without_runs_or_bad_names_say_so_in_one_line(tmp_path, grids, message):
+    run = _mtbc("claims", *grids, "--results", tmp_path / "none", tmp_path=tmp_path)
+    last = run.stderr.splitlines()[-1]  # after a note per grid skipped
+    assert run.returncode == 2 and last.startswith("mtbc: error: ") and message in last
+    assert not (tmp_path / "none").exists()

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mtbc_lib.core import CLASSES, atomic_write
+from mtbc_lib.core import CLASSES, NORMAL, atomic_write
 from mtbc_lib.networks.registry import BACKBONES
 from mtbc_lib.metrics import (CLS_METRICS, SEG_METRICS, TABLE_METRICS, aggregate, classification_metrics, metric_label,
                       segmentation_metrics)
@@ -134,8 +134,9 @@ def _fold_tables(run_dir: Path) -> dict[int, pd.DataFrame]:
 
 def row_outputs(row: Row, runs: dict[str, Path]) -> pd.DataFrame:
     """Per-image test outputs of one configuration over all folds: columns fold, class,
-    id, label, pred (the final label; absent without a classifier) and dice (the final
-    per-image Dice; absent without a segmenter).
+    id, label, pred (the final label; absent without a classifier), dice (the final
+    per-image Dice) and mask_empty (bool: the final binarised mask is empty; both absent
+    without a segmenter).
 
     runs maps each setting the row needs to its results folder. With PR the final label
     is normal when the classifier says normal or the segmenter's mask is empty, and a
@@ -154,9 +155,11 @@ def row_outputs(row: Row, runs: dict[str, Path]) -> pd.DataFrame:
             t["pred"] = c["pred"].to_numpy().astype(np.int64)
         if s is not None:
             t["dice"] = s["dice"].to_numpy()
+            t["mask_empty"] = s["mask_empty"].to_numpy().astype(bool)
         if row.pr:
-            t["pred"] = refine_labels(t["pred"].to_numpy(), s["mask_empty"].to_numpy().astype(bool))
+            t["pred"] = refine_labels(t["pred"].to_numpy(), t["mask_empty"].to_numpy())
             t["dice"] = refined_dice(t["dice"], t["pred"], t["label"])
+            t["mask_empty"] = t["pred"].to_numpy() == NORMAL  # PR empties the mask of a normal label
         out.append(t)
     return pd.concat(out).reset_index()
 
@@ -236,6 +239,24 @@ def finished_runs(backbone: str, profile: str, results_dir: str | os.PathLike = 
     """Setting -> results folder of every complete training of a grid, in ``SETTINGS`` order."""
     dirs = {s: Path(results_dir) / run_name(backbone, s, profile) for s in SETTINGS}
     return {s: d for s, d in dirs.items() if is_complete(d)}
+
+
+def complete_grids(grids, results_dir: str | os.PathLike = "results", what: str = "results") -> list[tuple[str, str]]:
+    """The (backbone, profile) grids out of ``grids`` whose six trainings (:data:`SETTINGS`)
+    are all complete under ``results_dir``; for each other grid one line on stderr says
+    which settings are missing and that ``what`` skips it."""
+    import sys
+
+    out = []
+    for backbone, profile in grids:
+        done = finished_runs(backbone, profile, results_dir)
+        missing = [s for s in SETTINGS if s not in done]
+        if missing:
+            print(f"{what}: skipping {backbone}/{profile}: {', '.join(missing)} not finished under {results_dir}",
+                  file=sys.stderr)
+        else:
+            out.append((backbone, profile))
+    return out
 
 
 def is_complete(run_dir: Path) -> bool:
