@@ -16,7 +16,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml requirements-lock.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c requirements-lock.txt -e '.[test]'
+	$(BIN)/pip install -q -c requirements-lock.txt -e '.[test,fast-png]'
 	@touch $@
 
 book: $(STAMP)

@@ -289,10 +289,9 @@ def main(argv=None) -> int:
     from PIL import Image
     from skimage.metrics import structural_similarity
 
-    from mtbc_lib import core
-    from mtbc_lib import dedup
-    from mtbc_lib.dedup import registration
+    from mtbc_lib import core, dedup
     from mtbc_lib.data.busi import index_busi, read_image
+    from mtbc_lib.dedup import registration
 
     data = core.data_dir(args.data)
     cfg = dedup.DedupConfig()

@@ -26,8 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mtbc_lib.data import busi  # noqa: E402
-from mtbc_lib.data import curation
+from mtbc_lib.data import (
+    busi,  # noqa: E402
+    curation,
+)
 from mtbc_lib.engine.config import TrainConfig  # noqa: E402
 
 

@@ -1,12 +1,20 @@
-"""Shared fixtures. Markers (`data`, `slow`, `browser`) are registered in pyproject.toml."""
+"""Shared fixtures. Markers (`data`, `slow`, `browser`) are registered in pyproject.toml.
+
+The tests mirror the library (``tests/<package>/test_<module>.py``; integration and browser
+tests in folders of their own) and are imported by pytest's ``importlib`` mode, so that two
+folders may hold modules of one name; helpers shared across folders (``helpers.py``,
+``synthetic.py``) are found because this folder is put on ``sys.path`` here."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +36,14 @@ def write_png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     im.save(path, format="PNG")
     return path
+
+
+@pytest.fixture(scope="session")
+def busi(data_dir):
+    """The real BUSI release decoded at 128 px (``mtbc_lib.data.load_busi``, cached)."""
+    from mtbc_lib import data
+
+    return data.load_busi(data_dir, progress=False)
 
 
 @pytest.fixture

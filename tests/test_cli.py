@@ -10,8 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
-from mtbc_lib import cli
-from mtbc_lib import dedup
+from mtbc_lib import cli, dedup
 from mtbc_lib.data.busi import read_keep_list
 
 

@@ -9,7 +9,6 @@ import ast
 import subprocess
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 LIB = REPO / "mtbc_lib"
 #: Top-level module or subpackage of mtbc_lib -> its layer (lower layers never import higher ones).

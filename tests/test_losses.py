@@ -6,10 +6,18 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-from segmentation_models_pytorch.losses._functional import softmax_focal_loss_with_logits
+from segmentation_models_pytorch.losses._functional import (
+    softmax_focal_loss_with_logits,
+)
 
-from mtbc_lib.losses import (MultiTaskLoss, deep_supervision_weights, dice_loss, downsample_mask,
-                             focal_loss, segmentation_loss)
+from mtbc_lib.losses import (
+    MultiTaskLoss,
+    deep_supervision_weights,
+    dice_loss,
+    downsample_mask,
+    focal_loss,
+    segmentation_loss,
+)
 
 BIG = 20.0  # logit magnitude of a confident prediction
 

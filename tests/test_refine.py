@@ -122,9 +122,10 @@ def test_engine_pr_metrics_equal_the_table_computed_from_saved_outputs(tmp_path)
     refines the saved per-image summaries (refine_labels, refined_dice): same numbers."""
     import json
 
-    from mtbc_lib.studies import ablation
+    from helpers import tiny_arrays, tiny_config
+
     from mtbc_lib.engine import train
-    from test_train import tiny_arrays, tiny_config
+    from mtbc_lib.studies import ablation
 
     train.run(tiny_config(tmp_path, epochs=2), arrays=tiny_arrays(), progress=False)
     run_dir = tmp_path / "results" / "tiny"

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from mtbc_lib import core
-from mtbc_lib.dedup import registration as reg
 from mtbc_lib.core import atomic_write
+from mtbc_lib.dedup import registration as reg
 
 __all__ = ["VERSION", "KEEP_VERSION", "files_digest", "cache_paths", "load_features", "save_features", "load_pairs",
            "save_pairs", "data_key"]

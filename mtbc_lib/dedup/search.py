@@ -59,14 +59,39 @@ from pathlib import Path
 import numpy as np
 
 from mtbc_lib import core
-from mtbc_lib.dedup import registration as reg
 from mtbc_lib.core import atomic_write
-from mtbc_lib.dedup.cache import cache_paths, data_key, load_features, load_pairs, save_features, save_pairs
+from mtbc_lib.dedup import registration as reg
+from mtbc_lib.dedup.cache import (
+    cache_paths,
+    data_key,
+    load_features,
+    load_pairs,
+    save_features,
+    save_pairs,
+)
 from mtbc_lib.dedup.decode import RESAMPLE, Images, Workers, decode_all
-from mtbc_lib.dedup.stages import (aligned_thumbs, complete_groups, components, keypoint_pairs, lesion_scores,
-                                   match_descriptors, numbered_components, plain_candidates, refine_many, ssim_of)
-from mtbc_lib.dedup.tables import (DUPLICATE_COLUMNS, LESION_COLUMNS, PAIR_COLUMNS, duplicates_table, group_table,
-                                   lesion_table, summary, write_audit)
+from mtbc_lib.dedup.stages import (
+    aligned_thumbs,
+    complete_groups,
+    components,
+    keypoint_pairs,
+    lesion_scores,
+    match_descriptors,
+    numbered_components,
+    plain_candidates,
+    refine_many,
+    ssim_of,
+)
+from mtbc_lib.dedup.tables import (
+    DUPLICATE_COLUMNS,
+    LESION_COLUMNS,
+    PAIR_COLUMNS,
+    duplicates_table,
+    group_table,
+    lesion_table,
+    summary,
+    write_audit,
+)
 
 __all__ = ["RESAMPLE", "RULES", "DedupConfig", "AuditResult", "find_groups", "curated_keep", "keep_list",
            "GROUP_LEVELS", "audit_groups", "write_audit", "duplicates_table", "summary", "components",

@@ -242,7 +242,11 @@ def describe(cfg: TrainConfig):
     import pandas as pd
     import torch
 
-    from mtbc_lib.engine.device import resolve_amp, resolve_channels_last, resolve_device
+    from mtbc_lib.engine.device import (
+        resolve_amp,
+        resolve_channels_last,
+        resolve_device,
+    )
 
     cfg = cfg.resolve()
     run_dir, ck_dir = run_paths(cfg)

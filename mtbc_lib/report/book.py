@@ -25,7 +25,13 @@ from pathlib import Path
 
 from mtbc_lib.core import REPO_ROOT
 from mtbc_lib.metrics import metric_label
-from mtbc_lib.report.reader import cell_source, is_run_notebook, retitle, run_config, run_title
+from mtbc_lib.report.reader import (
+    cell_source,
+    is_run_notebook,
+    retitle,
+    run_config,
+    run_title,
+)
 
 #: Where the HTML lands, relative to the repository root.
 HTML_DIR = Path("_build") / "html"
@@ -101,8 +107,8 @@ def run_groups(root: str | Path = REPO_ROOT) -> list[tuple[str, list[str]]]:
     backbones in the order of ``mtbc_lib.networks.registry.BACKBONES``, runs in Table 5's order of
     settings, then by profile and name. Runs of a study with its own results folder
     (``out_dir`` e.g. ``results/leakage``) come after, as "U-Net++ (leakage study)"."""
-    from mtbc_lib.studies.ablation import ROWS
     from mtbc_lib.networks.registry import BACKBONES
+    from mtbc_lib.studies.ablation import ROWS
 
     root = Path(root)
     order = list(dict.fromkeys(s for r in ROWS for s in (r.seg, r.cls) if s))

@@ -10,7 +10,6 @@ from IPython.display import display
 
 from mtbc_lib.refine import refined_mask
 
-
 #: Plotly's own MIME type (JupyterLab renders it natively; the book through PlotlyMimeRenderer).
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 

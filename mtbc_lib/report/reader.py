@@ -117,8 +117,8 @@ def run_title(config: dict) -> str:
     """How the book names a run: backbone · configuration · profile, e.g.
     ``U-Net++ · MT+DO · fast``, plus what else its run name says, in words
     (``epochs 24``: :func:`name_suffix_words`)."""
-    from mtbc_lib.studies.ablation import ROWS
     from mtbc_lib.networks.registry import BACKBONES
+    from mtbc_lib.studies.ablation import ROWS
 
     backbone, profile = str(config.get("backbone", "?")), str(config.get("profile", "?"))
     setting = {"seg": "st-seg", "cls": "st-cls", "mt": "mt"}.get(str(config.get("task")), str(config.get("task"))) \

@@ -19,11 +19,18 @@ import numpy as np
 import pandas as pd
 
 from mtbc_lib.core import CLASSES, NORMAL, atomic_write
-from mtbc_lib.networks.registry import BACKBONES
-from mtbc_lib.metrics import (CLS_METRICS, SEG_METRICS, TABLE_METRICS, aggregate, classification_metrics, metric_label,
-                      segmentation_metrics)
-from mtbc_lib.refine import refine_labels, refined_dice
 from mtbc_lib.engine.config import TrainConfig
+from mtbc_lib.metrics import (
+    CLS_METRICS,
+    SEG_METRICS,
+    TABLE_METRICS,
+    aggregate,
+    classification_metrics,
+    metric_label,
+    segmentation_metrics,
+)
+from mtbc_lib.networks.registry import BACKBONES
+from mtbc_lib.refine import refine_labels, refined_dice
 
 #: The six trainings per backbone: setting name -> train.ipynb parameters.
 SETTINGS: dict[str, dict] = {

@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mtbc_lib.engine import runs
 from mtbc_lib.core import CLASSES, SEED, atomic_write
-from mtbc_lib.metrics import SEG_METRICS, classification_metrics, segmentation_metrics
+from mtbc_lib.engine import runs
 from mtbc_lib.engine.config import TrainConfig
+from mtbc_lib.metrics import SEG_METRICS, classification_metrics, segmentation_metrics
 
 __all__ = ["DESIGNS", "BASE", "METRICS", "LEAKAGE_COLUMNS", "design_config", "run_study", "run_pages", "per_image",
            "fold_metrics", "leakage_table", "paired_table", "DESIGNS_DIFF", "COPY", "FRAMES", "INSIDE",

@@ -13,8 +13,8 @@ import time
 import nbformat
 import pytest
 
-from mtbc_lib.engine import config
 from mtbc_lib.core import REPO_ROOT
+from mtbc_lib.engine import config
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "train.ipynb"
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import write_run
 
 from mtbc_lib.cli import main
 from mtbc_lib.studies import ablation, consistency
-from test_ablation import _write_run
 
 # Eight test images: label (true class), pred (predicted class), empty (binarised mask empty).
 # inconsistent: #4 (lesion label, empty mask) and #6 (normal label, drawn mask): 2 of 8.
@@ -44,10 +44,10 @@ def test_measures_on_known_predictions():
 
 def test_table_from_runs_pairs_the_separate_networks_and_ignores_pr(tmp_path):
     name = lambda s: ablation.run_name("unet-r34", s, "fast")  # noqa: E731
-    _write_run(tmp_path, name("st-seg"), lambda k: _truth() | {"dice": [0.5] * 8, "mask_empty": EMPTY})
-    _write_run(tmp_path, name("st-cls"), lambda k: _truth() | {"pred": PRED})
+    write_run(tmp_path, name("st-seg"), lambda k: _truth() | {"dice": [0.5] * 8, "mask_empty": EMPTY})
+    write_run(tmp_path, name("st-cls"), lambda k: _truth() | {"pred": PRED})
     # MT: a normal label with a drawn mask on every normal image, which PR would hide
-    _write_run(tmp_path, name("mt"), lambda k: _truth() | {"pred": LABEL, "dice": [0.5] * 8, "mask_empty": [False] * 8})
+    write_run(tmp_path, name("mt"), lambda k: _truth() | {"pred": LABEL, "dice": [0.5] * 8, "mask_empty": [False] * 8})
     t = consistency.consistency_table("unet-r34", "fast", tmp_path).set_index("configuration")
     assert list(t.index) == ["ST(Seg)", "ST(Cls)", "ST(Seg+Cls)", "MT"]  # runs of the others missing
     assert t.loc["ST(Seg+Cls)", consistency.MEASURES].to_numpy(float) == pytest.approx(

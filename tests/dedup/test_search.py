@@ -10,11 +10,11 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from synthetic import write_synthetic_busi, write_synthetic_lesions
 
-from mtbc_lib.report import audit
 from mtbc_lib import dedup
 from mtbc_lib.data.busi import DataError, read_keep_list
-from synthetic import write_synthetic_busi, write_synthetic_lesions
+from mtbc_lib.report import audit
 
 
 @pytest.fixture(autouse=True)

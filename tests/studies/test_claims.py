@@ -8,13 +8,12 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import write_run
 from scipy import stats
 
-from mtbc_lib.studies import ablation
-from mtbc_lib.studies import claims
 from mtbc_lib.cli import main
 from mtbc_lib.core import NORMAL
-from test_ablation import _write_run
+from mtbc_lib.studies import ablation, claims
 
 N = 30  # test images per fold; two folds
 
@@ -38,7 +37,7 @@ def _run(root, setting, pred=None, dice=None, empty=None, backbone="unet-r34"):
         if dice is not None:
             out |= {"dice": dice(y), "mask_empty": np.zeros(len(y), bool) if empty is None else empty(y)}
         return out
-    _write_run(root, ablation.run_name(backbone, setting, "fast"), rows)
+    write_run(root, ablation.run_name(backbone, setting, "fast"), rows)
 
 
 def right(y):

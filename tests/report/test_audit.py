@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mtbc_lib.report import audit
 from mtbc_lib import dedup
+from mtbc_lib.report import audit
 
 
 @pytest.fixture(scope="module")

@@ -1,40 +1,22 @@
-"""A run's files: holding a fold against a second process, stale holds taken over."""
+"""Tests of mtbc_lib.engine.runs: holding a fold against a second process, stale holds taken
+over, the profiles in words, the reproduce command."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 
 import pytest
+from helpers import holder
 
 from mtbc_lib.engine import runs
-from mtbc_lib.core import REPO_ROOT
 from mtbc_lib.engine.config import TrainConfig
-
-
-def _holder(lock, seconds=60):
-    """A second process that holds ``lock`` (through runs.hold) and sleeps."""
-    code = textwrap.dedent(f"""
-        import sys, time
-        sys.path.insert(0, {str(REPO_ROOT)!r})
-        from pathlib import Path
-        from mtbc_lib.engine import runs
-        with runs.hold(Path({str(lock)!r}), "test run fold 0"):
-            print("held", flush=True)
-            time.sleep({seconds})
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
 
 
 def test_a_live_holder_stops_a_second_process_at_once_and_a_killed_one_is_taken_over(tmp_path):
     lock = tmp_path / ".fold0.lock"
-    proc = _holder(lock)
+    proc = holder(lock)
     try:
         with pytest.raises(runs.RunHeld) as e:
             with runs.hold(lock, "test run fold 0"):
@@ -105,7 +87,9 @@ def test_describe_shows_paths_inside_the_repository_relative_to_it(tmp_path):
     {"backbone": "nnunet", "task": "cls", "profile": "fast", "folds": [0, 2]},
 ])
 def test_the_reproduce_command_parsed_as_papermill_does_gives_the_same_run(fields):
-    from papermill.cli import _resolve_type  # papermill's own reading of `-p NAME VALUE`
+    from papermill.cli import (
+        _resolve_type,  # papermill's own reading of `-p NAME VALUE`
+    )
 
     cfg = TrainConfig(**fields).resolve()
     words = runs.reproduce_command(cfg).replace(" \\\n", " ").split()

@@ -9,8 +9,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from mtbc_lib.report import plots
 from mtbc_lib import provenance
+from mtbc_lib.report import plots
 
 
 def _runs(durations: dict[str, float | None], status: str = "completed") -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""The paper's networks: parameter counts, outputs, deep supervision, learning, errors."""
+"""Tests of the paper's networks (mtbc_lib.networks.unetplusplus, and nnunet beside it where
+both behave alike): parameter counts, outputs, deep supervision, learning, errors."""
 
 from __future__ import annotations
 
@@ -19,30 +20,6 @@ PAPER_COUNTS = {("unetplusplus", "mt"): 14_927_455, ("unetplusplus", "seg"): 5_1
 @pytest.mark.parametrize("backbone, task", sorted(PAPER_COUNTS))
 def test_parameter_counts_are_the_papers(backbone, task):
     assert count_parameters(build_model(backbone, task)) == PAPER_COUNTS[backbone, task]
-
-
-@pytest.mark.parametrize("backbone", ["unetplusplus", "nnunet"])
-def test_a_width_factor_scales_every_layer_and_keeps_the_outputs(backbone):
-    full, quarter = build_model(backbone, "mt"), build_model(backbone, "mt", width=0.25)
-    # every weight is scaled on both sides: about 1/16 of the parameters
-    assert 1 / 20 < count_parameters(quarter) / count_parameters(full) < 1 / 12
-    convs = [m for m in quarter.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
-    assert max(max(m.in_channels, m.out_channels) for m in convs) == 3 * 96 if backbone == "unetplusplus" else 240
-    out = quarter.train()(torch.rand(2, 1, 64, 64))
-    assert [tuple(m.shape) for m in out["mask"]] == [(2, 1, 64, 64)] * 4 and out["label"].shape == (2, 3)
-    if backbone == "unetplusplus":  # the features of the replica: 6, 12, 24, 48, 96, 6
-        assert quarter.conv_0_0.conv_0.conv.out_channels == 6 and quarter.conv_4_0.convs.conv_1.conv.out_channels == 96
-        assert [m.out_features for m in quarter.cls_mlp if isinstance(m, torch.nn.Linear)] == [64, 3]
-    with pytest.raises(ValueError, match="width: expected a factor in \\(0, 4\\]"):
-        build_model(backbone, "mt", width=-1)
-
-
-def test_nnunet_parts_without_their_branch_or_decoder_are_smaller():
-    mt, seg, cls = (count_parameters(build_model("nnunet", t)) for t in ("mt", "seg", "cls"))
-    assert seg < mt and cls < mt
-    # the branch is the same module in mt and cls: mt - seg = the branch = cls - (encoder + first level)
-    branch = sum(p.numel() for n, p in build_model("nnunet", "mt").named_parameters() if n.startswith("cls_"))
-    assert mt - seg == branch
 
 
 @pytest.mark.parametrize("backbone", ["unetplusplus", "nnunet"])
@@ -128,15 +105,6 @@ def test_unknown_backbone_lists_the_valid_names_in_one_line():
     with pytest.raises(ValueError) as e:
         build_model("unet++", "mt")
     assert str(e.value).count("\n") == 0 and ", ".join(BACKBONES) in str(e.value)
-
-
-def test_bad_input_shape_names_the_divisor():
-    with pytest.raises(ValueError, match="multiples of 16"):
-        build_model("unetplusplus", "seg")(torch.rand(1, 1, 72, 64))
-    with pytest.raises(ValueError, match="multiples of 32"):
-        build_model("nnunet", "mt")(torch.rand(1, 1, 48, 64))
-    with pytest.raises(ValueError, match="unknown option.*encoder_weights.*valid: width"):
-        build_model("unetplusplus", "mt", encoder_weights="imagenet")
 
 
 def test_the_papers_classifier_block_cannot_see_how_strong_a_feature_is():

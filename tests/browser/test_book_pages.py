@@ -15,34 +15,22 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import os
 import re
-import shutil
 import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from helpers import CHROMIUM_FLAGS, LOOPBACK, chromium
 
-from mtbc_lib.report import book
-from mtbc_lib.report import reader
+from mtbc_lib.report import book, reader
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HTML = ROOT / book.HTML_DIR
 SCREENSHOTS = ROOT / "_build" / "screenshots"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 VIEWPORT = {"width": 1280, "height": 800}
-
-
-def _chromium() -> str:
-    path = os.environ.get("MTBC_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(path).is_file():
-        pytest.fail(f"{path}: Chromium not found; install it (apt-get install chromium) or set MTBC_CHROMIUM")
-    return path
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -73,7 +61,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=_chromium(), headless=True, args=CHROMIUM_FLAGS)
+        b = p.chromium.launch(executable_path=chromium(), headless=True, args=CHROMIUM_FLAGS)
         try:
             yield b
         finally:

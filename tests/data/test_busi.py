@@ -1,10 +1,8 @@
-"""Tests of mtbc_lib.data.busi: indexing, PNG modes, masks, resizing, cache, bad input,
-keep-lists, curation and the cross-validation folds. Tiny generated PNGs in tmp_path;
-real-data checks behind @pytest.mark.data."""
+"""Tests of mtbc_lib.data.busi: indexing, PNG modes, masks, resizing, the array cache, bad input
+and keep-list files. Tiny generated PNGs in tmp_path; real-data checks behind @pytest.mark.data."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 import zlib
@@ -12,14 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_png
 from PIL import Image
 
-from conftest import write_png
 from mtbc_lib import data
 from mtbc_lib.data import busi as busi_io
-from mtbc_lib.data.curation import curate
 from mtbc_lib.data.busi import DataError
-from mtbc_lib.data.splits import cv_splits
 
 
 @pytest.fixture(autouse=True)
@@ -34,6 +30,7 @@ def _npz_files() -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- indexing
+
 
 def test_index_sorted_with_all_mask_files(make_busi):
     root = make_busi(n_per_class=2)
@@ -145,10 +142,13 @@ def _raw_png(path: Path, arr: np.ndarray, depth: int, colour_type: int, trns: by
 @pytest.mark.parametrize("depth,colour_type,channels,trns", [
     (1, 0, 0, b""), (2, 0, 0, b""), (4, 0, 0, b""), (8, 0, 0, b""), (8, 0, 0, struct.pack(">H", 7)),
     (8, 2, 3, b""), (8, 2, 3, struct.pack(">HHH", 1, 2, 3)), (16, 2, 3, b""), (8, 6, 4, b""), (16, 6, 4, b"")])
-def test_decoding_gives_pillows_pixels(tmp_path, depth, colour_type, channels, trns):
+@pytest.mark.parametrize("wuffs", [True, False], ids=["wuffs-if-installed", "pillow-only"])
+def test_decoding_gives_pillows_pixels(tmp_path, monkeypatch, depth, colour_type, channels, trns, wuffs):
     """Images and masks decode to the pixels Pillow gives (its convert("L"); any channel
     set, alpha > 0) for every bit depth and colour type of the accepted modes, whichever
-    decoder reads them."""
+    decoder reads them: with the optional Wuffs decoder and without it."""
+    if not wuffs:
+        monkeypatch.setattr(busi_io, "_HAS_WUFFS", False)
     rng = np.random.default_rng(depth + colour_type)
     shape = (9, 13, channels) if channels else (9, 13)
     arr = rng.integers(0, 2 ** depth, shape) * (rng.random(shape[:2]) < 0.6).reshape(shape[:2] + (1,) * bool(channels))
@@ -165,9 +165,12 @@ def test_decoding_gives_pillows_pixels(tmp_path, depth, colour_type, channels, t
 
 
 @pytest.mark.parametrize("depth,mode", [(8, "L"), (1, "1")])
-def test_corrupt_png_data_is_an_error(tmp_path, depth, mode):
+@pytest.mark.parametrize("wuffs", [True, False], ids=["wuffs-if-installed", "pillow-only"])
+def test_corrupt_png_data_is_an_error(tmp_path, monkeypatch, depth, mode, wuffs):
     """A changed byte inside the compressed pixels is reported (checksums are verified),
     by both decoders (8-bit grey, 1-bit)."""
+    if not wuffs:
+        monkeypatch.setattr(busi_io, "_HAS_WUFFS", False)
     arr = np.random.default_rng(3).integers(0, 2 ** depth, (40, 40))
     p = _raw_png(tmp_path / "y.png", arr, depth, 0)
     assert Image.open(p).mode == mode
@@ -434,129 +437,6 @@ def test_bad_size_argument(make_busi):
 
 # ----------------------------------------------------------------------------- keep-lists
 
-def test_published_keep_list_is_the_published_file():
-    raw = data.PUBLISHED_KEEP_LIST.read_bytes()
-    assert hashlib.sha256(raw).hexdigest() == "4aa2096b4b8ef34d3dc03ddcd513f059020601ef89f2dc06741214f1e197f848"
-    keep = data.read_keep_list(data.PUBLISHED_KEEP_LIST)
-    assert len(keep) == 450
-    counts = {c: sum(1 for k, _ in keep if k == c) for c in ("benign", "malignant", "normal")}
-    assert counts == {"benign": 222, "malignant": 164, "normal": 64}
-    assert ("benign", 20) in keep and ("benign", 42) not in keep
-
-
-def test_write_keep_list_reproduces_published_bytes(tmp_path):
-    keep = data.read_keep_list(data.PUBLISHED_KEEP_LIST)
-    out = tmp_path / "sub" / "curated.csv"
-    data.write_keep_list(sorted(keep, reverse=True), out)
-    assert out.read_bytes() == data.PUBLISHED_KEEP_LIST.read_bytes()
-    assert [p.name for p in out.parent.iterdir()] == ["curated.csv"]  # no temp file left
-    umask = os.umask(0)
-    os.umask(umask)
-    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
-    assert data.read_keep_list(out) == keep
-
-
-def test_keep_list_small_roundtrip_and_lf_input(tmp_path):
-    p = tmp_path / "k.csv"
-    data.write_keep_list([("normal", 3), ("benign", 10), ("benign", 2)], p)
-    assert p.read_bytes() == b"class;id\r\nbenign;2\r\nbenign;10\r\nnormal;3"
-    lf = tmp_path / "lf.csv"
-    lf.write_text("class;id\nmalignant;5\n")
-    assert data.read_keep_list(lf) == {("malignant", 5)}
-
-
-@pytest.mark.parametrize("text,needle", [
-    ("", "empty"),
-    ("klass;id\r\nbenign;1", "header"),
-    ("class;id\r\nbenign;1\r\ncyst;2", "line 3"),
-    ("class;id\r\nbenign;x", "line 2"),
-])
-def test_read_keep_list_bad_input(tmp_path, text, needle):
-    p = tmp_path / "bad.csv"
-    p.write_text(text)
-    with pytest.raises(DataError, match=needle) as info:
-        data.read_keep_list(p)
-    assert str(p) in str(info.value) and "\n" not in str(info.value)
-
-
-def test_write_keep_list_rejects_unknown_class(tmp_path):
-    with pytest.raises(ValueError, match="cyst"):
-        data.write_keep_list([("cyst", 1)], tmp_path / "k.csv")
-    assert not (tmp_path / "k.csv").exists()
-
-
-def test_curate_none_path_and_unknown(make_busi, tmp_path):
-    a = data.load_busi(make_busi(n_per_class=2), size=16, progress=False, workers=1)
-    assert curate(a, "none").names == a.names
-    keep = tmp_path / "keep.csv"
-    data.write_keep_list([("benign", 2), ("normal", 1)], keep)
-    c = curate(a, keep)
-    assert c.names == ["benign (2)", "normal (1)"] and list(c.labels) == [0, 2]
-    with pytest.raises(ValueError, match="paper, keep-one, none"):
-        curate(a, "papr")
-    # the paper's list names images the tiny folder lacks
-    with pytest.raises(DataError, match="not in the loaded data"):
-        curate(a, "paper")
-
-
-# ----------------------------------------------------------------------------- folds
-
-LABELS = np.repeat([0, 1, 2], [61, 37, 18])
-np.random.default_rng(5).shuffle(LABELS)
-
-
-def test_cv_splits_partition_and_stratification():
-    splits = cv_splits(LABELS)
-    assert len(splits) == 4
-    tested = np.concatenate([s.test for s in splits])
-    assert sorted(tested.tolist()) == list(range(len(LABELS)))  # every index tested exactly once
-    for s in splits:
-        parts = [set(s.train.tolist()), set(s.val.tolist()), set(s.test.tolist())]
-        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
-        assert len(parts[0] | parts[1] | parts[2]) == len(LABELS)
-        assert all(x.dtype == np.int64 for x in (s.train, s.val, s.test))
-        for c, n in zip(*np.unique(LABELS, return_counts=True)):
-            assert abs((LABELS[s.test] == c).sum() - n / 4) <= 1
-            n_rest = n - (LABELS[s.test] == c).sum()
-            assert abs((LABELS[s.val] == c).sum() - 0.2 * n_rest) <= 1
-        assert abs(len(s.val) - 0.2 * (len(s.train) + len(s.val))) <= 1
-
-
-def test_cv_splits_is_the_papers_protocol():
-    from sklearn.model_selection import StratifiedKFold, train_test_split
-
-    splits = cv_splits(LABELS)
-    skf = StratifiedKFold(n_splits=4, shuffle=True, random_state=1993)
-    for s, (rest, test) in zip(splits, skf.split(LABELS, LABELS)):
-        np.testing.assert_array_equal(s.test, test)
-        tr, va = train_test_split(rest, train_size=0.8, random_state=1993, stratify=LABELS[rest])
-        np.testing.assert_array_equal(s.train, np.sort(tr))
-        np.testing.assert_array_equal(s.val, np.sort(va))
-
-
-def test_cv_splits_deterministic_and_seeded():
-    a, b = cv_splits(LABELS), cv_splits(list(LABELS))
-    for x, y in zip(a, b):
-        for part in ("train", "val", "test"):
-            np.testing.assert_array_equal(getattr(x, part), getattr(y, part))
-    other = cv_splits(LABELS, seed=7)
-    assert any(not np.array_equal(x.test, y.test) for x, y in zip(a, other))
-
-
-def test_cv_splits_bad_input():
-    with pytest.raises(ValueError, match="at least n_splits"):
-        cv_splits([0, 0, 0, 0, 1, 1, 1])
-    with pytest.raises(ValueError, match="1-D"):
-        cv_splits(np.zeros((4, 2)))
-    with pytest.raises(ValueError, match="val_size"):
-        cv_splits(LABELS, val_size=1.5)
-
-
-# ----------------------------------------------------------------------------- real data
-
-@pytest.fixture(scope="module")
-def busi(data_dir):
-    return data.load_busi(data_dir, progress=False)
 
 
 @pytest.mark.data
@@ -596,24 +476,3 @@ def test_real_load(busi):
     union = np.logical_or.reduce(parts)
     assert union.sum() > max(p.sum() for p in parts)
     assert busi.masks[k].any()
-
-
-@pytest.mark.data
-def test_real_curate_paper_and_folds(busi):
-    cur = curate(busi, "paper")
-    assert len(cur) == 450 and np.bincount(cur.labels).tolist() == [222, 164, 64]
-    splits = cv_splits(cur.labels)
-    assert sorted(len(s.test) for s in splits) == [112, 112, 113, 113]
-    assert sorted(np.concatenate([s.test for s in splits]).tolist()) == list(range(450))
-
-
-@pytest.mark.data
-@pytest.mark.slow
-def test_real_curate_keep_one(busi, data_dir):
-    from mtbc_lib import dedup
-
-    with pytest.raises(ValueError, match="curation 'keep-one': needs the duplicate audit's keep-list"):
-        curate(busi, "keep-one")
-    cur = curate(busi, "keep-one", dedup.keep_list(data_dir, "keep-one"))
-    assert 450 < len(cur) < 780
-    assert set(np.unique(cur.labels)) == {0, 1, 2}

@@ -1,3 +1,5 @@
+"""Tests of mtbc_lib.engine.device: where and how a run computes."""
+
 import pytest
 import torch
 

@@ -25,14 +25,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from helpers import CHROMIUM_FLAGS, LOOPBACK, chromium
 
 from mtbc_lib import dedup
 from mtbc_lib.data.busi import read_keep_list
-from test_browser import CHROMIUM_FLAGS, LOOPBACK, _chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "notebooks" / "duplicate_explorer.ipynb"
 JUPYTER = Path(sys.executable).with_name("jupyter")
 SCREENSHOTS = ROOT / "_build" / "screenshots"  # not committed: for a person to look at
@@ -131,7 +131,7 @@ def test_explorer_in_jupyterlab(lab, busi):
 
     outside: list[str] = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), headless=True, args=CHROMIUM_FLAGS)
+        browser = p.chromium.launch(executable_path=chromium(), headless=True, args=CHROMIUM_FLAGS)
         context = browser.new_context(viewport={"width": 1280, "height": 900})
 
         def route(r):

@@ -1,8 +1,5 @@
 """Tests of the split designs (``TrainConfig.split``) and of the leakage study
-(:mod:`mtbc_lib.studies.leakage`, :mod:`mtbc_lib.report.leakage`) on generated BUSI folders:
-scan-level folds never separate the copies of one scan, lesion-level folds also keep
-frames of one lesion together, and the study's tables come out of two real (tiny)
-trainings."""
+(:mod:`mtbc_lib.studies.leakage`) on generated scans."""
 
 from __future__ import annotations
 
@@ -11,17 +8,15 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-
-from mtbc_lib import data
-from mtbc_lib.studies import leakage
-from mtbc_lib.engine import config
-from mtbc_lib.report import leakage as report
-from mtbc_lib import dedup
-from mtbc_lib.dedup import audit_groups
-from mtbc_lib.engine import train
-from mtbc_lib.engine.runs import load_run
-from mtbc_lib.data.splits import cv_splits, group_ids, make_splits
 from synthetic import _frame, _save, _scan
+
+from mtbc_lib import data, dedup
+from mtbc_lib.data.splits import cv_splits, group_ids, make_splits
+from mtbc_lib.dedup import audit_groups
+from mtbc_lib.engine import config, train
+from mtbc_lib.engine.runs import load_run
+from mtbc_lib.report import leakage as report
+from mtbc_lib.studies import leakage
 
 #: The copies of tests/synthetic.py's folder: group A (filed as benign and malignant), group B.
 GROUP_A = {("benign", 1), ("benign", 2), ("malignant", 1), ("malignant", 2)}
@@ -150,30 +145,3 @@ def test_study_tables_from_two_tiny_trainings(busi, tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(out), summary.round(4), check_dtype=False, atol=1e-4)
 
 
-def _paired(dsc, acc, comparison=leakage.DESIGNS_DIFF):
-    """Rows of paired_table for one comparison: dsc, acc = (diff, ci_low, ci_high, p); the
-    groups' means 0.5 + diff and 0.5."""
-    return pd.DataFrame([dict(comparison=comparison, metric=m, a=0.5 + d, b=0.5, diff=d, ci_low=lo, ci_high=hi,
-                              p_value=p, test="t", n_a=100, n_b=100)
-                         for m, (d, lo, hi, p) in (("dsc_avg", dsc), ("acc", acc))])
-
-
-def test_conclusion_follows_the_numbers():
-    text = report.conclusion(_paired((0.05, 0.02, 0.08, 0.001), (-0.01, -0.03, 0.01, 0.4)))
-    assert "inflates the DSC average by 0.050" in text
-    assert "does not measurably change the accuracy (difference -0.010" in text and "at most" not in text
-    text = report.conclusion(_paired((-0.007, -0.019, 0.005, 0.29), (-0.002, -0.027, 0.024, 1.0)))
-    assert text.endswith("at most +0.005 in DSC average and +0.024 in accuracy (the upper ends of the intervals).")
-    assert "lowers the accuracy by 0.040" in report.conclusion(_paired((0, -0.1, 0.1, 1), (-0.04, -0.06, -0.02, 0.01)))
-
-
-def test_inside_note_says_which_way_the_significant_differences_point():
-    def note(dsc, acc, comparison="c"):  # dsc, acc = (diff, p); interval diff ± .01
-        return report.inside_note(_paired((dsc[0], dsc[0] - 0.01, dsc[0] + 0.01, dsc[1]),
-                                          (acc[0], acc[0] - 0.01, acc[0] + 0.01, acc[1]), "c"), comparison)
-    assert "Dice 0.400 against 0.500 (-0.100" in note((-0.1, 0.01), (0.02, 0.5))
-    assert "these images score lower" in note((-0.1, 0.01), (0.02, 0.5))
-    assert "score higher, as they would" in note((0.1, 0.01), (0.02, 0.01))
-    assert "neither difference is significant" in note((0.1, 0.2), (0.02, 0.3))
-    assert "point both ways" in note((0.1, 0.01), (-0.02, 0.01))
-    assert note((0.1, 0.01), (0.02, 0.01), comparison="other") == ""

@@ -1,6 +1,6 @@
 """Tests of the training engine (mtbc_lib.engine.train) and of the files a run writes
-(mtbc_lib.engine.runs) on a tiny generated dataset: augmentation, the files a run writes,
-resume-after-kill equality, skipping of finished folds and the divergence stop."""
+(mtbc_lib.engine.runs) on a tiny generated dataset: the files a run writes, resume-after-kill
+equality, skipping of finished folds and the divergence stop."""
 
 from __future__ import annotations
 
@@ -10,76 +10,14 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from helpers import fold_files, holder, tiny_arrays, tiny_config
 
-from mtbc_lib.engine import runs
-from mtbc_lib.engine import train
-from mtbc_lib.engine import config
-from mtbc_lib.data.augment import augment_batch
 from mtbc_lib.data.splits import make_splits, split_counts
-from mtbc_lib.core import CLASSES
-from mtbc_lib.data.busi import BusiArrays
-
+from mtbc_lib.engine import config, runs, train
 
 # ----------------------------------------------------------------------------- helpers
 
-def tiny_arrays(n_per_class: int = 8, size: int = 32, seed: int = 0) -> BusiArrays:
-    """Generated BUSI-like arrays: noisy background, a bright disc (benign) or a darker
-    disc (malignant), nothing for normal images."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    images, masks, labels, classes, ids = [], [], [], [], []
-    for k, c in enumerate(CLASSES):
-        for i in range(n_per_class):
-            img = rng.integers(0, 60, (size, size)).astype(np.uint8)
-            m = np.zeros((size, size), bool)
-            if c != "normal":
-                r = int(rng.integers(4, size // 3))
-                cy, cx = rng.integers(r, size - r, 2)
-                m = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
-                img[m] = 200 if c == "benign" else 130
-            images.append(img), masks.append(m), labels.append(k), classes.append(c), ids.append(i + 1)
-    return BusiArrays(images=np.stack(images), masks=np.stack(masks), labels=np.array(labels, np.int64),
-                      classes=np.array(classes), ids=np.array(ids, np.int64),
-                      names=[f"{c} ({i})" for c, i in zip(classes, ids)],
-                      orig_sizes=np.full((len(ids), 2), size, np.int64))
-
-
-def tiny_config(out_dir, **kw) -> config.TrainConfig:
-    base = dict(backbone="nnunet-planned", task="mt", oversampling=True, epochs=3, patience=10, batch_size=4,
-                lr=1e-3, image_size=32, n_folds=2, out_dir=str(out_dir / "results"), run_name="tiny", profile="fast",
-                device="cpu", eval_batch_size=16, num_threads=1)  # tiny ops: 1 thread is faster
-    return config.TrainConfig(**(base | kw))
-
-
 # ----------------------------------------------------------------------------- augmentation
-
-def test_augmentation_moves_image_and_mask_together():
-    a = tiny_arrays(4, 64)
-    sel = a.labels != 2
-    m = torch.from_numpy(a.masks[sel][:, None]).float()
-    x = m.clone()  # an image that is its own mask
-    g = torch.Generator().manual_seed(3)
-    xa, ma = augment_batch(x, m, g)
-    assert set(ma.unique().tolist()) <= {0.0, 1.0}  # nearest keeps masks binary
-    assert not torch.equal(ma, m)  # something moved
-    inter = ((xa > 0.5) & (ma > 0.5)).sum().item()
-    union = ((xa > 0.5) | (ma > 0.5)).sum().item()
-    assert inter / union > 0.9
-    # lesion area is kept (rotation of a centred-enough disc, flips)
-    assert ma.sum().item() == pytest.approx(m.sum().item(), rel=0.1)
-    # reproducible from the generator state
-    xb, mb = augment_batch(x, m, torch.Generator().manual_seed(3))
-    assert torch.equal(xa, xb) and torch.equal(ma, mb)
-
-
-# ----------------------------------------------------------------------------- runs
-
-def _fold_files(run_dir, k):
-    return {"test": pd.read_csv(run_dir / f"fold{k}_test.csv"),
-            "metrics": json.loads((run_dir / f"fold{k}_metrics.json").read_text()),
-            "history": pd.read_csv(run_dir / f"fold{k}_history.csv"),
-            "masks": runs.load_masks(run_dir / f"fold{k}_masks.npz")}
 
 
 def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
@@ -102,7 +40,7 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
     assert (run_b / "summary.json").exists()
 
     for k in (0, 1):
-        a, b = _fold_files(run_a, k), _fold_files(run_b, k)
+        a, b = fold_files(run_a, k), fold_files(run_b, k)
         pd.testing.assert_frame_equal(a["test"], b["test"])
         cols = [c for c in a["history"] if c not in ("seconds", "cpu_seconds", "images_per_s", "load")]
         pd.testing.assert_frame_equal(a["history"][cols], b["history"][cols])
@@ -123,7 +61,7 @@ def test_run_writes_documented_files_and_skips_finished_folds(tmp_path):
     summary = train.run(cfg, arrays=arrays, progress=False)
     run_dir = tmp_path / "results" / "tiny"
     assert not summary["complete"] and not (run_dir / "summary.json").exists()
-    f = _fold_files(run_dir, 0)
+    f = fold_files(run_dir, 0)
     split = make_splits(cfg.resolve(), arrays)[0]
     t = f["test"]
     assert list(t.columns) == ["class", "id", "name", "label", "p_benign", "p_malignant", "p_normal", "pred",
@@ -157,11 +95,10 @@ def test_run_writes_documented_files_and_skips_finished_folds(tmp_path):
 
 
 def test_a_fold_held_by_another_process_stops_the_run_at_once(tmp_path):
-    from test_runs import _holder
 
     cfg = tiny_config(tmp_path, epochs=2, folds=[1])
     run_dir = tmp_path / "results" / "tiny"
-    proc = _holder(run_dir / ".fold1.lock")
+    proc = holder(run_dir / ".fold1.lock")
     try:
         with pytest.raises(runs.RunHeld, match=f"tiny fold 1: held by process {proc.pid}"):
             train.run(cfg, arrays=tiny_arrays(), progress=False)
@@ -179,7 +116,7 @@ def test_single_task_outputs(tmp_path, task):
     arrays = tiny_arrays()
     train.run(tiny_config(tmp_path, task=task, epochs=1, folds=[0], oversampling=False), arrays=arrays,
               progress=False)
-    f = _fold_files(tmp_path / "results" / "tiny", 0)
+    f = fold_files(tmp_path / "results" / "tiny", 0)
     t, m, h = f["test"], f["metrics"], f["history"]
     if task == "seg":
         assert t["p_benign"].isna().all() and t["pred"].isna().all()

@@ -4,12 +4,11 @@ progressive resizing, validation-only evaluation) and the recipe study's helpers
 import pandas as pd
 import pytest
 import torch
+from helpers import fold_files, tiny_arrays, tiny_config
 
-from mtbc_lib.studies import recipe
-from mtbc_lib.engine import train
-from mtbc_lib.engine import config
 from mtbc_lib.data.splits import make_splits
-from test_train import _fold_files, tiny_arrays, tiny_config
+from mtbc_lib.engine import config, train
+from mtbc_lib.studies import recipe
 
 RECIPE = dict(optimizer="adamw", weight_decay=0.01, schedule="cosine", warmup_epochs=0.5, grad_clip=1.0,
               ema=0.9, low_res_epochs=1, image_size=64, folds=[0], epochs=3)
@@ -21,7 +20,7 @@ def test_killed_and_resumed_run_with_every_recipe_field_equals_an_uninterrupted_
     with pytest.raises(train.StopRequested):
         train.run(tiny_config(tmp_path / "b", stop_after_epochs=2, **RECIPE), arrays=arrays, progress=False)
     train.run(tiny_config(tmp_path / "b", **RECIPE), arrays=arrays, progress=False)
-    a, b = (_fold_files(tmp_path / x / "results" / "tiny", 0) for x in "ab")
+    a, b = (fold_files(tmp_path / x / "results" / "tiny", 0) for x in "ab")
     cols = [c for c in a["history"] if c not in ("seconds", "cpu_seconds", "images_per_s", "load")]
     pd.testing.assert_frame_equal(a["history"][cols], b["history"][cols])
     pd.testing.assert_frame_equal(a["test"], b["test"])
@@ -49,7 +48,7 @@ def test_validation_only_evaluation_leaves_the_test_fold_unread(tmp_path):
     arrays = tiny_arrays()
     cfg = tiny_config(tmp_path, evaluate_on="val", folds=[0], epochs=1)
     train.run(cfg, arrays=arrays, progress=False)
-    files = _fold_files(tmp_path / "results" / "tiny", 0)
+    files = fold_files(tmp_path / "results" / "tiny", 0)
     split = make_splits(cfg.resolve(), arrays)[0]
     evaluated = set(zip(files["test"]["class"], files["test"]["id"]))
     assert evaluated == set(zip(arrays.classes[split.val], arrays.ids[split.val]))
