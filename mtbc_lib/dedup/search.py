@@ -182,10 +182,44 @@ class AuditResult:
         return curated_keep(self.index, self.groups, rule)
 
 
+@dataclass
+class _Search:
+    """One search as its stages fill it in (:func:`find_groups`): the settings, the images'
+    features, and the pairs scored so far. Rows ``i < j`` of ``index`` name the pairs."""
+
+    cfg: DedupConfig
+    index: "object"                 # one row per image (data.scan_busi's columns)
+    prep: list                      # per-image features (mtbc_lib.dedup.decode.prepare)
+    images: Images                  # the full images, decoded on demand
+    known: dict                     # {(i, j): record} verified by an earlier run (the cache)
+    matches: list | None            # keypoint candidates of an earlier run, or None
+    pending: "object" = None        # keypoint descriptors being matched by the workers (stage 2 -> 3)
+    scored: dict = field(default_factory=dict)      # {(i, j): scores, transform, overlap...}
+    transforms: dict = field(default_factory=dict)  # {(i, j): (sy, sx, ty, tx)} j -> i
+    thumbs: "object" = None         # (N, size, size) SSIM thumbnails
+    n_whole_candidates: int = 0
+    edges: list = field(default_factory=list)        # same-scan pairs
+    groups: list = field(default_factory=list)       # same-scan groups: lists of rows, by first row
+    group_of: "object" = None       # (N,) group number (from 1), -1 for an image in no group
+    lesion_edges: list = field(default_factory=list)  # same-lesion pairs (not copies)
+    lesion_of: "object" = None      # (N,) lesion group number
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.prep)
+
+    def score(self, r: dict) -> float:
+        """A pair's same-scan score: the larger of its whole-image and aligned SSIM."""
+        return max(r.get("plain_ssim", -np.inf), r.get("aligned_ssim", -np.inf))
+
+
 def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress: bool = True,
                 workers: int = 2, cache: bool = True) -> AuditResult:
     """Search a BUSI folder for groups of images showing the same scan, and for groups of
-    images showing the same lesion (module doc).
+    images showing the same lesion (module doc), in named stages: :func:`_decode`,
+    :func:`_whole_image_search`, :func:`_extended_search`, :func:`_same_scan_groups`,
+    :func:`_same_lesion_groups`, :func:`_result`.
 
     ``data_dir``: the BUSI folder (default: ``core.data_dir()``); ``settings``: a
     DedupConfig; ``workers``: processes that decode and align; ``cache``: keep the per-image
@@ -196,108 +230,132 @@ def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress:
     from mtbc_lib.data.busi import scan_busi
 
     cfg = settings or DedupConfig()
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
     columns = scan_busi(data_dir)  # the index without pandas, imported while the workers decode
     root = core.data_dir(data_dir)
     feat_path, pairs_path = cache_paths(columns, cfg) if cache else (None, None)
     with Workers(workers) as pool:  # started by the first stage that needs it
-        prep = load_features(feat_path) if cache and feat_path.exists() else None
-        if prep is None or len(prep) != len(columns["image"]):
-            prep = decode_all(columns, cfg, pool, progress, meanwhile=lambda: __import__("pandas"))
-            if cache:
-                save_features(feat_path, prep)
-        import pandas as pd
-
-        index = pd.DataFrame(columns)
-        known, matches = load_pairs(pairs_path) if cache and pairs_path.exists() else ({}, None)
-        images = Images(index, prep)
-        n = len(prep)
-        shapes = [p["shape"] for p in prep]
-        timings["decode"] = time.perf_counter() - t0
-
-        # ---- whole-image SSIM on the candidates, while the workers match keypoint descriptors
-        t = time.perf_counter()
-        matched = match_descriptors(prep, cfg, pool) if cfg.extended and matches is None else None
-        thumbs = np.stack([p["thumb"] for p in prep])
-        ci, cj = plain_candidates(np.stack([p["small"] for p in prep]), cfg)
-        cand = list(zip(ci.tolist(), cj.tolist()))
-        todo = [k for k in cand if "plain_ssim" not in known.get(k, {})]  # the rest: an earlier run's scores
-        fresh = dict(zip(todo, reg.ssim_pairs(thumbs, *np.array(todo, dtype=np.int64).reshape(-1, 2).T))) if todo else {}
-        scored: dict[tuple[int, int], dict] = {
-            k: {"plain_ssim": float(fresh[k]) if k in fresh else known[k]["plain_ssim"]} for k in cand}
-        timings["whole_image_search"] = time.perf_counter() - t
-
-        # ---- extended: keypoint candidates, alignment, SSIM on the aligned overlap
-        t = time.perf_counter()
-        transforms: dict[tuple[int, int], tuple] = {}
-        if cfg.extended:
-            if matched is not None:  # else: the candidates of an earlier run on the same features and settings
-                matches = keypoint_pairs(prep, cfg, matched)
-            keys, jobs = [], []
-            for a, b, n_in, p_det in matches:
-                old = known.get((a, b), {})
-                if old.get("inliers") == n_in and "aligned_ssim" in old:  # verified by an earlier run
-                    p = (old["sy"], old["sx"], old["ty"], old["tx"])
-                    scored.setdefault((a, b), {}).update({k: old[k] for k in ("aligned_ssim", "overlap", "inliers")},
-                                                         sy=p[0], sx=p[1], ty=p[2], tx=p[3])
-                    transforms[(a, b)] = p
-                else:
-                    keys.append((a, b, n_in))
-                    jobs.append((prep[a]["det"], prep[b]["det"], p_det, 8, 0))
-            todo = []
-            for (a, b, n_in), p in zip(keys, refine_many(jobs, pool, progress, "audit: aligning candidates")):
-                p = reg.to_full(p, prep[a]["scale"], prep[b]["scale"])
-                th = aligned_thumbs(images[a], images[b], p, cfg)
-                if th is not None:
-                    todo.append((a, b, n_in, p, th))
-            for (a, b, n_in, p, th), v in zip(todo, ssim_of([x[4][:2] for x in todo])):
-                scored.setdefault((a, b), {}).update(aligned_ssim=float(v), overlap=th[2], inliers=n_in,
-                                                     sy=p[0], sx=p[1], ty=p[2], tx=p[3])
-                transforms[(a, b)] = p
-        timings["extended_search"] = time.perf_counter() - t
-
-        # ---- groups: connected components of the same-scan graph
-        t = time.perf_counter()
-        thr = cfg.threshold
-
-        def score(r):
-            return max(r.get("plain_ssim", -np.inf), r.get("aligned_ssim", -np.inf))
-
-        edges = sorted(k for k, r in scored.items() if score(r) >= thr)
-        label = components(n, [a for a, _ in edges], [b for _, b in edges])
-        sizes = np.bincount(label, minlength=n)
-        members: dict[int, list[int]] = {}
-        for k in range(n):
-            if sizes[label[k]] >= 2:
-                members.setdefault(int(label[k]), []).append(k)
-        groups = sorted(members.values(), key=lambda m: m[0])
-        group_of = np.full(n, -1)
-        for g, m in enumerate(groups, start=1):
-            group_of[m] = g
-        complete_groups(groups, edges, scored, transforms, prep, images, thumbs, cfg, known)
-        timings["groups"] = time.perf_counter() - t
-
-        # ---- same lesion: coarse SSIM of the aligned overlap, components with the copies
-        t = time.perf_counter()
-        cls = index["class"].to_numpy()
-        if cfg.lesion:
-            lesion_scores(scored, group_of, prep, cfg, known, pool)
-        lesion_edges = sorted(k for k, r in scored.items() if r.get("lesion_ssim", -np.inf) >= cfg.lesion_threshold
-                              and cls[k[0]] == cls[k[1]] and score(r) < thr)
-        both = edges + lesion_edges
-        lesion_of = numbered_components(n, both)
-        timings["lesion_search"] = time.perf_counter() - t
-
-    # ---- tables
+        s = _decode(columns, cfg, pool, progress, feat_path, pairs_path)
+        s.timings["decode"] = time.perf_counter() - t0
+        for name, stage in (("whole_image_search", _whole_image_search), ("extended_search", _extended_search),
+                            ("groups", _same_scan_groups), ("lesion_search", _same_lesion_groups)):
+            t = time.perf_counter()
+            stage(s, pool, progress)
+            s.timings[name] = time.perf_counter() - t
     t = time.perf_counter()
+    result = _result(s, root)
+    if cache and s.known != s.scored:
+        save_pairs(pairs_path, s.scored, s.matches or [])
+    s.timings["tables"] = time.perf_counter() - t
+    s.timings["total"] = time.perf_counter() - t0
+    result.timings = s.timings
+    return result
+
+
+def _decode(columns: dict, cfg: DedupConfig, pool, progress: bool, feat_path, pairs_path) -> _Search:
+    """Stage 1: every image's features, decoded once by the workers (or read from the cache),
+    and the pairs an earlier run verified."""
+    prep = load_features(feat_path) if feat_path is not None and feat_path.exists() else None
+    if prep is None or len(prep) != len(columns["image"]):
+        prep = decode_all(columns, cfg, pool, progress, meanwhile=lambda: __import__("pandas"))
+        if feat_path is not None:
+            save_features(feat_path, prep)
     import pandas as pd
 
-    index = index.assign(height=[h for h, _ in shapes], width=[w for _, w in shapes])
-    lesion_set = set(lesion_edges)
+    index = pd.DataFrame(columns)
+    known, matches = load_pairs(pairs_path) if pairs_path is not None and pairs_path.exists() else ({}, None)
+    return _Search(cfg=cfg, index=index, prep=prep, images=Images(index, prep), known=known, matches=matches)
+
+
+def _whole_image_search(s: _Search, pool, progress: bool) -> None:
+    """Stage 2: whole-image SSIM on the candidate pairs, while the workers match keypoint
+    descriptors for stage 3 (``s.matches``: a pending match unless an earlier run's
+    candidates are known)."""
+    cfg, prep = s.cfg, s.prep
+    s.pending = match_descriptors(prep, cfg, pool) if cfg.extended and s.matches is None else None
+    s.thumbs = np.stack([p["thumb"] for p in prep])
+    ci, cj = plain_candidates(np.stack([p["small"] for p in prep]), cfg)
+    s.n_whole_candidates = int(len(ci))
+    cand = list(zip(ci.tolist(), cj.tolist()))
+    todo = [k for k in cand if "plain_ssim" not in s.known.get(k, {})]  # the rest: an earlier run's scores
+    fresh = dict(zip(todo, reg.ssim_pairs(s.thumbs, *np.array(todo, dtype=np.int64).reshape(-1, 2).T))) if todo else {}
+    s.scored = {k: {"plain_ssim": float(fresh[k]) if k in fresh else s.known[k]["plain_ssim"]} for k in cand}
+
+
+def _extended_search(s: _Search, pool, progress: bool) -> None:
+    """Stage 3 (``cfg.extended``): keypoint candidates, their alignment (Lucas-Kanade on
+    the detection copies, by the workers) and SSIM on the aligned overlap; pairs an
+    earlier run verified with the same inliers are reused."""
+    cfg, prep = s.cfg, s.prep
+    if not cfg.extended:
+        return
+    if s.pending is not None:  # else: the candidates of an earlier run on the same features and settings
+        s.matches = keypoint_pairs(prep, cfg, s.pending)
+    keys, jobs = [], []
+    for a, b, n_in, p_det in s.matches:
+        old = s.known.get((a, b), {})
+        if old.get("inliers") == n_in and "aligned_ssim" in old:  # verified by an earlier run
+            p = (old["sy"], old["sx"], old["ty"], old["tx"])
+            s.scored.setdefault((a, b), {}).update({k: old[k] for k in ("aligned_ssim", "overlap", "inliers")},
+                                                   sy=p[0], sx=p[1], ty=p[2], tx=p[3])
+            s.transforms[(a, b)] = p
+        else:
+            keys.append((a, b, n_in))
+            jobs.append((prep[a]["det"], prep[b]["det"], p_det, 8, 0))
+    todo = []
+    for (a, b, n_in), p in zip(keys, refine_many(jobs, pool, progress, "audit: aligning candidates")):
+        p = reg.to_full(p, prep[a]["scale"], prep[b]["scale"])
+        th = aligned_thumbs(s.images[a], s.images[b], p, cfg)
+        if th is not None:
+            todo.append((a, b, n_in, p, th))
+    for (a, b, n_in, p, th), v in zip(todo, ssim_of([x[4][:2] for x in todo])):
+        s.scored.setdefault((a, b), {}).update(aligned_ssim=float(v), overlap=th[2], inliers=n_in,
+                                               sy=p[0], sx=p[1], ty=p[2], tx=p[3])
+        s.transforms[(a, b)] = p
+
+
+def _same_scan_groups(s: _Search, pool, progress: bool) -> None:
+    """Stage 4: the same-scan groups, connected components of the pairs scoring at least
+    the threshold, numbered from 1 by their first row; their members' mask agreement and
+    missing in-group pairs (:func:`mtbc_lib.dedup.stages.complete_groups`)."""
+    n = s.n
+    s.edges = sorted(k for k, r in s.scored.items() if s.score(r) >= s.cfg.threshold)
+    label = components(n, [a for a, _ in s.edges], [b for _, b in s.edges])
+    sizes = np.bincount(label, minlength=n)
+    members: dict[int, list[int]] = {}
+    for k in range(n):
+        if sizes[label[k]] >= 2:
+            members.setdefault(int(label[k]), []).append(k)
+    s.groups = sorted(members.values(), key=lambda m: m[0])
+    s.group_of = np.full(n, -1)
+    for g, m in enumerate(s.groups, start=1):
+        s.group_of[m] = g
+    complete_groups(s.groups, s.edges, s.scored, s.transforms, s.prep, s.images, s.thumbs, s.cfg, s.known)
+
+
+def _same_lesion_groups(s: _Search, pool, progress: bool) -> None:
+    """Stage 5: frames of one lesion: coarse SSIM of the aligned overlap (``cfg.lesion``),
+    a same-lesion edge between images of one class that are not copies, and the lesion
+    groups: components of the same-scan and same-lesion edges together."""
+    cfg = s.cfg
+    cls = s.index["class"].to_numpy()
+    if cfg.lesion:
+        lesion_scores(s.scored, s.group_of, s.prep, cfg, s.known, pool)
+    s.lesion_edges = sorted(k for k, r in s.scored.items() if r.get("lesion_ssim", -np.inf) >= cfg.lesion_threshold
+                            and cls[k[0]] == cls[k[1]] and s.score(r) < cfg.threshold)
+    s.lesion_of = numbered_components(s.n, s.edges + s.lesion_edges)
+
+
+def _result(s: _Search, root: Path) -> AuditResult:
+    """Stage 6: the result's tables (pairs, same-scan groups, lesion groups) and counts."""
+    import pandas as pd
+
+    thr, group_of, lesion_of = s.cfg.threshold, s.group_of, s.lesion_of
+    index = s.index.assign(height=[p["shape"][0] for p in s.prep], width=[p["shape"][1] for p in s.prep])
+    lesion_set = set(s.lesion_edges)
     rows = []
-    for (a, b), r in scored.items():
-        sc = score(r)
+    for (a, b), r in s.scored.items():
+        sc = s.score(r)
         method = "whole-image" if r.get("plain_ssim", -np.inf) >= thr else "extended" if sc >= thr else ""
         rows.append({"i": a, "j": b, "name_i": index.at[a, "name"], "name_j": index.at[b, "name"],
                      "plain_ssim": r.get("plain_ssim", np.nan), "aligned_ssim": r.get("aligned_ssim", np.nan),
@@ -308,20 +366,16 @@ def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress:
                      "lesion_ssim": r.get("lesion_ssim", np.nan), "same_lesion": (a, b) in lesion_set,
                      "lesion_group": int(lesion_of[a]) if lesion_of[a] == lesion_of[b] else -1})
     pairs = pd.DataFrame(rows, columns=PAIR_COLUMNS).sort_values(["i", "j"]).reset_index(drop=True)
-    table = group_table(index, pairs, groups, root)
+    table = group_table(index, pairs, s.groups, root)
     table.insert(len(DUPLICATE_COLUMNS) - 1, "lesion_group", lesion_of[table["row"].to_numpy()].astype(int))
     lesions = lesion_table(index, pairs, lesion_of, group_of, root)
-    if cache and known != scored:
-        save_pairs(pairs_path, scored, matches or [])
-    timings["tables"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
-    counts = {"images": n, "whole_image_candidates": int(len(ci)), "extended_candidates": len(transforms),
-              "duplicate_pairs": len(edges), "groups": len(groups),
-              "images_in_groups": int(sum(len(m) for m in groups)),
-              "lesion_pairs": len(lesion_edges), "lesion_groups": int(lesions["lesion_group"].nunique()),
+    counts = {"images": s.n, "whole_image_candidates": s.n_whole_candidates, "extended_candidates": len(s.transforms),
+              "duplicate_pairs": len(s.edges), "groups": len(s.groups),
+              "images_in_groups": int(sum(len(m) for m in s.groups)),
+              "lesion_pairs": len(s.lesion_edges), "lesion_groups": int(lesions["lesion_group"].nunique()),
               "images_in_lesion_groups": len(lesions)}
-    return AuditResult(index=index, pairs=pairs, groups=table, config=cfg, data_dir=root,
-                       timings=timings, counts=counts, lesions=lesions)
+    return AuditResult(index=index, pairs=pairs, groups=table, config=s.cfg, data_dir=root, counts=counts,
+                       lesions=lesions)
 
 
 def curated_keep(index, groups, rule: str = "drop-all") -> set[tuple[str, int]]:
