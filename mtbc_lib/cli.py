@@ -197,7 +197,7 @@ def _add_recipe(sub) -> None:
 def _run_recipe(args) -> int:
     from mtbc_lib.studies import recipe
 
-    recipe.run_study(args.names or None, data_dir=args.data)
+    recipe.train_candidates(args.names or None, data_dir=args.data)
     return 0
 
 
@@ -213,7 +213,7 @@ def _add_leakage(sub) -> None:
 def _run_leakage(args) -> int:
     from mtbc_lib.studies import leakage
 
-    leakage.run_study(args.designs or None, data_dir=args.data)
+    leakage.train_designs(args.designs or None, data_dir=args.data)
     print(leakage.write_leakage_csv(data_dir=args.data))
     print("run pages:", ", ".join(leakage.run_pages(args.designs or None, args.data)))
     return 0

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["ssim_pairs", "blur", "keypoints", "fit_similarity", "warp", "refine", "overlap_boxes", "mask_iou",
+__all__ = ["ssim_pairs", "blur", "keypoints", "fit_similarity", "warp", "align", "overlap_boxes", "mask_iou",
            "to_full", "to_det", "whole", "compose", "invert", "DESC"]
 
 SIGMAS = tuple(1.6 * 2 ** (k / 3) for k in range(8))  # DoG scales, detection-image pixels
@@ -259,7 +259,7 @@ def _sample(stack: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     return rows[:, :, lo] * w0 + rows[:, :, hi] * w1
 
 
-def refine(a: np.ndarray, b: np.ndarray, p, iters: int = 8, step: int = 2):
+def align(a: np.ndarray, b: np.ndarray, p, iters: int = 8, step: int = 2):
     """Lucas-Kanade (Gauss-Newton on zero-mean differences, on every ``step``-th pixel of
     a) refinement of p = (sy, sx, ty, tx), b -> a, two grey images (blurred as float32).
     Keeps the start if that correlates better.

@@ -79,7 +79,7 @@ from mtbc_lib.dedup.stages import (
     match_descriptors,
     numbered_components,
     plain_candidates,
-    refine_many,
+    align_many,
     ssim_of,
 )
 from mtbc_lib.dedup.tables import (
@@ -303,7 +303,7 @@ def _extended_search(s: _Search, pool, progress: bool) -> None:
             keys.append((a, b, n_in))
             jobs.append((prep[a]["det"], prep[b]["det"], p_det, 8, 0))
     todo = []
-    for (a, b, n_in), p in zip(keys, refine_many(jobs, pool, progress, "audit: aligning candidates")):
+    for (a, b, n_in), p in zip(keys, align_many(jobs, pool, progress, "audit: aligning candidates")):
         p = reg.to_full(p, prep[a]["scale"], prep[b]["scale"])
         th = aligned_thumbs(s.images[a], s.images[b], p, cfg)
         if th is not None:

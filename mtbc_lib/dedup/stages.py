@@ -22,7 +22,7 @@
    SSIM of the overlap at ``lesion_size`` px.
 
 Stages 1, 3 and 5 run on one :class:`mtbc_lib.dedup.decode.Workers` pool (3: the blocks of the matching and the
-Lucas-Kanade refinements, :func:`refine_many`; 5: the refinements), one BLAS thread per
+Lucas-Kanade refinements, :func:`align_many`; 5: the refinements), one BLAS thread per
 process. ``cfg`` is a :class:`mtbc_lib.dedup.search.DedupConfig`; the geometry is
 :mod:`mtbc_lib.dedup.registration`'s.
 """
@@ -36,7 +36,7 @@ from mtbc_lib.dedup import registration as reg
 from mtbc_lib.dedup.decode import RESAMPLE, Workers
 
 __all__ = ["aligned_thumbs", "plain_candidates", "match_descriptors", "keypoint_pairs", "components",
-           "numbered_components", "ssim_of", "complete_groups", "lesion_scores", "refine_many"]
+           "numbered_components", "ssim_of", "complete_groups", "lesion_scores", "align_many"]
 
 
 def aligned_thumbs(img_i, img_j, p, cfg, size: int | None = None):
@@ -183,15 +183,15 @@ def numbered_components(n: int, edges) -> np.ndarray:
 
 
 def _refine_job(job) -> tuple:
-    """Worker: ``reg.refine`` of one pair (a, b, p, iters, blur): a and b first blurred
+    """Worker: ``reg.align`` of one pair (a, b, p, iters, blur): a and b first blurred
     with a Gaussian of sd ``blur`` when it is not 0."""
     a, b, p, iters, blur = job
     if blur:
         a, b = reg.blur(a, blur), reg.blur(b, blur)
-    return tuple(reg.refine(a, b, p, iters=iters))
+    return tuple(reg.align(a, b, p, iters=iters))
 
 
-def refine_many(jobs: list[tuple], workers: Workers, progress: bool = False, desc: str = ""):
+def align_many(jobs: list[tuple], workers: Workers, progress: bool = False, desc: str = ""):
     """:func:`_refine_job` of every job on ``workers``: an iterator of the results in order,
     as they come (the caller uses each while the workers refine the next; a tqdm bar when
     ``progress``)."""
@@ -222,7 +222,7 @@ def lesion_scores(scored: dict, group_of: np.ndarray, prep: list[dict], cfg,
         keys.append((a, b))
         jobs.append((da, db, p, 6, 1.5))
     todo = []
-    for (a, b), p in zip(keys, refine_many(jobs, workers or Workers(1))):
+    for (a, b), p in zip(keys, align_many(jobs, workers or Workers(1))):
         th = aligned_thumbs(prep[a]["det"], prep[b]["det"], p, cfg,
                             size=cfg.lesion_size)
         if th is not None:

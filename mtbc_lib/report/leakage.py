@@ -17,11 +17,11 @@ from mtbc_lib.studies.leakage import (
     fold_metrics,
 )
 
-__all__ = ["design_table", "summary_view", "fold_view", "paired_view", "leakage_figure", "conflict_table",
+__all__ = ["design_table", "summary_view", "fold_view", "paired_view", "leakage_figure", "label_conflict_table",
            "conclusion", "fit_note", "inside_note", "frames_note"]
 
 
-def conflict_table(table: pd.DataFrame) -> pd.DataFrame:
+def label_conflict_table(table: pd.DataFrame) -> pd.DataFrame:
     """The images of label-conflict groups (one scan filed under two classes): the label
     it is filed under and each design's answer, group by group."""
     t = table[table["label_conflict"]].reset_index()

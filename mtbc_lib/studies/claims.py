@@ -308,7 +308,7 @@ def claims_view(table: pd.DataFrame) -> pd.DataFrame:
         "verdict": np.where(table["verdict"] == "untestable", table["reason"], table["verdict"])})
 
 
-def verdict(table: pd.DataFrame) -> str:
+def verdict_summary(table: pd.DataFrame) -> str:
     """One sentence counting the verdicts of a :func:`claims_table`, computed for the book."""
     c = table["verdict"].value_counts()
 

@@ -32,7 +32,7 @@ from mtbc_lib.engine import runs
 from mtbc_lib.engine.config import TrainConfig
 from mtbc_lib.metrics import SEG_METRICS, classification_metrics, segmentation_metrics
 
-__all__ = ["DESIGNS", "BASE", "METRICS", "LEAKAGE_COLUMNS", "design_config", "run_study", "run_pages", "per_image",
+__all__ = ["DESIGNS", "BASE", "METRICS", "LEAKAGE_COLUMNS", "design_config", "train_designs", "run_pages", "per_image",
            "fold_metrics", "leakage_table", "paired_table", "DESIGNS_DIFF", "COPY", "FRAMES", "INSIDE",
            "write_leakage_csv"]
 
@@ -61,7 +61,7 @@ def design_config(design: str, **overrides) -> TrainConfig:
     return TrainConfig(**{**BASE, **overrides, "split": DESIGNS[design]}).resolve()
 
 
-def run_study(designs=None, progress: bool = True, **overrides) -> None:
+def train_designs(designs=None, progress: bool = True, **overrides) -> None:
     """Train the designs (both by default) one after the other; finished folds are skipped,
     an interrupted one resumes. The default data folder is stored as "" in the runs'
     configurations (``grid.portable_data_dir``: committed files hold no local path)."""

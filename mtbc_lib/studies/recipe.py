@@ -31,9 +31,9 @@ import pandas as pd
 from mtbc_lib.core import CLASSES, atomic_write
 from mtbc_lib.engine.config import TrainConfig
 
-__all__ = ["BUDGET_MINUTES", "BASE", "CANDIDATES", "candidate_config", "run_study", "study_histories",
+__all__ = ["BUDGET_MINUTES", "BASE", "CANDIDATES", "candidate_config", "train_candidates", "study_histories",
            "study_table", "study_curves", "candidates_table", "fit_check", "fit_table", "loss_balance", "fit_verdict",
-           "score", "verdict", "RECIPE_FIELDS", "profile_choice", "CLASSIFIER_PROBE", "classifier_probe",
+           "score", "ranking", "RECIPE_FIELDS", "profile_choice", "CLASSIFIER_PROBE", "classifier_probe",
            "classifier_curves", "classifier_verdict"]
 
 #: Minutes on two idle cores (train + validation epochs) each candidate is planned to cost.
@@ -92,7 +92,7 @@ def candidate_config(name: str, **overrides) -> TrainConfig:
     return TrainConfig(**{**BASE, **known[name][1], **overrides}).resolve()
 
 
-def run_study(names: list[str] | None = None, progress: bool = True, **overrides) -> None:
+def train_candidates(names: list[str] | None = None, progress: bool = True, **overrides) -> None:
     """Train the candidates ``names`` (all by default) one after the other; finished ones
     are skipped, an interrupted one resumes (the usual run files and holds)."""
     from mtbc_lib.engine import train
@@ -201,7 +201,7 @@ def fit_check(name: str, results_dir: str | os.PathLike = "results/recipe", arra
 
 def fit_table(results_dir: str | os.PathLike = "results/recipe", **overrides) -> pd.DataFrame:
     """Every candidate's :func:`fit_check` rows that exist, one row per candidate and split
-    (``overrides``: those the study was run with, as in :func:`run_study`)."""
+    (``overrides``: those the study was run with, as in :func:`train_candidates`)."""
     frames = []
     for name in CANDIDATES:
         path = _run_dir(name, results_dir, **overrides) / FIT_FILE
@@ -251,7 +251,7 @@ def score(table: pd.DataFrame) -> pd.Series:
     return (table["val DSC avg (PR)"] + table["val accuracy (PR)"]) / 2
 
 
-def verdict(table: pd.DataFrame) -> str:
+def ranking(table: pd.DataFrame) -> str:
     """A paragraph on the finished candidates: the ranking by :func:`score`, the winner's
     gain over the published recipe and how that compares with the sampling noise of an
     accuracy on the validation images."""

@@ -116,7 +116,7 @@ def test_refine_recovers_a_scale_and_shift():
     base = 100 * ndi.gaussian_filter(np.random.default_rng(4).normal(size=(90, 110)), 2.5).astype(np.float32)
     p_true = (1.04, 0.97, 2.5, -3.0)  # b -> a
     a, _, _, _ = reg.warp(base, p_true, base.shape)  # a(y, x) = base((y - ty) / sy, ...)
-    p = reg.refine(a, base, (1.0, 1.0, 0.0, 0.0))
+    p = reg.align(a, base, (1.0, 1.0, 0.0, 0.0))
     assert p[:2] == pytest.approx(p_true[:2], abs=0.005) and p[2:] == pytest.approx(p_true[2:], abs=0.05)
 
 
@@ -125,4 +125,4 @@ def test_refine_keeps_its_start_when_the_images_do_not_overlap():
     rng = np.random.default_rng(6)
     a, b = (rng.uniform(0, 255, (40, 50)).astype(np.float32) for _ in range(2))
     start = (1.0, 1.0, 300.0, -400.0)
-    assert tuple(reg.refine(a, b, start)) == start
+    assert tuple(reg.align(a, b, start)) == start

@@ -186,9 +186,9 @@ def test_each_verdict_is_reached_with_its_reason(tmp_path):
     assert t.loc[~testable, "p_holm"].isna().all()
     assert t.loc[testable, "p_holm"].to_numpy() == pytest.approx(claims.holm(t.loc[testable, "p_value"]))
     assert t.loc[("MT+DO", "MT", "acc"), "verdict"] == "reversed"  # wrong on every normal image
-    assert claims.verdict(t) == ("Of 12 comparisons, 4 hold, 2 are reversed, 1 is not shown by these runs and "
+    assert claims.verdict_summary(t) == ("Of 12 comparisons, 4 hold, 2 are reversed, 1 is not shown by these runs and "
                                  "5 are untestable.")
-    assert claims.verdict(t.iloc[:1]) == "Of 1 comparison, 1 holds, 0 are reversed, 0 are not shown by these runs " \
+    assert claims.verdict_summary(t.iloc[:1]) == "Of 1 comparison, 1 holds, 0 are reversed, 0 are not shown by these runs " \
                                          "and 0 are untestable."
     view = claims.claims_view(t.reset_index())
     assert view.loc[1, "verdict"].startswith("untestable: the ST(Cls)+DO classifier") and view.loc[0, "verdict"] == \

@@ -97,7 +97,7 @@ def test_study_tables_from_two_tiny_trainings(busi, tmp_path):
     results = tmp_path / "results" / "leakage"
     with pytest.raises(FileNotFoundError, match="no finished fold; expected a run of the leakage study"):
         leakage.per_image(results, data_dir=busi, **tiny)  # nothing trained yet
-    leakage.run_study(progress=False, out_dir=str(results), data_dir=str(busi), **tiny)
+    leakage.train_designs(progress=False, out_dir=str(results), data_dir=str(busi), **tiny)
     table = leakage.per_image(results, data_dir=busi, **tiny)
     assert len(table) == 26 and set(table["fold_image"]) == set(table["fold_scan"]) == {0, 1}
     assert table.loc[list(GROUP_A), "label_conflict"].all() and not table.loc[list(GROUP_B), "label_conflict"].any()
@@ -125,7 +125,7 @@ def test_study_tables_from_two_tiny_trainings(busi, tmp_path):
     row = paired.set_index(["comparison", "metric"]).loc[("image-level − scan-level", "dsc_avg")]
     assert row["diff"] == pytest.approx(table["dice_image"].mean() - table["dice_scan"].mean())
     assert row["ci_low"] <= row["diff"] <= row["ci_high"] and 0 <= row["p_value"] <= 1
-    assert set(report.conflict_table(table)["image"]) == {"benign (1)", "benign (2)", "malignant (1)", "malignant (2)"}
+    assert set(report.label_conflict_table(table)["image"]) == {"benign (1)", "benign (2)", "malignant (1)", "malignant (2)"}
     assert "raw BUSI images" in report.conclusion(paired)
     n_frames = int(table["frame_in_train"].sum())
     assert f"{n_frames} of the 26 test images have another frame" in report.frames_note(table, paired)

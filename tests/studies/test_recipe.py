@@ -137,12 +137,12 @@ def test_verdict_ranks_by_the_mean_of_dice_and_accuracy():
     table = pd.DataFrame({"val DSC avg (PR)": [.60, .70, .50], "val accuracy (PR)": [.70, .70, .95],
                           "minutes": [25, 24, 26], "val images": [68, 68, 68]},
                          index=pd.Index(["paper", "cosine", "lowres"], name="candidate"))
-    text = recipe.verdict(table)
+    text = recipe.ranking(table)
     assert text.startswith("Ranked by the mean of validation DSC avg and accuracy (both with PR): "
                            "lowres (0.725), cosine (0.700), paper (0.650).")
     assert "+0.075 above the published recipe" in text and "Not run yet: ema, r34, batch4, batch16, clip, peak, adam, zscore." in text
-    assert recipe.verdict(table.iloc[:0]).startswith("No candidate has finished yet")
-    assert recipe.verdict(table.iloc[:1]).startswith("Only **paper** (the published recipe at batch 8: Adam 1e-4, "
+    assert recipe.ranking(table.iloc[:0]).startswith("No candidate has finished yet")
+    assert recipe.ranking(table.iloc[:1]).startswith("Only **paper** (the published recipe at batch 8: Adam 1e-4, "
                                                      "ReduceLROnPlateau) has finished: DSC avg 0.600, accuracy 0.700")
 
 
@@ -151,7 +151,7 @@ def test_fit_check_scores_the_best_weights_on_their_own_training_images(make_bus
     tiny = dict(backbone="nnunet-planned", epochs=1, patience=1, batch_size=4, image_size=64, curation="none",
                 data_dir=str(make_busi(n_per_class=8)), eval_batch_size=16, num_threads=1, device="cpu")
     results = tmp_path / "results" / "recipe"
-    recipe.run_study(["paper"], progress=False, out_dir=str(results), **tiny)
+    recipe.train_candidates(["paper"], progress=False, out_dir=str(results), **tiny)
     fit = recipe.fit_table(results, **tiny)
     assert list(fit.index) == [("paper", "train"), ("paper", "val")]
     assert fit.loc[("paper", "val"), "images"] == len(make_splits(recipe.candidate_config("paper", **tiny),
@@ -195,7 +195,7 @@ def test_classifier_probe_reads_its_runs_for_the_chapter(make_busi, tmp_path, mo
     results = tmp_path / "results" / "recipe"
     assert recipe.classifier_probe(results, **tiny).empty
     assert recipe.classifier_verdict(pd.DataFrame()).startswith("The classifier probe has not been run yet")
-    recipe.run_study(["cls-paper"], progress=False, out_dir=str(results), **tiny)
+    recipe.train_candidates(["cls-paper"], progress=False, out_dir=str(results), **tiny)
     cfg = recipe.candidate_config("cls-paper", out_dir=str(results), **tiny)
     assert (cfg.task, cfg.oversampling, cfg.evaluate_on) == ("cls", False, "val")
     assert not list(results.rglob(recipe.FIT_FILE))  # the fit check is the MT candidates'
