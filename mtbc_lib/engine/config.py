@@ -36,31 +36,15 @@ PROFILES: dict[str, dict[str, Any]] = {
     "paper": dict(epochs=200, patience=50, batch_size=2, lr=1e-4,
                   plateau_factor=0.5, plateau_patience=20, min_lr=1e-6,
                   amp="off", channels_last="off"),
-    # Fewer, larger steps for a small CPU. U-Net++ (ResNet-34 encoder, 26.6 M parameters)
-    # costs ≈ 27 GFLOP per 128×128 image (forward + backward), so the paper's budget
-    # (≤ 200 epochs of ≈ 830 oversampled images per fold) is days of CPU time. Measured on
-    # the shared 2-core EPYC here (benchmarks/results/bench_train.md): fp32 batch 2 ≈ 1.5–3
-    # img/s; bf16 autocast + channels-last batch 8 ≈ 3.5–5.5 img/s on one thread and ≈ 9.6
-    # img/s on two idle cores (batch 16: no faster). What changes, and why:
-    #   batch 8: bf16 kernels run ~2× faster than fp32 at this size; batch 16 gains nothing
-    #     more and would halve the optimiser steps again;
-    #   lr 4e-4: 4 × 1e-4, linear scaling of the step for a 4× larger batch, because the
-    #     epoch budget is tiny (the first committed run shows it is on the high side: its
-    #     training loss wobbles after epoch 4);
-    #   8 epochs, early stopping 8 (none), plateau patience 4: 25× fewer epochs than the
-    #     paper, so that one setting (4 folds, ≈ 830 images per epoch with DO) takes ≈ 45 min
-    #     on two idle cores; the models are under-trained, and the numbers say so;
-    #   bf16 autocast + channels-last where supported (bf16 rounding changes the
-    #     trajectory, so numbers differ somewhat from an fp32 run; losses and metrics are
-    #     computed in fp32).
+    # Fewer, larger steps for a small CPU: batch 8 (bf16 kernels are ~2x faster than fp32 at
+    # this size), lr 4e-4 (linear scaling for the 4x larger batch), 8 epochs with plateau
+    # patience 4, bf16 autocast and channels-last where supported. Under-trained by design;
+    # the costs behind the choice are in benchmarks/results/bench_train.md.
     "fast": dict(epochs=8, patience=8, batch_size=8, lr=4e-4,
                  plateau_factor=0.5, plateau_patience=4, min_lr=1e-6,
                  amp="auto", channels_last="auto"),
-    # "fast" with the paper's learning rate and 1.5× the epochs (≈ 1.5× the time). The
-    # committed fast runs show lr 4e-4 is unstable at batch 8: in three of the four U-Net++
-    # MT+DO folds the training loss climbs back mid-run (fold 1: .44 at epoch 3, .57 at
-    # epoch 4) and the validation Dice swings by .3 between epochs. This profile tests
-    # whether a smaller, steadier step buys more than the fast profile's larger one.
+    # "fast" with the paper's learning rate and 1.5x the epochs: a smaller, steadier step
+    # against the fast profile's larger one (its training loss climbs back mid-run).
     "steady": dict(epochs=12, patience=12, batch_size=8, lr=1e-4,
                    plateau_factor=0.5, plateau_patience=4, min_lr=1e-6,
                    amp="auto", channels_last="auto"),
@@ -70,15 +54,11 @@ PROFILES: dict[str, dict[str, Any]] = {
     "gpu": dict(epochs=200, patience=50, batch_size=8, lr=2e-4,
                 plateau_factor=0.5, plateau_patience=20, min_lr=1e-6,
                 amp="auto", channels_last="off"),
-    # The recipe study's choice on two CPU cores (mtbc_lib.studies.recipe, book chapter "The
-    # training recipe"): AdamW (weight decay .01), warm-up over half an epoch, then cosine
-    # decay from 3e-4 to 1e-6 at the last epoch (stepped per batch), batch 8, no moving
-    # average of the weights (measured first with averaged batch-norm statistics, it only
-    # tied; its own statistics cost a pass over the training images per epoch). 7 epochs
-    # per fold, no early stopping (the schedule needs its whole length; the
-    # best-validation-loss epoch is still the one tested), so that the
-    # six U-Net++ trainings (4 folds each, about 26 minutes for one epoch of all six) fit in
-    # about 12-13 h on two idle cores.
+    # The recipe study's choice on two CPU cores (mtbc_lib.studies.recipe, the book's chapter
+    # "The training recipe"): AdamW (weight decay .01), warm-up over half an epoch, then cosine
+    # decay from 3e-4 to 1e-6 at the last epoch (stepped per batch), batch 8, no moving average
+    # of the weights; 7 epochs per fold, no early stopping (the schedule needs its whole
+    # length; the best-validation-loss epoch is still the one tested).
     "cpu": dict(epochs=7, patience=7, batch_size=8, lr=3e-4,
                 plateau_factor=0.5, plateau_patience=4, min_lr=1e-6,  # plateau: only with schedule="plateau"
                 amp="auto", channels_last="auto",

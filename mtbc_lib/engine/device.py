@@ -52,9 +52,7 @@ def resolve_amp(amp: str, device: torch.device) -> bool:
 def resolve_channels_last(value: str, device: torch.device, amp: bool) -> bool:
     """"on", "off", or "auto": channels-last on a GPU, and on the CPU only with bf16 autocast
     (``amp``, as :func:`resolve_amp` resolved it): oneDNN's bf16 convolutions want it, while
-    in fp32 it is slower on the CPU (one thread, batch 8 at 128 px, CPU seconds per training
-    step, NCHW vs channels-last: the paper's U-Net++ 7.0 vs 9.5, its nnU-Net 4.1 vs 6.2, the
-    ResNet-34 U-Net++ 5.5 vs 6.0, measured on an AVX2 CPU without bf16)."""
+    in fp32 it is slower on the CPU (benchmarks/results/bench_models.md)."""
     if value in ("on", "off"):
         return value == "on"
     return device.type == "cuda" or (device.type == "cpu" and amp)

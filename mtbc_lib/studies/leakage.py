@@ -39,11 +39,10 @@ __all__ = ["DESIGNS", "BASE", "METRICS", "LEAKAGE_COLUMNS", "design_config", "tr
 #: Design name -> TrainConfig.split.
 DESIGNS: dict[str, str] = {"image-level": "image", "scan-level": "scan"}
 #: What both designs share: MT without DO on the raw BUSI under the ``cpu`` profile (7 epochs),
-#: with the ResNet-34 U-Net++, so that the two designs (8 fold trainings of about 468 images an
-#: epoch) fit in about 3-4 h on two idle cores. Not the paper's U-Net++: on this budget its
-#: classifier does not leave the majority class (5 epochs of image-level fold 0 called every test
-#: image benign), which would hide any inflation of accuracy; the ResNet-34 U-Net++ learned the
-#: most per CPU-minute in the recipe study.
+#: with the ResNet-34 U-Net++ (under that budget the paper's U-Net++ classifier does not leave
+#: the majority class, which would hide any inflation of accuracy; the book's leakage chapter
+#: says why). ``backbone`` and ``profile`` may be overridden (the replica study: the paper's
+#: U-Net++ under ``replica``).
 BASE = dict(backbone="unetplusplus-r34", task="mt", oversampling=False, curation="none", profile="cpu",
             out_dir="results/leakage")
 #: The metrics compared (Table 5's DSC, weighted F1 and accuracy).

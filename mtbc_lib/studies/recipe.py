@@ -11,13 +11,10 @@ so the test fold stays unread until the chosen recipe's final grid.
 
 Results: ``results/recipe/<run name>/`` (the usual run files, fold 0 only). Candidates are
 :class:`~mtbc_lib.engine.config.TrainConfig` overrides of :data:`BASE`. The budget is set in
-epochs, chosen so that each candidate costs about :data:`BUDGET_MINUTES` on two idle cores at
-the speeds of ``benchmarks/results/bench_models.md`` (paper U-Net++ ≈ 7.8 min per
-full-resolution DO epoch in fp32, ResNet-34 U-Net++ ≈ 5.2 min; an epoch at 64² about a
-quarter; the first candidate's third epoch, on a quieter machine, cost 9.9). The study
-measures the cost as the process's CPU time ÷ 2 — less sensitive than wall time to other
-work on the machine, though not immune (threads waiting for a core still count; each
-history row records the load) — and compares the candidates from their per-epoch histories.
+epochs, chosen so that each candidate costs about :data:`BUDGET_MINUTES` on two cores at the
+speeds of ``benchmarks/results/bench_models.md``. The study measures the cost as the process's
+CPU time ÷ 2 (less sensitive than wall time to other work on the machine; each history row
+records the load) and compares the candidates from their per-epoch histories.
 """
 
 from __future__ import annotations
@@ -38,8 +35,8 @@ __all__ = ["BUDGET_MINUTES", "BASE", "CANDIDATES", "candidate_config", "train_ca
 
 #: Minutes on two idle cores (train + validation epochs) each candidate is planned to cost.
 BUDGET_MINUTES = 24.0
-#: What every candidate shares: the paper's U-Net++, MT+DO, fold 0, batch 8, fp32 (this
-#: CPU has no native bf16), validation-only evaluation.
+#: What every candidate shares: the paper's U-Net++, MT+DO, fold 0, batch 8, fp32 (the same
+#: arithmetic on any CPU), validation-only evaluation.
 BASE = dict(backbone="unetplusplus", task="mt", oversampling=True, profile="steady", folds=[0],
             amp="off", channels_last="off", evaluate_on="val", out_dir="results/recipe")
 _COSINE = dict(optimizer="adamw", weight_decay=0.01, schedule="cosine", warmup_epochs=0.5, lr=3e-4)
