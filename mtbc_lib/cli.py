@@ -122,6 +122,8 @@ def _add_grid(sub) -> None:
     p.add_argument("--scheduler", metavar="tcp://HOST:PORT", default=None,
                    help="address of a running dask.distributed scheduler: run each setting on the cluster "
                         "(workers must see this repository and the data at the same paths)")
+    p.add_argument("--set", dest="fields", type=_assignment, action="append", default=[], metavar="KEY=VALUE",
+                   help="any TrainConfig field that does not change the numbers, e.g. --set num_threads=1")
     p.set_defaults(func=_run_grid)
 
 
@@ -129,7 +131,7 @@ def _run_grid(args) -> int:
     from mtbc_lib.studies import grid
 
     done = grid.run_grid(args.backbone, args.profile, settings=args.settings, scheduler=args.scheduler,
-                         out_dir=args.out, data_dir=args.data or None)
+                         out_dir=args.out, data_dir=args.data or None, extra=_engine_fields(args.fields) or None)
     print(f"trained {len(done)} setting(s): {', '.join(done) or 'none (all complete)'}; "
           f"wrote {args.out}/ablation.csv")
     return 0
@@ -148,6 +150,17 @@ def _assignment(text: str) -> tuple[str, object]:
         return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):
         return key, value
+
+
+def _engine_fields(fields: list[tuple[str, object]]) -> dict:
+    """``--set`` of a study whose settings are fixed: only fields that do not change the numbers."""
+    from mtbc_lib.engine.config import NON_RESULT_FIELDS
+
+    changing = sorted(set(dict(fields)) - NON_RESULT_FIELDS)
+    if changing:
+        raise ValueError(f"--set {', '.join(changing)}: a study's settings are fixed; only fields that do not change "
+                         f"the numbers may be set ({', '.join(sorted(NON_RESULT_FIELDS))})")
+    return dict(fields)
 
 
 def _add_train(sub) -> None:
@@ -206,16 +219,23 @@ def _add_leakage(sub) -> None:
                        description="Train the leakage study's designs (resumable), write results/leakage.csv "
                                    "and the runs' pages (book/runs/).")
     p.add_argument("designs", nargs="*", metavar="DESIGN", help="designs to train (default: all)")
+    p.add_argument("--backbone", default=None, metavar="NAME",
+                   help="network (default: the study's first one, unetplusplus-r34; the replica study: unetplusplus)")
+    p.add_argument("--profile", default=None, metavar="NAME",
+                   help="training profile (default: cpu; the replica study: replica)")
     p.add_argument("--data", metavar="DIR", default="", help="BUSI folder (default: $MTBC_DATA)")
+    p.add_argument("--set", dest="fields", type=_assignment, action="append", default=[], metavar="KEY=VALUE",
+                   help="any other TrainConfig field that does not change the numbers, e.g. --set num_threads=1")
     p.set_defaults(func=_run_leakage)
 
 
 def _run_leakage(args) -> int:
     from mtbc_lib.studies import leakage
 
-    leakage.train_designs(args.designs or None, data_dir=args.data)
+    study = {k: v for k, v in (("backbone", args.backbone), ("profile", args.profile)) if v}
+    leakage.train_designs(args.designs or None, data_dir=args.data, **study, **_engine_fields(args.fields))
+    print("run pages:", ", ".join(leakage.run_pages(args.designs or None, args.data, **study)))
     print(leakage.write_leakage_csv(data_dir=args.data))
-    print("run pages:", ", ".join(leakage.run_pages(args.designs or None, args.data)))
     return 0
 
 

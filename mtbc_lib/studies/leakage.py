@@ -34,7 +34,7 @@ from mtbc_lib.metrics import SEG_METRICS, classification_metrics, segmentation_m
 
 __all__ = ["DESIGNS", "BASE", "METRICS", "LEAKAGE_COLUMNS", "design_config", "train_designs", "run_pages", "per_image",
            "fold_metrics", "leakage_table", "paired_table", "DESIGNS_DIFF", "COPY", "FRAMES", "INSIDE",
-           "write_leakage_csv"]
+           "write_leakage_csv", "finished", "STUDIES"]
 
 #: Design name -> TrainConfig.split.
 DESIGNS: dict[str, str] = {"image-level": "image", "scan-level": "scan"}
@@ -48,7 +48,10 @@ BASE = dict(backbone="unetplusplus-r34", task="mt", oversampling=False, curation
 #: The metrics compared (Table 5's DSC, weighted F1 and accuracy).
 METRICS: tuple[str, ...] = SEG_METRICS + ("f1_weighted", "acc")
 #: Columns of ``results/leakage.csv``: value = mean over the four folds, sd = their SD.
-LEAKAGE_COLUMNS = ["design", "metric", "value", "sd", "n_images"]
+LEAKAGE_COLUMNS = ["backbone", "profile", "design", "metric", "value", "sd", "n_images"]
+#: The studies ``results/leakage.csv`` holds, (backbone, profile) each: the chapter's first one
+#: (BASE) and the paper's U-Net++ at the replica scale, trained to convergence.
+STUDIES: tuple[tuple[str, str], ...] = ((BASE["backbone"], BASE["profile"]), ("unetplusplus", "replica"))
 #: Rows of the inside-image-level comparison (design column of leakage.csv).
 COPY_GROUPS = ("copy-in-train", "no-copy-in-train")
 
@@ -77,13 +80,15 @@ def train_designs(designs=None, progress: bool = True, **overrides) -> None:
         train.run(cfg, arrays=arrays, progress=progress)
 
 
-def run_pages(designs=None, data_dir=None, notebook_dir: str | os.PathLike = "book/runs") -> list[str]:
+def run_pages(designs=None, data_dir=None, notebook_dir: str | os.PathLike = "book/runs", **overrides) -> list[str]:
     """Each design's run page, as the grid's: ``notebooks/train.ipynb`` executed by papermill
-    with the design's parameters into ``notebook_dir/<run name>.ipynb`` (a finished run is
-    reported, not trained again). Returns the run names."""
+    with the design's parameters (``overrides``: e.g. backbone, profile) into
+    ``notebook_dir/<run name>.ipynb`` (a finished run is reported, not trained again).
+    Returns the run names."""
     from mtbc_lib.studies.grid import execute_training, portable_data_dir
 
-    return [execute_training({**BASE, "split": DESIGNS[d], "run_name": design_config(d).run_name,
+    return [execute_training({**BASE, **overrides, "split": DESIGNS[d],
+                              "run_name": design_config(d, **overrides).run_name,
                               "data_dir": portable_data_dir(data_dir)}, notebook_dir)
             for d in designs or list(DESIGNS)]
 
@@ -154,12 +159,13 @@ def fold_metrics(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def leakage_table(table: pd.DataFrame) -> pd.DataFrame:
-    """``results/leakage.csv``: per design (and copy group) and metric, the mean over folds,
-    their SD and the number of test images (:data:`LEAKAGE_COLUMNS`)."""
+def leakage_table(table: pd.DataFrame, backbone: str = BASE["backbone"], profile: str = BASE["profile"]) -> pd.DataFrame:
+    """The rows of one study in ``results/leakage.csv``: per design (and copy group) and
+    metric, the mean over folds, their SD and the number of test images (:data:`LEAKAGE_COLUMNS`)."""
     folds = fold_metrics(table)
-    rows = [{"design": design, "metric": m, "value": f[m].mean(), "sd": f[m].std(ddof=1),
-             "n_images": int(f["n_images"].sum())} for design, f in folds.groupby("design", sort=False) for m in METRICS]
+    rows = [{"backbone": backbone, "profile": profile, "design": design, "metric": m, "value": f[m].mean(),
+             "sd": f[m].std(ddof=1), "n_images": int(f["n_images"].sum())}
+            for design, f in folds.groupby("design", sort=False) for m in METRICS]
     return pd.DataFrame(rows, columns=LEAKAGE_COLUMNS)
 
 
@@ -227,9 +233,32 @@ def _unpaired_ci(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = SEED) 
     return float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))
 
 
+def finished(results_dir: str | os.PathLike = "results/leakage", data_dir=None, **overrides) -> bool:
+    """Whether both designs of a study (``overrides``: e.g. backbone, profile) have all their
+    folds (``data_dir`` plays no part in a run's name)."""
+    from mtbc_lib.studies.ablation import is_complete
+
+    return all(is_complete(Path(results_dir) / design_config(d, **overrides).run_name) for d in DESIGNS)
+
+
 def write_leakage_csv(results_dir: str | os.PathLike = "results/leakage", out: str | os.PathLike | None = None,
-                      **overrides) -> Path:
-    """(Re)write ``results/leakage.csv`` (next to ``results_dir`` by default). Atomic."""
-    table = leakage_table(per_image(results_dir, **overrides))
+                      studies=STUDIES, **overrides) -> Path:
+    """(Re)write ``results/leakage.csv`` (next to ``results_dir`` by default) with the rows of
+    every study of ``studies`` ((backbone, profile) pairs) whose two designs are finished; a
+    study still training is left out with a note on stderr. Atomic. ValueError when none is."""
+    import sys
+
+    parts = []
+    for backbone, profile in studies:
+        if not finished(results_dir, backbone=backbone, profile=profile, **overrides):
+            print(f"leakage: skipping {backbone}/{profile}: its two designs are not finished under {results_dir}",
+                  file=sys.stderr)
+            continue
+        parts.append(leakage_table(per_image(results_dir, backbone=backbone, profile=profile, **overrides),
+                                   backbone, profile))
+    if not parts:
+        raise ValueError(f"leakage: no study of {', '.join('/'.join(s) for s in studies)} has both designs "
+                         f"finished under {results_dir}")
+    table = pd.concat(parts, ignore_index=True)
     out = Path(out) if out else Path(results_dir).parent / "leakage.csv"
     return atomic_write(out, lambda p: table.to_csv(p, index=False, float_format="%.4f"))

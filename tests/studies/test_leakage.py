@@ -111,8 +111,9 @@ def test_study_tables_from_two_tiny_trainings(busi, tmp_path):
         for frame, other in (sorted(FRAMES), sorted(FRAMES)[::-1]):
             if row[frame] in split.test:
                 assert table.loc[frame, "frame_in_train"] == (row[other] in split.train)
-    summary = leakage.leakage_table(table)
+    summary = leakage.leakage_table(table, "nnunet-planned", "fast")
     assert list(summary.columns) == leakage.LEAKAGE_COLUMNS
+    assert set(summary["backbone"]) == {"nnunet-planned"} and set(summary["profile"]) == {"fast"}
     assert set(summary["design"]) == {"image-level", "scan-level", "copy-in-train", "no-copy-in-train"}
     assert summary.loc[summary["design"] == "scan-level", "n_images"].eq(26).all()
     acc = summary.set_index(["design", "metric"]).loc[("scan-level", "acc"), "value"]
@@ -141,7 +142,12 @@ def test_study_tables_from_two_tiny_trainings(busi, tmp_path):
             f"{table['dice_scan'].mean():.3f} on its test images") in note
     assert ("has much to remember" in report.fit_note(runs_, table, gap=9)
             and "has much to remember" not in report.fit_note(runs_, table, gap=-9))
-    out = leakage.write_leakage_csv(results, data_dir=busi, **tiny)
+    engine = {k: v for k, v in tiny.items() if k not in ("backbone", "profile")}
+    assert leakage.finished(results, data_dir=busi, **tiny)
+    out = leakage.write_leakage_csv(results, studies=[("nnunet-planned", "fast"), ("unetplusplus", "replica")],
+                                    data_dir=busi, **engine)  # the second study is not trained: left out
     pd.testing.assert_frame_equal(pd.read_csv(out), summary.round(4), check_dtype=False, atol=1e-4)
+    with pytest.raises(ValueError, match="leakage: no study of unetplusplus/replica has both designs finished"):
+        leakage.write_leakage_csv(results, studies=[("unetplusplus", "replica")], data_dir=busi, **engine)
 
 
