@@ -1,38 +1,18 @@
 """Tests of mtbc_lib.dedup.search: the search on small generated scans (a crop, a
 rescale, a crop + rescale of one synthetic scan are found, unrelated scans are not),
-label conflicts, mask agreement, the curation rules, the cached keep-list, the output
-files, bad input. Real-data checks (the paper's groups) behind @pytest.mark.data."""
+label conflicts, mask agreement, the curation rules, bad input. Real-data checks (the
+paper's groups) behind @pytest.mark.data. The caches' tests are in test_cache.py, the
+output files' in test_tables.py; the shared fixtures in conftest.py."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-from PIL import Image
-from synthetic import write_synthetic_busi, write_synthetic_lesions
+from synthetic import write_synthetic_busi
 
 from mtbc_lib import dedup
 from mtbc_lib.data.busi import DataError, read_keep_list
 from mtbc_lib.report import audit
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch, request):
-    if request.node.get_closest_marker("data") is None:
-        monkeypatch.setenv("MTBC_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def lesions(synthetic_lesions):
-    root = synthetic_lesions
-    return root, dedup.find_groups(root, progress=False, workers=1)
-
-
-@pytest.fixture(scope="module")
-def synthetic(synthetic_busi):
-    root = synthetic_busi
-    return root, dedup.find_groups(root, progress=False, workers=1)
 
 
 def _members(result) -> list[set[str]]:
@@ -97,23 +77,6 @@ def test_frames_of_one_lesion_grouped_other_lesions_and_labels_not(lesions):
     assert "1 lesion groups holding 3 images; 1 of them in no same-scan group (1 benign)" in dedup.summary(r)
 
 
-def test_duplicates_csv_holds_lesion_only_images(lesions, tmp_path):
-    import pandas as pd
-
-    _, r = lesions
-    paths = dedup.write_audit(r, tmp_path / "out")
-    dup = pd.read_csv(paths["duplicates"], dtype={"group": "Int64", "lesion_group": "Int64"})
-    assert list(dup.columns) == dedup.DUPLICATE_COLUMNS
-    assert dup[["class", "id", "group", "lesion_group"]].astype(object).values.tolist() == [
-        ["benign", 2, 1, 1], ["benign", 3, 1, 1], ["benign", 1, pd.NA, 1]]
-    assert dup["size"].tolist() == [2, 2, 1]
-    # curation is unchanged: only the copies are dropped
-    assert r.keep("drop-all") == {(c, int(i)) for c, i in zip(r.index["class"], r.index["id"])} - {
-        ("benign", 2), ("benign", 3)}
-    pairs = pd.read_csv(paths["pairs"])
-    assert {"lesion_ssim", "same_lesion", "lesion_group"} <= set(pairs.columns)
-
-
 def test_lesion_search_off_and_bad_settings(lesions):
     root, _ = lesions
     r = dedup.find_groups(root, dedup.DedupConfig(lesion=False), progress=False, workers=1)
@@ -137,36 +100,6 @@ def test_curation_rules(synthetic):
     assert len(everyone) == 10
     with pytest.raises(ValueError, match="keep-one"):
         r.keep("keep-all")
-
-
-def test_write_audit_files(synthetic, tmp_path):
-    _, r = synthetic
-    paths = dedup.write_audit(r, tmp_path / "out", curation="keep-one")
-    import pandas as pd
-
-    dup = pd.read_csv(paths["duplicates"])
-    assert list(dup.columns) == dedup.DUPLICATE_COLUMNS
-    assert list(dup["file"])[:2] == ["benign/benign (1).png", "benign/benign (2).png"]
-    assert read_keep_list(paths["curated"]) == r.keep("keep-one")
-    assert paths["curated"].read_bytes().startswith(b"class;id\r\nbenign;3\r\n")
-    assert len(pd.read_csv(paths["pairs"])) == len(r.pairs)
-    assert not list((tmp_path / "out").glob("*.tmp"))
-
-
-def test_keep_list_is_cached(synthetic, monkeypatch, tmp_path):
-    root, r = synthetic
-    monkeypatch.setenv("MTBC_CACHE", str(tmp_path / "c"))
-    assert dedup.keep_list(root, "keep-one") == r.keep("keep-one")
-    cached, = (tmp_path / "c").glob("dedup_*.json")
-    assert json.loads(cached.read_text())["groups"][1] == [["normal", 3], ["normal", 4]]
-
-    def boom(*a, **k):
-        raise AssertionError("searched again")
-
-    monkeypatch.setattr(dedup.search, "find_groups", boom)
-    assert dedup.keep_list(root, "drop-all") == r.keep("drop-all")
-    with pytest.raises(ValueError, match="unknown curation rule"):
-        dedup.keep_list(root, "none")
 
 
 def test_the_audit_imports_no_scipy(synthetic_lesions, tmp_path):
@@ -303,34 +236,3 @@ def test_cli_lesion_options(lesions, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["audit", str(root), "--out", str(tmp_path / "c"), "--lesion-threshold", "2"])
     assert exc.value.code == 2 and "--lesion-threshold: 2 is not an SSIM value" in capsys.readouterr().err
-
-
-def test_second_run_reads_no_png_matches_no_keypoint_and_finds_the_same(tmp_path, monkeypatch):
-    import pandas as pd
-
-    from mtbc_lib import data
-
-    root = write_synthetic_lesions(tmp_path / "BUSI")
-    first = dedup.find_groups(root, progress=False, workers=1)
-    cached = sorted(p.name.split("_")[1] for p in (tmp_path / "cache").glob("audit_*"))
-    assert cached == ["features", "pairs"]
-    assert dedup.find_groups(root, progress=False, workers=1, cache=False).pairs.equals(first.pairs)
-
-    def boom(*a, **k):
-        raise AssertionError("decoded a PNG")
-
-    with monkeypatch.context() as m:
-        m.setattr(dedup.search, "decode_all", boom)
-        m.setattr(data.busi, "read_image", boom)
-        m.setattr(dedup.search, "match_descriptors", boom)  # the candidates are kept too
-        m.setattr(dedup.search, "keypoint_pairs", boom)
-        second = dedup.find_groups(root, progress=False, workers=1)
-    pd.testing.assert_frame_equal(second.pairs, first.pairs)
-    pd.testing.assert_frame_equal(second.groups, first.groups)
-    pd.testing.assert_frame_equal(second.lesions, first.lesions)
-    # a changed file is a new folder: decoded again
-    png = root / "benign" / "benign (4).png"
-    Image.fromarray(np.asarray(Image.open(png))[:, ::-1]).save(png)
-    assert len(list((tmp_path / "cache").glob("audit_features_*"))) == 1
-    dedup.find_groups(root, progress=False, workers=1)
-    assert len(list((tmp_path / "cache").glob("audit_features_*"))) == 2

@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mtbc_lib import networks, provenance
+from mtbc_lib import provenance
 from mtbc_lib.report import book, reader
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -266,42 +266,6 @@ def test_run_pages_are_titled_from_their_own_config(built):
     assert titles and all(n == 1 for n in titles.values()), titles
 
 
-def test_toc_groups_the_runs_under_their_backbone():
-    """_toc.yml's generated block is up to date (mtbc book toc) and puts
-    every run notebook in the part of its backbone."""
-    toc = (ROOT / "_toc.yml").read_text()
-    assert book.runs_toc_block(ROOT) in toc, "_toc.yml is stale: run mtbc book toc"
-    import yaml
-
-    parts = {p["caption"]: [c["file"] for c in p["chapters"]] for p in yaml.safe_load(toc)["parts"]}
-    for path in sorted((BOOK_DIR / "runs").glob("*.ipynb")):
-        cfg = reader.run_config(json.loads(path.read_text(encoding="utf-8")), ROOT, path.stem)
-        study = Path(cfg.get("out_dir") or "results").name  # a study's own runs: their own part
-        caption = "Training runs: " + networks.BACKBONES[cfg["backbone"]].title + (f" ({study} study)" if study != "results" else "")
-        assert _docname(path) in parts.get(caption, []), f"{path.name} is not under {caption!r}"
-
-
-def test_sync_toc_rewrites_only_its_block(tmp_path):
-    (tmp_path / "book" / "runs").mkdir(parents=True)
-    text = ("format: jb-book\nroot: intro\nparts:\n  - caption: Data\n    chapters:\n      - file: a\n"
-            f"  {book.TOC_BEGIN}\n  - caption: stale\n  {book.TOC_END}\n  - caption: After\n")
-    (tmp_path / "_toc.yml").write_text(text)
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Training one setting"),
-                                         nbformat.v4.new_code_cell(
-                                             'backbone = "nnunet"\ntask = "seg"\noversampling = False\n'
-                                             'profile = "fast"\nrun_name = "nnunet-st-seg-fast"',
-                                             metadata={"tags": ["injected-parameters"]})])
-    nbformat.write(nb, tmp_path / "book" / "runs" / "nnunet-st-seg-fast.ipynb")
-    nb.cells[1].source += '\nout_dir = "results/leakage"'
-    nbformat.write(nb, tmp_path / "book" / "runs" / "a-study-run.ipynb")  # a study's own results folder
-    assert book.sync_toc(tmp_path) is True
-    new = (tmp_path / "_toc.yml").read_text()
-    assert "stale" not in new and new.startswith(text.split(f"  {book.TOC_BEGIN}")[0]) and new.endswith("  - caption: After\n")
-    assert ('- caption: "Training runs: nnU-Net"\n    chapters:\n      - file: book/runs/nnunet-st-seg-fast\n'
-            '  - caption: "Training runs: nnU-Net (leakage study)"\n    chapters:\n      - file: book/runs/a-study-run\n') in new
-    assert book.sync_toc(tmp_path) is False
-
-
 def test_built_pages_hide_parameters_but_downloads_keep_them(built):
     """No parameters cell on any page; the .ipynb behind each page's download button is
     the executed notebook, parameters included."""
@@ -357,36 +321,3 @@ def test_pages_cite_only_files_of_the_repository():
                     if m.startswith(("/", "..")) or not (ROOT / m).exists()]
             bad += [f"{doc}: {name}" for name in ("PAPER.md", "DESIGN.md") if name in text]
     assert not bad, f"pages citing files that are not in the repository: {bad}"
-
-
-def test_per_image_view_and_browsable_table():
-    import pandas as pd
-
-    outputs = pd.DataFrame({"class": ["benign", "normal"], "id": [4, 7], "fold": [0, 3],
-                            "label": [0, 2], "pred": [2, 2], "dice": [0.12345, 1.0]})
-    view = book.per_image_view(outputs)
-    assert view.to_dict("list") == {"image": ["benign (4)", "normal (7)"], "fold": [0, 3],
-                                    "true class": ["benign", "normal"], "predicted": ["normal", "normal"],
-                                    "correct": ["no", "yes"], "Dice": [0.123, 1.0]}
-    # outside IPython every table carries the DataTables library; nothing is fetched from a URL
-    first, second = book.browsable_table(view, caption="every image").data, book.browsable_table(view).data
-    assert "_itables_" in first and len(first) > 500_000 and len(second) > 500_000
-    for html in (first, second):
-        assert "benign (4)" in html and not re.search(r'<script[^>]+src="https?:', html)
-
-
-def test_browsable_tables_carry_the_library_once_per_cell_in_a_kernel():
-    """In a notebook the DataTables library travels with the first table of each cell
-    execution: once for two tables of one cell, again in the next cell (whose output may
-    be all that is left after the first cell is re-run)."""
-    from nbclient import NotebookClient
-
-    setup = "import pandas as pd\nfrom mtbc_lib.report import book\ndf = pd.DataFrame({'a': range(30)})"
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell(setup + "\ndisplay(book.browsable_table(df), book.browsable_table(df))"),
-        nbformat.v4.new_code_cell("display(book.browsable_table(df))")])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
-    sizes = [[len(o["data"]["text/html"]) for o in c.outputs if "text/html" in o.get("data", {})] for c in nb.cells]
-    assert len(sizes[0]) == 2 and len(sizes[1]) == 1
-    assert sizes[0][0] > 500_000 and sizes[0][1] < 50_000 and sizes[1][0] > 500_000, sizes

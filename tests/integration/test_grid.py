@@ -86,12 +86,3 @@ def test_a_grid_that_fails_midway_keeps_the_rows_it_finished(tmp_path, make_busi
                       notebook_dir=tmp_path / "runs", data_dir=str(data), extra=extra)
     table = pd.read_csv(tmp_path / "results" / "ablation.csv")
     assert table["configuration"].tolist() == ["ST(Seg)"]
-
-
-def test_the_grid_stores_the_default_data_folder_as_empty(tmp_path):
-    repo = tmp_path / "repo"
-    (tmp_path / "shared" / "data" / "BUSI").mkdir(parents=True)
-    assert grid.portable_data_dir(tmp_path / "shared" / "data" / "BUSI", repo) == ""
-    assert grid.portable_data_dir(str(repo / ".." / "shared" / "data" / "BUSI"), repo) == ""
-    assert grid.portable_data_dir(tmp_path / "elsewhere", repo) == str(tmp_path / "elsewhere")
-    assert grid.portable_data_dir(None, repo) == "" and grid.portable_data_dir("", repo) == ""

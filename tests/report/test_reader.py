@@ -1,5 +1,5 @@
 """Tests of mtbc_lib.report.reader: what a reader sees of a notebook (parameters and set-up
-removed, display code folded), run titles, notebook parameters, wide tables."""
+removed, display code folded), run titles, notebook parameters (wide tables: test_book.py)."""
 
 from __future__ import annotations
 
@@ -131,16 +131,3 @@ def test_run_title_names_backbone_configuration_and_profile():
         "U-Net++ · MT+DO · fast · epochs 3, batch size 4"
     assert reader.run_title({**cfg, "run_name": "unetplusplus-mt-do-fast-by-hand"}) == \
         "U-Net++ · MT+DO · fast · by hand"
-
-
-def test_column_part_splits_a_wide_table():
-    import pandas as pd
-
-    df = pd.DataFrame({"dsc_avg": ["0.5", "–"], "f1_weighted": ["–", "0.7"], "acc": ["–", "0.8"]},
-                      index=["ST(Seg)", "ST(Cls)"])
-    seg = book.column_part(df.style, ["dsc_avg"], "Segmentation").to_html()
-    cls = book.column_part(df.style, ["f1_weighted", "acc"]).to_html()
-    assert "Segmentation" in seg and "DSC avg" in seg and "F1 weighted" not in seg and "ST(Cls)" not in seg
-    assert "F1 weighted" in cls and "ACC" in cls and "DSC avg" not in cls and "ST(Seg)" not in cls
-    with pytest.raises(ValueError, match="none of"):
-        book.column_part(df, ["dsc_normal"])

@@ -11,7 +11,7 @@ from helpers import TRUTH, write_run
 
 from mtbc_lib.core import NORMAL
 from mtbc_lib.metrics import TABLE_METRICS
-from mtbc_lib.studies import ablation, grid
+from mtbc_lib.studies import ablation
 
 # Four test images per fold: a benign, a malignant and two normal ones.
 
@@ -76,11 +76,6 @@ def test_ablation_table_has_the_columns_and_only_complete_rows(tmp_path):
                           "test images") for line in reading] == [False, False, False, True, False]
     path = ablation.write_ablation_csv(tmp_path)
     assert pd.read_csv(path)["configuration"].tolist() == list(table["configuration"])
-
-
-def test_unknown_setting_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="valid: st-seg"):
-        grid.run_grid("unet-r34", "fast", settings=["st-sge"], out_dir=tmp_path)
 
 
 def test_name_list_accepts_a_papermill_string_and_names_an_unknown_name():
