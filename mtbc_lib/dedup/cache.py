@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +88,8 @@ def load_features(path: Path):
     try:
         with np.load(path) as f:
             return _unpack_features({k: f[k] for k in f.files})
-    except (OSError, ValueError, KeyError):
-        return None  # a damaged cache file is recomputed
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None  # a damaged cache file (truncated, empty...) is recomputed
 
 
 def save_features(path: Path, prep: list[dict]) -> None:

@@ -71,6 +71,7 @@ from mtbc_lib.dedup.cache import (
 )
 from mtbc_lib.dedup.decode import RESAMPLE, Images, Workers, decode_all
 from mtbc_lib.dedup.stages import (
+    align_many,
     aligned_thumbs,
     complete_groups,
     components,
@@ -79,7 +80,6 @@ from mtbc_lib.dedup.stages import (
     match_descriptors,
     numbered_components,
     plain_candidates,
-    align_many,
     ssim_of,
 )
 from mtbc_lib.dedup.tables import (

@@ -1,6 +1,6 @@
 """Inference and scoring of a model on a split: :func:`predict` (batched eval-mode
 inference), :func:`val_metrics` (the numbers a training run follows every epoch) and
-:func:`test_outputs` (the per-image table, the predicted masks and the fold metrics, raw
+:func:`scored_outputs` (the per-image table, the predicted masks and the fold metrics, raw
 and after prediction refinement, that a run saves)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 from mtbc_lib.core import CLASSES, NORMAL
 
-__all__ = ["predict", "val_metrics", "test_outputs", "first_mask", "float_outputs", "to_input"]
+__all__ = ["predict", "val_metrics", "scored_outputs", "first_mask", "float_outputs", "to_input"]
 
 
 def to_input(x_u8: torch.Tensor, device, channels_last: bool) -> torch.Tensor:
@@ -72,7 +72,7 @@ def val_metrics(pred: dict, M: torch.Tensor, Y: torch.Tensor, threshold: float) 
     return out
 
 
-def test_outputs(cfg, sub, pred: dict):
+def scored_outputs(cfg, sub, pred: dict):
     """Per-image table, predicted masks (bool, raw) and fold metrics (raw and PR)."""
     import pandas as pd
 

@@ -42,7 +42,7 @@ from mtbc_lib.engine.evaluate import (
     first_mask,
     float_outputs,
     predict,
-    test_outputs,
+    scored_outputs,
     to_input,
     val_metrics,
 )
@@ -399,10 +399,10 @@ def _evaluate_and_write(t: FoldTrainer, arrays, run_dir, ck_dir) -> dict:
     pred = predict(t.model, t.X[eval_idx], cfg.eval_batch_size, t.device, t.amp, t.cl)
     test_seconds = time.perf_counter() - t0
     sub = arrays.subset(eval_idx)
-    table, masks, metrics = test_outputs(cfg, sub, pred)
+    table, masks, metrics = scored_outputs(cfg, sub, pred)
     # how well the tested weights fit the images they were trained on (each once, unaugmented)
     fit_idx = np.unique(t.train_idx)
-    fit = test_outputs(cfg, arrays.subset(fit_idx), predict(t.model, t.X[fit_idx], cfg.eval_batch_size, t.device,
+    fit = scored_outputs(cfg, arrays.subset(fit_idx), predict(t.model, t.X[fit_idx], cfg.eval_batch_size, t.device,
                                                              t.amp, t.cl))[2]["raw"]
     metrics["train_fit"] = {k: v for k, v in fit.items() if k != "confusion"}
     metrics.update(fold=fold, run=cfg.run_name, best_epoch=st["best_epoch"], epochs=st["epoch"],

@@ -167,7 +167,7 @@ def fit_check(name: str, results_dir: str | os.PathLike = "results/recipe", arra
     and written to ``FIT_FILE`` in the run folder (read back on later calls); None while
     the run is unfinished or, without that file, its best weights are gone."""
     from mtbc_lib.engine import train
-    from mtbc_lib.engine.evaluate import predict, test_outputs
+    from mtbc_lib.engine.evaluate import predict, scored_outputs
     from mtbc_lib.engine.runs import run_paths
 
     cfg = candidate_config(name, **({"out_dir": str(results_dir)} | overrides))
@@ -186,7 +186,7 @@ def fit_check(name: str, results_dir: str | os.PathLike = "results/recipe", arra
     rows = []
     for part, idx in (("train", split.train), ("val", split.val)):
         sub = arrays.subset(idx)
-        _, _, m = test_outputs(cfg, sub, predict(t.model, t.X[idx], cfg.eval_batch_size, t.device, t.amp, t.cl))
+        _, _, m = scored_outputs(cfg, sub, predict(t.model, t.X[idx], cfg.eval_batch_size, t.device, t.amp, t.cl))
         conf = np.asarray(m["raw"]["confusion"])
         rows.append({"split": part, "images": len(idx), **{k: m["raw"][k] for k in ("dsc_benign", "dsc_malignant",
                                                                                    "dsc_normal", "dsc_avg", "acc")},

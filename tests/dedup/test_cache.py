@@ -64,8 +64,6 @@ def test_missing_or_incomplete_features_read_as_none(tmp_path):
     assert cache.load_features(path) is None
 
 
-@pytest.mark.xfail(strict=True, reason="load_features catches OSError, ValueError, KeyError only: a truncated "
-                                       "npz raises zipfile.BadZipFile, an empty one EOFError")
 @pytest.mark.parametrize("damage", ["truncated", "empty"])
 def test_damaged_features_read_as_none(tmp_path, damage):
     """"A damaged cache file is recomputed": a truncated or empty features file reads as

@@ -3,7 +3,7 @@ outputs in any batch size, softmax probabilities, the loss when targets are give
 mode, deep-supervision lists, bf16 and channels-last), the validation numbers, and the
 per-image table and fold metrics of a test split, raw and after prediction refinement.
 
-(``evaluate.test_outputs`` is called through the module: a function named ``test_*``
+(``evaluate.scored_outputs`` is called through the module: a function named ``test_*``
 imported into a test module would be collected by pytest as a test.)"""
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def test_val_metrics_dice_at_the_threshold_and_accuracy():
     assert math.isnan(only_seg["acc"]) and only_seg["dice"] == pytest.approx((1 + 1 + 2 / 3) / 3)
 
 
-# ----------------------------------------------------------------------------- test_outputs
+# ----------------------------------------------------------------------------- scored_outputs
 
 def _split() -> BusiArrays:
     """Four 2x2 images: benign, malignant, two normal ones."""
@@ -164,7 +164,7 @@ PRED = {"mask_prob": _masks([.9, .9, .1, .1], [.1, .1, .1, .1], [.9, .1, .1, .1]
 
 
 def test_outputs_table_raw_and_after_refinement():
-    table, masks, metrics = evaluate.test_outputs(TrainConfig(), _split(), PRED)
+    table, masks, metrics = evaluate.scored_outputs(TrainConfig(), _split(), PRED)
     assert list(table.columns) == ["class", "id", "name", "label", "p_benign", "p_malignant", "p_normal", "pred",
                                    "mask_empty", "dice", "iou", "dice_pr", "iou_pr", "label_pr"]
     assert table["name"].tolist() == ["benign (3)", "malignant (5)", "normal (8)", "normal (9)"]
@@ -183,17 +183,17 @@ def test_outputs_table_raw_and_after_refinement():
     assert pr["confusion"] == [[1, 0, 0], [0, 0, 1], [0, 0, 2]]
     assert raw["acc"] == pr["acc"] == pytest.approx(0.75) and "auc_macro" in raw
     # a stricter threshold: the benign lesion is lost as well
-    strict, _, _ = evaluate.test_outputs(TrainConfig(threshold=0.95), _split(), PRED)
+    strict, _, _ = evaluate.scored_outputs(TrainConfig(threshold=0.95), _split(), PRED)
     assert strict["mask_empty"].all() and strict["label_pr"].tolist() == [NORMAL] * 4
 
 
 def test_outputs_of_a_segmenter_and_of_a_classifier_are_not_refined():
-    seg, masks, metrics = evaluate.test_outputs(TrainConfig(), _split(), {**PRED, "probs": None})
+    seg, masks, metrics = evaluate.scored_outputs(TrainConfig(), _split(), {**PRED, "probs": None})
     assert seg["pred"].isna().all() and seg["label_pr"].isna().all() and seg["p_benign"].isna().all()
     assert seg["dice_pr"].tolist() == seg["dice"].tolist() == [1.0, 0.0, 0.0, 1.0]
     assert metrics["raw"] == metrics["pr"] and "acc" not in metrics["raw"] and "confusion" not in metrics["raw"]
     assert masks is not None
-    cls, masks, metrics = evaluate.test_outputs(TrainConfig(), _split(), {**PRED, "mask_prob": None})
+    cls, masks, metrics = evaluate.scored_outputs(TrainConfig(), _split(), {**PRED, "mask_prob": None})
     assert masks is None and cls["mask_empty"].isna().all() and cls["dice"].isna().all()
     assert cls["label_pr"].tolist() == cls["pred"].tolist() == [0, 1, 2, 0]
     assert metrics["raw"] == metrics["pr"] and "dsc_avg" not in metrics["raw"]

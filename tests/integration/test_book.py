@@ -235,17 +235,6 @@ def test_plotly_figure_survives_papermill_and_the_build(tmp_path):
 
 # --------------------------------------------------------------------------- reader's view
 
-def _notebook(*cells) -> dict:
-    nb = nbformat.v4.new_notebook(cells=list(cells))
-    return json.loads(nbformat.writes(nb))
-
-
-def _stream(text: str) -> dict:
-    return nbformat.v4.new_output("stream", name="stdout", text=text)
-
-
-def _display(mime: str, value: str) -> dict:
-    return nbformat.v4.new_output("display_data", data={mime: value})
 
 
 def test_run_pages_are_titled_from_their_own_config(built):

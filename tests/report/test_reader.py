@@ -7,16 +7,11 @@ import json
 from pathlib import Path
 
 import nbformat
-import pytest
 
-from mtbc_lib import networks, provenance
-from mtbc_lib.report import book, reader
+from mtbc_lib import networks
+from mtbc_lib.report import reader
 
 ROOT = Path(__file__).resolve().parents[2]
-HTML = ROOT / book.HTML_DIR
-BOOK_DIR = ROOT / "book"
-PLOTLY_MIME = "application/vnd.plotly.v1+json"
-FIGURE_DIV = 'class="plotly-graph-div"'
 
 
 def _notebook(*cells) -> dict:
@@ -30,39 +25,6 @@ def _stream(text: str) -> dict:
 
 def _display(mime: str, value: str) -> dict:
     return nbformat.v4.new_output("display_data", data={mime: value})
-
-
-@pytest.fixture(scope="module")
-def built() -> Path:
-    """The freshly built HTML folder (fails the tests with the build log if the strict
-    build fails)."""
-    proc = book.build(ROOT, capture=True, timeout=1800)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"strict book build failed:\n{log[-8000:]}"
-    assert "build succeeded" in log
-    return HTML
-
-
-def _stored() -> list[Path]:
-    return provenance.stored_notebooks(BOOK_DIR)
-
-
-def _docname(path: Path) -> str:
-    return path.relative_to(ROOT).with_suffix("").as_posix()
-
-
-def plotly_outputs(nb) -> int:
-    """Plotly figures among a notebook's outputs: one per output holding plotly's JSON
-    MIME type or an HTML plotly div (what show_plotly emits carries both)."""
-    count = 0
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            data = out.get("data", {})
-            if PLOTLY_MIME in data:
-                count += 1
-            elif FIGURE_DIV in "".join(data.get("text/html", "")):
-                count += "".join(data["text/html"]).count(FIGURE_DIV)
-    return count
 
 
 # --------------------------------------------------------------------------- the build
