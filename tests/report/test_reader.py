@@ -4,14 +4,12 @@ removed, display code folded), run titles, notebook parameters (wide tables: tes
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import nbformat
 
 from mtbc_lib import networks
 from mtbc_lib.report import reader
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _notebook(*cells) -> dict:
