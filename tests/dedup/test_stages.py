@@ -217,11 +217,11 @@ def test_lesion_scores_skip_pairs_inside_a_group_and_reuse_known_scores():
     assert fresh[(0, 2)]["lesion_ssim"] > 0.9  # aligned, then compared at lesion_size
 
 
-def test_refine_many_returns_the_refinements_in_order():
+def test_align_many_returns_the_alignments_in_order():
     a = _texture(7, (60, 60)).astype(np.float32)
     jobs = [(a, a, (1.0, 1.0, 0.0, 0.0), 4, 0), (a, a, (1.0, 1.0, 0.5, -0.5), 4, 1.5)]
-    out = list(stages.refine_many(jobs, Workers(1)))
+    out = list(stages.align_many(jobs, Workers(1)))
     assert len(out) == 2 and all(isinstance(p, tuple) and len(p) == 4 for p in out)
-    assert out[0] == pytest.approx(tuple(reg.refine(a, a, jobs[0][2], iters=4)))
-    assert out[1] == pytest.approx(tuple(reg.refine(reg.blur(a, 1.5), reg.blur(a, 1.5), jobs[1][2], iters=4)))
+    assert out[0] == pytest.approx(tuple(reg.align(a, a, jobs[0][2], iters=4)))
+    assert out[1] == pytest.approx(tuple(reg.align(reg.blur(a, 1.5), reg.blur(a, 1.5), jobs[1][2], iters=4)))
     assert out[1] == pytest.approx((1.0, 1.0, 0.0, 0.0), abs=0.05)  # back to the identity

@@ -20,6 +20,7 @@ from mtbc_lib.engine import config, runs, train
 # ----------------------------------------------------------------------------- augmentation
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
     arrays = tiny_arrays()
     # uninterrupted

@@ -165,6 +165,7 @@ def test_bad_encoder_weights_give_one_clear_error(tmp_path):
         build_model("nnunet-planned", "mt", encoder_weights="imagenet")
 
 
+@pytest.mark.slow
 def test_a_few_steps_fit_a_tiny_batch():
     """The assembled model learns: 25 Adam steps on 2 images lower the multi-task loss."""
     torch.manual_seed(0)

@@ -14,6 +14,7 @@ RECIPE = dict(optimizer="adamw", weight_decay=0.01, schedule="cosine", warmup_ep
               ema=0.9, low_res_epochs=1, image_size=64, folds=[0], epochs=3)
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_with_every_recipe_field_equals_an_uninterrupted_one(tmp_path):
     arrays = tiny_arrays(8, 64)
     train.run(tiny_config(tmp_path / "a", **RECIPE), arrays=arrays, progress=False)
@@ -146,6 +147,7 @@ def test_verdict_ranks_by_the_mean_of_dice_and_accuracy():
                                                      "ReduceLROnPlateau) has finished: DSC avg 0.600, accuracy 0.700")
 
 
+@pytest.mark.slow
 def test_fit_check_scores_the_best_weights_on_their_own_training_images(make_busi, tmp_path, monkeypatch):
     monkeypatch.setenv("MTBC_CACHE", str(tmp_path / "cache"))
     tiny = dict(backbone="nnunet-planned", epochs=1, patience=1, batch_size=4, image_size=64, curation="none",
