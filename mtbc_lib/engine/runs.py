@@ -397,6 +397,33 @@ def metrics_table(metrics: dict[int, dict], which: tuple[str, ...] = ("raw", "pr
     return pd.DataFrame(rows).set_index(["refinement", "fold"]) if rows else pd.DataFrame()
 
 
+def training_table(results: RunResults):
+    """One row per finished fold: how it trained (epochs, what stopped it, the tested epoch,
+    minutes, device and arithmetic) and how its tested weights score on the fold's training
+    images beside its test images (DSC avg, accuracy; before refinement). The training
+    scores are the tested weights on the training images, unaugmented (``train_fit``); a run
+    written before that field shows the tested epoch's running scores on its augmented
+    training batches instead (marked "aug."). "–" where the task has no such output."""
+    import pandas as pd
+
+    def fmt(v, aug=False):
+        return "–" if v is None or v != v else f"{v:.3f}" + (" (aug.)" if aug else "")
+
+    rows = []
+    for k in sorted(results.metrics):
+        m = results.metrics[k]
+        fit, aug = m.get("train_fit"), "train_fit" not in m
+        if aug:  # the tested epoch's row of the history: augmented batches in training mode
+            h = results.history[(results.history["fold"] == k) & (results.history["epoch"] == m["best_epoch"])]
+            fit = {"dsc_avg": h["train_dice"].iloc[0], "acc": h["train_acc"].iloc[0]} if len(h) else {}
+        rows.append({"fold": k, "epochs": m["epochs"], "stopped by": m["stopped"], "tested epoch": m["best_epoch"],
+                     "training (min)": f"{m['train_seconds'] / 60:.1f}",
+                     "device": str(m["device"]) + (", bf16" if m.get("amp") else ""),
+                     "DSC avg, training": fmt(fit.get("dsc_avg"), aug), "DSC avg, test": fmt(m["raw"].get("dsc_avg")),
+                     "accuracy, training": fmt(fit.get("acc"), aug), "accuracy, test": fmt(m["raw"].get("acc"))})
+    return pd.DataFrame(rows).set_index("fold") if rows else pd.DataFrame()
+
+
 def confusion_table(metrics: dict[int, dict], which: str = "pr"):
     """Confusion matrix summed over the finished folds (rows: true, columns: predicted),
     as a DataFrame; None for a run without class predictions."""
