@@ -39,6 +39,7 @@ from contextlib import ExitStack
 
 import numpy as np
 import torch
+from tqdm import tqdm  # text bars, readable in a log (as train's)
 
 from mtbc_lib import train
 from mtbc_lib.augment import augment_theta
@@ -147,8 +148,8 @@ class _Member:
         write_json(self.run_dir / f"fold{t.fold}_metrics.json", {**m, "engine": engine})  # still written last
         t.model.to("cpu")
         if progress:
-            print(f"{self.name}: {m['epochs']} epochs ({m['stopped']}), best epoch {m['best_epoch']}"
-                  + "".join(f", {k} {m['raw'][k]:.3f}" for k in ("dsc_avg", "acc") if k in m["raw"]), flush=True)
+            tqdm.write(f"{self.name}: {m['epochs']} epochs ({m['stopped']}), best epoch {m['best_epoch']}"
+                       + "".join(f", {k} {m['raw'][k]:.3f}" for k in ("dsc_avg", "acc") if k in m["raw"]))
 
     def end_epoch(self, h: list[float], seconds: float, cpu_seconds: float, stack: Stack, i: int) -> str | None:
         """What ``train._fit`` does after an epoch, from the epoch's sums h (training: loss, Dice,
@@ -235,8 +236,6 @@ def _train_stack(members: list[_Member], data, opts: dict) -> list[str]:
     and return the one-line messages of those that diverged. Stops early (checkpoints written)
     at the deadline or after the members' ``stop_after_epochs`` (then raises StopRequested).
     ``opts``: run_many's progress, deadline, checkpoint_every, vmap, compile."""
-    from tqdm import tqdm
-
     (X, M, Y), progress, deadline, checkpoint_every = data, opts["progress"], opts["deadline"], opts["checkpoint_every"]
     members.sort(key=lambda m: -m.n)  # those with a batch left: a prefix
     t0, diverged = members[0].t, []
@@ -274,8 +273,7 @@ def _train_stack(members: list[_Member], data, opts: dict) -> list[str]:
                                           "run again to resume from their checkpoints")
             if stopping or not members:
                 if stopping and progress:
-                    print(f"deadline: {len(members)} trainings of {cfg.backbone} {cfg.task} left unfinished",
-                          flush=True)
+                    tqdm.write(f"deadline: {len(members)} trainings of {cfg.backbone} {cfg.task} left unfinished")
                 return diverged
             w0, c0 = time.perf_counter(), time.process_time()
             plan, (vidx, vwt, vcounts) = _plan(members, stack.device), _val_plan(members, stack.device)
@@ -395,8 +393,10 @@ def run_many(configs, arrays=None, device: str | None = None, progress: bool = T
 
 def _train_jobs(jobs: list, opts: dict) -> list[str]:
     """Hold each job's fold, build its member and train them as one stack (a held or since
-    finished fold is skipped, with one line)."""
+    finished fold is skipped, with one line); none once the deadline has passed."""
     arrays, members = jobs[0][1], []
+    if opts["deadline"] is not None and time.time() >= opts["deadline"]:
+        return []
     dev = resolve_device(jobs[0][0].device)
     data = (torch.from_numpy(arrays.images[:, None].copy()).to(dev),
             torch.from_numpy(arrays.masks[:, None].astype(np.uint8)).to(dev),

@@ -106,7 +106,8 @@ def test_looped_engine_equals_train_run(tmp_path, arrays, reference):
     h = {name: _fold_files(tmp_path / "results" / name, 0) for name in EVENTS}
     assert h["early"]["metrics"]["stopped"] == "early stopping" and h["early"]["metrics"]["epochs"] == 3
     assert h["plateau"]["history"]["lr"].tolist() == [0.1, 0.1, 0.1, 0.05, 0.05]  # halved by its own plateau
-    assert h["do"]["metrics"]["epochs"] == 5 and h["do"]["metrics"]["n_train_oversampled"] > h["early"]["metrics"]["n_train"]
+    do = h["do"]["metrics"]
+    assert do["epochs"] == 5 and do["n_train_oversampled"] > h["early"]["metrics"]["n_train_oversampled"]
 
 
 def test_vmapped_engine_follows_train_run(reference, vmapped):
@@ -147,8 +148,8 @@ def test_the_stack_steps_exactly_as_torch_adam(optimizer, weight_decay):
     torch.manual_seed(0)
     nets = [torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 3)) for _ in range(3)]
     stack = Stack(nets, "cpu", MultiTaskLoss("cls"), weight_decay=weight_decay, decoupled=optimizer == "adamw")
-    opts = [(torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam)(n.parameters(), lr=lr, weight_decay=weight_decay)
-            for n, lr in zip(nets, (1e-3, 3e-3, 1e-2))]
+    adam = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
+    opts = [adam(n.parameters(), lr=lr, weight_decay=weight_decay) for n, lr in zip(nets, (1e-3, 3e-3, 1e-2))]
     for step in range(1, 4):
         grads = torch.randn(3, stack.w.shape[1])
         for n, o, g in zip(nets, opts, grads):
@@ -174,7 +175,8 @@ def test_per_image_losses_average_to_the_multitask_loss(task):
     assert float(parts["loss"].mean()) == pytest.approx(float(ref), rel=1e-6)
     assert float(batch_loss(parts, lambda t: t.mean()[None], loss_fn)[0]) == pytest.approx(float(ref), rel=1e-7)
     for k in ("dice", "focal"):
-        assert (k in parts) == (k in info) and (k not in info or float(parts[k].mean()) == pytest.approx(info[k], rel=1e-6))
+        assert (k in parts) == (k in info)
+        assert k not in info or float(parts[k].mean()) == pytest.approx(info[k], rel=1e-6)
 
 
 def test_killed_and_resumed_batched_run_equals_uninterrupted(tmp_path, arrays, vmapped):
@@ -208,14 +210,15 @@ def test_finished_folds_are_skipped_and_the_engine_recorded(arrays, vmapped):
 
 def test_a_diverging_training_stops_alone(tmp_path, arrays):
     cfgs = _configs(tmp_path, {"ok": dict(lr=1e-3), "bad": dict(lr=1e30)}, epochs=1)
-    with pytest.raises(train.TrainingDiverged, match=r"^1 training\(s\) diverged: bad fold 0 epoch 1: training loss is (nan|inf)"):
+    message = r"^1 training\(s\) diverged: bad fold 0 epoch 1: training loss is (nan|inf)"
+    with pytest.raises(train.TrainingDiverged, match=message):
         batched.run_many(cfgs, arrays=arrays, progress=False)
     assert (tmp_path / "results" / "ok" / "fold0_metrics.json").exists()
     assert not (tmp_path / "results" / "bad" / "fold0_metrics.json").exists()
 
 
 @pytest.mark.parametrize("kw,message", [
-    (dict(backbone="nnunet-planned", width=1.0), "parameter backbone='nnunet-planned': the batched engine needs one of"),
+    (dict(backbone="nnunet-planned", width=1.0), "parameter backbone='nnunet-planned': the batched engine needs"),
     (dict(schedule="cosine"), "parameter schedule='cosine'"),
     (dict(grad_clip=1.0), "parameter grad_clip=1.0"),
     (dict(ema=0.9), "parameter ema=0.9"),
