@@ -47,7 +47,7 @@ from mtbc_lib.config import atomic_write
 from mtbc_lib.device import resolve_amp, resolve_device, setup_torch
 from mtbc_lib.runs import RunHeld, check_same_config, hold, run_paths, summarize, write_history, write_json
 from mtbc_lib.splits import make_splits
-from mtbc_lib.stacked import Stack, pad_rows
+from mtbc_lib.stacked import Stack, check_compile, pad_rows
 from mtbc_lib.trainconfig import TrainConfig, config_diff
 
 __all__ = ["ENGINE", "BATCHABLE", "check_batchable", "group_key", "run_many"]
@@ -344,6 +344,7 @@ def run_many(configs, arrays=None, device: str | None = None, progress: bool = T
     for name, v in (("max_members", max_members), ("checkpoint_every", checkpoint_every)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ValueError(f"parameter {name}={v!r}: expected an integer >= 0")
+    check_compile(compile)
     cfgs = []
     for c in configs:
         if not isinstance(c, TrainConfig):

@@ -28,7 +28,10 @@ from mtbc_lib.augment import augment_apply
 from mtbc_lib.evaluate import first_mask, float_outputs
 from mtbc_lib.losses import MultiTaskLoss, deep_supervision_weights, downsample_mask
 
-__all__ = ["sample_losses", "batch_loss", "image_dice", "pad_rows", "Stack"]
+__all__ = ["COMPILE_MODES", "check_compile", "sample_losses", "batch_loss", "image_dice", "pad_rows", "Stack"]
+
+#: ``torch.compile`` modes of the vmapped forward ("": not compiled; "reduce-overhead" adds CUDA graphs).
+COMPILE_MODES: tuple[str, ...] = ("", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def sample_losses(out: dict, mask: torch.Tensor | None, label: torch.Tensor | None,
@@ -84,6 +87,13 @@ def image_dice(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return torch.where(total == 0, 1.0, 2 * inter / total.clamp(min=1))
 
 
+def check_compile(mode: str) -> str:
+    """``mode`` if it is one of :data:`COMPILE_MODES`, else ValueError naming the parameter."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"parameter compile={mode!r}: expected one of {', '.join(map(repr, COMPILE_MODES))}")
+    return mode
+
+
 def pad_rows(rows, width: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Index rows of different lengths (each non-empty) as one (R, width) int64 tensor (width
     0: the longest row's), each row padded with its first index, and their weights (R, width)
@@ -111,6 +121,7 @@ class Stack:
                  weight_decay: float = 0.0, decoupled: bool = False, amp: bool = False, vmap: bool = True,
                  compile: str = ""):
         m0 = models[0]
+        check_compile(compile)
         if any(True for _ in m0.buffers()) or any(isinstance(x, torch.nn.Dropout) and x.p for x in m0.modules()):
             raise ValueError(f"models: {type(m0).__name__} holds buffers or dropout; stacked networks must "
                              "compute each image alone")

@@ -233,6 +233,7 @@ def test_bad_arguments_are_refused_in_one_line(tmp_path):
     cfgs = _configs(tmp_path, {"x": {}})
     for kw, message in ((dict(max_members=-1), "parameter max_members=-1"),
                         (dict(checkpoint_every=1.5), "parameter checkpoint_every=1.5"),
+                        (dict(compile="fast"), "parameter compile='fast': expected one of '', 'default'"),
                         (dict(configs=[{"backbone": "nnunet"}]), "parameter configs: expected TrainConfig objects"),
                         (dict(configs=cfgs * 2), "parameter configs: run 'x' appears twice")):
         with pytest.raises(ValueError, match=message):
