@@ -125,6 +125,9 @@ def _add_grid(sub) -> None:
                         "(workers must see this repository and the data at the same paths)")
     p.add_argument("--set", dest="fields", type=_assignment, action="append", default=[], metavar="KEY=VALUE",
                    help="any TrainConfig field that does not change the numbers, e.g. --set num_threads=1")
+    p.add_argument("--engine", choices=("auto", "serial", "batched"), default="auto",
+                   help="serial: one training at a time; batched: every training of the grid together on one "
+                        "device (mtbc_lib.engine.batched); auto: batched on a CUDA GPU (default: %(default)s)")
     p.set_defaults(func=_run_grid)
 
 
@@ -132,7 +135,8 @@ def _run_grid(args) -> int:
     from mtbc_lib.studies import grid
 
     done = grid.run_grid(args.backbone, args.profile, settings=args.settings, scheduler=args.scheduler,
-                         out_dir=args.out, data_dir=args.data or None, extra=_engine_fields(args.fields) or None)
+                         out_dir=args.out, data_dir=args.data or None, extra=_engine_fields(args.fields) or None,
+                         engine=args.engine)
     print(f"trained {len(done)} setting(s): {', '.join(done) or 'none (all complete)'}; "
           f"wrote {args.out}/ablation.csv")
     return 0
