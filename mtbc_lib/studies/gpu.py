@@ -169,8 +169,10 @@ def pack(a) -> None:
 
 def bench(a) -> int:
     """Images per second of one training step of K stacked networks: vmapped against looped
-    over the members, fp32 against bf16 autocast; a table (wall and this process's CPU
-    milliseconds per step; on a GPU the CPU time is the launching)."""
+    over the members (the loop is what one training at a time computes), fp32 against bf16
+    autocast; a table (wall and this process's CPU milliseconds per step, on a GPU the CPU time
+    is the launching; TFLOP/s = the FLOPs of a training image, counted by
+    ``torch.utils.flop_counter``, times images/s)."""
     import torch
 
     from mtbc_lib.data.augment import augment_theta
@@ -185,9 +187,10 @@ def bench(a) -> int:
     M, Y = (torch.rand(64, 1, s, s, generator=gen) > 0.7).to(torch.uint8).to(dev), torch.arange(64).remainder(3).to(dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    flops = _training_flops(build_model(a.backbone, "mt", width=a.width), s)
     print(f"one training step, {a.backbone} mt at width {a.width:g}, {s}x{s} px, batch {b} per member, {name}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"{'K':>3} {'mode':>5} {'dtype':>5} {'ms/step':>9} {'CPU ms':>8} {'images/s':>9} {'vs loop':>8}")
+          f"{torch.get_num_threads()} threads; {flops / 1e9:.2f} GFLOP a training image (forward + backward)")
+    print(f"{'K':>3} {'mode':>5} {'dtype':>5} {'ms/step':>9} {'CPU ms':>8} {'images/s':>9} {'TFLOP/s':>8} {'vs loop':>8}")
     for k in a.members:
         torch.manual_seed(0)
         models = [build_model(a.backbone, "mt", width=a.width) for _ in range(k)]
@@ -220,8 +223,22 @@ def bench(a) -> int:
                 rate = k * b / dt
                 loop_rate.setdefault(dtype, rate)
                 print(f"{k:>3} {'vmap' if vmap else 'loop':>5} {dtype:>5} {1e3 * dt:>9.1f} {1e3 * cpu:>8.1f} "
-                      f"{rate:>9.1f} {rate / loop_rate[dtype]:>7.2f}x", flush=True)
+                      f"{rate:>9.1f} {rate * flops / 1e12:>8.3f} {rate / loop_rate[dtype]:>7.2f}x", flush=True)
     return 0
+
+
+def _training_flops(model, size: int) -> float:
+    """FLOPs of one training image (forward and backward of a batch of 2, halved), counted."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mtbc_lib.losses import MultiTaskLoss
+
+    x, m = torch.rand(2, 1, size, size), (torch.rand(2, 1, size, size) > 0.7).float()
+    with FlopCounterMode(display=False) as counter:
+        loss, _ = MultiTaskLoss("mt")(model.train()(x), m, torch.tensor([0, 1]))
+        loss.backward()
+    return counter.get_total_flops() / 2
 
 
 # ----------------------------------------------------------------------------- command line
