@@ -61,14 +61,7 @@ import numpy as np
 from mtbc_lib import core
 from mtbc_lib.core import atomic_write
 from mtbc_lib.dedup import registration as reg
-from mtbc_lib.dedup.cache import (
-    cache_paths,
-    data_key,
-    load_features,
-    load_pairs,
-    save_features,
-    save_pairs,
-)
+from mtbc_lib.dedup.cache import cache_paths, data_key, load_features, load_pairs, save_features, save_pairs
 from mtbc_lib.dedup.decode import RESAMPLE, Images, Workers, decode_all
 from mtbc_lib.dedup.stages import (
     align_many,

@@ -46,15 +46,7 @@ from mtbc_lib.data.augment import augment_theta
 from mtbc_lib.engine import train
 from mtbc_lib.engine.config import TrainConfig, config_diff
 from mtbc_lib.engine.device import resolve_amp, resolve_device, setup_torch
-from mtbc_lib.engine.runs import (
-    RunHeld,
-    check_same_config,
-    hold,
-    run_paths,
-    summarize,
-    write_history,
-    write_json,
-)
+from mtbc_lib.engine.runs import RunHeld, check_same_config, hold, run_paths, summarize, write_history, write_json
 from mtbc_lib.engine.stacked import Stack, check_compile, pad_rows
 
 __all__ = ["ENGINE", "BATCHABLE", "check_batchable", "group_key", "run_many"]

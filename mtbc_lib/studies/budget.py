@@ -14,15 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mtbc_lib.metrics import metric_label
-from mtbc_lib.studies.ablation import (
-    PAPER_TABLE5,
-    ROWS,
-    SETTINGS,
-    ablation_table,
-    finished_runs,
-    is_complete,
-    run_name,
-)
+from mtbc_lib.studies.ablation import PAPER_TABLE5, ROWS, SETTINGS, ablation_table, finished_runs, is_complete, run_name
 
 __all__ = ["budget_table", "run_budget", "target_summary", "profile_table", "profile_runs", "probe_comparison",
            "probe_summary", "scale_check", "scale_choice"]

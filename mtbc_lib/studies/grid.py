@@ -9,12 +9,7 @@ from pathlib import Path
 
 from mtbc_lib.core import REPO_ROOT
 from mtbc_lib.engine.runs import repo_relative
-from mtbc_lib.studies.ablation import (
-    SETTINGS,
-    is_complete,
-    run_name,
-    write_ablation_csv,
-)
+from mtbc_lib.studies.ablation import SETTINGS, is_complete, run_name, write_ablation_csv
 
 __all__ = ["execute_training", "execute_setting", "train_setting", "portable_data_dir", "run_grid"]
 
