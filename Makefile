@@ -26,7 +26,7 @@ test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not data and not browser" --ignore=tests/integration --ignore=tests/browser
+	$(BIN)/python -m pytest -q -n 2 -m "not slow and not data and not browser" --ignore=tests/integration --ignore=tests/browser
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)

@@ -21,7 +21,7 @@ PLATFORMS = {"Linux x86-64": ("manylinux", "x86_64"), "Linux aarch64": ("manylin
 PYTHONS = (11, 12, 13)
 #: Installed by pip only where a marker asks for them (torch's CUDA libraries: Linux x86-64),
 #: or not runtime dependencies (the test and benchmark extras, the optional fast-png decoder).
-NOT_EVERYWHERE = re.compile(r"^(nvidia-.*|cuda-.*|triton|pywuffs|pytest|pluggy|iniconfig|playwright|greenlet|"
+NOT_EVERYWHERE = re.compile(r"^(nvidia-.*|cuda-.*|triton|pywuffs|pytest|pytest-xdist|execnet|pluggy|iniconfig|playwright|greenlet|"
                             r"pyee|imagededup|pywavelets|ruff)$")
 
 
