@@ -195,8 +195,9 @@ def scale_check(run_dirs) -> pd.DataFrame:
 
 
 def scale_choice(table: pd.DataFrame) -> str:
-    """Sentences on :func:`scale_check`: the two widths' validation scores, costs and fit, and
-    the width the ``replica`` profile uses."""
+    """Sentences on :func:`scale_check`: the two widths' validation scores and costs, how much
+    better each scores on its own training images than on its validation images, and the
+    width the ``replica`` profile uses."""
     from mtbc_lib.engine.config import PROFILES
 
     if len(table) < 2:
@@ -204,10 +205,17 @@ def scale_choice(table: pd.DataFrame) -> str:
     small, large = table.index.min(), table.index.max()
     s, b = table.loc[small], table.loc[large]
     images, chosen = int(s["val images"]), PROFILES["replica"]["width"]
-    gap = round((b["val accuracy"] - s["val accuracy"]) * images)
+    right = round((b["val accuracy"] - s["val accuracy"]) * images)
+    same = "the same number of them" if right == 0 else f"{abs(right)} {'more' if right > 0 else 'fewer'}"
+
+    def fit(r):
+        return (f"DSC avg {r['train DSC avg']:.3f} and accuracy {r['train accuracy']:.3f}, "
+                f"{r['train DSC avg'] - r['val DSC avg']:+.3f} and {r['train accuracy'] - r['val accuracy']:+.3f} "
+                "against validation")
+
     return (f"At width {large:g} the network reaches validation DSC avg {b['val DSC avg']:.3f} and accuracy "
-            f"{b['val accuracy']:.3f}, at width {small:g} {s['val DSC avg']:.3f} and {s['val accuracy']:.3f}: "
-            f"{abs(gap)} of the {images} validation images {'more' if gap > 0 else 'fewer'} classified right at "
-            f"width {large:g}, at {b['s / epoch'] / s['s / epoch']:.1f} times the cost of an epoch. On its training "
-            f"images each scores little better (accuracy {s['train accuracy']:.3f} and {b['train accuracy']:.3f}). "
-            f"The replica profile uses width {chosen:g}.")
+            f"{b['val accuracy']:.3f}, at width {small:g} {s['val DSC avg']:.3f} and {s['val accuracy']:.3f} "
+            f"({images} validation images, {same} classified right at width {large:g}); an epoch costs "
+            f"{b['s / epoch'] / s['s / epoch']:.1f} times as much at width {large:g}. On their own training images "
+            f"the wider network scores {fit(b)}; the narrower one {fit(s)}. The replica profile uses width "
+            f"{chosen:g}.")

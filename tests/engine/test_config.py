@@ -20,14 +20,14 @@ def test_profiles_fill_unset_fields_and_given_values_win():
     assert (paper.image_size, paper.width, fast.image_size, fast.width) == (128, 1.0, 128, 1.0)
 
 
-def test_replica_is_the_paper_protocol_at_a_quarter_scale():
+def test_replica_is_the_paper_protocol_at_a_smaller_scale():
     paper, replica = (config.TrainConfig(profile=p).resolve() for p in ("paper", "replica"))
     protocol = ("epochs", "patience", "batch_size", "lr", "plateau_factor", "plateau_patience", "min_lr",
                 *config.PAPER_RECIPE)
     assert all(getattr(paper, k) == getattr(replica, k) for k in protocol)
-    assert (replica.image_size, replica.width) == (64, 0.25)
+    assert (replica.image_size, replica.width) == (64, 0.5)
     assert replica.run_name == "unetplusplus-mt-replica"
-    assert config.TrainConfig(profile="replica", width=0.5).resolve().run_name == "unetplusplus-mt-replica-width0.5"
+    assert config.TrainConfig(profile="replica", width=0.25).resolve().run_name == "unetplusplus-mt-replica-width0.25"
     assert config.TrainConfig(image_size=64).resolve().run_name == "unetplusplus-mt-paper-imagesize64"
     # a run written before the field existed used the paper's widths
     old = config.TrainConfig().resolve().to_dict()
