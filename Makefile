@@ -46,15 +46,10 @@ reproduce: $(STAMP)
 	@test -d "$$MTBC_DATA" || { echo "make reproduce: MTBC_DATA=$$MTBC_DATA is not a folder (expected the BUSI folder holding benign/ malignant/ normal/)" >&2; exit 2; }
 	$(MAKE) audit recipe grid leakage book
 
-# Executed notebooks for the book, each stamped with the machine it ran on.
+# Executed notebooks for the book, each stamped with the machine it ran on (the chapters that
+# read the data take it from $MTBC_DATA).
 book/%.ipynb: notebooks/%.ipynb
-	$(BIN)/papermill $< $@ -p data_dir "$$MTBC_DATA"
-	$(BIN)/mtbc stamp $@
-
-# The recipe chapter reads only results/recipe/ (mtbc recipe trains them).
-book/recipe.ipynb: notebooks/recipe.ipynb
-	$(BIN)/papermill $< $@
-	$(BIN)/mtbc stamp $@
+	$(BIN)/mtbc book chapter $*
 
 audit: $(STAMP)
 	$(MAKE) -B book/dataset_audit.ipynb book/duplicate_explorer.ipynb

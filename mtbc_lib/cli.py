@@ -310,12 +310,19 @@ def _run_gpu(args) -> int:
 # ----------------------------------------------------------------------------- the book
 
 def _add_book(sub) -> None:
-    p = sub.add_parser("book", help="build the HTML book (strict, offline), or rewrite its table of contents",
+    p = sub.add_parser("book", help="build the HTML book (strict, offline), re-run one chapter, or rewrite its "
+                                    "table of contents",
                        description="build: the HTML book into _build/html (warnings are errors; the stored "
-                                   "notebooks are shown, not executed). toc: group the stored run notebooks "
-                                   "under their backbone in _toc.yml.")
-    p.add_argument("action", choices=("build", "toc"), nargs="?", default="build")
+                                   "notebooks are shown, not executed). chapter NAME: execute notebooks/NAME.ipynb "
+                                   "into book/NAME.ipynb (papermill; the BUSI folder from --data or $MTBC_DATA where "
+                                   "the chapter reads it) and stamp it. toc: group the stored run notebooks under "
+                                   "their backbone in _toc.yml.")
+    p.add_argument("action", choices=("build", "chapter", "toc"), nargs="?", default="build")
+    p.add_argument("name", nargs="?", metavar="NAME", help="chapter: its notebook's name, e.g. results")
     p.add_argument("--all", action="store_true", help="build: re-build every page, not only changed ones")
+    p.add_argument("--data", metavar="DIR", default="", help="chapter: BUSI folder (default: $MTBC_DATA)")
+    p.add_argument("--set", dest="fields", type=_assignment, action="append", default=[], metavar="KEY=VALUE",
+                   help="chapter: a notebook parameter (repeatable)")
     p.set_defaults(func=_run_book)
 
 
@@ -324,6 +331,11 @@ def _run_book(args) -> int:
 
     if args.action == "toc":
         print("_toc.yml " + ("updated" if book.sync_toc() else "already up to date"))
+        return 0
+    if args.action == "chapter":
+        if not args.name:
+            raise ValueError("mtbc book chapter: expected the chapter's NAME, e.g. mtbc book chapter results")
+        print(book.execute_chapter(args.name, args.data or None, dict(args.fields)))
         return 0
     return book.build(rebuild_all=args.all).returncode
 

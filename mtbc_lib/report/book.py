@@ -96,6 +96,40 @@ TOC_END = "# END training runs"
 RUNS_DIR = Path("book") / "runs"
 
 
+def execute_chapter(name: str, data_dir: str | None = None, parameters: dict | None = None,
+                    root: str | Path = REPO_ROOT) -> Path:
+    """Execute ``notebooks/<name>.ipynb`` into ``book/<name>.ipynb`` (``mtbc book chapter``):
+    papermill in the repository, with ``parameters`` and, where the notebook declares
+    ``data_dir``, the BUSI folder (``data_dir``, else ``$MTBC_DATA``); then stamped with this
+    machine (:func:`mtbc_lib.provenance.stamp`). Atomic: a failed run leaves the previous page."""
+    import os
+
+    import papermill
+
+    from mtbc_lib.provenance import stamp
+
+    root = Path(root)
+    template = root / "notebooks" / f"{name}.ipynb"
+    if not template.is_file():
+        names = sorted(p.stem for p in (root / "notebooks").glob("*.ipynb") if p.stem != "train")
+        raise FileNotFoundError(f"chapter {name!r}: no notebooks/{name}.ipynb; chapters: {', '.join(names)} "
+                                "(training runs: mtbc train)")
+    params = dict(parameters or {})
+    data = data_dir or os.environ.get("MTBC_DATA", "")
+    if data and "data_dir" in papermill.inspect_notebook(str(template)) and "data_dir" not in params:
+        params["data_dir"] = data
+    out = root / "book" / f"{name}.ipynb"
+    tmp = out.with_name(f".{name}.{os.getpid()}.ipynb.part")
+    try:
+        papermill.execute_notebook(str(template), str(tmp), parameters=params, cwd=str(root), progress_bar=False,
+                                   kernel_name="python3")
+        stamp(tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
 def run_groups(root: str | Path = REPO_ROOT) -> list[tuple[str, list[str]]]:
     """The stored run notebooks grouped by backbone: ``[(backbone title, [docname...])]``,
     backbones in the order of ``mtbc_lib.networks.registry.BACKBONES``, runs in Table 5's order of

@@ -289,3 +289,22 @@ def test_runs_list_links_every_run_under_its_backbone(tmp_path):
     html = book.runs_list_html("book/figures", tmp_path)
     assert html == ('<p><strong>nnU-Net</strong></p><ul class="mtbc-runs"><li><a href="runs/nnunet-st-seg-fast.html">'
                     "nnU-Net · ST(Seg) · fast</a></li></ul>")
+
+
+def test_a_chapter_is_executed_into_book_stamped_and_a_bad_name_is_one_line(tmp_path, monkeypatch):
+    import nbformat
+
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "book").mkdir()
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('data_dir: str = ""\nn: int = 1', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("print(data_dir, n * 2)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(tmp_path / "notebooks" / "tiny.ipynb"))
+    monkeypatch.setenv("MTBC_DATA", "/some/BUSI")
+    out = book.execute_chapter("tiny", parameters={"n": 21}, root=tmp_path)
+    done = nbformat.read(str(out), as_version=4)
+    assert out == tmp_path / "book" / "tiny.ipynb" and done.cells[-1].outputs[0]["text"] == "/some/BUSI 42\n"
+    assert "environment" in done.metadata["mtbc"] and not list((tmp_path / "book").glob(".*part"))
+    with pytest.raises(FileNotFoundError, match=r"chapter 'tyny': no notebooks/tyny.ipynb; chapters: tiny"):
+        book.execute_chapter("tyny", root=tmp_path)
