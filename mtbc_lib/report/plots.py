@@ -378,7 +378,7 @@ def fold_points_by_grid(per_fold: dict, metrics=("dsc_avg", "f1_weighted", "acc"
         for j, m in enumerate(metrics, start=1):
             _fold_traces(fig, per_fold[name], m, paper, i, j)
     fig.update_yaxes(range=[0, 1])
-    fig.update_xaxes(tickfont=dict(size=9))
+    fig.update_xaxes(tickfont=dict(size=9), tickangle=-90)
     fig.update_annotations(font=dict(size=11))
     fig.update_layout(height=130 + row_height * len(names), template="plotly_white",
                       margin=dict(l=10, r=30, t=30, b=10))
