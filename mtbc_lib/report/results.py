@@ -28,8 +28,8 @@ from mtbc_lib.studies.consistency import CONFIGURATIONS, MEASURES, mt_against_si
 
 __all__ = ["PROFILE_PREFERENCE", "PAPER_NETWORKS", "grids_in", "pick_grid", "complete_grids", "shown_grids",
            "grid_title", "verdict_rule", "verdict_table", "verdict_styler", "verdict_changes", "epochs_trained",
-           "headline", "grid_note", "verdict_overview", "consistency_figure", "consistency_view", "consistency_summary", "downloads",
-           "per_image_downloads"]
+           "headline", "grid_note", "verdict_overview", "consistency_figure", "consistency_view", "consistency_summary",
+           "downloads", "fold_downloads", "per_image_downloads"]
 
 #: Profiles whose grids the verdicts may be read on, most faithful to the paper first.
 PROFILE_PREFERENCE: tuple[str, ...] = ("paper", "replica", "cpu")
@@ -397,18 +397,28 @@ def downloads(paths, root: str | os.PathLike, label: str = "Download") -> str:
     return f"{label}: " + " · ".join(_roles(paths, Path(root)))
 
 
+def fold_downloads(runs: dict, root: str | os.PathLike, what: str) -> str:
+    """Markdown: the per-image test outputs (``fold<k>_test.csv``) of each run of ``runs``
+    (label -> run folder, absolute or relative to the repository root ``root``), one link per
+    fold named by its number, after ``what`` (the sentence's subject). Empty when no run has
+    a test file."""
+    root = Path(root)
+    parts = []
+    for label, run_dir in runs.items():
+        run_dir = Path(run_dir) if Path(run_dir).is_absolute() else root / run_dir
+        files = sorted(run_dir.glob("fold*_test.csv"), key=lambda f: int(f.stem[4:].split("_")[0]))
+        if files:
+            parts.append(f"{label} " + " ".join(_roles({f.stem[4:].split("_")[0]: f.resolve() for f in files}, root)))
+    return (f"{what} (CSV, one file a fold): " + " · ".join(parts)) if parts else ""
+
+
 def per_image_downloads(root: str | os.PathLike, results_dir: str | os.PathLike, backbone: str, profile: str,
                         settings=tuple(SETTINGS)) -> str:
-    """Markdown: the per-image test outputs behind a grid (``fold<k>_test.csv`` of each of its
-    finished trainings in ``settings``; ``results_dir`` relative to the repository root
-    ``root``), one link per fold, grouped by training. Empty when none has finished."""
+    """Markdown: the per-image test outputs behind a grid (:func:`fold_downloads` of each of
+    its finished trainings in ``settings``, named as Table 5 names them; ``results_dir``
+    relative to the repository root ``root``). Empty when none has finished."""
     root = Path(root)
     done = finished_runs(backbone, profile, (root / results_dir).resolve())
     label = {s: next(r.configuration for r in ROWS if not r.pr and s in (r.seg, r.cls)) for s in SETTINGS}
-    parts = []
-    for s in settings:
-        if s in done:
-            files = sorted(done[s].glob("fold*_test.csv"), key=lambda f: int(f.stem[4:].split("_")[0]))
-            parts.append(f"{label[s]} " + " ".join(_roles({f.stem[4:].split("_")[0]: f for f in files}, root)))
-    return (f"Per-image test outputs of {grid_title((backbone, profile))} (CSV, one file a fold): "
-            + " · ".join(parts)) if parts else ""
+    return fold_downloads({label[s]: done[s] for s in settings if s in done}, root,
+                          f"Per-image test outputs of {grid_title((backbone, profile))}")

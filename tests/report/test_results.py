@@ -200,3 +200,16 @@ def test_per_image_downloads_link_every_fold_of_every_finished_training(tmp_path
     assert "ST(Seg) {download}`0 </results/unet-r34-st-seg-fast/fold0_test.csv>`" in text
     assert "MT+DO {download}`0 </results/unet-r34-mt-do-fast/fold0_test.csv>` {download}`1 " in text
     assert results.per_image_downloads(tmp_path, "results", "unet-r34", "cpu") == ""
+
+
+def test_fold_downloads_name_each_run_and_number_its_folds(tmp_path):
+    for design in ("image-level", "scan-level"):
+        write_run(tmp_path / "results" / "leakage", design, lambda k: TRUTH, folds=(0, 1, 10))
+    text = results.fold_downloads({"image-level": "results/leakage/image-level",
+                                   "scan-level": tmp_path / "results" / "leakage" / "scan-level",
+                                   "not run": "results/leakage/none"}, tmp_path, "Per-image outputs")
+    assert text.startswith("Per-image outputs (CSV, one file a fold): image-level {download}`0 ")
+    assert "{download}`1 </results/leakage/image-level/fold1_test.csv>` {download}`10 " in text  # folds by number
+    assert " · scan-level {download}`0 </results/leakage/scan-level/fold0_test.csv>`" in text
+    assert "not run" not in text
+    assert results.fold_downloads({}, tmp_path, "Per-image outputs") == ""
