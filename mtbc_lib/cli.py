@@ -1,5 +1,6 @@
 """The ``mtbc`` command: one sub-command per workflow step, in the order of the work —
 ``audit`` (the duplicate search), ``train`` (one setting), ``grid`` (the ablation grid),
+``gpu`` (the grids and the leakage study on a GPU, many trainings at once),
 ``recipe`` (the recipe study), ``leakage`` (the leakage study), ``claims`` (the paper's
 claims tested per image), ``book`` (build the book, or its table of contents), ``stamp``
 (record the machine in executed notebooks) and ``provenance`` (what executed them).
@@ -124,6 +125,9 @@ def _add_grid(sub) -> None:
                         "(workers must see this repository and the data at the same paths)")
     p.add_argument("--set", dest="fields", type=_assignment, action="append", default=[], metavar="KEY=VALUE",
                    help="any TrainConfig field that does not change the numbers, e.g. --set num_threads=1")
+    p.add_argument("--engine", choices=("auto", "serial", "batched"), default="auto",
+                   help="serial: one training at a time; batched: every training of the grid together on one "
+                        "device (mtbc_lib.engine.batched); auto: batched on a CUDA GPU (default: %(default)s)")
     p.set_defaults(func=_run_grid)
 
 
@@ -131,7 +135,8 @@ def _run_grid(args) -> int:
     from mtbc_lib.studies import grid
 
     done = grid.run_grid(args.backbone, args.profile, settings=args.settings, scheduler=args.scheduler,
-                         out_dir=args.out, data_dir=args.data or None, extra=_engine_fields(args.fields) or None)
+                         out_dir=args.out, data_dir=args.data or None, extra=_engine_fields(args.fields) or None,
+                         engine=args.engine)
     print(f"trained {len(done)} setting(s): {', '.join(done) or 'none (all complete)'}; "
           f"wrote {args.out}/ablation.csv")
     return 0
@@ -263,6 +268,45 @@ def _run_claims(args) -> int:
     return 0
 
 
+def _add_gpu(sub) -> None:
+    from pathlib import Path
+
+    p = sub.add_parser("gpu", help="the grids and the leakage study on a GPU, many trainings at once (batched)",
+                       description="Export the arrays where the BUSI folder is (--export); on a GPU machine, train "
+                                   "as many whole trainings of the U-Net++ grid, the nnU-Net grid and the leakage "
+                                   "study as fit a wall-clock budget, batched, and pack the finished runs into one "
+                                   "tar per study (--arrays, --out); or time one step (--bench).")
+    p.add_argument("--export", type=Path, metavar="NPZ", help="write the arrays here (where the BUSI folder is)")
+    p.add_argument("--size", type=int, default=128, help="--export: image size in px (the profile's: 128, replica 64)")
+    p.add_argument("--data", default=None, help="--export: BUSI folder (default: $MTBC_DATA or ../shared/data/BUSI)")
+    p.add_argument("--arrays", type=Path, help="the exported .npz (training)")
+    p.add_argument("--out", type=Path, help="where the tars of finished runs go (training)")
+    p.add_argument("--have", type=Path, help="tars of an earlier call: their finished folds are not trained again")
+    p.add_argument("--minutes", type=float, default=9.0, help="wall-clock budget of this call (default: %(default)s)")
+    p.add_argument("--reserve-minutes", type=float, default=1.0, help="of it, kept for the last epoch, tests, tars")
+    p.add_argument("--studies", default="unetplusplus,nnunet,leakage", help="which, in order (default: %(default)s)")
+    p.add_argument("--profile", default="paper", help="training profile (paper; replica for a dry run on a CPU)")
+    p.add_argument("--epochs", type=int, default=0, help="maximum epochs instead of the profile's (0: the profile's)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N images of each class (0: all; dry runs)")
+    p.add_argument("--results", default="results", help="results folder, relative to the repository (default: %(default)s)")
+    p.add_argument("--unpack", type=Path, metavar="TARS", help="extract the tars of a GPU call (a .tar or its folder) here")
+    p.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
+    p.add_argument("--max-members", type=int, default=0, help="at most this many trainings per stack (0: no limit)")
+    p.add_argument("--compile", default="", help="torch.compile mode of the stacked forward (GPU; '' none)")
+    p.add_argument("--bench", action="store_true", help="time one training step instead of training")
+    p.add_argument("--members", default="1,6,24", help="--bench: numbers of stacked networks")
+    p.add_argument("--backbone", default="unetplusplus", help="--bench: network")
+    p.add_argument("--width", type=float, default=1.0, help="--bench: width factor of the network")
+    p.add_argument("--steps", type=int, default=5, help="--bench: timed steps per row")
+    p.set_defaults(func=_run_gpu)
+
+
+def _run_gpu(args) -> int:
+    from mtbc_lib.studies import gpu
+
+    return gpu.run(args)
+
+
 # ----------------------------------------------------------------------------- the book
 
 def _add_book(sub) -> None:
@@ -318,7 +362,7 @@ def _run_provenance(args) -> int:
 
 
 #: Sub-commands, in the order of the work: name -> function adding its parser.
-SUBCOMMANDS = {"audit": _add_audit, "train": _add_train, "grid": _add_grid, "recipe": _add_recipe,
+SUBCOMMANDS = {"audit": _add_audit, "train": _add_train, "grid": _add_grid, "gpu": _add_gpu, "recipe": _add_recipe,
                "leakage": _add_leakage, "claims": _add_claims, "book": _add_book, "stamp": _add_stamp,
                "provenance": _add_provenance}
 
@@ -340,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (DataError, OSError, ValueError) as exc:
+    except (DataError, OSError, ValueError, RuntimeError) as exc:
         print(f"mtbc: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:  # a notebook that failed: papermill names the cell's exception

@@ -105,3 +105,19 @@ def chromium() -> str:
     if not Path(path).is_file():
         pytest.fail(f"{path}: Chromium not found; install it (apt-get install chromium) or set MTBC_CHROMIUM")
     return path
+
+
+def write_noise_busi(root: Path, n_per_class: int = 6, size: int = 64, seed: int = 0) -> Path:
+    """A BUSI-layout folder of distinct images (independent noise: no two are copies, and
+    each has keypoints), benign and malignant ones with a square lesion mask."""
+    from conftest import write_png
+
+    rng = np.random.default_rng(seed)
+    for cls in CLASSES:
+        for i in range(1, n_per_class + 1):
+            write_png(root / cls / f"{cls} ({i}).png", rng.integers(0, 256, (size, size), dtype=np.uint8), "L")
+            mask = np.zeros((size, size), np.uint8)
+            if cls != "normal":
+                mask[size // 4: size // 2, size // 4: size // 2 + i] = 255
+            write_png(root / cls / f"{cls} ({i})_mask.png", mask, "L")
+    return root

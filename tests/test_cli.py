@@ -84,7 +84,7 @@ def test_corrupt_png_and_unwritable_output(busi, tmp_path):
 
 def test_parser_has_every_workflow_step(tmp_path):
     parser = cli.build_parser()
-    steps = ["audit", "train", "grid", "recipe", "leakage", "claims", "book", "stamp", "provenance"]
+    steps = ["audit", "train", "grid", "gpu", "recipe", "leakage", "claims", "book", "stamp", "provenance"]
     assert list(cli.SUBCOMMANDS) == steps
     shown = _mtbc("--help", tmp_path=tmp_path)
     assert shown.returncode == 0 and all(f"\n    {s}" in shown.stdout for s in steps)

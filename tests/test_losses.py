@@ -6,9 +6,7 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-from segmentation_models_pytorch.losses._functional import (
-    softmax_focal_loss_with_logits,
-)
+from segmentation_models_pytorch.losses._functional import softmax_focal_loss_with_logits
 
 from mtbc_lib.losses import (
     MultiTaskLoss,

@@ -57,12 +57,7 @@ def test_segmentation_metrics_per_class_and_image_weighted_average():
 
 
 def test_classification_metrics_match_scikit_learn():
-    from sklearn.metrics import (
-        accuracy_score,
-        confusion_matrix,
-        f1_score,
-        roc_auc_score,
-    )
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
     rng = np.random.default_rng(1993)
     t = rng.integers(0, 3, 60)

@@ -14,12 +14,7 @@ import os
 
 import numpy as np
 
-from mtbc_lib.data.busi import (
-    PUBLISHED_KEEP_LIST,
-    BusiArrays,
-    DataError,
-    read_keep_list,
-)
+from mtbc_lib.data.busi import PUBLISHED_KEEP_LIST, BusiArrays, DataError, read_keep_list
 
 __all__ = ["CURATIONS", "needs_audit", "curate"]
 

@@ -161,7 +161,7 @@ def keypoints(g: np.ndarray, n: int):
     xx = (xs[:, None, None] + u[None, None, :] * s[:, None, None]) * np.ones((1, DESC, 1), np.float32)
     # bilinear samples (what map_coordinates with order 1 gives; the margin keeps the grid
     # inside) of the blob's level less a level 5 steps coarser
-    y, x = yy.reshape(len(ys), -1).astype(np.float64), xx.reshape(len(ys), -1).astype(np.float64)
+    y, x = yy.reshape(len(ys), DESC * DESC).astype(np.float64), xx.reshape(len(ys), DESC * DESC).astype(np.float64)
     y0 = np.clip(np.floor(y).astype(np.intp), 0, h - 2)
     x0 = np.clip(np.floor(x).astype(np.intp), 0, w - 2)
     fy, fx = y - y0, x - x0

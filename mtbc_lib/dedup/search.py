@@ -61,14 +61,7 @@ import numpy as np
 from mtbc_lib import core
 from mtbc_lib.core import atomic_write
 from mtbc_lib.dedup import registration as reg
-from mtbc_lib.dedup.cache import (
-    cache_paths,
-    data_key,
-    load_features,
-    load_pairs,
-    save_features,
-    save_pairs,
-)
+from mtbc_lib.dedup.cache import cache_paths, data_key, load_features, load_pairs, save_features, save_pairs
 from mtbc_lib.dedup.decode import RESAMPLE, Images, Workers, decode_all
 from mtbc_lib.dedup.stages import (
     align_many,
@@ -367,7 +360,7 @@ def _result(s: _Search, root: Path) -> AuditResult:
                      "lesion_group": int(lesion_of[a]) if lesion_of[a] == lesion_of[b] else -1})
     pairs = pd.DataFrame(rows, columns=PAIR_COLUMNS).sort_values(["i", "j"]).reset_index(drop=True)
     table = group_table(index, pairs, s.groups, root)
-    table.insert(len(DUPLICATE_COLUMNS) - 1, "lesion_group", lesion_of[table["row"].to_numpy()].astype(int))
+    table.insert(len(DUPLICATE_COLUMNS) - 1, "lesion_group", lesion_of[table["row"].to_numpy(dtype=np.int64)].astype(int))
     lesions = lesion_table(index, pairs, lesion_of, group_of, root)
     counts = {"images": s.n, "whole_image_candidates": s.n_whole_candidates, "extended_candidates": len(s.transforms),
               "duplicate_pairs": len(s.edges), "groups": len(s.groups),

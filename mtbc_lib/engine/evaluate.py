@@ -76,12 +76,7 @@ def scored_outputs(cfg, sub, pred: dict):
     """Per-image table, predicted masks (bool, raw) and fold metrics (raw and PR)."""
     import pandas as pd
 
-    from mtbc_lib.metrics import (
-        classification_metrics,
-        confusion_matrix,
-        dice_iou,
-        segmentation_metrics,
-    )
+    from mtbc_lib.metrics import classification_metrics, confusion_matrix, dice_iou, segmentation_metrics
     from mtbc_lib.refine import refine
 
     n = len(sub)

@@ -242,11 +242,7 @@ def describe(cfg: TrainConfig):
     import pandas as pd
     import torch
 
-    from mtbc_lib.engine.device import (
-        resolve_amp,
-        resolve_channels_last,
-        resolve_device,
-    )
+    from mtbc_lib.engine.device import resolve_amp, resolve_channels_last, resolve_device
 
     cfg = cfg.resolve()
     run_dir, ck_dir = run_paths(cfg)
@@ -298,7 +294,7 @@ def repo_relative(path: Path) -> str:
 
 
 def profiles_table():
-    """The training profiles (``trainconfig.PROFILES``) side by side, one column each, in words."""
+    """The training profiles (``engine.config.PROFILES``) side by side, one column each, in words."""
     import pandas as pd
 
     from mtbc_lib.engine.config import PROFILES

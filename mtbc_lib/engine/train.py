@@ -1,6 +1,6 @@
 """The training engine: one setting = one run = the 4 cross-validation folds of the paper.
 
-    cfg = trainconfig.TrainConfig(backbone="unetplusplus", task="mt", oversampling=True, profile="fast")
+    cfg = config.TrainConfig(backbone="unetplusplus", task="mt", oversampling=True, profile="fast")
     summary = train.run(cfg)                # trains (or resumes) every fold, writes results
 
 Per fold (the paper's protocol): the folds of :mod:`mtbc_lib.data.splits`, deterministic oversampling of the training
@@ -32,20 +32,8 @@ from mtbc_lib.core import CLASSES, atomic_write
 from mtbc_lib.data.augment import augment_batch, half_resolution
 from mtbc_lib.data.splits import make_splits, train_indices
 from mtbc_lib.engine.config import TrainConfig, config_diff
-from mtbc_lib.engine.device import (
-    resolve_amp,
-    resolve_channels_last,
-    resolve_device,
-    setup_torch,
-)
-from mtbc_lib.engine.evaluate import (
-    first_mask,
-    float_outputs,
-    predict,
-    scored_outputs,
-    to_input,
-    val_metrics,
-)
+from mtbc_lib.engine.device import resolve_amp, resolve_channels_last, resolve_device, setup_torch
+from mtbc_lib.engine.evaluate import first_mask, float_outputs, predict, scored_outputs, to_input, val_metrics
 from mtbc_lib.engine.runs import (
     check_same_config,
     hold,
@@ -334,9 +322,7 @@ def train_fold(cfg: TrainConfig, arrays, split, fold: int, progress: bool = True
 def _fit(t: FoldTrainer, run_dir, ck_dir, progress: bool, callback) -> None:
     """The epoch loop: train, validate, plateau step, keep the best weights, checkpoint
     and history after every epoch; resumes from the rolling checkpoint."""
-    from tqdm import (
-        tqdm,  # text bar: also readable in the static book (a widget bar would be empty)
-    )
+    from tqdm import tqdm  # text bar: also readable in the static book (a widget bar would be empty)
 
     cfg, fold = t.cfg, t.fold
     ckpt, best_path = ck_dir / f"fold{fold}.ckpt", ck_dir / f"fold{fold}.best.pt"

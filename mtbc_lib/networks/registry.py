@@ -58,8 +58,8 @@ def _paper_nnunet(task, in_channels, num_classes, deep_supervision, width=1.0):
 
 def _other(name: str) -> Callable[..., nn.Module]:
     def build(task, in_channels, num_classes, deep_supervision, **options):
-        from mtbc_lib.networks import library_unets as other_networks
-        return getattr(other_networks, name)(task=task, in_channels=in_channels, num_classes=num_classes,
+        from mtbc_lib.networks import library_unets
+        return getattr(library_unets, name)(task=task, in_channels=in_channels, num_classes=num_classes,
                                              deep_supervision=deep_supervision, **options)
     return build
 

@@ -25,13 +25,7 @@ from pathlib import Path
 
 from mtbc_lib.core import REPO_ROOT
 from mtbc_lib.metrics import metric_label
-from mtbc_lib.report.reader import (
-    cell_source,
-    is_run_notebook,
-    retitle,
-    run_config,
-    run_title,
-)
+from mtbc_lib.report.reader import cell_source, is_run_notebook, retitle, run_config, run_title
 
 #: Where the HTML lands, relative to the repository root.
 HTML_DIR = Path("_build") / "html"

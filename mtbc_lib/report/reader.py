@@ -136,7 +136,7 @@ def run_title(config: dict) -> str:
 def name_suffix_words(suffix: str) -> str:
     """A run name's suffix as words: ``curationnone-splitscan`` -> ``curation none, split
     scan``, ``batchsize4-lr0.0003`` -> ``batch size 4, lr 0.0003`` (the fields of
-    ``trainconfig.RUN_NAME_FIELDS``, plus ``ds`` and ``limit``); text it does not parse stays as it is."""
+    ``engine.config.RUN_NAME_FIELDS``, plus ``ds`` and ``limit``); text it does not parse stays as it is."""
     import re
 
     from mtbc_lib.engine.config import RUN_NAME_FIELDS

@@ -14,18 +14,10 @@ import numpy as np
 import pandas as pd
 
 from mtbc_lib.metrics import metric_label
-from mtbc_lib.studies.ablation import (
-    PAPER_TABLE5,
-    ROWS,
-    SETTINGS,
-    ablation_table,
-    finished_runs,
-    is_complete,
-    run_name,
-)
+from mtbc_lib.studies.ablation import PAPER_TABLE5, ROWS, SETTINGS, ablation_table, finished_runs, is_complete, run_name
 
 __all__ = ["budget_table", "run_budget", "target_summary", "profile_table", "profile_runs", "probe_comparison",
-           "probe_summary"]
+           "probe_summary", "scale_check", "scale_choice"]
 
 
 def profile_table(backbone: str, profiles, results_dir: str | os.PathLike = "results",
@@ -175,3 +167,47 @@ def target_summary(table: pd.DataFrame, backbone: str, profile: str, results_dir
                if bf16 == len(folds) else
                f"{bf16} of the {len(folds)} trainings ran under bf16 autocast (on the sessions' machines with AMX), "
                "the others in float32 (the budget tables say which)."))
+
+
+def scale_check(run_dirs) -> pd.DataFrame:
+    """The replica's scale check: runs of one setting, fold 0, evaluated on the validation
+    split only, that differ in their width factor (``run_dirs``). One row per run: width,
+    parameters, epochs (best), minutes of training and per epoch, the best weights' validation
+    DSC avg and accuracy (raw and with PR) beside the same weights on their training images."""
+    from mtbc_lib.engine.runs import load_run
+    from mtbc_lib.networks import build_model, count_parameters
+
+    rows = []
+    for d in run_dirs:
+        r = load_run(d)
+        if 0 not in r.metrics:
+            continue
+        m, c = r.metrics[0], r.config
+        fit = m.get("train_fit", {})
+        rows.append({"width": c["width"], "image size": f"{c['image_size']}²",
+                     "parameters": count_parameters(build_model(c["backbone"], c["task"], width=c["width"])),
+                     "epochs (best)": f"{m['epochs']} ({m['best_epoch']})", "minutes": m["train_seconds"] / 60,
+                     "s / epoch": m["train_seconds"] / m["epochs"],
+                     "val DSC avg": m["raw"]["dsc_avg"], "val DSC avg (PR)": m["pr"]["dsc_avg"],
+                     "val accuracy": m["raw"]["acc"], "train DSC avg": fit.get("dsc_avg", np.nan),
+                     "train accuracy": fit.get("acc", np.nan), "val images": m["n_val"]})
+    return pd.DataFrame(rows).set_index("width") if rows else pd.DataFrame()
+
+
+def scale_choice(table: pd.DataFrame) -> str:
+    """Sentences on :func:`scale_check`: the two widths' validation scores, costs and fit, and
+    the width the ``replica`` profile uses."""
+    from mtbc_lib.engine.config import PROFILES
+
+    if len(table) < 2:
+        return "The scale check has not finished both widths yet."
+    small, large = table.index.min(), table.index.max()
+    s, b = table.loc[small], table.loc[large]
+    images, chosen = int(s["val images"]), PROFILES["replica"]["width"]
+    gap = round((b["val accuracy"] - s["val accuracy"]) * images)
+    return (f"At width {large:g} the network reaches validation DSC avg {b['val DSC avg']:.3f} and accuracy "
+            f"{b['val accuracy']:.3f}, at width {small:g} {s['val DSC avg']:.3f} and {s['val accuracy']:.3f}: "
+            f"{abs(gap)} of the {images} validation images {'more' if gap > 0 else 'fewer'} classified right at "
+            f"width {large:g}, at {b['s / epoch'] / s['s / epoch']:.1f} times the cost of an epoch. On its training "
+            f"images each scores little better (accuracy {s['train accuracy']:.3f} and {b['train accuracy']:.3f}). "
+            f"The replica profile uses width {chosen:g}.")

@@ -39,13 +39,7 @@ import pandas as pd
 from scipy import stats
 
 from mtbc_lib.core import CLASSES, NORMAL, SEED, atomic_write
-from mtbc_lib.studies.ablation import (
-    PAPER_TABLE5,
-    ROWS,
-    complete_grids,
-    row_outputs,
-    runs_of,
-)
+from mtbc_lib.studies.ablation import PAPER_TABLE5, ROWS, complete_grids, row_outputs, runs_of
 
 #: The claims: (claim, metric, config_a, config_b), each read "config_a is better than config_b".
 CLAIMS: tuple[tuple[str, str, str, str], ...] = (

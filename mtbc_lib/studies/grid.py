@@ -9,12 +9,7 @@ from pathlib import Path
 
 from mtbc_lib.core import REPO_ROOT
 from mtbc_lib.engine.runs import repo_relative
-from mtbc_lib.studies.ablation import (
-    SETTINGS,
-    is_complete,
-    run_name,
-    write_ablation_csv,
-)
+from mtbc_lib.studies.ablation import SETTINGS, is_complete, run_name, write_ablation_csv
 
 __all__ = ["execute_training", "execute_setting", "train_setting", "portable_data_dir", "run_grid"]
 
@@ -95,19 +90,29 @@ def portable_data_dir(data_dir: str | os.PathLike | None, repo_root: Path = REPO
     return str(data_dir or "")
 
 
+#: How ``run_grid`` trains: "serial" (one training at a time, the notebook trains it),
+#: "batched" (every fold of every setting together, mtbc_lib.engine.batched, then the
+#: notebooks write the pages), "auto" (batched on a CUDA GPU, serial otherwise).
+ENGINES = ("auto", "serial", "batched")
+
+
 def run_grid(backbone: str, profile: str, settings: list[str] | None = None, scheduler: str | None = None,
              out_dir: str | os.PathLike = "results", notebook_dir: str | os.PathLike = "book/runs",
-             data_dir: str | None = None, extra: dict | None = None) -> list[str]:
+             data_dir: str | None = None, extra: dict | None = None, engine: str = "auto") -> list[str]:
     """Train every setting of the grid that is not complete yet, then rewrite
     ``out_dir/ablation.csv`` (locally also after each setting). Locally the settings run
-    one after the other; with ``scheduler`` (``tcp://HOST:PORT`` of a running
-    dask.distributed scheduler) each is a task on the cluster, whose workers must see this
-    repository and the data at the same paths. Returns the run names executed (not those
-    skipped because another process holds one of their folds)."""
+    one after the other (``engine`` "serial"), or all their trainings at once (``engine``
+    "batched"; "auto": batched where a CUDA GPU is present), the notebooks then writing the
+    pages of the finished runs; with ``scheduler`` (``tcp://HOST:PORT`` of a running
+    dask.distributed scheduler) each setting is a task on the cluster (one GPU a worker),
+    whose workers must see this repository and the data at the same paths. Returns the run
+    names executed (not those skipped because another process holds one of their folds)."""
     settings = list(SETTINGS) if settings is None else settings
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:
         raise ValueError(f"unknown setting(s) {unknown}; valid: {', '.join(SETTINGS)}")
+    if engine not in ENGINES:
+        raise ValueError(f"parameter engine={engine!r}: expected one of {', '.join(ENGINES)}")
     todo = [s for s in settings if not is_complete(Path(out_dir) / run_name(backbone, s, profile))]
     out = Path(out_dir).resolve()  # stored repo-relative where it can be (configs are committed)
     kwargs = dict(out_dir=repo_relative(out),
@@ -120,9 +125,23 @@ def run_grid(backbone: str, profile: str, settings: list[str] | None = None, sch
             futures = [client.submit(execute_setting, backbone, s, profile, pure=False, **kwargs) for s in todo]
             done = client.gather(futures)
     else:
+        if todo and (engine == "batched" or engine == "auto" and _cuda()):
+            from mtbc_lib.engine import batched
+            from mtbc_lib.engine.config import TrainConfig
+
+            batched.run_many([TrainConfig(backbone=backbone, profile=profile, out_dir=kwargs["out_dir"],
+                                          data_dir=kwargs["data_dir"], run_name=run_name(backbone, s, profile),
+                                          **SETTINGS[s], **(extra or {}))
+                              for s in todo])  # then each notebook finds its folds finished
         done = []
         for s in todo:
             done.append(execute_setting(backbone, s, profile, **kwargs))
             write_ablation_csv(out_dir)  # after each setting: a grid stopped midway keeps its finished rows
     write_ablation_csv(out_dir)
     return [d for d in done if d]
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

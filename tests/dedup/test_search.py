@@ -236,3 +236,16 @@ def test_cli_lesion_options(lesions, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["audit", str(root), "--out", str(tmp_path / "c"), "--lesion-threshold", "2"])
     assert exc.value.code == 2 and "--lesion-threshold: 2 is not an SSIM value" in capsys.readouterr().err
+
+
+def test_a_folder_without_copies_has_no_groups_and_keeps_every_image(tmp_path, monkeypatch):
+    """Noise images: no copies, and (the flat ramp of the last image) one without keypoints."""
+    from conftest import write_png
+    from helpers import write_noise_busi
+
+    monkeypatch.setenv("MTBC_CACHE", str(tmp_path / "cache"))
+    root = write_noise_busi(tmp_path / "BUSI", n_per_class=3)
+    write_png(root / "normal" / "normal (3).png", np.full((64, 64), 90, np.uint8), "L")
+    r = dedup.find_groups(root, progress=False, workers=1)
+    assert r.counts["groups"] == 0 and r.groups.empty and len(r.keep("drop-all")) == len(r.index) == 9
+    assert dedup.audit_groups(root, "scan") == {}

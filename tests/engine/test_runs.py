@@ -87,9 +87,7 @@ def test_describe_shows_paths_inside_the_repository_relative_to_it(tmp_path):
     {"backbone": "nnunet", "task": "cls", "profile": "fast", "folds": [0, 2]},
 ])
 def test_the_reproduce_command_parsed_as_papermill_does_gives_the_same_run(fields):
-    from papermill.cli import (
-        _resolve_type,  # papermill's own reading of `-p NAME VALUE`
-    )
+    from papermill.cli import _resolve_type  # papermill's own reading of `-p NAME VALUE`
 
     cfg = TrainConfig(**fields).resolve()
     words = runs.reproduce_command(cfg).replace(" \\\n", " ").split()

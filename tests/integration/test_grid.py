@@ -8,6 +8,7 @@ import json
 import pandas as pd
 import pytest
 
+from mtbc_lib.engine import batched
 from mtbc_lib.engine.config import TrainConfig
 from mtbc_lib.studies import ablation, grid
 
@@ -86,3 +87,23 @@ def test_a_grid_that_fails_midway_keeps_the_rows_it_finished(tmp_path, make_busi
                       notebook_dir=tmp_path / "runs", data_dir=str(data), extra=extra)
     table = pd.read_csv(tmp_path / "results" / "ablation.csv")
     assert table["configuration"].tolist() == ["ST(Seg)"]
+
+
+@pytest.mark.slow
+def test_a_batched_grid_trains_every_setting_together_then_writes_the_pages(tmp_path, make_busi):
+    """``engine="batched"`` (the default on a CUDA GPU; here on the CPU): the trainings of the
+    settings run in the batched engine, then each setting's notebook finds its folds finished
+    and only writes the page."""
+    data = make_busi(n_per_class=8)
+    extra = {"curation": "none", "epochs": 1, "num_threads": 1}
+    done = grid.run_grid("unetplusplus", "replica", settings=["st-cls", "mt-do"], out_dir=tmp_path / "results",
+                         notebook_dir=tmp_path / "runs", data_dir=str(data), extra=extra, engine="batched")
+    names = ["unetplusplus-mt-do-replica", "unetplusplus-st-cls-replica"]  # a grid's names: no extra in them
+    assert sorted(done) == names
+    for name in names:
+        metrics = json.loads((tmp_path / "results" / name / "fold0_metrics.json").read_text())
+        assert metrics["engine"]["name"] == batched.ENGINE and metrics["epochs"] == 1
+        page = json.loads((tmp_path / "runs" / f"{name}.ipynb").read_text())
+        assert "finished earlier" in json.dumps(page)  # the notebook trained nothing
+    with pytest.raises(ValueError, match="parameter engine='fast': expected one of auto, serial, batched"):
+        grid.run_grid("unetplusplus", "replica", engine="fast")

@@ -11,7 +11,6 @@ from mtbc_lib import networks
 from mtbc_lib.report import reader
 
 
-
 def _notebook(*cells) -> dict:
     nb = nbformat.v4.new_notebook(cells=list(cells))
     return json.loads(nbformat.writes(nb))

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from helpers import TRUTH, write_run
 
+from mtbc_lib.engine.config import TrainConfig
 from mtbc_lib.studies import ablation, budget
 
 # Four test images per fold: a benign, a malignant and two normal ones.
@@ -113,3 +114,29 @@ def test_probe_comparison_sets_a_longer_fold_beside_the_grid_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="unet-r34-mt-do-steady: not a finished run"):
         budget.probe_comparison(probe, tmp_path / "elsewhere")
     assert budget.probe_comparison(tmp_path / "probes" / "not-run-yet", tmp_path) is None
+
+
+def _check_run(root, width, acc, seconds):
+    """A finished fold 0 of the scale check (validation only) at a width."""
+    d = root / f"check-{width}"
+    d.mkdir(parents=True)
+    cfg = TrainConfig(task="mt", oversampling=True, profile="replica", width=width, evaluate_on="val",
+                      folds=[0]).resolve().to_dict()
+    (d / "config.json").write_text(json.dumps({"config": cfg}))
+    raw = {"dsc_avg": 0.6, "acc": acc}
+    (d / "fold0_metrics.json").write_text(json.dumps(
+        {"raw": raw, "pr": raw | {"dsc_avg": 0.68}, "epochs": 90, "best_epoch": 40, "train_seconds": seconds,
+         "n_val": 68, "train_fit": {"dsc_avg": 0.63, "acc": acc + 0.02}}))
+    pd.DataFrame({"epoch": [1], "train_loss": [0.5], "val_loss": [0.5]}).to_csv(d / "fold0_history.csv", index=False)
+    pd.DataFrame(TRUTH).to_csv(d / "fold0_test.csv", index=False)
+    return d
+
+
+def test_scale_check_sets_the_widths_side_by_side_and_says_which_the_replica_uses(tmp_path):
+    table = budget.scale_check([_check_run(tmp_path, 0.25, 0.691, 4500), _check_run(tmp_path, 0.5, 0.721, 7200)])
+    assert list(table.index) == [0.25, 0.5] and table.loc[0.5, "parameters"] > 3 * table.loc[0.25, "parameters"]
+    assert table.loc[0.25, "s / epoch"] == pytest.approx(50) and table.loc[0.5, "epochs (best)"] == "90 (40)"
+    text = budget.scale_choice(table)
+    assert "2 of the 68 validation images more classified right at width 0.5, at 1.6 times the cost" in text
+    assert text.endswith("The replica profile uses width 0.25.")
+    assert budget.scale_choice(table.iloc[:1]).startswith("The scale check has not finished")
