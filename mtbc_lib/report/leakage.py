@@ -11,7 +11,8 @@ from mtbc_lib.core import CLASSES
 from mtbc_lib.metrics import metric_label
 from mtbc_lib.studies.leakage import DESIGNS, DESIGNS_DIFF, FRAMES, METRICS, fold_metrics
 
-__all__ = ["audit_group_numbers", "design_table", "summary_view", "fold_view", "paired_view", "leakage_figure", "label_conflict_table",
+__all__ = ["audit_group_numbers", "design_table", "summary_view", "fold_view", "paired_view", "leakage_figure",
+           "label_conflict_table",
            "conclusion", "fit_note", "inside_note", "frames_note"]
 
 

@@ -30,7 +30,8 @@ from mtbc_lib.engine.config import TrainConfig
 
 __all__ = ["BUDGET_MINUTES", "BASE", "CANDIDATES", "candidate_config", "train_candidates", "study_histories",
            "study_table", "study_curves", "candidates_table", "fit_check", "fit_table", "loss_balance", "fit_verdict",
-           "UNDER_FIT_GAP", "score", "ranking", "RECIPE_FIELDS", "profile_choice", "CLASSIFIER_PROBE", "classifier_probe",
+           "UNDER_FIT_GAP", "score", "ranking", "RECIPE_FIELDS", "profile_choice", "CLASSIFIER_PROBE",
+           "classifier_probe",
            "classifier_curves", "classifier_verdict"]
 
 #: Minutes on two idle cores (train + validation epochs) each candidate is planned to cost.
@@ -245,7 +246,8 @@ def fit_verdict(fit: pd.DataFrame, balance: pd.DataFrame) -> str:
         text += (f" {who}: {'its' if len(under) == 1 else 'their'} own training images are hardly better fitted "
                  f"than unseen ones (by less than {UNDER_FIT_GAP:.2f} on average).")
     if fitted:
-        text += " " + "; ".join(f"**{n}** fits its training images better by {g:.2f} on average" for n, g in fitted) + "."
+        text += " " + "; ".join(f"**{n}** fits its training images better by {g:.2f} on average"
+                                for n, g in fitted) + "."
     if not balance.empty:
         lo, hi = balance["Dice share of the loss"].min(), balance["Dice share of the loss"].max()
         share = f"{lo:.0%}" if abs(hi - lo) < 0.005 else f"{lo:.0%} to {hi:.0%}"

@@ -166,7 +166,8 @@ def test_page_renders_offline(site, browser, page_path):
     duplicated = sorted({t for t in layout["sidebar"] if layout["sidebar"].count(t) > 1})
     assert not duplicated, f"{page_path}: page titles repeated in the sidebar: {duplicated}"
     assert not layout["emptyTables"], f"{page_path}: tables drawn empty or invisible: {layout['emptyTables']}"
-    assert not layout["longOutputs"], f"{page_path}: output blocks over {MAX_OUTPUT_LINES} lines: {layout['longOutputs']}"
+    assert not layout["longOutputs"], \
+        f"{page_path}: output blocks over {MAX_OUTPUT_LINES} lines: {layout['longOutputs']}"
     missing = _MISSING.findall(layout["text"])
     assert not missing, f"{page_path}: missing values shown as {sorted(set(missing))}"
     assert not broken_downloads, f"{page_path}: download links that do not answer 200: {broken_downloads}"
@@ -178,7 +179,8 @@ def test_page_renders_offline(site, browser, page_path):
         assert layout["verdicts"], f"{page_path}: no verdict table"
         assert len(layout["headings"]) < 2 or layout["verdicts"][0] < layout["headings"][1], \
             f"{page_path}: the verdict table comes after the second heading"
-        assert layout["verdicts"][0] < VIEWPORT["height"], f"{page_path}: the verdict table starts below the first screen"
+        assert layout["verdicts"][0] < VIEWPORT["height"], \
+            f"{page_path}: the verdict table starts below the first screen"
     wanted = CSV_LINKS.get(page_path, ())
     linked = {Path(urlsplit(u).path).name for u in layout["downloads"]}
     assert set(wanted) <= linked, f"{page_path}: no download link to {sorted(set(wanted) - linked)}"
@@ -282,11 +284,10 @@ _PIPE_TABLE_RULE = re.compile(r"^\|?\s*:?-{3,}:?\s*(?:\|\s*:?-{3,}:?\s*)+\|?\s*$
 def test_long_tables_are_browsable_whole(site, browser):
     """The results chapter's per-image table holds every test image of the proposal's row
     on the verdicts' grid, and a reader can search it and sort it by a column, offline."""
-    from mtbc_lib.studies import ablation
-
     import pandas as pd
 
     from mtbc_lib.report import results
+    from mtbc_lib.studies import ablation
 
     nb = json.loads((ROOT / "book" / "results.ipynb").read_text(encoding="utf-8"))
     params = reader.notebook_parameters(nb)

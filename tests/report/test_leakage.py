@@ -82,7 +82,8 @@ def test_label_conflicts_carry_the_audits_group_numbers(synthetic_busi):
     keys = sorted(GROUP_A | GROUP_B)
     table = pd.DataFrame({"group": [7 if k in GROUP_A else 8 for k in keys],  # the study's own numbering
                           "label_conflict": [k in GROUP_A for k in keys], "copy_in_train": True,
-                          "pred_image": 0, "pred_scan": 1}, index=pd.MultiIndex.from_tuples(keys, names=["class", "id"]))
+                          "pred_image": 0, "pred_scan": 1},
+                         index=pd.MultiIndex.from_tuples(keys, names=["class", "id"]))
     assert set(report.label_conflict_table(table)["group"]) == {7}
     shown = report.label_conflict_table(table, numbers)
     assert set(shown["group"]) == {numbers[("benign", 1)]} and len(shown) == len(GROUP_A)

@@ -211,7 +211,7 @@ def test_classifier_probe_reads_its_runs_for_the_chapter(make_busi, tmp_path, mo
 
 def test_fit_verdict_says_under_fitting_once_for_every_candidate_it_applies_to():
     def fit(gaps):  # candidate -> train minus validation, on both metrics
-        rows = {(n, split): {"dsc_avg": 0.5 + (g if split == "train" else 0), "acc": 0.5 + (g if split == "train" else 0)}
+        rows = {(n, split): dict.fromkeys(("dsc_avg", "acc"), 0.5 + (g if split == "train" else 0))
                 for n, g in gaps.items() for split in ("train", "val")}
         return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["candidate", "split"])
     text = recipe.fit_verdict(fit({"cosine": 0.01, "ema": 0.02, "adam": 0.0}), pd.DataFrame())
