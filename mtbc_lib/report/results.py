@@ -102,7 +102,7 @@ def verdict_rule(alpha: float = claims_study.ALPHA) -> str:
     one place the book states it."""
     level = f"{alpha:.0%}".replace("%", " %")
     return (f"Each claim reads \"a is better than b\" on a mean over the test images. Every image is tested once "
-            f"over the four folds, so a and b are compared on the same images: our difference with its 95 % "
+            f"over the folds, so a and b are compared on the same images: our difference with its 95 % "
             f"bootstrap interval, and a paired two-sided test (sign-flip permutation on the Dice, exact McNemar on "
             f"the accuracy). A claim **holds** when our difference is positive, the test rejects \"no difference\" "
             f"at the {level} level and the interval excludes 0; it is **reversed** when the test rejects and the "
