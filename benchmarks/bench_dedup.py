@@ -188,6 +188,7 @@ def peer_tool(index, res) -> list[str]:
     except ImportError as exc:
         return lines + [f"imagededup is not installed ({exc}); `pip install -e .[bench]` installs it.", ""]
     from importlib.metadata import version
+    from urllib.error import URLError
 
     from mtbc_lib import dedup
 
@@ -211,8 +212,10 @@ def peer_tool(index, res) -> list[str]:
             enc = {k: hasher.encode_image(image_file=str(p)) for k, p in zip(names, index["image"])}
             dups = hasher.find_duplicates(encoding_map=enc)
         except Exception as exc:  # the CNN fetches its weights from the network
-            lines.append(f"| {name} | – | {load} | not run: {type(exc).__name__}: {' '.join(str(exc).split())[:120]} "
-                         "| | | | | | |")
+            offline = isinstance(exc, (URLError, ConnectionError))
+            why = "needs its weights from the network" if offline else \
+                f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
+            lines.append(f"| {name} | – | {load} | not run: {why} | | | | | | |")
             continue
         wall = time.perf_counter() - t
         theirs = {(a, b) if a < b else (b, a) for a, m in dups.items() for b in m}

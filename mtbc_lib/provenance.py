@@ -246,16 +246,42 @@ def format_duration(seconds: float | None) -> str:
     return f"{h} h {m:02d} min"
 
 
-def runs_table(book_dir: str | os.PathLike = BOOK_DIR):
+def training_seconds(parameters: dict, name: str, repo_root: str | os.PathLike = REPO_ROOT) -> float | None:
+    """The training time of the run a stored training notebook shows: the sum over its
+    finished folds of ``train_seconds`` in ``<out_dir>/<run_name>/fold<k>_metrics.json``
+    (``out_dir`` and ``run_name`` from the notebook's papermill ``parameters``; ``name``, the
+    notebook's stem, when it has no ``run_name``). None for a notebook that is no training
+    run, or whose run has no finished fold here. A run page's papermill duration is the
+    time its notebook last ran, which may only have read a finished run back."""
+    import json
+
+    if "task" not in parameters and "run_name" not in parameters:
+        return None
+    run_dir = Path(repo_root) / str(parameters.get("out_dir") or "results") / str(parameters.get("run_name") or name)
+    seconds = []
+    for f in sorted(run_dir.glob("fold*_metrics.json")):
+        try:
+            seconds.append(float(json.loads(f.read_text())["train_seconds"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return sum(seconds) if seconds else None
+
+
+def runs_table(book_dir: str | os.PathLike = BOOK_DIR, repo_root: str | os.PathLike | None = None):
     """One row per stored notebook (order of :func:`stored_notebooks`), columns
-    ``notebook, title, status, started, duration, duration_s, hardware, python``
-    (``started`` as "YYYY-MM-DD HH:MM UTC", ``duration`` human readable)."""
+    ``notebook, title, status, started, duration, duration_s, training, training_s, hardware,
+    python`` (``started`` as "YYYY-MM-DD HH:MM UTC"; ``duration``: how long papermill ran the
+    notebook, ``training``: for a training run, the training time its folds' metrics record
+    (:func:`training_seconds`, runs under ``repo_root``, default the folder above
+    ``book_dir``), both human readable)."""
     import pandas as pd
 
+    repo_root = Path(repo_root) if repo_root is not None else Path(book_dir).resolve().parent
     rows = []
     for path in stored_notebooks(book_dir):
         run = read_run(path, book_dir)
         env = run.environment or {}
+        trained = training_seconds(run.parameters, path.stem, repo_root)
         rows.append({
             "notebook": run.path,
             "title": run.title,
@@ -263,10 +289,13 @@ def runs_table(book_dir: str | os.PathLike = BOOK_DIR):
             "started": run.started.strftime("%Y-%m-%d %H:%M UTC") if run.started else "–",
             "duration": format_duration(run.duration_s),
             "duration_s": run.duration_s,
+            "training": format_duration(trained),
+            "training_s": trained,
             "hardware": describe_hardware(env.get("hardware")),
             "python": run.kernel_python or "–",
         })
-    columns = ["notebook", "title", "status", "started", "duration", "duration_s", "hardware", "python"]
+    columns = ["notebook", "title", "status", "started", "duration", "duration_s", "training", "training_s",
+               "hardware", "python"]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -115,9 +115,31 @@ def test_runs_table_has_one_row_per_stored_notebook(book_dir):
     ok = table.set_index("notebook").loc["runs/ok.ipynb"]
     assert ok["duration"] == provenance.format_duration(ok["duration_s"])
     assert ok["hardware"] == "not recorded"
+    assert ok["training"] == "–"  # no training run
     machines = provenance.hardware_table(table)
     assert list(machines.columns) == ["hardware", "notebooks"]
     assert machines.loc[0, "notebooks"] == "failed.ipynb, plain.ipynb, runs/ok.ipynb"
+
+
+def test_training_time_is_the_runs_not_the_notebooks(tmp_path):
+    import json
+
+    run = tmp_path / "results" / "leakage" / "tiny-run"
+    run.mkdir(parents=True)
+    for k, seconds in ((0, 3000.0), (1, 600.0)):
+        (run / f"fold{k}_metrics.json").write_text(json.dumps({"fold": k, "train_seconds": seconds}))
+    params = {"task": "mt", "out_dir": "results/leakage", "run_name": "tiny-run"}
+    assert provenance.training_seconds(params, "page", tmp_path) == 3600.0
+    assert provenance.training_seconds({"task": "mt"}, "tiny-run", tmp_path) is None  # not under results/
+    assert provenance.training_seconds({"n": 3}, "tiny-run", tmp_path) is None  # no training notebook
+    book = tmp_path / "book"
+    (book / "runs").mkdir(parents=True)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Run")])
+    nb.metadata["papermill"] = {"parameters": params, "start_time": "2026-01-01T10:00:00", "duration": 12.0,
+                                "end_time": "2026-01-01T10:00:12", "exception": None}
+    nbformat.write(nb, book / "runs" / "tiny-run.ipynb")
+    row = provenance.runs_table(book).iloc[0]  # the repository is the folder above book/
+    assert (row["duration"], row["training"], row["training_s"]) == ("12.0 s", "1 h 00 min", 3600.0)
 
 
 def test_packages_table_compares_runs_with_the_build(book_dir, tmp_path):

@@ -96,7 +96,7 @@ def _reader_view(app, docname, source) -> None:
 def setup(app):
     app.connect("source-read", _reader_view)
     app.add_css_file("mtbc.css")
-    app.add_config_value("mtbc_reread_always", ["book/reproducibility", "book/figures"], "env")
+    app.add_config_value("mtbc_reread_always", ["book/intro", "book/reproducibility", "book/figures"], "env")
     app.connect("env-get-outdated", _reread_build_time_pages)
     app.connect("html-page-context", _add_plotly_to_page)
     app.connect("html-page-context", _drop_duplicate_scripts, priority=900)  # after every add

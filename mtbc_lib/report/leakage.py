@@ -11,16 +11,36 @@ from mtbc_lib.core import CLASSES
 from mtbc_lib.metrics import metric_label
 from mtbc_lib.studies.leakage import DESIGNS, DESIGNS_DIFF, FRAMES, METRICS, fold_metrics
 
-__all__ = ["design_table", "summary_view", "fold_view", "paired_view", "leakage_figure", "label_conflict_table",
+__all__ = ["audit_group_numbers", "design_table", "summary_view", "fold_view", "paired_view", "leakage_figure",
+           "label_conflict_table",
            "conclusion", "fit_note", "inside_note", "frames_note"]
 
 
-def label_conflict_table(table: pd.DataFrame) -> pd.DataFrame:
+def audit_group_numbers(data_dir=None, settings=None) -> dict[tuple[str, int], int]:
+    """The number the dataset audit gives each image's same-scan group (``find_groups``'s
+    ``groups``, as the audit chapter and the duplicate explorer show them), by (class, id):
+    the book's one numbering of the groups. The search is cached (a second call decodes no
+    image)."""
+    from mtbc_lib.dedup import find_groups
+
+    g = find_groups(data_dir, settings, progress=False).groups
+    return {(c, int(i)): int(n) for c, i, n in zip(g["class"], g["id"], g["group"])}
+
+
+def label_conflict_table(table: pd.DataFrame, numbers: dict | None = None) -> pd.DataFrame:
     """The images of label-conflict groups (one scan filed under two classes): the label
-    it is filed under and each design's answer, group by group."""
+    it is filed under and each design's answer, group by group. ``numbers``: (class, id) ->
+    the audit's group number (:func:`audit_group_numbers`), so that a group has the number
+    the other chapters give it; None keeps the study's own numbers."""
     t = table[table["label_conflict"]].reset_index()
     name = [f"{c} ({i})" for c, i in zip(t["class"], t["id"])]
-    return pd.DataFrame({"group": t["group"], "image": name, "filed as": t["class"],
+    group = t["group"]
+    if numbers is not None:
+        missing = [n for n, c, i in zip(name, t["class"], t["id"]) if (c, int(i)) not in numbers]
+        if missing:
+            raise ValueError(f"numbers: no audit group for {', '.join(missing)}; expected the audit of the same folder")
+        group = [numbers[(c, int(i))] for c, i in zip(t["class"], t["id"])]
+    return pd.DataFrame({"group": group, "image": name, "filed as": t["class"],
                          "copy in training": t["copy_in_train"].map({True: "yes", False: "no"}),
                          "image-level answer": [CLASSES[k] for k in t["pred_image"]],
                          "scan-level answer": [CLASSES[k] for k in t["pred_scan"]]}).sort_values(["group", "image"])

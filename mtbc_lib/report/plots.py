@@ -250,10 +250,11 @@ def comparison_cases(st_test, mt_test):
     return [(name, pd.Series(row)) for name, row in cases]
 
 
-def comparison_examples(arrays, st_run, mt_run):
+def comparison_examples(arrays, st_run, mt_run, cases_as_columns: bool = False):
     """Image with its ground truth, the single-task segmenter's mask, the multi-task
     model's mask and label before and after prediction refinement, for the cases of
-    :func:`comparison_cases` (one row each).
+    :func:`comparison_cases` (one row each; one column each when ``cases_as_columns``,
+    which suits a page's text column: five cases side by side).
 
     arrays: the runs' ``BusiArrays`` (same curation); st_run: ``runs.load_run`` of a
     segmentation-only run (ST(Seg) or ST(Seg)+DO); mt_run: of a multi-task run. Returns a
@@ -281,8 +282,11 @@ def comparison_examples(arrays, st_run, mt_run):
 
     do = ["+DO" if r.config["oversampling"] else "" for r in (st_run, mt_run)]
     cols = ["image, ground truth", f"ST(Seg){do[0]}", f"MT{do[1]}", f"MT+PR{do[1]}"]
-    fig, axes = plt.subplots(len(cases), len(cols), figsize=(2.2 * len(cols), 2.35 * len(cases)), squeeze=False)
-    for row_axes, (case, r) in zip(axes, cases):
+    fig, axes = plt.subplots(len(cases), len(cols), figsize=(2.2 * len(cols), 2.35 * len(cases)), squeeze=False) \
+        if not cases_as_columns else plt.subplots(len(cols), len(cases), figsize=(2.2 * len(cases), 2.2 * len(cols)),
+                                                  squeeze=False)
+    per_case = axes.T if cases_as_columns else axes
+    for row_axes, (case, r) in zip(per_case, cases):
         if r["name"] not in by_name:
             raise ValueError(f"arrays: test image {r['name']!r} is missing (expected the runs' curation)")
         image, truth = arrays.images[by_name[r["name"]]], arrays.masks[by_name[r["name"]]]
@@ -296,8 +300,12 @@ def comparison_examples(arrays, st_run, mt_run):
             _show(ax, image, truth, pred)
             ax.set_title(title, fontsize=7.5)
             ax.set_xticks([]), ax.set_yticks([])
-    for ax, c in zip(axes[0], cols):
-        ax.set_title(f"{c}\n" + ax.get_title(), fontsize=7.5)
+    if cases_as_columns:  # the panel's name left of each row
+        for ax, c in zip(axes[:, 0], cols):
+            ax.set_ylabel(c, fontsize=8)
+    else:
+        for ax, c in zip(axes[0], cols):
+            ax.set_title(f"{c}\n" + ax.get_title(), fontsize=7.5)
     fig.suptitle(f"{st_run.run_dir.name} vs {mt_run.run_dir.name} (green: ground truth, red: prediction)", fontsize=9)
     fig.tight_layout()
     plt.close(fig)
@@ -307,14 +315,32 @@ def comparison_examples(arrays, st_run, mt_run):
 # --------------------------------------------------------------------------- results chapter
 # (used by notebooks/results.ipynb; data come from mtbc_lib.studies.ablation)
 
+def _fold_traces(fig, per_fold: dict, metric: str, paper: dict | None, row: int, col: int) -> None:
+    """Add one panel of :func:`fold_points`: each configuration's folds, mean and paper's mean."""
+    import plotly.graph_objects as go
+
+    for c, f in per_fold.items():
+        if metric not in f:
+            continue
+        fig.add_trace(go.Scatter(x=[c] * len(f), y=f[metric], mode="markers", marker=dict(size=8, color="#1f77b4"),
+                                 text=[f"fold {k}" for k in f["fold"]], showlegend=False,
+                                 hovertemplate="%{x} %{text}: %{y:.3f}<extra></extra>"), row=row, col=col)
+        fig.add_trace(go.Scatter(x=[c], y=[f[metric].mean()], mode="markers", showlegend=False,
+                                 marker=dict(symbol="line-ew-open", size=26, color="#1f77b4", line=dict(width=2)),
+                                 hovertemplate="%{x} mean: %{y:.3f}<extra></extra>"), row=row, col=col)
+        if paper and metric in paper.get(c, {}):
+            fig.add_trace(go.Scatter(x=[c], y=[paper[c][metric][0]], mode="markers", showlegend=False,
+                                     marker=dict(symbol="diamond", size=9, color="black"),
+                                     hovertemplate="%{x} paper: %{y:.3f}<extra></extra>"), row=row, col=col)
+
+
 def fold_points(per_fold: dict, metrics=("dsc_avg", "f1_weighted", "acc"), paper: dict | None = None,
-                title: str = ""):
+                title: str = "", height: int = 400):
     """One panel per metric: each configuration's fold values as points, its mean as a
     bar outline, and the paper's mean as a black diamond when ``paper`` (configuration ->
     {metric: (mean, sd)}) is given. per_fold: configuration -> ``ablation.fold_metrics``
-    frame; title: the figure's title. Metrics no configuration has are left out (a grid of
-    classifiers only has no Dice panel). Returns a plotly Figure."""
-    import plotly.graph_objects as go
+    frame; title: the figure's title; height: in pixels. Metrics no configuration has are left
+    out (a grid of classifiers only has no Dice panel). Returns a plotly Figure."""
     from plotly.subplots import make_subplots
 
     metrics = [m for m in metrics if any(m in f for f in per_fold.values())]
@@ -322,22 +348,40 @@ def fold_points(per_fold: dict, metrics=("dsc_avg", "f1_weighted", "acc"), paper
         raise ValueError("per_fold: no configuration has any of the metrics to plot")
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=list(metrics), shared_yaxes=True)
     for j, m in enumerate(metrics, start=1):
-        confs = [c for c, f in per_fold.items() if m in f]
-        for c in confs:
-            f = per_fold[c]
-            fig.add_trace(go.Scatter(x=[c] * len(f), y=f[m], mode="markers", marker=dict(size=8, color="#1f77b4"),
-                                     text=[f"fold {k}" for k in f["fold"]], showlegend=False,
-                                     hovertemplate="%{x} %{text}: %{y:.3f}<extra></extra>"), row=1, col=j)
-            fig.add_trace(go.Scatter(x=[c], y=[f[m].mean()], mode="markers", showlegend=False,
-                                     marker=dict(symbol="line-ew-open", size=26, color="#1f77b4", line=dict(width=2)),
-                                     hovertemplate="%{x} mean: %{y:.3f}<extra></extra>"), row=1, col=j)
-            if paper and m in paper.get(c, {}):
-                fig.add_trace(go.Scatter(x=[c], y=[paper[c][m][0]], mode="markers", showlegend=False,
-                                         marker=dict(symbol="diamond", size=9, color="black"),
-                                         hovertemplate="%{x} paper: %{y:.3f}<extra></extra>"), row=1, col=j)
+        _fold_traces(fig, per_fold, m, paper, 1, j)
     fig.update_yaxes(range=[0, 1])
-    fig.update_layout(height=400, template="plotly_white", margin=dict(l=10, r=10, t=70 if title else 40, b=10),
+    fig.update_layout(height=height, template="plotly_white", margin=dict(l=10, r=10, t=70 if title else 40, b=10),
                       title=dict(text=title, font=dict(size=13)) if title else None)
+    return fig
+
+
+def fold_points_by_grid(per_fold: dict, metrics=("dsc_avg", "f1_weighted", "acc"), paper: dict | None = None,
+                        row_height: int = 190):
+    """:func:`fold_points` of several grids in one figure: one row per grid (``per_fold``:
+    row title -> {configuration -> ``ablation.fold_metrics`` frame}), one column per metric
+    (titled as the book names it), the configurations' names once, under the last row.
+    row_height: pixels per row. Returns a plotly Figure."""
+    from plotly.subplots import make_subplots
+
+    from mtbc_lib.metrics import metric_label
+
+    if not per_fold:
+        raise ValueError("per_fold: no grid to plot")
+    metrics = [m for m in metrics if any(m in f for grid in per_fold.values() for f in grid.values())]
+    if not metrics:
+        raise ValueError("per_fold: no configuration has any of the metrics to plot")
+    names = list(per_fold)
+    fig = make_subplots(rows=len(names), cols=len(metrics), shared_yaxes=True, shared_xaxes=True,
+                        vertical_spacing=0.06, horizontal_spacing=0.03,
+                        column_titles=[metric_label(m) for m in metrics], row_titles=names)
+    for i, name in enumerate(names, start=1):
+        for j, m in enumerate(metrics, start=1):
+            _fold_traces(fig, per_fold[name], m, paper, i, j)
+    fig.update_yaxes(range=[0, 1])
+    fig.update_xaxes(tickfont=dict(size=9), tickangle=-90)
+    fig.update_annotations(font=dict(size=11))
+    fig.update_layout(height=130 + row_height * len(names), template="plotly_white",
+                      margin=dict(l=10, r=30, t=30, b=10))
     return fig
 
 
@@ -356,19 +400,22 @@ def confusion_matrices(outputs: dict, title: str = "", per_row: int = 4):
         raise ValueError("outputs: no configuration predicts a label")
     ncols = min(per_row, len(confs))
     nrows = -(-len(confs) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.1 * ncols, 3.0 * nrows + (0.3 if title else 0)), squeeze=False)
+    # constrained layout keeps each row's tick labels clear of the next row's titles; the axis
+    # names are written once, under the bottom panel of each column and left of each row
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.8 * ncols, 2.3 * nrows + (0.3 if title else 0)), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat[len(confs):]:
         ax.axis("off")
-    for ax, c in zip(axes.flat, confs):
+    for k, (ax, c) in enumerate(zip(axes.flat, confs)):
         cm = confusion_matrix(outputs[c]["label"], outputs[c]["pred"])
         sns.heatmap(cm, annot=True, fmt="d", cbar=False, cmap="Blues", ax=ax, xticklabels=CLASSES,
-                    yticklabels=CLASSES, square=True)
+                    yticklabels=CLASSES, annot_kws={"fontsize": 8})
         ax.set_title(c, fontsize=9)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
+        ax.tick_params(labelsize=7.5, length=2)
+        ax.set_xlabel("predicted" if k + ncols >= len(confs) else "", fontsize=8)
+        ax.set_ylabel("true" if k % ncols == 0 else "", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     plt.close(fig)
     return fig
 

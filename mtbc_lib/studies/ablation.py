@@ -305,6 +305,11 @@ def compare_with_paper(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _short(x: float) -> str:
+    """.751: three decimals without the leading zero, as the paper's tables write them."""
+    return f"{x:.3f}".replace("0.", ".", 1)
+
+
 def comparison_styler(table: pd.DataFrame):
     """An HTML view of :func:`compare_with_paper`: each cell "ours (paper)" with our fold
     SD, coloured by the difference (green: ours higher, red: lower; white within ±.02)."""
@@ -319,9 +324,9 @@ def comparison_styler(table: pd.DataFrame):
             if np.isnan(p) and np.isnan(o):
                 text.at[conf, m] = "–"
             elif np.isnan(o):
-                text.at[conf, m] = f"not run ({p:.3f})"
+                text.at[conf, m] = f"not run ({_short(p)})"
             else:
-                text.at[conf, m] = f"{o:.3f}±{sd:.3f} ({p:.3f})"
+                text.at[conf, m] = f"{_short(o)}±{_short(sd)} ({_short(p)})"
 
     def colour(col):
         d = diff[col.name]

@@ -221,18 +221,25 @@ def _p(p: float) -> str:
     return "p < .001" if p < 0.001 else "p = 1" if p >= 0.9995 else f"p = {p:.3f}".replace("0.", ".", 1)
 
 
-def reason(verdict: str, diff: float, ci_low: float, ci_high: float, p: float, p_holm: float, test: str,
-           why_untestable: str | None = None) -> str:
-    """The one-sentence ``reason`` of a row: the verdict, then the evidence (difference,
-    interval, test, Holm-adjusted p), or for an untestable row what makes it degenerate."""
-    if verdict == "untestable":
-        return f"untestable: {why_untestable}"
+def evidence(verdict: str, p: float, p_holm: float, test: str, with_p: bool = True) -> str:
+    """The test's part of a testable row's ``reason``: its name, p and Holm-adjusted p (without
+    them when not ``with_p``: a table that shows them in columns of their own), and for a
+    "not shown" row what fell short (``permutation p < .001 (Holm p < .001)``,
+    ``McNemar p = .228 (Holm p = .684); the test does not reject``)."""
     name = "McNemar" if test.startswith("McNemar") else "permutation"
-    text = (f"{verdict}: {_num(diff)} [{_num(ci_low)}, {_num(ci_high)}], {name} {_p(p)} "
-            f"(Holm {_p(p_holm)})")
+    text = f"{name} {_p(p)} (Holm {_p(p_holm)})" if with_p else f"{name} test"
     if verdict == "not shown":
         text += ("; the test does not reject" if p >= ALPHA else "; the interval includes 0")
     return text
+
+
+def reason(verdict: str, diff: float, ci_low: float, ci_high: float, p: float, p_holm: float, test: str,
+           why_untestable: str | None = None) -> str:
+    """The one-sentence ``reason`` of a row: the verdict, then the evidence (difference,
+    interval, :func:`evidence`), or for an untestable row what makes it degenerate."""
+    if verdict == "untestable":
+        return f"untestable: {why_untestable}"
+    return f"{verdict}: {_num(diff)} [{_num(ci_low)}, {_num(ci_high)}], {evidence(verdict, p, p_holm, test)}"
 
 
 def claims_table(backbone: str, profile: str, results_dir: str | os.PathLike = "results") -> pd.DataFrame:

@@ -30,7 +30,8 @@ from mtbc_lib.engine.config import TrainConfig
 
 __all__ = ["BUDGET_MINUTES", "BASE", "CANDIDATES", "candidate_config", "train_candidates", "study_histories",
            "study_table", "study_curves", "candidates_table", "fit_check", "fit_table", "loss_balance", "fit_verdict",
-           "score", "ranking", "RECIPE_FIELDS", "profile_choice", "CLASSIFIER_PROBE", "classifier_probe",
+           "UNDER_FIT_GAP", "score", "ranking", "RECIPE_FIELDS", "profile_choice", "CLASSIFIER_PROBE",
+           "classifier_probe",
            "classifier_curves", "classifier_verdict"]
 
 #: Minutes on two idle cores (train + validation epochs) each candidate is planned to cost.
@@ -221,19 +222,32 @@ def loss_balance(histories: pd.DataFrame, lam: float = 0.35) -> pd.DataFrame:
                          "Dice share of the loss": dice / (dice + focal)})
 
 
+#: A candidate under-fits when its training images score less than this much better than its
+#: validation images (mean of the DSC average's and the accuracy's differences).
+UNDER_FIT_GAP = 0.05
+
+
 def fit_verdict(fit: pd.DataFrame, balance: pd.DataFrame) -> str:
-    """Sentences on :func:`fit_table` and :func:`loss_balance`, computed for the chapter."""
+    """Sentences on :func:`fit_table` and :func:`loss_balance`, computed for the chapter: each
+    candidate's scores, then which under-fit (:data:`UNDER_FIT_GAP`), said once for all."""
     if fit.empty:
         return "No candidate's best weights have been checked on their training images yet."
-    parts = []
+    parts, under, fitted = [], [], []
     for name in fit.index.get_level_values("candidate").unique():
         tr, va = fit.loc[(name, "train")], fit.loc[(name, "val")]
         gap = (tr["dsc_avg"] - va["dsc_avg"] + tr["acc"] - va["acc"]) / 2
         parts.append(f"**{name}**: DSC avg {tr['dsc_avg']:.3f} and accuracy {tr['acc']:.3f} on its training images, "
-                     f"{va['dsc_avg']:.3f} and {va['acc']:.3f} on validation ("
-                     + ("under-fitting: its own training images are hardly better fitted than unseen ones"
-                        if gap < 0.05 else f"its training images fitted better by {gap:.2f} on average") + ")")
+                     f"{va['dsc_avg']:.3f} and {va['acc']:.3f} on validation")
+        (under if gap < UNDER_FIT_GAP else fitted).append((name, gap))
     text = "; ".join(parts) + "."
+    if under:  # the verdict once, for every candidate it applies to
+        who = (f"All {len(under)} candidates under-fit" if not fitted else
+               ", ".join(f"**{n}**" for n, _ in under) + (" under-fits" if len(under) == 1 else " under-fit"))
+        text += (f" {who}: {'its' if len(under) == 1 else 'their'} own training images are hardly better fitted "
+                 f"than unseen ones (by less than {UNDER_FIT_GAP:.2f} on average).")
+    if fitted:
+        text += " " + "; ".join(f"**{n}** fits its training images better by {g:.2f} on average"
+                                for n, g in fitted) + "."
     if not balance.empty:
         lo, hi = balance["Dice share of the loss"].min(), balance["Dice share of the loss"].max()
         share = f"{lo:.0%}" if abs(hi - lo) < 0.005 else f"{lo:.0%} to {hi:.0%}"

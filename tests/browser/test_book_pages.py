@@ -2,7 +2,10 @@
 headless Chromium at 1280 × 800, served from loopback only, and checked for what a
 reader sees: nothing wider than the window or cut off at the text column's edge, no
 parameters cell, no code shown above a figure, no two pages with the same title in the
-sidebar, every plotly figure drawn and every table of the notebook shown.
+sidebar, every plotly figure drawn and every table of the notebook shown, no printed output
+over 25 lines, no missing value shown as ``<NA>`` or ``NaN``, the CSV files behind the
+results linked and served, the results chapter within 12 screens and the verdict table on
+the first screen of the introduction and of the results chapter.
 
 Uses ``_build/html`` as built by ``make book``; when it is absent the fixture builds it
 with the same command (``mtbc_lib.report.book.build``). Screenshots go to ``_build/screenshots/``.
@@ -136,7 +139,9 @@ def test_page_renders_offline(site, browser, page_path):
         math = page.evaluate("document.querySelectorAll('div.math, span.math').length")
         typeset = page.evaluate("document.querySelectorAll('mjx-container').length")
         math_errors = page.evaluate("[...document.querySelectorAll('mjx-merror')].map(e => e.textContent)")
-        layout = page.evaluate(_LAYOUT)
+        layout = page.evaluate(_LAYOUT, MAX_OUTPUT_LINES)
+        broken_downloads = [f"{r.status} {u}" for u in dict.fromkeys(layout["downloads"])
+                            if (r := context.request.get(u)).status != 200]
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / (page_path.replace("/", "__").removesuffix(".html") + ".png")),
                         full_page=True)
@@ -161,6 +166,24 @@ def test_page_renders_offline(site, browser, page_path):
     duplicated = sorted({t for t in layout["sidebar"] if layout["sidebar"].count(t) > 1})
     assert not duplicated, f"{page_path}: page titles repeated in the sidebar: {duplicated}"
     assert not layout["emptyTables"], f"{page_path}: tables drawn empty or invisible: {layout['emptyTables']}"
+    assert not layout["longOutputs"], \
+        f"{page_path}: output blocks over {MAX_OUTPUT_LINES} lines: {layout['longOutputs']}"
+    missing = _MISSING.findall(layout["text"])
+    assert not missing, f"{page_path}: missing values shown as {sorted(set(missing))}"
+    assert not broken_downloads, f"{page_path}: download links that do not answer 200: {broken_downloads}"
+    if page_path in SCREEN_LIMITS:
+        limit = SCREEN_LIMITS[page_path] * VIEWPORT["height"]
+        assert layout["height"] <= limit, f"{page_path}: {layout['height']} px tall, over {limit} px " \
+                                          f"({SCREEN_LIMITS[page_path]} screens of {VIEWPORT['height']} px)"
+    if page_path in VERDICT_PAGES:
+        assert layout["verdicts"], f"{page_path}: no verdict table"
+        assert len(layout["headings"]) < 2 or layout["verdicts"][0] < layout["headings"][1], \
+            f"{page_path}: the verdict table comes after the second heading"
+        assert layout["verdicts"][0] < VIEWPORT["height"], \
+            f"{page_path}: the verdict table starts below the first screen"
+    wanted = CSV_LINKS.get(page_path, ())
+    linked = {Path(urlsplit(u).path).name for u in layout["downloads"]}
+    assert set(wanted) <= linked, f"{page_path}: no download link to {sorted(set(wanted) - linked)}"
     expected = _expected_view(page_path)
     if expected is not None:
         tables, hidden_lines = expected
@@ -169,8 +192,25 @@ def test_page_renders_offline(site, browser, page_path):
         assert not shown, f"{page_path}: parameter lines visible: {shown}"
 
 
+#: Printed output longer than this many lines is a log, not a result: it belongs in the notebook.
+MAX_OUTPUT_LINES = 25
+#: Missing values as pandas prints them: a reader should never see them.
+_MISSING = re.compile(r"<NA>|\bNaN\b")
+#: Pages a reader should finish: at most this many screens of the viewport's height.
+SCREEN_LIMITS = {"book/results.html": 12}
+#: Pages whose first screen holds the verdict table, before their second heading.
+VERDICT_PAGES = ("book/intro.html", "book/results.html")
+#: The CSV files each page that shows per-image results, claims or consistency links.
+CSV_LINKS = {
+    "book/intro.html": ("claims.csv", "ablation.csv", "consistency.csv"),
+    "book/results.html": ("claims.csv", "ablation.csv", "consistency.csv", "fold0_test.csv"),
+    "book/appendix.html": ("ablation.csv", "fold0_test.csv"),
+    "book/leakage.html": ("leakage.csv", "fold0_test.csv"),
+}
+
+
 # What the reader sees of the page's layout (1280 px window).
-_LAYOUT = """() => {
+_LAYOUT = """(maxLines) => {
   const W = window.innerWidth;
   const visible = e => { const r = e.getBoundingClientRect(); return r.width > 0 && r.height > 0 && e.checkVisibility({visibilityProperty: true}); };
   const skip = e => e.closest('.plotly-graph-div, mjx-container, span.math, div.math');
@@ -193,8 +233,17 @@ _LAYOUT = """() => {
   // (a table in a closed <details> is an output folded on purpose, "Show code cell outputs": it needs rows, not visibility)
   const folded = t => t.closest('details:not([open])');
   const emptyTables = tables.filter(t => (!folded(t) && !visible(t)) || t.rows.length === 0).map(label);
+  // printed output (text, logs) longer than a reader scrolls through: its line count
+  const longOutputs = [...document.querySelectorAll('article .cell_output pre, article .output pre')]
+      .map(e => [label(e), (e.innerText || '').replace(/\\n$/, '').split('\\n').length]).filter(([, n]) => n > maxLines)
+      .map(([l, n]) => `${l} (${n} lines)`).slice(0, 10);
+  const top = e => e.getBoundingClientRect().top + window.scrollY;
+  const headings = [...document.querySelectorAll('article h1, article h2, article h3')].map(top);
+  const verdicts = [...document.querySelectorAll('article table.mtbc-verdicts')].map(top);
+  const downloads = [...document.querySelectorAll('article a.download')].map(a => a.href);
   return {pageWidth: document.documentElement.scrollWidth, wide, clipped, parameterCells, figureCode, sidebar,
-          tables: tables.length, emptyTables, text: document.querySelector('article').innerText};
+          tables: tables.length, emptyTables, text: document.querySelector('article').innerText, longOutputs,
+          height: document.documentElement.scrollHeight, headings, verdicts, downloads};
 }"""
 
 
@@ -233,19 +282,20 @@ _PIPE_TABLE_RULE = re.compile(r"^\|?\s*:?-{3,}:?\s*(?:\|\s*:?-{3,}:?\s*)+\|?\s*$
 
 
 def test_long_tables_are_browsable_whole(site, browser):
-    """The results chapter's per-image tables hold every test image of the proposal's
-    row, and a reader can search them and sort them by a column, offline."""
+    """The results chapter's per-image table holds every test image of the proposal's row
+    on the verdicts' grid, and a reader can search it and sort it by a column, offline."""
+    import pandas as pd
+
+    from mtbc_lib.report import results
     from mtbc_lib.studies import ablation
 
     nb = json.loads((ROOT / "book" / "results.ipynb").read_text(encoding="utf-8"))
     params = reader.notebook_parameters(nb)
     row = next(r for r in ablation.ROWS if r.configuration == "MT+PR+DO")
-    expected = []
-    for b, profile in ablation.grid_list("grids", params["grids"]):
-        runs = ablation.runs_of(row, b, profile, ROOT / params["results_dir"])
-        if runs:
-            expected.append(book.per_image_view(ablation.row_outputs(row, runs)))
-    assert expected, "no finished MT+PR+DO run: nothing to browse"
+    grid = results.pick_grid(results.grids_in(pd.read_csv(ROOT / params["results_dir"] / "claims.csv")))
+    runs = ablation.runs_of(row, *grid, ROOT / params["results_dir"])
+    assert runs, f"no finished MT+PR+DO run of {grid}: nothing to browse"
+    expected = [book.per_image_view(ablation.row_outputs(row, runs))]  # the verdicts' grid
 
     context = browser.new_context(viewport=VIEWPORT)
     context.route("**/*", lambda r: r.continue_() if (urlsplit(r.request.url).hostname or "") in LOOPBACK

@@ -70,3 +70,23 @@ def test_inside_note_says_which_way_the_significant_differences_point():
     assert "neither difference is significant" in note((0.1, 0.2), (0.02, 0.3))
     assert "point both ways" in note((0.1, 0.01), (-0.02, 0.01))
     assert note((0.1, 0.01), (0.02, 0.01), comparison="other") == ""
+
+
+def test_label_conflicts_carry_the_audits_group_numbers(synthetic_busi):
+    from mtbc_lib.dedup import find_groups
+
+    numbers = report.audit_group_numbers(synthetic_busi)
+    groups = find_groups(synthetic_busi, progress=False).groups
+    assert numbers == {(c, int(i)): int(g) for c, i, g in zip(groups["class"], groups["id"], groups["group"])}
+    assert len({numbers[k] for k in GROUP_A}) == 1 and numbers[("benign", 1)] != numbers[("normal", 3)]
+    keys = sorted(GROUP_A | GROUP_B)
+    table = pd.DataFrame({"group": [7 if k in GROUP_A else 8 for k in keys],  # the study's own numbering
+                          "label_conflict": [k in GROUP_A for k in keys], "copy_in_train": True,
+                          "pred_image": 0, "pred_scan": 1},
+                         index=pd.MultiIndex.from_tuples(keys, names=["class", "id"]))
+    assert set(report.label_conflict_table(table)["group"]) == {7}
+    shown = report.label_conflict_table(table, numbers)
+    assert set(shown["group"]) == {numbers[("benign", 1)]} and len(shown) == len(GROUP_A)
+    assert list(shown["scan-level answer"]) == ["malignant"] * len(GROUP_A)
+    with pytest.raises(ValueError, match="no audit group for benign \\(1\\)"):
+        report.label_conflict_table(table, {k: v for k, v in numbers.items() if k != ("benign", 1)})

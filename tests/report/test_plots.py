@@ -133,6 +133,11 @@ def test_comparison_examples_picks_best_typical_worst_and_refinement_cases(tmp_p
     assert titles[0].startswith("image, ground truth\nbest: benign (1)")
     assert [t.split("\n")[0] for t in titles[1:4]] == ["ST(Seg)", "MT+DO", "MT+PR+DO"]
     assert "DSC 0.00, says normal" in titles[2 * 4 + 3]  # worst case after refinement
+    across = plots.comparison_examples(arrays, st_run, mt_run, cases_as_columns=True)  # one case a column
+    grid = np.array(across.axes).reshape(4, 4)
+    assert [ax.get_ylabel() for ax in grid[:, 0]] == ["image, ground truth", "ST(Seg)", "MT+DO", "MT+PR+DO"]
+    assert grid[0, 2].get_title().startswith("worst, refinement hurts: benign (2)")
+    assert grid[3, 2].get_title() == titles[2 * 4 + 3]
     # the segmentation-only slot refuses a run with class scores
     with pytest.raises(ValueError, match="segmentation-only"):
         plots.comparison_examples(arrays, mt_run, mt_run)
@@ -170,3 +175,26 @@ def test_fold_points_leaves_out_metrics_no_configuration_has():
     assert sum(len(t.x) for t in fig.data if t.marker.symbol == "diamond") == 1  # the paper's accuracy only
     with pytest.raises(ValueError, match="no configuration has any of the metrics"):
         plots.fold_points({"ST(Cls)": pd.DataFrame({"fold": [0]})})
+
+
+def test_fold_points_by_grid_one_row_per_grid_names_once_under_the_last():
+    per_fold = {"grid A": {"MT": pd.DataFrame({"fold": [0, 1], "dsc_avg": [.5, .6], "acc": [.4, .5]})},
+                "grid B": {"MT": pd.DataFrame({"fold": [0, 1], "dsc_avg": [.7, .8], "acc": [.6, .7]}),
+                           "ST(Seg)": pd.DataFrame({"fold": [0, 1], "dsc_avg": [.3, .3]})}}
+    fig = plots.fold_points_by_grid(per_fold, metrics=("dsc_avg", "f1_weighted", "acc"),
+                                    paper={"MT": {"acc": (.742, .028)}})
+    assert [a.text for a in fig.layout.annotations] == ["DSC avg", "ACC", "grid A", "grid B"]  # no F1 panel
+    assert {t.xaxis for t in fig.data} == {"x", "x2", "x3", "x4"}  # two rows of two panels
+    assert fig.layout.xaxis.matches == "x3" and fig.layout.xaxis.showticklabels is False  # names under the last row
+    assert sum(len(t.x) for t in fig.data if t.marker.symbol == "diamond") == 2  # the paper's accuracy, per row
+    with pytest.raises(ValueError, match="no configuration has any of the metrics"):
+        plots.fold_points_by_grid({"grid A": {"ST(Cls)": pd.DataFrame({"fold": [0]})}})
+
+
+def test_confusion_matrices_name_the_axes_once_per_column_and_row():
+    t = pd.DataFrame({"label": [0, 1, 2, 2], "pred": [0, 1, 2, 0]})
+    fig = plots.confusion_matrices({c: t for c in ("ST(Cls)", "ST(Cls)+DO", "MT", "MT+DO", "MT+PR+DO")}, per_row=4)
+    shown = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_xlabel() for ax in shown] == ["", "predicted", "predicted", "predicted", "predicted"]
+    assert [ax.get_ylabel() for ax in shown] == ["true", "", "", "", "true"]
+    assert fig.get_layout_engine() is not None  # constrained: no label runs into the next row

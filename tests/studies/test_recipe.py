@@ -207,3 +207,17 @@ def test_classifier_probe_reads_its_runs_for_the_chapter(make_busi, tmp_path, mo
     text = recipe.classifier_verdict(probe)
     assert text.startswith("**cls-paper**: training loss ") and "Answering the majority class" in text
     assert len(recipe.classifier_curves(probe).data) == 2
+
+
+def test_fit_verdict_says_under_fitting_once_for_every_candidate_it_applies_to():
+    def fit(gaps):  # candidate -> train minus validation, on both metrics
+        rows = {(n, split): dict.fromkeys(("dsc_avg", "acc"), 0.5 + (g if split == "train" else 0))
+                for n, g in gaps.items() for split in ("train", "val")}
+        return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["candidate", "split"])
+    text = recipe.fit_verdict(fit({"cosine": 0.01, "ema": 0.02, "adam": 0.0}), pd.DataFrame())
+    assert text.count("under-fit") == 1 and text.count("hardly better fitted") == 1
+    assert "All 3 candidates under-fit: their own training images" in text
+    assert text.startswith("**cosine**: DSC avg 0.510 and accuracy 0.510 on its training images, 0.500 and 0.500")
+    mixed = recipe.fit_verdict(fit({"cosine": 0.01, "r34": 0.08}), pd.DataFrame())
+    assert "**cosine** under-fits: its own training images" in mixed
+    assert mixed.endswith("**r34** fits its training images better by 0.08 on average.")
