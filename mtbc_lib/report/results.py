@@ -401,11 +401,13 @@ def fold_downloads(runs: dict, root: str | os.PathLike, what: str) -> str:
     """Markdown: the per-image test outputs (``fold<k>_test.csv``) of each run of ``runs``
     (label -> run folder, absolute or relative to the repository root ``root``), one link per
     fold named by its number, after ``what`` (the sentence's subject). Empty when no run has
-    a test file."""
+    a test file; a run outside the repository (nothing the book could serve) is left out."""
     root = Path(root)
     parts = []
     for label, run_dir in runs.items():
-        run_dir = Path(run_dir) if Path(run_dir).is_absolute() else root / run_dir
+        run_dir = (Path(run_dir) if Path(run_dir).is_absolute() else root / run_dir).resolve()
+        if not run_dir.is_relative_to(root.resolve()):
+            continue
         files = sorted(run_dir.glob("fold*_test.csv"), key=lambda f: int(f.stem[4:].split("_")[0]))
         if files:
             parts.append(f"{label} " + " ".join(_roles({f.stem[4:].split("_")[0]: f.resolve() for f in files}, root)))

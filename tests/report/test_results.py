@@ -213,3 +213,10 @@ def test_fold_downloads_name_each_run_and_number_its_folds(tmp_path):
     assert " · scan-level {download}`0 </results/leakage/scan-level/fold0_test.csv>`" in text
     assert "not run" not in text
     assert results.fold_downloads({}, tmp_path, "Per-image outputs") == ""
+
+
+def test_fold_downloads_leave_out_a_run_outside_the_repository(tmp_path):
+    run = tmp_path / "outside" / "some-run"
+    run.mkdir(parents=True)
+    (run / "fold0_test.csv").write_text("class,id\n")
+    assert results.fold_downloads({"folds": run}, tmp_path / "repo", "Per-image outputs") == ""
