@@ -10,7 +10,7 @@ the introduction can compute its table while the book builds, without data or ne
 **The grid.** The verdicts are read on one grid: a complete grid of the paper's networks
 (:data:`PAPER_NETWORKS`, U-Net++ first) under the most faithful profile we have, in the order
 of :data:`PROFILE_PREFERENCE` — ``paper`` (the published protocol, GPU runs), then
-``replica`` (that protocol on the networks at a quarter of their widths and 64² images), then
+``replica`` (that protocol on the networks at half their widths and 64² images), then
 ``cpu`` (the 7-epoch recipe chosen for two CPU cores). :func:`pick_grid` makes the choice.
 """
 
