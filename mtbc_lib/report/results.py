@@ -377,10 +377,13 @@ def consistency_summary(table: pd.DataFrame, grid: tuple[str, str]) -> str:
 
 def _roles(paths, root: Path) -> list[str]:
     """One MyST ``{download}`` role per file: ``paths`` a list of paths or a dict link text ->
-    path, each absolute or relative to ``root`` (the repository)."""
+    path, each absolute or relative to ``root`` (the repository). A file outside the
+    repository (nothing the book could serve: a scratch run) is left out."""
     items = paths.items() if isinstance(paths, dict) else ((Path(p).name, p) for p in paths)
     roles = []
     for text, p in items:
+        if Path(p).is_absolute() and not Path(p).resolve().is_relative_to(root.resolve()):
+            continue
         rel = Path(p).resolve().relative_to(root.resolve()) if Path(p).is_absolute() else Path(p)
         if not (root / rel).is_file():
             raise FileNotFoundError(f"{root / rel}: not found; expected a committed file to link")
@@ -393,8 +396,10 @@ def downloads(paths, root: str | os.PathLike, label: str = "Download") -> str:
     then one ``{download}`` role per path (served as ``/results/claims.csv`` from the
     repository root ``root``; Sphinx copies the file into the build and a strict build fails
     when it is missing). ``paths``: a list of paths, or a dict link text -> path, each
-    absolute or relative to ``root``. Raises FileNotFoundError for a missing file."""
-    return f"{label}: " + " · ".join(_roles(paths, Path(root)))
+    absolute or relative to ``root``; empty when every file lies outside the repository.
+    Raises FileNotFoundError for a missing file."""
+    roles = _roles(paths, Path(root))
+    return f"{label}: " + " · ".join(roles) if roles else ""
 
 
 def fold_downloads(runs: dict, root: str | os.PathLike, what: str) -> str:
@@ -406,11 +411,10 @@ def fold_downloads(runs: dict, root: str | os.PathLike, what: str) -> str:
     parts = []
     for label, run_dir in runs.items():
         run_dir = (Path(run_dir) if Path(run_dir).is_absolute() else root / run_dir).resolve()
-        if not run_dir.is_relative_to(root.resolve()):
-            continue
         files = sorted(run_dir.glob("fold*_test.csv"), key=lambda f: int(f.stem[4:].split("_")[0]))
-        if files:
-            parts.append(f"{label} " + " ".join(_roles({f.stem[4:].split("_")[0]: f.resolve() for f in files}, root)))
+        roles = _roles({f.stem[4:].split("_")[0]: f for f in files}, root)
+        if roles:
+            parts.append(f"{label} " + " ".join(roles))
     return (f"{what} (CSV, one file a fold): " + " · ".join(parts)) if parts else ""
 
 

@@ -17,39 +17,48 @@ from mtbc_lib.studies import ablation, grid
 
 @pytest.mark.slow
 def test_grid_through_a_dask_cluster_on_loopback(tmp_path, make_busi):
-    """Three tiny settings (1 epoch per fold, generated images) executed by papermill on the
-    workers of a LocalCluster bound to 127.0.0.1; their rows land in ablation.csv, and the
-    results chapter executes on them."""
+    """The six settings of the paper's U-Net++ under the replica profile (1 epoch per fold,
+    generated images) executed by papermill on the workers of a LocalCluster bound to
+    127.0.0.1; their rows land in ablation.csv, the claims and the consistency measures are
+    computed on them, and the results chapter executes on the grid."""
     from dask.distributed import LocalCluster
 
+    from mtbc_lib.studies import claims, consistency
+
     data = make_busi(n_per_class=8)
-    extra = {"curation": "none", "epochs": 1, "batch_size": 4, "image_size": 64}
+    extra = {"curation": "none", "epochs": 1, "batch_size": 4}
+    results = tmp_path / "results"
     with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
                       processes=True) as cluster:
-        done = grid.run_grid("unet-r34", "fast", settings=["st-seg", "st-cls", "mt"], scheduler=cluster.scheduler_address,
-                                 out_dir=tmp_path / "results", notebook_dir=tmp_path / "runs",
-                                 data_dir=str(data), extra=extra)
-    names = ["unet-r34-mt-fast", "unet-r34-st-cls-fast", "unet-r34-st-seg-fast"]
+        done = grid.run_grid("unetplusplus", "replica", scheduler=cluster.scheduler_address, out_dir=results,
+                             notebook_dir=tmp_path / "runs", data_dir=str(data), extra=extra)
+    names = sorted(f"unetplusplus-{s}-replica" for s in ablation.SETTINGS)
     assert sorted(done) == names
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [n + ".ipynb" for n in names]
-    table = pd.read_csv(tmp_path / "results" / "ablation.csv")
-    assert table["configuration"].tolist() == ["ST(Seg)", "ST(Cls)", "ST(Seg+Cls)+PR", "MT", "MT+PR"]
-    assert table[["dsc_avg", "acc"]].iloc[2].between(0, 1).all()
-    # the results chapter executes on this partial grid, predictions figure included
+    table = pd.read_csv(results / "ablation.csv")
+    assert table["configuration"].tolist() == [r.configuration for r in ablation.ROWS]
+    scores = pd.concat([table["dsc_avg"], table["acc"]]).dropna()  # a single-task row has one of the two
+    assert len(scores) == 2 * len(table) - 4 and scores.between(0, 1).all()
+    claims.write_claims_csv([("unetplusplus", "replica")], results)
+    consistency.write_consistency_csv([("unetplusplus", "replica")], results)
+    # the results chapter executes on this grid, predictions figure included
     import papermill
 
     from mtbc_lib.core import REPO_ROOT
 
     out = papermill.execute_notebook(str(REPO_ROOT / "notebooks" / "results.ipynb"), str(tmp_path / "results.ipynb"),
-                                     parameters={"results_dir": str(tmp_path / "results"), "grids": "unet-r34/fast",
+                                     parameters={"results_dir": str(results), "grids": "unetplusplus/replica",
                                                  "data_dir": str(data)}, progress_bar=False, kernel_name="python3")
     outputs = [o for c in out["cells"] for o in c.get("outputs", [])]
     text = json.dumps(outputs)
-    assert "5 of 10 configurations finished" in text and "not run yet" not in text
-    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # confusion, Dice, predictions
+    assert f"{len(ablation.ROWS)} of {len(ablation.ROWS)} configurations" in text and "not run yet" not in text
+    assert "U-Net++, replica profile" in text
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # confusion matrices, predictions
+    html = ["".join(o.get("data", {}).get("text/html", "")) for o in outputs]
+    assert sum("plotly-graph-div" in h for h in html) == 2  # the spread over folds, label against mask
     # complete settings are skipped on the next call
-    assert grid.run_grid("unet-r34", "fast", settings=["st-seg", "st-cls", "mt"], out_dir=tmp_path / "results",
-                             notebook_dir=tmp_path / "runs", data_dir=str(data), extra=extra) == []
+    assert grid.run_grid("unetplusplus", "replica", out_dir=results, notebook_dir=tmp_path / "runs",
+                         data_dir=str(data), extra=extra) == []
 
 
 @pytest.mark.slow

@@ -190,6 +190,10 @@ def test_downloads_link_committed_files_and_refuse_missing_ones(tmp_path):
         "Get: {download}`the claims </results/claims.csv>`"
     with pytest.raises(FileNotFoundError, match="consistency.csv: not found"):
         results.downloads(["results/consistency.csv"], tmp_path)
+    outside = tmp_path / "scratch" / "claims.csv"  # a scratch results folder: nothing the book could serve
+    outside.parent.mkdir()
+    outside.write_text("claim\n")
+    assert results.downloads([outside], tmp_path / "results") == ""
 
 
 def test_per_image_downloads_link_every_fold_of_every_finished_training(tmp_path):
