@@ -9,11 +9,12 @@ import pandas as pd
 
 from mtbc_lib.core import CLASSES
 from mtbc_lib.metrics import metric_label
+from mtbc_lib.report.results import grid_title
 from mtbc_lib.studies.leakage import DESIGNS, DESIGNS_DIFF, FRAMES, METRICS, fold_metrics
 
 __all__ = ["audit_group_numbers", "design_table", "summary_view", "fold_view", "paired_view", "leakage_figure",
            "label_conflict_table",
-           "conclusion", "fit_note", "inside_note", "frames_note"]
+           "conclusion", "fit_note", "inside_note", "frames_note", "studies_note"]
 
 
 def audit_group_numbers(data_dir=None, settings=None) -> dict[tuple[str, int], int]:
@@ -224,3 +225,20 @@ def frames_note(table: pd.DataFrame, paired: pd.DataFrame) -> str:
     return text + (f" A lesion-level design (`split=\"lesion\"`: the frames of one lesion kept in one fold too) "
                    f"would take that exposure away from these {n} images only ({n / total:.1%} of the test "
                    "images), so it was not trained for this chapter.")
+
+
+def studies_note(studies, leakage_csv: pd.DataFrame) -> str:
+    """Markdown: which finished study the chapter reads (the first of ``studies``, (backbone,
+    profile) pairs, the most faithful first), then for each other one its two designs' DSC
+    average and accuracy from ``leakage_csv`` (rows of ``results/leakage.csv``)."""
+    shown, *others = [tuple(s) for s in studies]
+    text = f"This chapter reads the study of **{grid_title(shown)}**, the most faithful one finished."
+    t = leakage_csv.set_index(["backbone", "profile", "design", "metric"])["value"]
+    for b, p in others:
+        if (b, p) not in t.droplevel(["design", "metric"]).index:
+            raise ValueError(f"leakage.csv: no rows of {b}/{p}; run mtbc leakage --backbone {b} --profile {p}")
+        scores = {m: [t[(b, p, d, m)] for d in DESIGNS] for m in ("dsc_avg", "acc")}
+        text += (f" Under {grid_title((b, p))}, image-level against scan-level folds scored DSC average "
+                 f"{scores['dsc_avg'][0]:.3f} against {scores['dsc_avg'][1]:.3f} and accuracy "
+                 f"{scores['acc'][0]:.3f} against {scores['acc'][1]:.3f} (means over the folds).")
+    return text

@@ -149,5 +149,19 @@ def test_study_tables_from_two_tiny_trainings(busi, tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(out), summary.round(4), check_dtype=False, atol=1e-4)
     with pytest.raises(ValueError, match="leakage: no study of unetplusplus/replica has both designs finished"):
         leakage.write_leakage_csv(results, studies=[("unetplusplus", "replica")], data_dir=busi, **engine)
+    # the chapter reads the first finished study out of its candidates and sums up the others from leakage.csv
+    assert leakage.finished_studies([("unetplusplus", "replica"), ("nnunet-planned", "fast")], results,
+                                    **engine) == [("nnunet-planned", "fast")]
+    with pytest.raises(ValueError, match="studies: none of unetplusplus/replica has both designs finished"):
+        leakage.finished_studies([("unetplusplus", "replica")], results, **engine)
+    csv = pd.read_csv(out)
+    note = report.studies_note([("unetplusplus", "replica"), ("nnunet-planned", "fast")], csv)
+    dsc = csv.set_index(["design", "metric"])["value"]
+    assert note.startswith("This chapter reads the study of **U-Net++, replica profile**")
+    assert (f"image-level against scan-level folds scored DSC average {dsc[('image-level', 'dsc_avg')]:.3f} against "
+            f"{dsc[('scan-level', 'dsc_avg')]:.3f}") in note
+    assert report.studies_note([("nnunet-planned", "fast")], csv).endswith("the most faithful one finished.")
+    with pytest.raises(ValueError, match="leakage.csv: no rows of unetplusplus/replica"):
+        report.studies_note([("nnunet-planned", "fast"), ("unetplusplus", "replica")], csv)
 
 
