@@ -48,7 +48,7 @@ from mtbc_lib import core
 from mtbc_lib.core import CLASSES, atomic_write
 
 __all__ = [
-    "DataError", "IMAGE_MODES", "MASK_MODES", "PUBLISHED_KEEP_LIST",
+    "DataError", "IMAGE_MODES", "MASK_MODES", "PUBLISHED_KEEP_LIST", "RELEASE_COUNTS",
     "index_busi", "scan_busi", "read_image", "read_mask", "BusiArrays", "load_busi",
     "read_keep_list", "write_keep_list", "cache_path",
 ]
@@ -57,6 +57,9 @@ __all__ = [
 IMAGE_MODES: tuple[str, ...] = ("1", "L", "RGB", "RGBA")
 MASK_MODES: tuple[str, ...] = ("1", "L", "RGB", "RGBA")
 #: The published Curated BUSI v1 keep-list (450 images), see resources/README.md.
+#: Images per class in the public BUSI release (Al-Dhabyani et al., 2020), 780 in all; the data
+#: tests check them against the folder.
+RELEASE_COUNTS: dict[str, int] = {"benign": 437, "malignant": 210, "normal": 133}
 PUBLISHED_KEEP_LIST: Path = Path(__file__).resolve().parent / "resources" / "mapping_curated_BUSI.csv"
 #: Bump when the decoding/resizing changes, so old caches are not reused.
 _CACHE_VERSION = 1

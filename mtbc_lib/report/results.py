@@ -17,6 +17,7 @@ of :data:`PROFILE_PREFERENCE` — ``paper`` (the published protocol, GPU runs), 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +27,7 @@ from mtbc_lib.studies import claims as claims_study
 from mtbc_lib.studies.ablation import BACKBONE_TITLES, PAPER_TABLE5, ROWS, SETTINGS, finished_runs, run_name
 from mtbc_lib.studies.consistency import CONFIGURATIONS, MEASURES, mt_against_single_task
 
-__all__ = ["PROFILE_PREFERENCE", "PAPER_NETWORKS", "grids_in", "pick_grid", "complete_grids", "shown_grids",
+__all__ = ["paper_facts", "PROFILE_PREFERENCE", "PAPER_NETWORKS", "grids_in", "pick_grid", "shown_grids",
            "grid_title", "verdict_rule", "verdict_table", "verdict_styler", "verdict_changes", "epochs_trained",
            "headline", "grid_note", "verdict_overview", "consistency_figure", "consistency_view", "consistency_summary",
            "downloads", "fold_downloads", "per_image_downloads"]
@@ -71,12 +72,6 @@ def pick_grid(grids, profiles=PROFILE_PREFERENCE, backbones=PAPER_NETWORKS) -> t
     return min(ranked, key=lambda g: (profiles.index(g[1]), backbones.index(g[0])))
 
 
-def complete_grids(grids, results_dir: str | os.PathLike = "results") -> list[tuple[str, str]]:
-    """The grids out of ``grids`` whose six trainings have all finished under
-    ``results_dir`` (no note for the others: an unfinished grid is simply not shown)."""
-    return [g for g in grids if len(finished_runs(*g, results_dir)) == len(SETTINGS)]
-
-
 def shown_grids(grids, profiles=PROFILE_PREFERENCE, backbones=PAPER_NETWORKS) -> list[tuple[str, str]]:
     """For each backbone of ``backbones`` that has a grid among ``grids``, the grid
     :func:`pick_grid` prefers: what the results chapter shows, one grid a network (the
@@ -93,6 +88,28 @@ def grid_title(grid: tuple[str, str]) -> str:
     """How the book names a grid: ``U-Net++, cpu profile``."""
     backbone, profile = grid
     return f"{BACKBONE_TITLES.get(backbone, backbone)}, {profile} profile"
+
+
+# --------------------------------------------------------------------------- the paper's numbers
+
+def paper_facts() -> dict[str, int | float]:
+    """The numbers the introduction cites, from the library's own data (the page glues them
+    into its prose): BUSI's release (``*_busi``), the published Curated BUSI keep-list
+    (``*_curated``), the paper's Table 5 means (``<metric>_<configuration>``, the configuration in
+    lower case with ``_`` for other characters: ``dsc_avg_mt_pr_do``) and its epoch
+    budget (the ``paper`` profile)."""
+    from collections import Counter
+
+    from mtbc_lib.data.busi import PUBLISHED_KEEP_LIST, RELEASE_COUNTS, read_keep_list
+    from mtbc_lib.engine.config import PROFILES
+
+    curated = Counter(c for c, _ in read_keep_list(PUBLISHED_KEEP_LIST))
+    facts: dict[str, int | float] = {"n_busi": sum(RELEASE_COUNTS.values()), "n_curated": sum(curated.values()),
+                                     "paper_epochs": PROFILES["paper"]["epochs"]}
+    facts |= {f"{c}_busi": n for c, n in RELEASE_COUNTS.items()} | {f"{c}_curated": curated[c] for c in RELEASE_COUNTS}
+    facts |= {f"{m}_{re.sub('[^a-z]+', '_', conf.lower()).strip('_')}": mean  # f1_weighted_st_cls_do
+              for conf, row in PAPER_TABLE5.items() for m, (mean, _) in row.items()}
+    return facts
 
 
 # --------------------------------------------------------------------------- verdicts

@@ -248,20 +248,22 @@ def finished_runs(backbone: str, profile: str, results_dir: str | os.PathLike = 
     return {s: d for s, d in dirs.items() if is_complete(d)}
 
 
-def complete_grids(grids, results_dir: str | os.PathLike = "results", what: str = "results") -> list[tuple[str, str]]:
+def complete_grids(grids, results_dir: str | os.PathLike = "results",
+                   what: str | None = "results") -> list[tuple[str, str]]:
     """The (backbone, profile) grids out of ``grids`` whose six trainings (:data:`SETTINGS`)
     are all complete under ``results_dir``; for each other grid one line on stderr says
-    which settings are missing and that ``what`` skips it."""
+    which settings are missing and that ``what`` skips it (no line when ``what`` is None:
+    the book simply does not show an unfinished grid)."""
     import sys
 
     out = []
     for backbone, profile in grids:
         done = finished_runs(backbone, profile, results_dir)
         missing = [s for s in SETTINGS if s not in done]
-        if missing:
+        if missing and what:
             print(f"{what}: skipping {backbone}/{profile}: {', '.join(missing)} not finished under {results_dir}",
                   file=sys.stderr)
-        else:
+        elif not missing:
             out.append((backbone, profile))
     return out
 

@@ -224,3 +224,16 @@ def test_fold_downloads_leave_out_a_run_outside_the_repository(tmp_path):
     run.mkdir(parents=True)
     (run / "fold0_test.csv").write_text("class,id\n")
     assert results.fold_downloads({"folds": run}, tmp_path / "repo", "Per-image outputs") == ""
+
+
+def test_paper_facts_are_the_libraries_own_numbers():
+    from mtbc_lib.data import busi
+
+    facts = results.paper_facts()
+    assert facts["n_busi"] == sum(busi.RELEASE_COUNTS.values()) == 780
+    assert (facts["n_curated"], facts["benign_curated"], facts["malignant_curated"], facts["normal_curated"]) == \
+        (len(busi.read_keep_list(busi.PUBLISHED_KEEP_LIST)), 222, 164, 64)
+    assert facts["dsc_avg_mt_pr_do"] == ablation.PAPER_TABLE5["MT+PR+DO"]["dsc_avg"][0] == 0.751
+    assert facts["f1_weighted_st_cls_do"] == ablation.PAPER_TABLE5["ST(Cls)+DO"]["f1_weighted"][0]
+    assert "f1_weighted_st_seg" not in facts  # a segmenter alone has no classification score
+    assert all(k.isidentifier() for k in facts)  # names a glue role can carry
