@@ -44,12 +44,21 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0,
               squared: bool = True, per_image: bool = True) -> torch.Tensor:
     """Soft Dice loss on sigmoid probabilities: MONAI's ``DiceLoss(sigmoid=True)``.
 
-    logits: (B, 1, H, W) mask logits; target: same shape, {0, 1} (bool or float).
-    ``per_image``: one Dice per image, averaged over the batch (the paper's code; MONAI's
-    ``batch=False``); else one Dice over the whole batch. ``squared``: Σ p² + Σ g² in the
-    denominator (Milletari et al.; the paper's code) instead of Σ p + Σ g. ``smooth`` is
-    added to numerator and denominator (1 in the paper's code; it makes an empty target
-    with an empty prediction a perfect score). Returns a scalar tensor in [0, 1].
+    Args:
+        logits: ``(B, 1, H, W)`` mask logits.
+        target: the same shape, values in {0, 1} (bool or float).
+        smooth: added to numerator and denominator (1 in the paper's code; it makes an empty target
+            with an empty prediction a perfect score).
+        squared: ``Σ p² + Σ g²`` in the denominator (Milletari et al.; the paper's code) instead of
+            ``Σ p + Σ g``.
+        per_image: one Dice per image, averaged over the batch (the paper's code; MONAI's
+            ``batch=False``); else one Dice over the whole batch.
+
+    Returns:
+        A scalar float32 tensor in [0, 1].
+
+    Raises:
+        ValueError: ``logits`` and ``target`` differ in shape or have fewer than 3 dimensions.
     """
     if logits.shape != target.shape or logits.ndim < 3:
         raise ValueError(f"dice_loss: logits {tuple(logits.shape)} and target {tuple(target.shape)} "
@@ -60,13 +69,23 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0,
 
 def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float = 2.0,
                alpha: float = 1.0) -> torch.Tensor:
-    """Softmax focal loss ``mean_b α·(1 − p_t)^γ · (−log p_t)`` (Lin et al. 2017), from
-    MONAI's ``FocalLoss(use_softmax=True)`` summed over the classes (only the true class
-    has a non-zero term) and averaged over the batch; α is a plain factor (MONAI's own
-    ``alpha`` weighs a background class instead, which is not the paper's term).
+    """Softmax focal loss ``mean_b α·(1 − p_t)^γ · (−log p_t)`` (Lin et al. 2017).
 
-    logits: (B, C) class logits; labels: (B,) int64 class indices. γ = 0, α = 1 gives
-    the cross-entropy. Returns a scalar tensor.
+    Computed with MONAI's ``FocalLoss(use_softmax=True)`` summed over the classes (only the true class
+    has a non-zero term) and averaged over the batch; α is a plain factor (MONAI's own ``alpha``
+    weighs a background class instead, which is not the paper's term).
+
+    Args:
+        logits: ``(B, C)`` class logits.
+        labels: ``(B,)`` int64 class indices.
+        gamma: the focusing exponent γ; γ = 0 with α = 1 gives the cross-entropy.
+        alpha: the factor α.
+
+    Returns:
+        A scalar tensor.
+
+    Raises:
+        ValueError: ``logits`` is not 2-D or ``labels`` is not ``(B,)``.
     """
     if logits.ndim != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(f"focal_loss: expected logits (B, C) and labels (B,), got "
@@ -77,7 +96,15 @@ def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float = 2.0,
 
 
 def deep_supervision_weights(n: int, normalize: bool = False) -> list[float]:
-    """Weights 1, 1/2, …, 1/n of n outputs, full resolution first (optionally summing to 1)."""
+    """The weights of n deep-supervision outputs, full resolution first.
+
+    Args:
+        n: number of outputs.
+        normalize: divide the weights by their sum.
+
+    Returns:
+        ``[1, 1/2, ..., 1/n]``, or those divided by their sum.
+    """
     w = [1.0 / (i + 1) for i in range(n)]
     if normalize:
         s = sum(w)
@@ -86,7 +113,20 @@ def deep_supervision_weights(n: int, normalize: bool = False) -> list[float]:
 
 
 def downsample_mask(target: torch.Tensor, size: tuple[int, int], mode: str = "maxpool") -> torch.Tensor:
-    """target (B, 1, H, W) {0,1} -> (B, 1, *size) by max-pooling or nearest neighbour."""
+    """Bring a target mask to a coarser output's size.
+
+    Args:
+        target: ``(B, 1, H, W)`` mask in {0, 1}.
+        size: the ``(height, width)`` wanted.
+        mode: ``"maxpool"`` (adaptive max-pooling: a coarse pixel is lesion if any pixel under it is)
+            or ``"nearest"`` (nearest neighbour).
+
+    Returns:
+        ``(B, 1, *size)``: ``target`` itself when already that size, else a float tensor.
+
+    Raises:
+        ValueError: unknown ``mode`` (only when a resize is needed).
+    """
     if tuple(target.shape[-2:]) == tuple(size):
         return target
     t = target.float()
@@ -100,8 +140,21 @@ def downsample_mask(target: torch.Tensor, size: tuple[int, int], mode: str = "ma
 def segmentation_loss(mask_out: torch.Tensor | list[torch.Tensor], target: torch.Tensor,
                       normalize: bool = False, downsample: str = "maxpool",
                       **dice_kw) -> torch.Tensor:
-    """Dice of one output, or the weighted sum of Dice terms over a deep-supervision list
-    (full resolution first; see the module docstring)."""
+    """The Dice term of one mask output, or of a deep-supervision list (see the module docstring).
+
+    Args:
+        mask_out: ``(B, 1, H, W)`` logits, or a list of logit maps, full resolution first.
+        target: ``(B, 1, H, W)`` mask in {0, 1}.
+        normalize: divide the deep-supervision weights by their sum (:func:`deep_supervision_weights`).
+        downsample: how the target reaches smaller outputs (:func:`downsample_mask`'s ``mode``).
+        **dice_kw: :func:`dice_loss`'s ``smooth``, ``squared``, ``per_image``.
+
+    Returns:
+        A scalar tensor: :func:`dice_loss` of the one output, or the weighted sum over the list.
+
+    Raises:
+        ValueError: as :func:`dice_loss` and :func:`downsample_mask`.
+    """
     if isinstance(mask_out, torch.Tensor):
         return dice_loss(mask_out, target, **dice_kw)
     weights = deep_supervision_weights(len(mask_out), normalize)
@@ -114,10 +167,20 @@ class MultiTaskLoss:
     """The training loss of one task; holds settings only.
 
     ``"seg"``: Dice; ``"cls"``: focal; ``"mt"``: ``lam·Dice + (1 − lam)·Focal``.
-    ``loss(outputs, mask, label)`` with outputs the model's dict ("mask" (B,1,H,W)
-    logits or a deep-supervision list, "label" (B,C) logits), mask (B,1,H,W) float
-    {0,1}, label (B,) int64 -> (scalar loss tensor, {"loss", "dice", "focal"} floats;
-    parts a task does not use are absent).
+
+    Attributes:
+        task: ``"seg"``, ``"cls"`` or ``"mt"``.
+        lam: weight of the Dice term in ``"mt"`` (the paper's λ), in [0, 1].
+        gamma: focal exponent γ.
+        alpha: focal factor α.
+        dice_smooth: added to the Dice numerator and denominator.
+        dice_squared: ``Σ p² + Σ g²`` in the Dice denominator.
+        dice_per_image: one Dice per image, batch mean.
+        ds_normalize: divide the deep-supervision weights by their sum.
+        ds_downsample: how targets reach coarse outputs: ``"maxpool"`` or ``"nearest"``.
+
+    Raises:
+        ValueError: on construction, for an unknown ``task`` or ``lam`` outside [0, 1].
     """
     task: str = "mt"               # "seg", "cls" or "mt"
     lam: float = 0.35              # weight of the Dice term in "mt" (the paper's λ)
@@ -137,6 +200,23 @@ class MultiTaskLoss:
 
     def __call__(self, outputs: dict, mask: torch.Tensor | None = None,
                  label: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of a batch.
+
+        Args:
+            outputs: the model's dict: ``"mask"`` (``(B, 1, H, W)`` logits or a deep-supervision list)
+                and/or ``"label"`` (``(B, C)`` logits).
+            mask: ``(B, 1, H, W)`` or ``(B, H, W)`` float target mask in {0, 1}; needed for ``"seg"`` and
+                ``"mt"``.
+            label: ``(B,)`` int64 target classes; needed for ``"cls"`` and ``"mt"``.
+
+        Returns:
+            ``(loss, info)``: the scalar loss tensor, and a dict of floats with ``"loss"`` and the parts
+            the task uses (``"dice"``, ``"focal"``).
+
+        Raises:
+            ValueError: an output or target the task needs is missing; as :func:`segmentation_loss` and
+                :func:`focal_loss`.
+        """
         parts: dict[str, torch.Tensor] = {}
         if self.task in ("seg", "mt"):
             if "mask" not in outputs or mask is None:

@@ -46,8 +46,14 @@ DDOF: int = 1
 
 
 def metric_label(name: str) -> str:
-    """A Table 5 metric as readers see it in headers and prose: ``dsc_avg`` -> ``DSC avg``,
-    ``f1_benign`` -> ``F1 benign``, ``acc`` -> ``ACC``."""
+    """A Table 5 metric as readers see it in headers and prose.
+
+    Args:
+        name: a metric name such as ``dsc_avg``, ``f1_benign`` or ``acc``.
+
+    Returns:
+        The prefix upper-cased and the rest after a space: ``DSC avg``, ``F1 benign``, ``ACC``.
+    """
     head, _, rest = str(name).partition("_")
     return f"{head.upper()} {rest}" if rest else head.upper()
 
@@ -75,9 +81,20 @@ def _binary_stack(x, name: str) -> np.ndarray:
 def dice_iou(pred, target) -> tuple[np.ndarray, np.ndarray]:
     """Per-image Dice and IoU of binary masks.
 
-    pred, target: (N, H, W) or (N, 1, H, W) binary masks (bool; floats are thresholded
-    at 0.5 — pass probabilities, not logits). Returns two (N,) float64 arrays; an image
-    whose two masks are both empty scores 1, one empty and one not scores 0."""
+    An image whose two masks are both empty scores 1; one empty and one not scores 0.
+
+    Args:
+        pred: ``(N, H, W)`` or ``(N, 1, H, W)`` predicted masks, numpy or torch: bool, floats
+            thresholded at 0.5 (pass probabilities, not logits), or integers (non-zero is lesion).
+        target: the true masks, the same shape and conventions.
+
+    Returns:
+        ``(dice, iou)``, two ``(N,)`` float64 arrays in [0, 1].
+
+    Raises:
+        ValueError: a mask stack is neither ``(N, H, W)`` nor ``(N, 1, H, W)``, or ``pred`` and
+            ``target`` differ in shape.
+    """
     p, t = _binary_stack(pred, "pred"), _binary_stack(target, "target")
     if p.shape != t.shape:
         raise ValueError(f"dice_iou: pred has {p.shape[0]} masks of {p.shape[1]} px, target "
@@ -93,22 +110,53 @@ def dice_iou(pred, target) -> tuple[np.ndarray, np.ndarray]:
 
 
 def dice(pred, target) -> np.ndarray:
-    """Per-image Dice (N,), see :func:`dice_iou`."""
+    """Per-image Dice of binary masks (see :func:`dice_iou`).
+
+    Args:
+        pred: ``(N, H, W)`` or ``(N, 1, H, W)`` predicted masks.
+        target: the true masks, the same shape.
+
+    Returns:
+        ``(N,)`` float64 Dice scores.
+
+    Raises:
+        ValueError: as :func:`dice_iou`.
+    """
     return dice_iou(pred, target)[0]
 
 
 def iou(pred, target) -> np.ndarray:
-    """Per-image IoU (N,), see :func:`dice_iou`."""
+    """Per-image IoU of binary masks (see :func:`dice_iou`).
+
+    Args:
+        pred: ``(N, H, W)`` or ``(N, 1, H, W)`` predicted masks.
+        target: the true masks, the same shape.
+
+    Returns:
+        ``(N,)`` float64 IoU scores.
+
+    Raises:
+        ValueError: as :func:`dice_iou`.
+    """
     return dice_iou(pred, target)[1]
 
 
 def segmentation_metrics(dice_scores, labels, iou_scores=None) -> dict[str, float]:
     """Per-class and average DSC from per-image Dice scores.
 
-    dice_scores: (N,) per-image Dice; labels: (N,) true class indices (CLASSES order).
-    Returns ``dsc_benign``, ``dsc_malignant``, ``dsc_normal`` (NaN for a class with no
-    image), ``dsc_avg`` (mean over all N images), and the same ``iou_*`` when
-    ``iou_scores`` is given."""
+    Args:
+        dice_scores: ``(N,)`` per-image Dice.
+        labels: ``(N,)`` true class indices (``CLASSES`` order).
+        iou_scores: ``(N,)`` per-image IoU; None: no ``iou_*`` entries.
+
+    Returns:
+        ``{"dsc_benign", "dsc_malignant", "dsc_normal"}``: mean Dice of the class's images (NaN for
+        a class with no image), ``"dsc_avg"``: mean over all N images (NaN when N = 0), and the same
+        ``iou_*`` entries when ``iou_scores`` is given; floats.
+
+    Raises:
+        ValueError: ``dice_scores`` and ``labels`` are not two ``(N,)`` arrays.
+    """
     d, y = _np(dice_scores).astype(np.float64), _np(labels).astype(np.int64)
     if d.shape != y.shape or d.ndim != 1:
         raise ValueError(f"segmentation_metrics: dice_scores {d.shape} and labels {y.shape}; "
@@ -125,7 +173,19 @@ def segmentation_metrics(dice_scores, labels, iou_scores=None) -> dict[str, floa
 
 
 def confusion_matrix(y_true, y_pred, num_classes: int = len(CLASSES)) -> np.ndarray:
-    """(C, C) int64 counts, rows = true class, columns = predicted class (scikit-learn's)."""
+    """The confusion matrix of class predictions (scikit-learn's).
+
+    Args:
+        y_true: ``(N,)`` true class indices.
+        y_pred: ``(N,)`` predicted class indices.
+        num_classes: C, the number of classes.
+
+    Returns:
+        ``(C, C)`` int64 counts, rows = true class, columns = predicted class (zeros when N = 0).
+
+    Raises:
+        ValueError: ``y_true`` and ``y_pred`` differ in length, or a label is outside ``0..C-1``.
+    """
     from sklearn.metrics import confusion_matrix as sk_confusion
 
     t, p = _np(y_true).astype(np.int64).ravel(), _np(y_pred).astype(np.int64).ravel()
@@ -139,11 +199,22 @@ def confusion_matrix(y_true, y_pred, num_classes: int = len(CLASSES)) -> np.ndar
 
 
 def classification_metrics(y_true, y_pred, probs=None) -> dict[str, float]:
-    """F1 per class (one-vs-rest; 0 when the class is neither present nor predicted,
-    ``zero_division=0``), support-weighted F1, accuracy, and, when ``probs`` (N, C) class
-    probabilities are given, one-vs-rest ROC AUC per class (NaN when the class is absent
-    or the only one) and their mean ``auc_macro``; all from scikit-learn. y_true, y_pred:
-    (N,) class indices."""
+    """F1 per class, weighted F1, accuracy and optionally ROC AUC, all from scikit-learn.
+
+    Args:
+        y_true: ``(N,)`` true class indices (``CLASSES`` order).
+        y_pred: ``(N,)`` predicted class indices.
+        probs: ``(N, C)`` class probabilities; None: no AUC entries.
+
+    Returns:
+        A dict of floats: ``f1_<class>`` one-vs-rest F1 (0 when the class is neither present nor
+        predicted, ``zero_division=0``), ``f1_weighted`` (support-weighted) and ``acc`` (both NaN when
+        N = 0); with ``probs``, ``auc_<class>`` one-vs-rest ROC AUC (NaN when the class is absent or
+        the only one) and their mean ``auc_macro``.
+
+    Raises:
+        ValueError: as :func:`confusion_matrix`, or ``probs`` is not ``(N, C)``.
+    """
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
     t, p = _np(y_true).astype(np.int64), _np(y_pred).astype(np.int64)
@@ -168,9 +239,21 @@ def classification_metrics(y_true, y_pred, probs=None) -> dict[str, float]:
 
 def aggregate(per_fold: Sequence[Mapping[str, float]], names: Iterable[str] | None = None,
               ddof: int = DDOF) -> dict[str, float]:
-    """Mean and SD over folds: ``{name: mean, name + "_sd": sd}`` for every metric
-    (every key of the first fold unless ``names`` is given). NaN folds are skipped; SD
-    is NaN with fewer than ``ddof + 1`` finite values (pandas' mean and std)."""
+    """Mean and SD of metrics over folds (pandas' mean and std).
+
+    Args:
+        per_fold: one ``{metric: value}`` mapping per fold.
+        names: the metrics to aggregate; None: every key of the first fold. A metric missing from a
+            fold counts as NaN there.
+        ddof: degrees of freedom of the SD (:data:`DDOF`, the sample SD).
+
+    Returns:
+        ``{name: mean, name + "_sd": sd}`` for every metric. Non-finite values are skipped; the SD is
+        NaN with fewer than ``ddof + 1`` finite values.
+
+    Raises:
+        ValueError: ``per_fold`` is empty.
+    """
     import pandas as pd
 
     if not per_fold:

@@ -32,16 +32,24 @@ from mtbc_lib.core import NORMAL
 
 
 def refine(mask_prob, class_scores, threshold: float = 0.5, normal: int = NORMAL):
-    """Apply prediction refinement to a batch.
+    """Apply prediction refinement to a batch (see the module docstring's truth table).
 
-    mask_prob: (B, H, W) or (B, 1, H, W) mask probabilities (sigmoid of the logits),
-        numpy array or torch tensor;
-    class_scores: (B, C) class logits or probabilities (only the arg-max is used),
-        numpy or torch;
-    threshold: a pixel is lesion when its probability is > threshold;
-    normal: index of the normal class.
-    Returns (masks, labels): masks bool with the shape of ``mask_prob``, labels (B,)
-    int64; torch tensors (on mask_prob's device) if ``mask_prob`` is a tensor, else numpy.
+    Args:
+        mask_prob: ``(B, H, W)`` or ``(B, 1, H, W)`` mask probabilities (sigmoid of the logits), numpy
+            array or torch tensor.
+        class_scores: ``(B, C)`` class logits or probabilities (only the arg-max is used), numpy or
+            torch.
+        threshold: a pixel is lesion when its probability is > threshold.
+        normal: index of the normal class.
+
+    Returns:
+        ``(masks, labels)``: masks bool with the shape of ``mask_prob``, emptied where the label is
+        normal; labels ``(B,)`` int64. Torch tensors (on ``mask_prob``'s device) if ``mask_prob`` is a
+        tensor, else numpy arrays.
+
+    Raises:
+        ValueError: ``mask_prob`` is not ``(B, H, W)`` or ``(B, 1, H, W)``, ``class_scores`` is not
+            ``(B, C)`` with the same B, or ``normal`` is not a class index.
     """
     is_torch = isinstance(mask_prob, torch.Tensor)
     if mask_prob.ndim not in (3, 4) or (mask_prob.ndim == 4 and mask_prob.shape[1] != 1):
@@ -68,9 +76,17 @@ def refine(mask_prob, class_scores, threshold: float = 0.5, normal: int = NORMAL
 
 
 def refine_labels(labels, mask_empty, normal: int = NORMAL):
-    """The label half of :func:`refine` on per-image summaries: (B,) predicted labels and
-    (B,) bool "binarised mask is empty" -> (B,) refined labels (normal where either
-    says normal). numpy or torch, returned in the same kind (a new array)."""
+    """The label half of :func:`refine`, on per-image summaries.
+
+    Args:
+        labels: ``(B,)`` predicted labels, numpy or torch.
+        mask_empty: ``(B,)`` bool, whether each binarised mask is empty.
+        normal: index of the normal class.
+
+    Returns:
+        ``(B,)`` refined labels, normal where either input says normal: a new array of the same kind
+        as ``labels`` (numpy: int64).
+    """
     is_normal = (labels == normal) | mask_empty
     out = labels.clone() if isinstance(labels, torch.Tensor) else np.array(labels, dtype=np.int64)
     out[is_normal] = normal
@@ -78,14 +94,34 @@ def refine_labels(labels, mask_empty, normal: int = NORMAL):
 
 
 def refined_dice(dice, labels_pr, truth, normal: int = NORMAL) -> np.ndarray:
-    """Per-image Dice after PR from the Dice before it: PR empties the mask of every image
-    it labels normal, so such an image scores 1 when its true mask is empty and 0
-    otherwise (in BUSI a true mask is empty exactly for the normal class, ``truth``);
-    every other image keeps its Dice. (N,) arrays -> (N,) float64."""
+    """Per-image Dice after PR, from the Dice before it.
+
+    PR empties the mask of every image it labels normal, so such an image scores 1 when its true mask
+    is empty and 0 otherwise (in BUSI a true mask is empty exactly for the normal class, ``truth``);
+    every other image keeps its Dice.
+
+    Args:
+        dice: ``(N,)`` per-image Dice before PR.
+        labels_pr: ``(N,)`` labels after PR.
+        truth: ``(N,)`` true labels.
+        normal: index of the normal class.
+
+    Returns:
+        ``(N,)`` float64 Dice after PR.
+    """
     labels_pr, truth = np.asarray(labels_pr), np.asarray(truth)
     return np.where(labels_pr == normal, (truth == normal).astype(np.float64), np.asarray(dice, dtype=np.float64))
 
 
 def refined_mask(mask, label_pr, normal: int = NORMAL):
-    """One stored binary mask after PR: emptied when the refined label is normal."""
+    """One stored binary mask after PR: emptied when the refined label is normal.
+
+    Args:
+        mask: a binary mask (bool array).
+        label_pr: the image's label after PR.
+        normal: index of the normal class.
+
+    Returns:
+        ``mask`` unchanged in value, or all False when ``label_pr`` is normal.
+    """
     return mask & (int(label_pr) != normal)

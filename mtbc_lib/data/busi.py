@@ -81,12 +81,22 @@ def _resolve_dir(data_dir) -> Path:
 
 
 def index_busi(data_dir=None):
-    """One row per image, sorted by class (label order) then id.
+    """Index the raw BUSI folder as a table, one row per image.
 
-    Returns a ``pandas.DataFrame`` with columns ``class`` (str), ``id`` (int),
-    ``label`` (int, index into ``CLASSES``), ``name`` (str, e.g. ``"benign (42)"``),
-    ``image`` (Path) and ``masks`` (tuple of Paths: ``_mask``, ``_mask_1``, ...).
-    Hidden entries and plain files beside the class folders (SOURCE.md) are ignored.
+    Rows are sorted by class (label order) then id. Hidden entries and plain files beside the
+    class folders (SOURCE.md) are ignored.
+
+    Args:
+        data_dir: the raw BUSI folder holding ``benign/``, ``malignant/`` and ``normal/``; None:
+            ``$MTBC_DATA``, else ``../shared/data/BUSI`` beside the repository (:func:`mtbc_lib.core.data_dir`).
+
+    Returns:
+        A ``pandas.DataFrame`` with columns ``class`` (str), ``id`` (int), ``label`` (int, index into
+        ``CLASSES``), ``name`` (str, e.g. ``"benign (42)"``), ``image`` (Path) and ``masks`` (tuple of
+        Paths: ``_mask``, ``_mask_1``, ...).
+
+    Raises:
+        DataError: as :func:`scan_busi`.
     """
     import pandas as pd
 
@@ -94,8 +104,22 @@ def index_busi(data_dir=None):
 
 
 def scan_busi(data_dir=None) -> dict[str, list]:
-    """:func:`index_busi`'s columns as lists, without pandas (its import, about 0.25 s,
-    can then wait: the audit starts decoding first)."""
+    """:func:`index_busi`'s columns as lists, without importing pandas.
+
+    Args:
+        data_dir: the raw BUSI folder; None: ``$MTBC_DATA``, else ``../shared/data/BUSI`` beside the
+            repository.
+
+    Returns:
+        A dict of equal-length lists keyed ``class``, ``id``, ``label``, ``name``, ``image`` and
+        ``masks`` (the columns of :func:`index_busi`, in its row order).
+
+    Raises:
+        DataError: the folder does not exist; a folder other than the three class folders; a class
+            folder missing or holding no ``<class> (N).png`` image; a file named neither
+            ``<class> (N).png`` nor ``<class> (N)_mask[_K].png``; two images with one id; a mask
+            without an image or an image without a mask.
+    """
     root = _resolve_dir(data_dir)
     expected = ", ".join(f"{c}/" for c in CLASSES)
     subdirs = {p.name: p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
@@ -201,7 +225,21 @@ def _pixels(path, modes: Sequence[str], what: str) -> tuple[np.ndarray, str]:
 
 
 def read_image(path) -> np.ndarray:
-    """A PNG image as grey ``(H, W) uint8`` (luma of RGB/RGBA, see module doc)."""
+    """Read a PNG image as grey ``(H, W) uint8``.
+
+    RGB and RGBA pixels become their luma as Pillow's ``convert("L")`` computes it (alpha ignored);
+    mode "1" gives 0/255 (see the module docstring).
+
+    Args:
+        path: the PNG file (str or path-like); modes :data:`IMAGE_MODES`.
+
+    Returns:
+        The grey image, ``(H, W) uint8``.
+
+    Raises:
+        DataError: the file cannot be read, is not a PNG, has a mode outside :data:`IMAGE_MODES`,
+            or is truncated or corrupt.
+    """
     px, _ = _pixels(path, IMAGE_MODES, "image")
     if px.ndim == 2:
         return px
@@ -217,10 +255,24 @@ def _nearest(n_in: int, n_out: int) -> np.ndarray:
 
 
 def read_mask(paths, shape: tuple[int, int] | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
-    """The union of one or more mask PNGs as ``(H, W) bool``; all must have one size,
-    ``shape`` (H, W) when given (their image's). ``size`` (width, height): the union
-    sampled at that size by nearest pixel (the pixels of Pillow's NEAREST resize, taken
-    before the channels are combined)."""
+    """Read the union of one or more mask PNGs as ``(H, W) bool``.
+
+    A pixel is lesion when any colour channel is non-zero (for RGBA, and alpha is non-zero).
+
+    Args:
+        paths: one mask file, or a sequence of them (all of one size); modes :data:`MASK_MODES`.
+        shape: ``(H, W)`` the masks must have (their image's); None: not checked.
+        size: ``(width, height)`` to sample the union at by nearest pixel (the pixels of Pillow's
+            NEAREST resize, taken before the channels are combined); None: the files' own size.
+
+    Returns:
+        The union of the masks, ``(H, W) bool`` (``(height, width)`` of ``size`` when given).
+
+    Raises:
+        DataError: no path given; a file cannot be read, is not a PNG, has a mode outside
+            :data:`MASK_MODES` or is truncated or corrupt; a mask's size differs from ``shape`` or
+            from the first mask's.
+    """
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
     if not paths:
         raise DataError("read_mask: no mask file given; expected at least one path")
@@ -258,10 +310,17 @@ def _load_one(image: Path, masks: tuple[Path, ...], size: int):
 class BusiArrays:
     """The dataset as arrays, one entry per image (N images, S = size).
 
-    images: (N, S, S) uint8 grey; masks: (N, S, S) bool (union of the mask files);
-    labels: (N,) int64 index into CLASSES; classes: (N,) str; ids: (N,) int64 (N in
-    "<class> (N).png"); names: list of "<class> (N)"; orig_sizes: (N, 2) int64 original
-    (height, width) in pixels.
+    Attributes:
+        images: ``(N, S, S) uint8`` grey images.
+        masks: ``(N, S, S) bool``, the union of each image's mask files.
+        labels: ``(N,) int64``, index into ``CLASSES``.
+        classes: ``(N,) str`` class names.
+        ids: ``(N,) int64``, the N in ``"<class> (N).png"``.
+        names: list of N ``"<class> (N)"`` strings.
+        orig_sizes: ``(N, 2) int64``, the original ``(height, width)`` in pixels.
+
+    Raises:
+        ValueError: on construction, when a field's length differs from ``len(labels)``.
     """
 
     images: np.ndarray
@@ -283,11 +342,25 @@ class BusiArrays:
 
     @property
     def keys(self) -> list[tuple[str, int]]:
-        """(class, id) pairs, the keep-list key of each image."""
+        """The keep-list key of each image.
+
+        Returns:
+            A list of N ``(class, id)`` pairs (str, int), in row order.
+        """
         return [(str(c), int(i)) for c, i in zip(self.classes, self.ids)]
 
     def subset(self, idx) -> "BusiArrays":
-        """A copy holding the rows ``idx`` (integer indices or a boolean mask of length N)."""
+        """A copy holding the rows ``idx``.
+
+        Args:
+            idx: integer indices, or a boolean mask of length N.
+
+        Returns:
+            A new :class:`BusiArrays` with the selected rows, in the order of ``idx``.
+
+        Raises:
+            ValueError: ``idx`` is a boolean mask whose shape is not ``(N,)``.
+        """
         idx = np.asarray(idx)
         if idx.dtype == bool:
             if idx.shape != (len(self),):
@@ -331,7 +404,23 @@ def _load_npz(path: Path) -> BusiArrays | None:
 
 
 def cache_path(data_dir=None, size: int = 128, index=None) -> Path:
-    """The cache file ``load_busi`` uses for this data folder and size."""
+    """The cache file :func:`load_busi` uses for this data folder and size.
+
+    The name holds the size and a digest of the decoding settings and of every file's name, size and
+    mtime; the folder is ``core.cache_dir()``.
+
+    Args:
+        data_dir: the raw BUSI folder; None: the default (:func:`mtbc_lib.core.data_dir`). Unused
+            when ``index`` is given.
+        size: side of the square arrays in pixels.
+        index: the folder's :func:`index_busi` table; None: indexed here.
+
+    Returns:
+        The path of the ``.npz`` cache file (it may not exist yet).
+
+    Raises:
+        DataError: as :func:`index_busi`, when the folder is indexed here.
+    """
     index = index_busi(data_dir) if index is None else index
     return core.cache_dir() / f"busi_{size}px_{_cache_key(index, size)}.npz"
 
@@ -355,10 +444,30 @@ def _decode_all(index, size: int, workers: int, progress: bool) -> list:
 
 def load_busi(data_dir=None, size: int = 128, cache: bool = True, progress: bool = True,
               workers: int = 2) -> BusiArrays:
-    """All BUSI images and masks resized to ``size x size`` (see module doc), in
-    ``index_busi`` order. Decoded arrays are cached as an .npz in ``core.cache_dir()``
-    keyed by size and a digest of the files' names, sizes and mtimes, so a second call
-    reads no PNG. ``workers`` processes decode in parallel (0 or 1: in this process)."""
+    """Load all BUSI images and masks resized to ``size x size``, in :func:`index_busi` order.
+
+    Images are resized by area averaging, masks by nearest neighbour (see the module docstring).
+    Decoded arrays are cached as an ``.npz`` in ``core.cache_dir()`` (:func:`cache_path`: keyed by
+    size and a digest of the files' names, sizes and mtimes, written atomically), so a second call
+    reads no PNG; an unreadable cache file is warned about and rebuilt. Nothing is written unless
+    every file loaded.
+
+    Args:
+        data_dir: the raw BUSI folder; None: the default (:func:`mtbc_lib.core.data_dir`).
+        size: side of the square arrays in pixels (a positive integer).
+        cache: whether to read and write the cache file.
+        progress: whether to show a text progress bar while decoding.
+        workers: processes decoding in parallel; 0 or 1: decode in this process.
+
+    Returns:
+        The dataset as :class:`BusiArrays` (``images`` ``(N, size, size) uint8``, ``masks``
+        ``(N, size, size) bool``).
+
+    Raises:
+        ValueError: ``size`` is not a positive integer.
+        DataError: any problem with the folder or a file (see :func:`scan_busi`, :func:`read_image`,
+            :func:`read_mask`).
+    """
     if not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"load_busi: size={size!r}; expected a positive integer (e.g. 128)")
     index = index_busi(data_dir)
@@ -386,7 +495,20 @@ def load_busi(data_dir=None, size: int = 128, cache: bool = True, progress: bool
 # ----------------------------------------------------------------------------- curation
 
 def read_keep_list(path) -> set[tuple[str, int]]:
-    """The ``class;id`` keep-list (published Curated BUSI format) as a set of pairs."""
+    """Read a ``class;id`` keep-list (the published Curated BUSI format).
+
+    The file is UTF-8 (a BOM is allowed), starts with the header ``class;id``; blank lines are skipped.
+
+    Args:
+        path: the keep-list file (str or path-like).
+
+    Returns:
+        The set of ``(class, id)`` pairs it lists.
+
+    Raises:
+        DataError: the file cannot be read, is not UTF-8, is empty or has another header, or a
+            line is not ``class;id`` with a class of ``CLASSES`` and a non-negative integer id.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -411,9 +533,22 @@ def read_keep_list(path) -> set[tuple[str, int]]:
 
 
 def write_keep_list(pairs: Iterable[tuple[str, int]], path) -> None:
-    """Write pairs in the published format: header ``class;id``, sorted by class (label
-    order) then id, CRLF line endings, no newline after the last line; atomically.
-    Writing the published list's pairs reproduces that file byte for byte."""
+    """Write pairs as a keep-list in the published format, atomically.
+
+    Header ``class;id``, rows sorted by class (label order) then id, duplicates dropped, CRLF line
+    endings, no newline after the last line. Writing the published list's pairs reproduces that file
+    byte for byte.
+
+    Args:
+        pairs: ``(class, id)`` pairs: class in ``CLASSES``, id an integer >= 0.
+        path: the file to write (str or path-like); its folder is created if missing.
+
+    Returns:
+        None.
+
+    Raises:
+        ValueError: a pair whose class is not in ``CLASSES`` or whose id is not an integer >= 0.
+    """
     path = Path(path)
     clean = set()
     for c, i in pairs:

@@ -26,15 +26,38 @@ CURATIONS = {"paper": "published", "keep-one": "audit", "none": None}
 
 
 def needs_audit(curation) -> bool:
-    """Whether the curation's keep-list comes from the duplicate audit."""
+    """Whether the curation's keep-list comes from the duplicate audit.
+
+    Args:
+        curation: a curation name of :data:`CURATIONS`, or a path to a keep-list file.
+
+    Returns:
+        True for a name whose source in :data:`CURATIONS` is ``"audit"`` (``keep-one``), else False.
+    """
     return isinstance(curation, str) and CURATIONS.get(curation) == "audit"
 
 
 def curate(arrays: BusiArrays, curation="paper", keep: set | None = None) -> BusiArrays:
-    """The images of ``arrays`` kept by a curation rule (a name in ``CURATIONS``, or a
-    Path to a ``class;id`` keep-list file). ``keep``: the audit's keep-list, as (class, id)
-    pairs, for a curation the audit decides (:func:`needs_audit`), and only then. Every listed
-    image must be in ``arrays``."""
+    """Keep the images of ``arrays`` that a curation rule keeps.
+
+    Args:
+        arrays: the decoded dataset.
+        curation: a name in :data:`CURATIONS` (``"paper"``: the published keep-list; ``"keep-one"``:
+            the audit's, given as ``keep``; ``"none"``: every image), or an ``os.PathLike`` path to a
+            ``class;id`` keep-list file.
+        keep: the audit's keep-list as ``(class, id)`` pairs, for a curation the audit decides
+            (:func:`needs_audit`), and only then; ignored otherwise.
+
+    Returns:
+        A new :class:`~mtbc_lib.data.busi.BusiArrays` with the kept images, in their order in ``arrays``
+        (a copy of all of them for ``"none"``).
+
+    Raises:
+        ValueError: ``curation`` is neither a known name nor a path, or it needs the audit and
+            ``keep`` is None.
+        DataError: a listed image is not in ``arrays``; the keep-list file is unreadable or malformed
+            (:func:`~mtbc_lib.data.busi.read_keep_list`).
+    """
     if isinstance(curation, os.PathLike):
         keep, source = read_keep_list(curation), str(curation)
     elif curation in CURATIONS:

@@ -23,9 +23,18 @@ import numpy as np
 
 
 def oversampling_factors(labels, double_quirk: bool = False) -> dict[int, int]:
-    """Repetition factor of every class present in ``labels`` (the training split's
-    labels, shape (N,), int): ``{class: round(1 / share)}``; with ``double_quirk`` a
-    factor ≤ 1 becomes 2."""
+    """The repetition factor of every class present in a training split.
+
+    Args:
+        labels: ``(N,)`` integer class labels of the training split, non-empty.
+        double_quirk: reproduce the paper's code: a factor <= 1 becomes 2 (module docstring).
+
+    Returns:
+        ``{class: round(N / n_class)}`` (numpy rounding, half to even) for every class present.
+
+    Raises:
+        ValueError: ``labels`` is not a non-empty 1-D array.
+    """
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.size == 0:
         raise ValueError(f"labels: expected a non-empty 1-D array of class indices, got shape {labels.shape}")
@@ -40,14 +49,22 @@ def oversampling_factors(labels, double_quirk: bool = False) -> dict[int, int]:
 
 
 def oversample(indices, labels, double_quirk: bool = False) -> np.ndarray:
-    """Deterministically repeat training ``indices``.
+    """Deterministically repeat training indices (no randomness: the same result on every call).
 
-    indices: (N,) int, the training split (indices into the dataset);
-    labels: the label of every item of the dataset the indices point into (e.g.
-        ``BusiArrays.labels``); the split's labels are ``labels[indices]``.
-    Returns (M,) int64: ``indices`` in their order, followed, class by class (ascending
-    class index), by ``factor_c − 1`` further copies of that class's indices, so class c
-    appears ``factor_c`` times (see :func:`oversampling_factors`).
+    Args:
+        indices: ``(N,)`` integer indices of the training split into the dataset.
+        labels: the label of every item of the dataset the indices point into (e.g.
+            ``BusiArrays.labels``); the split's labels are ``labels[indices]``.
+        double_quirk: as in :func:`oversampling_factors`.
+
+    Returns:
+        ``(M,) int64``: ``indices`` in their order, followed, class by class (ascending class
+        index), by ``factor_c - 1`` further copies of that class's indices, so class c appears
+        ``factor_c`` times (see :func:`oversampling_factors`).
+
+    Raises:
+        ValueError: ``indices`` is not a 1-D integer array, or a value is outside
+            ``[0, len(labels))``.
     """
     indices = np.asarray(indices)
     labels = np.asarray(labels)

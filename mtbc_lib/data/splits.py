@@ -22,7 +22,13 @@ __all__ = ["Split", "cv_splits", "group_splits", "make_splits", "group_ids", "tr
 
 @dataclass
 class Split:
-    """One cross-validation fold: sorted int64 index arrays into the labels given."""
+    """One cross-validation fold: sorted ``int64`` index arrays into the labels given.
+
+    Attributes:
+        train: ``(n_train,) int64`` training indices.
+        val: ``(n_val,) int64`` validation indices.
+        test: ``(n_test,) int64`` test indices.
+    """
 
     train: np.ndarray
     val: np.ndarray
@@ -30,13 +36,27 @@ class Split:
 
 
 def cv_splits(labels, n_splits: int = 4, seed: int = core.SEED, val_size: float = 0.2) -> list[Split]:
-    """The paper's folds: ``StratifiedKFold(n_splits, shuffle=True, random_state=seed)``
-    on the labels, the held-out fold is the test set; the rest is split by a stratified
-    ``train_test_split(train_size=1 - val_size, random_state=seed)`` into train and val.
-    The folds depend only on the labels and their order; with labels in ``index_busi``
-    order (class, then numeric id) this is the row order of the authors' mapping file.
+    """The paper's stratified cross-validation folds.
 
-    labels: (N,) class labels. Returns ``n_splits`` Splits; each index is tested once."""
+    ``StratifiedKFold(n_splits, shuffle=True, random_state=seed)`` on the labels picks the test folds;
+    the rest of each is split by a stratified ``train_test_split(train_size=1 - val_size,
+    random_state=seed)`` into train and val. The folds depend only on the labels and their order; with
+    labels in ``index_busi`` order (class, then numeric id) this is the row order of the authors'
+    mapping file.
+
+    Args:
+        labels: ``(N,)`` class labels, non-empty.
+        n_splits: number of folds, an integer >= 2.
+        seed: the random state of both splitters.
+        val_size: the validation fraction of each fold's non-test images, in (0, 1).
+
+    Returns:
+        ``n_splits`` :class:`Split` objects; each index is in exactly one test set.
+
+    Raises:
+        ValueError: ``labels`` is not a non-empty 1-D array, ``n_splits`` is not an integer >= 2,
+            ``val_size`` is not in (0, 1), or a class has fewer than ``n_splits`` images.
+    """
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
     labels = np.asarray(labels)
@@ -61,14 +81,28 @@ def cv_splits(labels, n_splits: int = 4, seed: int = core.SEED, val_size: float 
 
 
 def group_splits(labels, groups, n_splits: int = 4, seed: int = core.SEED, val_size: float = 0.2) -> list[Split]:
-    """Folds that keep every group inside one part: ``StratifiedGroupKFold(n_splits,
-    shuffle=True, random_state=seed)`` picks the test folds, and a second stratified group
-    k-fold with ``round(1 / val_size)`` splits takes its first fold of the rest as the
-    validation split. So no group (the copies of one scan, the frames of one lesion) is
-    on two sides of a split; the classes stay about as balanced as groups allow.
+    """Stratified folds that keep every group inside one part of a split.
 
-    labels: (N,) class labels; groups: (N,) group ids (an image in no group: an id of
-    its own). Returns ``n_splits`` Splits; each index is tested once."""
+    ``StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)`` picks the test folds, and a
+    second stratified group k-fold with ``round(1 / val_size)`` splits takes its first fold of the rest
+    as the validation split. So no group (the copies of one scan, the frames of one lesion) is on two
+    sides of a split; the classes stay about as balanced as groups allow.
+
+    Args:
+        labels: ``(N,)`` class labels.
+        groups: ``(N,)`` group ids, one per label (an image in no group: an id of its own).
+        n_splits: number of folds.
+        seed: the random state of both splitters.
+        val_size: the validation fraction of each fold's non-test images; ``round(1 / val_size)``
+            must be >= 2.
+
+    Returns:
+        ``n_splits`` :class:`Split` objects; each index is in exactly one test set.
+
+    Raises:
+        ValueError: ``groups`` and ``labels`` differ in shape, ``val_size`` is not in (0, 1) or
+            ``round(1 / val_size) < 2``, or there are fewer than ``n_splits`` groups.
+    """
     from sklearn.model_selection import StratifiedGroupKFold
 
     labels, groups = np.asarray(labels), np.asarray(groups)
@@ -89,10 +123,22 @@ def group_splits(labels, groups, n_splits: int = 4, seed: int = core.SEED, val_s
 
 
 def make_splits(cfg, arrays, groups: dict | None = None) -> list[Split]:
-    """A run's folds on its arrays (``cfg``: a resolved TrainConfig): ``cfg.split="image"``
-    the paper's (:func:`cv_splits`); ``"scan"`` / ``"lesion"`` :func:`group_splits` on
-    ``groups``, the duplicate audit's group of every grouped image at that level
-    (``{(class, id): group}``, :func:`mtbc_lib.dedup.audit_groups`)."""
+    """A run's folds on its arrays.
+
+    Args:
+        cfg: a resolved :class:`~mtbc_lib.engine.config.TrainConfig`; uses ``split``, ``n_folds``,
+            ``seed`` and ``val_size``. ``split="image"``: the paper's folds (:func:`cv_splits`);
+            ``"scan"`` / ``"lesion"``: :func:`group_splits` on ``groups``.
+        arrays: the run's :class:`~mtbc_lib.data.busi.BusiArrays`.
+        groups: for a group split, the duplicate audit's group of every grouped image at that level,
+            ``{(class, id): group}`` (:func:`mtbc_lib.dedup.audit_groups`); unused for ``"image"``.
+
+    Returns:
+        ``cfg.n_folds`` :class:`Split` objects indexing ``arrays``.
+
+    Raises:
+        ValueError: a group split without ``groups``; as :func:`cv_splits` or :func:`group_splits`.
+    """
     if cfg.split == "image":
         return cv_splits(arrays.labels, n_splits=cfg.n_folds, seed=cfg.seed, val_size=cfg.val_size)
     if groups is None:
@@ -103,15 +149,33 @@ def make_splits(cfg, arrays, groups: dict | None = None) -> list[Split]:
 
 
 def group_ids(arrays, groups: dict) -> np.ndarray:
-    """(N,) group id of each image of ``arrays``: its number in ``groups`` (``{(class, id):
-    group}``) for a grouped image, a number of its own for every other."""
+    """The group id of each image of ``arrays``.
+
+    Args:
+        arrays: the dataset (its ``keys`` are looked up).
+        groups: ``{(class, id): group}`` with integer groups, for the grouped images.
+
+    Returns:
+        ``(N,) int64``: an image's number in ``groups`` when it is grouped, else a number of its own
+        (above every number in ``groups``).
+    """
     first_free = max(groups.values(), default=-1) + 1
     return np.asarray([groups.get(k, first_free + n) for n, k in enumerate(arrays.keys)], dtype=np.int64)
 
 
 def train_indices(cfg, split: Split, labels) -> np.ndarray:
-    """The fold's training indices; with ``cfg.oversampling`` after deterministic
-    oversampling (:func:`mtbc_lib.data.oversampling.oversample`)."""
+    """The fold's training indices, after deterministic oversampling when the run asks for it.
+
+    Args:
+        cfg: a resolved :class:`~mtbc_lib.engine.config.TrainConfig`; uses ``oversampling`` and
+            ``oversampling_quirk``.
+        split: the fold.
+        labels: ``(N,)`` labels of the whole dataset the split indexes.
+
+    Returns:
+        ``int64`` indices: ``split.train`` as is, or with ``cfg.oversampling`` the result of
+        :func:`mtbc_lib.data.oversampling.oversample`.
+    """
     if not cfg.oversampling:
         return np.asarray(split.train, dtype=np.int64)
     from mtbc_lib.data.oversampling import oversample
@@ -120,8 +184,19 @@ def train_indices(cfg, split: Split, labels) -> np.ndarray:
 
 
 def split_counts(cfg, arrays, splits: list[Split]):
-    """Images per fold, split and class of ``splits`` (pandas DataFrame; "train (DO)" = after
-    oversampling, present when ``cfg.oversampling``)."""
+    """Count images per fold, split and class.
+
+    Args:
+        cfg: a resolved :class:`~mtbc_lib.engine.config.TrainConfig` (``oversampling`` adds a row
+            "train (DO)": the training split after oversampling).
+        arrays: the dataset the splits index (its ``labels`` are counted).
+        splits: the folds.
+
+    Returns:
+        A ``pandas.DataFrame``, one row per fold and split: columns ``fold``, ``split``
+        (``train``, [``train (DO)``], ``val``, ``test``), one count column per class of ``CLASSES``
+        and ``total``.
+    """
     import pandas as pd
 
     rows = []

@@ -99,9 +99,29 @@ RULES = ("drop-all", "keep-one")
 
 @dataclass(frozen=True)
 class DedupConfig:
-    """Settings of the duplicate search (defaults: calibrated on the published list, see
-    the module doc; the keypoint settings trade time for recall, and more generous ones
-    find no other pair on BUSI, see benchmarks/bench_dedup.py)."""
+    """Settings of the duplicate search (frozen; the defaults are the calibrated setting, see the module
+    docstring).
+
+    Attributes:
+        size: side in pixels of the square thumbnails SSIM compares, 8..1024.
+        resample: their resize filter, a key of :data:`RESAMPLE`.
+        threshold: same scan when SSIM >= this, in [-1, 1].
+        extended: also find crops and rescales (SSIM of the aligned overlap).
+        candidate_corr: whole-image candidates: correlation of centred 16x16 thumbnails >= this.
+        all_pairs_below: with fewer pairs than this, every pair is verified (no candidate filter).
+        det_pixels: about this many pixels in the keypoint-detection copy of an image.
+        keypoints: strongest blobs kept per image.
+        neighbours: matches kept per descriptor (nearest over all images).
+        min_desc_corr: descriptor correlation a keypoint match needs.
+        min_inliers: matches agreeing on one transform needed to try an alignment.
+        lesion: also group frames of one lesion (coarse SSIM of the aligned overlap).
+        lesion_size: side in pixels of the coarse thumbnails the lesion relation compares, 8..64.
+        lesion_threshold: same lesion (same class) when the coarse aligned SSIM >= this, in [-1, 1].
+
+    Raises:
+        ValueError: on construction, when ``resample`` is not a key of :data:`RESAMPLE` or ``size``,
+            ``threshold``, ``lesion_threshold`` or ``lesion_size`` is outside its range above.
+    """
 
     size: int = 64                 # side of the square thumbnails SSIM compares (paper setting)
     resample: str = "bilinear"     # their resize filter (key of RESAMPLE)
@@ -135,25 +155,33 @@ class DedupConfig:
 class AuditResult:
     """What :func:`find_groups` found.
 
-    index: one row per image (``data.index_busi`` columns plus ``height``, ``width``).
-    pairs: one row per scored pair ``i < j`` (rows of ``index``): ``plain_ssim`` (whole
-      images), ``aligned_ssim`` (aligned overlap, NaN when not aligned), ``score`` (their
-      max), ``method`` ("whole-image" when plain_ssim >= threshold, "extended" when only the
-      aligned one is, "" otherwise), ``duplicate``, transform ``sy, sx, ty, tx`` (j -> i),
-      ``overlap`` (share of the smaller image covered), ``inliers``, ``mask_iou`` (masks
-      compared in i's frame over the overlap; empty vs empty = 1), ``group`` (-1 if none).
-    groups: one row per image of a multi-image group, columns ``DUPLICATE_COLUMNS``
-      plus ``row`` (its row in ``index``): ``method`` "whole-image" when whole-image SSIM alone
-      connects the group, else "extended"; ``linked_by`` "whole-image" when the image has a
-      whole-image SSIM edge inside its group; ``min_ssim``/``max_ssim`` over the group's
-      same-scan pairs; ``mask_iou_min`` the lowest IoU of two members' masks (aligned);
-      ``keep_one`` the member the keep-one rule keeps; ``lesion_group`` its lesion group.
-      Pairs also carry ``lesion_ssim`` (coarse SSIM of the aligned overlap; NaN inside a
-      same-scan group or without the lesion search), ``same_lesion`` (a same-lesion edge:
-      same class, not a copy, lesion_ssim >= lesion_threshold) and ``lesion_group``.
-    lesions: one row per image of a multi-image lesion group, columns ``LESION_COLUMNS``
-      (``group``: its same-scan group, -1 if none; ``min_lesion_ssim``: the weakest
-      same-lesion edge of the lesion group, NaN if copies alone connect it).
+    Attributes:
+        index: ``pandas.DataFrame``, one row per image: :func:`mtbc_lib.data.busi.index_busi`'s columns
+            plus ``height`` and ``width`` (original pixels).
+        pairs: ``pandas.DataFrame``, one row per scored pair ``i < j`` (rows of ``index``), columns
+            :data:`PAIR_COLUMNS`: ``plain_ssim`` (whole images), ``aligned_ssim`` (aligned overlap, NaN
+            when not aligned), ``score`` (their max), ``method`` ("whole-image" when plain_ssim >=
+            threshold, "extended" when only the aligned one is, "" otherwise), ``duplicate``, the
+            transform ``sy, sx, ty, tx`` (j -> i, full-resolution pixels), ``overlap`` (share of the
+            smaller image covered), ``inliers``, ``mask_iou`` (masks compared in i's frame over the
+            overlap; empty vs empty = 1), ``group`` (-1 if none), ``lesion_ssim`` (coarse SSIM of the
+            aligned overlap; NaN inside a same-scan group or without the lesion search),
+            ``same_lesion`` (a same-lesion edge: same class, not a copy, lesion_ssim >=
+            lesion_threshold) and ``lesion_group`` (-1 if none).
+        groups: ``pandas.DataFrame``, one row per image of a multi-image same-scan group, columns
+            :data:`DUPLICATE_COLUMNS` plus ``row`` (its row in ``index``): ``method`` "whole-image" when
+            whole-image SSIM alone connects the group, else "extended"; ``linked_by`` "whole-image"
+            when the image has a whole-image SSIM edge inside its group; ``min_ssim``/``max_ssim`` over
+            the group's same-scan pairs; ``mask_iou_min`` the lowest IoU of two members' masks
+            (aligned); ``keep_one`` the member the keep-one rule keeps; ``lesion_group`` its lesion
+            group.
+        config: the settings searched with.
+        data_dir: the BUSI folder searched.
+        timings: wall-clock seconds of each stage and ``"total"``.
+        counts: numbers of images, candidates, pairs, groups and images in groups.
+        lesions: ``pandas.DataFrame``, one row per image of a multi-image lesion group, columns
+            :data:`LESION_COLUMNS` (``group``: its same-scan group, -1 if none; ``min_lesion_ssim``:
+            the weakest same-lesion edge of the lesion group, NaN if copies alone connect it).
     """
 
     index: "object"
@@ -166,12 +194,26 @@ class AuditResult:
     lesions: "object" = None
 
     def group_sizes(self) -> dict[int, int]:
-        """{group size: number of groups}."""
+        """Count the same-scan groups by size.
+
+        Returns:
+            ``{group size: number of groups}``, sorted by size.
+        """
         g = self.groups.drop_duplicates("group")["size"].value_counts()
         return {int(k): int(v) for k, v in sorted(g.items())}
 
     def keep(self, rule: str = "drop-all") -> set[tuple[str, int]]:
-        """The keep-list of a curation rule (see RULES) as (class, id) pairs."""
+        """The keep-list of a curation rule.
+
+        Args:
+            rule: a rule of :data:`RULES`.
+
+        Returns:
+            The kept images as ``(class, id)`` pairs.
+
+        Raises:
+            ValueError: ``rule`` is not in :data:`RULES`.
+        """
         return curated_keep(self.index, self.groups, rule)
 
 
@@ -209,17 +251,27 @@ class _Search:
 
 def find_groups(data_dir=None, settings: DedupConfig | None = None, *, progress: bool = True,
                 workers: int = 2, cache: bool = True) -> AuditResult:
-    """Search a BUSI folder for groups of images showing the same scan, and for groups of
-    images showing the same lesion (module doc), in named stages: :func:`_decode`,
-    :func:`_whole_image_search`, :func:`_extended_search`, :func:`_same_scan_groups`,
-    :func:`_same_lesion_groups`, :func:`_result`.
+    """Search a BUSI folder for groups of images showing the same scan, and for groups showing the same
+    lesion (module docstring).
 
-    ``data_dir``: the BUSI folder (default: ``core.data_dir()``); ``settings``: a
-    DedupConfig; ``workers``: processes that decode and align; ``cache``: keep the per-image
-    features (thumbnails, detection copies, keypoints: about 25 kB an image) and the verified
-    pairs in ``core.cache_dir()``, keyed by the files' names, sizes and mtimes and the
-    settings, so that a second run decodes no PNG and aligns no pair again. Bad input raises
-    ``mtbc_lib.data.busi.DataError`` (one line naming the file)."""
+    The search runs in named stages: :func:`_decode`, :func:`_whole_image_search`,
+    :func:`_extended_search`, :func:`_same_scan_groups`, :func:`_same_lesion_groups`, :func:`_result`.
+
+    Args:
+        data_dir: the BUSI folder; None: ``core.data_dir()``.
+        settings: the search settings; None: ``DedupConfig()``.
+        progress: whether to show progress bars.
+        workers: processes that decode and align.
+        cache: keep the per-image features (thumbnails, detection copies, keypoints) and the
+            verified pairs in ``core.cache_dir()``, keyed by the files' names, sizes and mtimes and the
+            settings, so that a second run decodes no PNG and aligns no pair again.
+
+    Returns:
+        The :class:`AuditResult`.
+
+    Raises:
+        DataError: bad input (:class:`mtbc_lib.data.busi.DataError`, one line naming the file).
+    """
     from mtbc_lib.data.busi import scan_busi
 
     cfg = settings or DedupConfig()
@@ -372,7 +424,20 @@ def _result(s: _Search, root: Path) -> AuditResult:
 
 
 def curated_keep(index, groups, rule: str = "drop-all") -> set[tuple[str, int]]:
-    """Keep-list of a curation rule (RULES) from find_groups' index and group table."""
+    """The keep-list of a curation rule from :func:`find_groups`' index and group table.
+
+    Args:
+        index: ``AuditResult.index`` (columns ``class``, ``id``).
+        groups: ``AuditResult.groups`` (columns ``class``, ``id``, ``keep_one``).
+        rule: a rule of :data:`RULES`: ``"drop-all"`` drops every grouped image, ``"keep-one"`` keeps
+            each group's ``keep_one`` member.
+
+    Returns:
+        The kept images as ``(class, id)`` pairs.
+
+    Raises:
+        ValueError: ``rule`` is not in :data:`RULES`.
+    """
     if rule not in RULES:
         raise ValueError(f"unknown curation rule {rule!r}; expected one of {', '.join(RULES)}")
     drop = {(c, int(i)) for c, i in zip(groups["class"], groups["id"])}
@@ -405,8 +470,24 @@ def _cached_audit(data_dir, settings: DedupConfig | None, progress: bool) -> dic
 
 def keep_list(data_dir=None, rule: str = "drop-all", *, settings: DedupConfig | None = None,
               progress: bool = False) -> set[tuple[str, int]]:
-    """The keep-list of a curation rule (RULES) for a BUSI folder, as (class, id) pairs
-    (the search is cached, see :func:`_cached_audit`)."""
+    """The keep-list of a curation rule for a BUSI folder.
+
+    The search runs once per folder and settings; its keep-lists and groups are cached as JSON in
+    ``core.cache_dir()`` (written atomically; see :func:`_cached_audit`).
+
+    Args:
+        data_dir: the BUSI folder; None: ``core.data_dir()``.
+        rule: a rule of :data:`RULES`.
+        settings: the search settings; None: ``DedupConfig()``.
+        progress: whether to show progress bars when the search runs.
+
+    Returns:
+        The kept images as ``(class, id)`` pairs.
+
+    Raises:
+        ValueError: ``rule`` is not in :data:`RULES`.
+        DataError: bad input, as :func:`find_groups`.
+    """
     if rule not in RULES:
         raise ValueError(f"unknown curation rule {rule!r}; expected one of {', '.join(RULES)}")
     return {(c, int(i)) for c, i in _cached_audit(data_dir, settings, progress)[rule]}
@@ -419,9 +500,24 @@ GROUP_LEVELS = ("scan", "lesion")
 
 def audit_groups(data_dir=None, level: str = "scan", *, settings: DedupConfig | None = None,
                  progress: bool = False) -> dict[tuple[str, int], int]:
-    """The audit's group of every grouped image of a BUSI folder, as ``{(class, id): group
-    number}`` (numbers from 0; an image in no group is absent). ``level="lesion"`` joins
-    the same-scan groups with the same-lesion relation. Cached like :func:`keep_list`."""
+    """The audit's group of every grouped image of a BUSI folder.
+
+    Cached like :func:`keep_list`.
+
+    Args:
+        data_dir: the BUSI folder; None: ``core.data_dir()``.
+        level: a level of :data:`GROUP_LEVELS`: ``"scan"`` (copies of one scan) or ``"lesion"`` (the
+            same-scan groups joined by the same-lesion relation).
+        settings: the search settings; None: ``DedupConfig()``.
+        progress: whether to show progress bars when the search runs.
+
+    Returns:
+        ``{(class, id): group number}``, numbers from 0; an image in no group is absent.
+
+    Raises:
+        ValueError: ``level`` is not in :data:`GROUP_LEVELS`.
+        DataError: bad input, as :func:`find_groups`.
+    """
     if level not in GROUP_LEVELS:
         raise ValueError(f"level={level!r}: expected one of {', '.join(GROUP_LEVELS)}")
     cached = _cached_audit(data_dir, settings, progress)
@@ -441,12 +537,24 @@ NOTEBOOK_PARAMS = {"data_dir": str, "threshold": float, "size": int, "resample":
 
 
 def params_from_namespace(namespace: dict) -> tuple[Path, DedupConfig, str]:
-    """(data folder, DedupConfig, curation rule) from a notebook's ``globals()``.
+    """The audit notebook's parameters from its ``globals()``.
 
-    Papermill only warns about parameters a notebook does not declare; here every
-    public global holding a literal must be one of NOTEBOOK_PARAMS, else ValueError
-    names the unknown ones. ``data_dir`` "" means the default folder
-    (``$MTBC_DATA``, else ../shared/data/BUSI). Call it before assigning other globals."""
+    Papermill only warns about parameters a notebook does not declare; here every public global
+    holding a literal must be one of :data:`NOTEBOOK_PARAMS`. Call it before assigning other globals.
+
+    Args:
+        namespace: the notebook's ``globals()``. ``data_dir`` "" means the default folder
+            (``$MTBC_DATA``, else ``../shared/data/BUSI``); ``curation`` defaults to ``"drop-all"``;
+            an int is accepted for a float parameter.
+
+    Returns:
+        ``(data folder, DedupConfig, curation rule)``.
+
+    Raises:
+        ValueError: an unknown parameter (the message names it), a value of the wrong type, a
+            curation outside :data:`RULES`, or settings :class:`DedupConfig` rejects.
+        DataError: the data folder does not exist.
+    """
     values = core.notebook_params(namespace, NOTEBOOK_PARAMS)
     for k, v in values.items():
         want = NOTEBOOK_PARAMS[k]

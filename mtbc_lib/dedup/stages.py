@@ -146,7 +146,17 @@ def keypoint_pairs(prep: list[dict], cfg, matched) -> list[tuple[int, int, int, 
 
 
 def components(n: int, i, j) -> np.ndarray:
-    """Connected-component label (0..) of each of ``n`` nodes, given the edges (i, j)."""
+    """The connected components of a graph.
+
+    Args:
+        n: number of nodes (``0 .. n - 1``).
+        i: first ends of the edges (node numbers).
+        j: second ends, one per entry of ``i``.
+
+    Returns:
+        ``(n,)`` integer component labels ``0 .. k - 1``; two nodes share a label exactly when the
+        edges connect them.
+    """
     parent = np.arange(n)
 
     def root(k):

@@ -53,6 +53,20 @@ class _Columns:
 
 
 def group_table(index, pairs, groups: list[list[int]], root: Path):
+    """The same-scan group table of a search (``AuditResult.groups`` before ``lesion_group`` is added).
+
+    Args:
+        index: the search's index (columns ``class``, ``id``, ``image``, ``height``, ``width``).
+        pairs: the scored pairs (:data:`PAIR_COLUMNS` ``i``, ``j``, ``group``, ``method``,
+            ``duplicate``, ``score``, ``mask_iou``).
+        groups: each multi-image group as a list of rows of ``index``; group numbers are 1, 2, ... in
+            this order.
+        root: the BUSI folder, for the files' relative paths.
+
+    Returns:
+        A ``pandas.DataFrame`` with columns :data:`DUPLICATE_COLUMNS` without ``lesion_group``, plus
+        ``row``: one row per member of each group (see :class:`~mtbc_lib.dedup.search.AuditResult`).
+    """
     import pandas as pd
 
     col = _Columns(index, root)
@@ -84,6 +98,21 @@ def group_table(index, pairs, groups: list[list[int]], root: Path):
 
 
 def lesion_table(index, pairs, lesion_of: np.ndarray, group_of: np.ndarray, root: Path):
+    """The lesion group table of a search (``AuditResult.lesions``).
+
+    Args:
+        index: the search's index (columns ``class``, ``id``, ``image``, ``height``, ``width``).
+        pairs: the scored pairs (:data:`PAIR_COLUMNS` ``same_lesion``, ``lesion_group``,
+            ``lesion_ssim``).
+        lesion_of: ``(N,)`` lesion group number of each row of ``index`` (1, 2, ...; 0 or less: in
+            none).
+        group_of: ``(N,)`` same-scan group number of each row (-1: in none).
+        root: the BUSI folder, for the files' relative paths.
+
+    Returns:
+        A ``pandas.DataFrame`` with columns :data:`LESION_COLUMNS`, one row per image of a lesion
+        group, by lesion group.
+    """
     import pandas as pd
 
     col = _Columns(index, root)
@@ -104,9 +133,17 @@ def lesion_table(index, pairs, lesion_of: np.ndarray, group_of: np.ndarray, root
 
 
 def duplicates_table(result):
-    """What ``duplicates.csv`` holds: one row per image of a multi-image same-scan group
-    (``DUPLICATE_COLUMNS``), then one row per image that shares only its lesion with other
-    images (empty same-scan columns, ``lesion_group`` set), ordered by lesion group."""
+    """What ``duplicates.csv`` holds.
+
+    Args:
+        result: an :class:`~mtbc_lib.dedup.search.AuditResult`.
+
+    Returns:
+        A ``pandas.DataFrame`` with columns :data:`DUPLICATE_COLUMNS`: one row per image of a
+        multi-image same-scan group, then one row per image that shares only its lesion with other
+        images (empty same-scan columns, ``lesion_group`` set), ordered by lesion group; ``group``,
+        ``size`` and ``lesion_group`` are nullable integers.
+    """
     import pandas as pd
 
     dup = result.groups.drop(columns=["row"])
@@ -122,9 +159,21 @@ def duplicates_table(result):
 
 
 def write_audit(result, out_dir, curation: str = "drop-all") -> dict[str, Path]:
-    """Write ``duplicates.csv`` (:func:`duplicates_table`), ``pairs.csv`` (every scored pair)
-    and ``curated.csv`` (the keep-list of ``curation`` in the published ``class;id``
-    format), each atomically. Returns their paths."""
+    """Write a search's result as CSV files, each atomically.
+
+    Args:
+        result: an :class:`~mtbc_lib.dedup.search.AuditResult`.
+        out_dir: the folder to write into (created if missing).
+        curation: the rule of ``curated.csv``'s keep-list (:data:`~mtbc_lib.dedup.search.RULES`).
+
+    Returns:
+        ``{"duplicates": path, "pairs": path, "curated": path}``: ``duplicates.csv``
+        (:func:`duplicates_table`), ``pairs.csv`` (every scored pair) and ``curated.csv`` (the keep-list
+        in the published ``class;id`` format).
+
+    Raises:
+        ValueError: ``curation`` is not a rule of :data:`~mtbc_lib.dedup.search.RULES`.
+    """
     from mtbc_lib.data.busi import write_keep_list
 
     keep = result.keep(curation)
@@ -139,7 +188,15 @@ def write_audit(result, out_dir, curation: str = "drop-all") -> dict[str, Path]:
 
 
 def summary(result) -> str:
-    """A few lines: images, groups by size and method, label conflicts, keep-list sizes."""
+    """A few lines summing up a search's result.
+
+    Args:
+        result: an :class:`~mtbc_lib.dedup.search.AuditResult`.
+
+    Returns:
+        Newline-joined text: images, groups by size and method, label conflicts, keep-list sizes,
+        the lesion groups (when searched), the setting and the search's total time in seconds.
+    """
     g = result.groups.drop_duplicates("group")
     sizes = result.group_sizes()
     names = {2: "duplets", 3: "triplets", 4: "quadruplets"}

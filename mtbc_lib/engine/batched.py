@@ -59,8 +59,19 @@ BATCHABLE: tuple[str, ...] = ("unetplusplus", "nnunet", "unetplusplus-std")
 
 
 def check_batchable(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` (resolved) if the batched engine reproduces its training, else ValueError (one
-    line naming the parameter)."""
+    """Check that the batched engine reproduces a config's training.
+
+    Args:
+        cfg: a resolved :class:`~mtbc_lib.engine.config.TrainConfig`.
+
+    Returns:
+        ``cfg``.
+
+    Raises:
+        ValueError: the backbone is not in :data:`BATCHABLE`, the schedule is not ``"plateau"``, or
+            ``grad_clip``, ``ema``, ``low_res_epochs`` or ``budget_minutes`` is set (one line naming the
+            parameter).
+    """
     checks = [("backbone", cfg.backbone in BATCHABLE, f"one of {', '.join(BATCHABLE)}"),
               ("schedule", cfg.schedule == "plateau", "'plateau'")]
     checks += [(k, not getattr(cfg, k), "0") for k in ("grad_clip", "ema", "low_res_epochs", "budget_minutes")]
@@ -72,9 +83,19 @@ def check_batchable(cfg: TrainConfig) -> TrainConfig:
 
 
 def group_key(cfg: TrainConfig) -> tuple:
-    """What the members of one stack share (``cfg`` resolved): the network's shape, the batch
-    size, the loss and optimiser settings, the device and arithmetic. Seeds, folds, splits,
-    DO, epochs, patience, learning rates and the plateau settings are each member's own."""
+    """What the members of one stack share.
+
+    Seeds, folds, splits, DO, epochs, patience, learning rates and the plateau settings are each
+    member's own.
+
+    Args:
+        cfg: a resolved :class:`~mtbc_lib.engine.config.TrainConfig`.
+
+    Returns:
+        A hashable tuple: the network's shape (backbone, task, width, image size, deep supervision),
+        the batch size, the loss and optimiser settings, the device and arithmetic, the evaluation
+        batch size and the threshold.
+    """
     dev = resolve_device(cfg.device)
     return (cfg.backbone, cfg.task, cfg.width, cfg.image_size, cfg.deep_supervision, cfg.batch_size, cfg.lam,
             cfg.gamma, cfg.optimizer, cfg.weight_decay, str(dev), resolve_amp(cfg.amp, dev), cfg.eval_batch_size,
@@ -320,26 +341,40 @@ def _arrays_of(cfg: TrainConfig, arrays, cache: dict, progress: bool):
 def run_many(configs, arrays=None, device: str | None = None, progress: bool = True, splits=None,
              max_members: int = 0, deadline: float | None = None, checkpoint_every: int = 1,
              vmap: bool = True, compile: str = "") -> dict[str, dict]:
-    """Train and evaluate the folds ``cfg.folds`` of every config, batched: as :func:`train.run`
-    does for one (same files; finished folds skipped, interrupted ones resumed, each fold held
-    by a lock), with the trainings of one :func:`group_key` advancing together.
+    """Train and evaluate the folds ``cfg.folds`` of every config, batched.
+
+    As :func:`~mtbc_lib.engine.train.run` does for one (same files; finished folds skipped,
+    interrupted ones resumed, each fold held by a lock; a fold held by another process is skipped
+    with one line), with the trainings of one :func:`group_key` advancing together. torch's thread
+    count and determinism flag are restored afterwards.
 
     Args:
-        configs: TrainConfigs (resolved here; each must pass :func:`check_batchable`).
-        arrays: None (each config's data, loaded once per data set), a ``BusiArrays`` for
-            all, or a function config -> BusiArrays.
+        configs: :class:`~mtbc_lib.engine.config.TrainConfig` objects (resolved here; each must pass
+            :func:`check_batchable`; run names distinct).
+        arrays: None (each config's data, loaded once per data set), a ``BusiArrays`` for all, or a
+            function config -> BusiArrays.
         device: overrides the configs' ``device`` (e.g. "cuda"); None keeps theirs.
+        progress: whether to show progress bars.
         splits: None (``train.run_splits``) or a function (config, arrays) -> folds.
         max_members: at most this many trainings per stack (0: no limit).
         deadline: ``time.time()`` after which no epoch starts; unfinished trainings stay so
             (checkpointed if ``checkpoint_every``), finished ones are written.
-        checkpoint_every: write each training's rolling checkpoint every this many epochs
-            (0: only its best weights, at its end).
+        checkpoint_every: write each training's rolling checkpoint every this many epochs (0: only its
+            best weights, at its end).
         vmap: one vmapped computation per step (else a loop over the members: the reference).
         compile: a ``torch.compile`` mode for the vmapped forward ("": none; for a GPU).
 
-    Returns {run name: summary} (``runs.summarize``; summary.json written once complete).
-    Raises TrainingDiverged (one line naming each) after the others finished if any diverged."""
+    Returns:
+        ``{run name: summary}`` (:func:`~mtbc_lib.engine.runs.summarize`; ``summary.json`` written
+        once a run is complete); ``{}`` for no configs.
+
+    Raises:
+        ValueError: ``max_members`` or ``checkpoint_every`` is not an integer >= 0, an unknown
+            ``compile`` mode, a config that is not a TrainConfig, invalid or not batchable, a run name
+            given twice, arrays not at ``image_size``, or stored results from a different
+            configuration.
+        TrainingDiverged: after the others finished, if any training diverged (one line naming each).
+    """
     for name, v in (("max_members", max_members), ("checkpoint_every", checkpoint_every)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ValueError(f"parameter {name}={v!r}: expected an integer >= 0")

@@ -103,8 +103,66 @@ RUN_NAME_FIELDS: tuple[str, ...] = ("curation", "split", "lam", "epochs", "patie
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run. ``None`` fields take the profile's value
-    (:meth:`resolve`); a given value overrides the profile."""
+    """Everything that defines a training run.
+
+    ``None`` fields take the profile's value (:meth:`resolve`); a given value overrides the profile.
+    Construction checks nothing; :meth:`validate` and :meth:`resolve` do.
+
+    Attributes:
+        backbone: network, a key of :data:`mtbc_lib.networks.registry.BACKBONES`.
+        task: ``"seg"`` (segmentation), ``"cls"`` (classification) or ``"mt"`` (both).
+        oversampling: deterministic oversampling (DO) of the training split.
+        lam: λ of the multi-task loss ``λ·Dice + (1 − λ)·Focal``, in [0, 1].
+        epochs: maximum epochs per fold (None: profile).
+        patience: early stopping: epochs without a lower validation loss (None: profile).
+        batch_size: training batch size (None: profile).
+        lr: learning rate, > 0 (None: profile).
+        image_size: images are resized to ``image_size x image_size`` pixels, a multiple of 32 (None:
+            profile).
+        width: the paper's networks' channel counts times this factor, in (0, 4] (None: profile).
+        folds: which folds to run, 0-based (None or []: all); also an int or a string ``"0,2"``.
+        seed: seed of the splits, the weights and the augmentation.
+        curation: a curation of :data:`mtbc_lib.data.curation.CURATIONS`.
+        split: folds of images (``"image"``, the paper's), or of the audit's ``"scan"`` or
+            ``"lesion"`` groups.
+        data_dir: raw BUSI folder (``""``: ``$MTBC_DATA`` or ``../shared/data/BUSI``).
+        out_dir: results go to ``out_dir/<run name>/`` (relative: to the repository root).
+        device: ``"auto"`` (GPU if any), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+        profile: a key of :data:`PROFILES`.
+        limit: use only the first ``limit`` images per class (0: all).
+        run_name: the results folder's name, a plain folder name (``""``: :meth:`derived_run_name`).
+        deep_supervision: Dice on every mask output (None: the backbone's default).
+        gamma: focal loss exponent γ, >= 0.
+        n_folds: number of cross-validation folds, >= 2.
+        val_size: share of the training part held out for validation, in (0, 1).
+        oversampling_quirk: the published code's doubling of a class with factor <= 1.
+        plateau_factor: ReduceLROnPlateau factor, in (0, 1) (None: profile).
+        plateau_patience: ReduceLROnPlateau patience in epochs (None: profile).
+        min_lr: ReduceLROnPlateau minimum learning rate, >= 0 (None: profile).
+        amp: bf16 autocast, a value of :data:`AMP_CHOICES` (None: profile).
+        channels_last: channels-last memory format, a value of :data:`AMP_CHOICES` (None: profile).
+        threshold: a mask pixel is lesion when ``sigmoid(logit) > threshold``, in (0, 1).
+        eval_batch_size: batch size of validation and test inference.
+        ckpt_dir: checkpoint folder (``""``: ``<out_dir>/../checkpoints/<run name>``).
+        num_threads: torch CPU threads (0: torch's default).
+        deterministic: call ``torch.use_deterministic_algorithms``.
+        budget_minutes: per-fold training-time budget in minutes: no new epoch starts once spent
+            (0: none).
+        optimizer: ``"adam"`` or ``"adamw"`` (None: profile).
+        weight_decay: weight decay, >= 0 (Adam: L2 added to the gradient; AdamW: decoupled) (None:
+            profile).
+        schedule: ``"plateau"`` (ReduceLROnPlateau on the validation loss) or ``"cosine"`` (None:
+            profile).
+        warmup_epochs: ``"cosine"``: linear warm-up over these epochs, then cosine decay to ``min_lr``
+            at ``epochs`` (None: profile).
+        grad_clip: clip the gradients' global norm to this value (0: no clipping; None: profile).
+        ema: decay in [0, 1) of an exponential moving average of the weights, which validation and
+            test use (0: none; None: profile).
+        low_res_epochs: progressive resizing: the first epochs train at ``image_size / 2`` (needs an
+            ``image_size`` that is a multiple of 64; None: profile).
+        evaluate_on: the split the best weights are evaluated on, ``"test"`` or ``"val"``.
+        stop_after_epochs: test hook: stop (as if killed) after this many epochs (0: never).
+    """
 
     # --- the setting (notebook parameters)
     backbone: str = "unetplusplus"   # network, a key of mtbc_lib.networks.registry.BACKBONES
@@ -157,7 +215,17 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ derivation
     def resolve(self) -> "TrainConfig":
-        """A validated copy with the profile's values filled in and ``folds`` a list."""
+        """A validated copy with the profile's values filled in.
+
+        ``folds`` becomes a sorted list, ``deep_supervision`` the backbone's default when None,
+        ``run_name`` the derived name when empty; ``width`` is 1 for networks without a width factor.
+
+        Returns:
+            A new, resolved and validated :class:`TrainConfig` (``self`` is not changed).
+
+        Raises:
+            ValueError: as :meth:`validate`.
+        """
         self.validate()
         from mtbc_lib.networks.registry import BACKBONES
 
@@ -178,14 +246,24 @@ class TrainConfig:
         return c
 
     def setting(self) -> str:
-        """The Table 5 training setting: ``st-seg``, ``st-cls`` or ``mt``, plus ``-do``."""
+        """The Table 5 training setting.
+
+        Returns:
+            ``st-seg``, ``st-cls`` or ``mt`` (from ``task``), plus ``-do`` with oversampling.
+        """
         return {"seg": "st-seg", "cls": "st-cls", "mt": "mt"}[self.task] + ("-do" if self.oversampling else "")
 
     def derived_run_name(self) -> str:
-        """The one run-name scheme: ``<backbone>-<setting>-<profile>``, plus
-        ``-<field><value>`` for each setting that differs from its default, the profile's
-        value or the backbone's (``-curationkeep-one``, ``-epochs24``, ``-ds0``...), e.g.
-        ``unetplusplus-mt-do-fast`` or ``nnunet-st-seg-paper-lr0.0002``."""
+        """The one run-name scheme.
+
+        ``<backbone>-<setting>-<profile>``, plus ``-<field><value>`` (the field without underscores) for
+        each field of :data:`RUN_NAME_FIELDS` that differs from the profile's or the default value,
+        ``-ds0``/``-ds1`` when deep supervision differs from the backbone's default, and
+        ``-limit<n>``; e.g. ``unetplusplus-mt-do-fast`` or ``nnunet-st-seg-paper-lr0.0002``.
+
+        Returns:
+            The run name.
+        """
         from mtbc_lib.networks.registry import default_deep_supervision
 
         parts = [self.backbone, self.setting(), self.profile]
@@ -203,8 +281,15 @@ class TrainConfig:
         return "-".join(parts)
 
     def validate(self) -> "TrainConfig":
-        """Check every field's type and value; raise ValueError with one line naming the
-        parameter and the valid choices."""
+        """Check every field's type and value.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ValueError: a field has the wrong type or an invalid value; the one-line message names the
+                parameter and the valid choices.
+        """
         from mtbc_lib.networks.registry import BACKBONES, TASKS
 
         for f in dataclasses.fields(self):
@@ -279,10 +364,24 @@ class TrainConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict (``dataclasses.asdict``).
+
+        Returns:
+            ``{field name: value}`` for every field.
+        """
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """A config from a dict of fields.
+
+        Args:
+            d: ``{field name: value}``, as :meth:`to_dict` writes; keys that are not fields are ignored,
+                missing fields take their defaults.
+
+        Returns:
+            A new :class:`TrainConfig` (not validated).
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -304,8 +403,19 @@ NON_RESULT_FIELDS = {"folds", "data_dir", "out_dir", "device", "run_name", "eval
 
 
 def config_diff(a: dict, b: dict) -> list[str]:
-    """The fields in which two config dicts (``TrainConfig.to_dict()``) differ in a way
-    that changes a run's numbers (not where the data or the results live, the device...)."""
+    """The fields in which two configs differ in a way that changes a run's numbers.
+
+    Fields of :data:`NON_RESULT_FIELDS` (where the data or the results live, the device...) are
+    ignored; a field missing from a dict (a run written before it existed) counts as the paper's
+    value (``PAPER_RECIPE``, ``PAPER_SCALE``, ``evaluate_on="test"``, ``split="image"``).
+
+    Args:
+        a: a config dict (``TrainConfig.to_dict()``).
+        b: another.
+
+    Returns:
+        The sorted names of the differing fields.
+    """
     keys = (set(a) | set(b)) - NON_RESULT_FIELDS
     old = {**PAPER_RECIPE, **PAPER_SCALE, "evaluate_on": "test", "split": "image"}  # what a run written before these fields used
     return sorted(k for k in keys if a.get(k, old.get(k)) != b.get(k, old.get(k)))
@@ -354,10 +464,21 @@ def _parse_folds(folds, n_folds: int) -> list[int]:
 
 
 def config_from_namespace(namespace: dict) -> TrainConfig:
-    """The resolved TrainConfig of a notebook's parameters, from its ``globals()``: every
-    literal-valued public global must be a TrainConfig field, else ValueError listing the
-    valid names (see :func:`mtbc_lib.core.notebook_params`). Call it before any other
-    global is assigned."""
+    """The resolved config of a notebook's parameters, from its ``globals()``.
+
+    Every literal-valued public global must be a :class:`TrainConfig` field (see
+    :func:`mtbc_lib.core.notebook_params`). Call it before any other global is assigned.
+
+    Args:
+        namespace: the notebook's ``globals()``.
+
+    Returns:
+        The resolved :class:`TrainConfig`.
+
+    Raises:
+        ValueError: an unknown parameter (the message lists the valid names), or as
+            :meth:`TrainConfig.validate`.
+    """
     from mtbc_lib.core import notebook_params
 
     values = notebook_params(namespace, [f.name for f in dataclasses.fields(TrainConfig)])

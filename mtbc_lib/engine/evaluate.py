@@ -16,16 +16,42 @@ __all__ = ["predict", "val_metrics", "scored_outputs", "first_mask", "float_outp
 
 
 def to_input(x_u8: torch.Tensor, device, channels_last: bool) -> torch.Tensor:
+    """Images as a network's input.
+
+    Args:
+        x_u8: ``(B, 1, S, S)`` uint8 images.
+        device: the device to move them to.
+        channels_last: use the channels-last memory format.
+
+    Returns:
+        ``(B, 1, S, S)`` float32 on ``device``, scaled to [0, 1] (divided by 255).
+    """
     x = x_u8.to(device, non_blocking=True).float().div_(255.0)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def first_mask(out) -> torch.Tensor:
+    """The finest mask output of a model's output dict.
+
+    Args:
+        out: a model's output dict with a ``"mask"`` entry (a tensor, or a deep-supervision list).
+
+    Returns:
+        The ``(B, 1, H, W)`` mask logits: the tensor, or the list's first (finest) element.
+    """
     m = out["mask"]
     return m[0] if isinstance(m, (list, tuple)) else m
 
 
 def float_outputs(out: dict) -> dict:
+    """A model's outputs cast to float32 (after bf16 autocast).
+
+    Args:
+        out: a model's output dict of tensors or lists of tensors.
+
+    Returns:
+        A new dict with the same keys, every tensor as ``.float()``.
+    """
     return {k: ([t.float() for t in v] if isinstance(v, (list, tuple)) else v.float()) for k, v in out.items()}
 
 
@@ -33,12 +59,24 @@ def float_outputs(out: dict) -> dict:
 def predict(model, X: torch.Tensor, batch_size: int = 32, device=None, amp: bool = False,
             channels_last: bool = False, M: torch.Tensor | None = None, Y: torch.Tensor | None = None,
             loss_fn=None) -> dict[str, Any]:
-    """Inference in eval mode, in batches.
+    """Inference in eval mode, in batches, without gradients.
 
-    X: (N, 1, S, S) uint8 images. Returns ``mask_prob`` (N, S, S) float32 numpy (sigmoid)
-    or None, ``probs`` (N, C) float32 numpy (softmax) or None, and, when the targets
-    ``M`` (N, 1, S, S) and ``Y`` (N,) and a ``loss_fn`` are given, ``loss`` (mean of the
-    batch losses weighted by batch size)."""
+    Args:
+        model: the network (put in eval mode here).
+        X: ``(N, 1, S, S)`` uint8 images.
+        batch_size: images per forward pass.
+        device: where to run; None: the device of the model's parameters.
+        amp: bf16 autocast.
+        channels_last: channels-last inputs.
+        M: ``(N, 1, S, S)`` target masks, for the loss.
+        Y: ``(N,)`` target labels, for the loss.
+        loss_fn: a :class:`~mtbc_lib.losses.MultiTaskLoss`; None: no loss.
+
+    Returns:
+        ``{"mask_prob": (N, S, S) float32 numpy (sigmoid) or None, "probs": (N, C) float32 numpy
+        (softmax) or None}``, and, when ``loss_fn`` is given, ``"loss"``: the mean of the batch losses
+        weighted by batch size.
+    """
     device = device or next(model.parameters()).device
     model.eval()
     masks, probs, loss_sum = [], [], 0.0
@@ -62,6 +100,18 @@ def predict(model, X: torch.Tensor, batch_size: int = 32, device=None, amp: bool
 
 
 def val_metrics(pred: dict, M: torch.Tensor, Y: torch.Tensor, threshold: float) -> dict[str, float]:
+    """The numbers a training run follows every epoch, from :func:`predict`'s result.
+
+    Args:
+        pred: :func:`predict`'s dict, with ``"loss"``.
+        M: ``(N, 1, S, S)`` target masks.
+        Y: ``(N,)`` target labels.
+        threshold: a pixel is lesion when its probability is > threshold.
+
+    Returns:
+        ``{"loss", "dice" (mean per-image Dice), "acc" (accuracy)}``, floats; NaN for what the task
+        does not predict.
+    """
     from mtbc_lib.metrics import dice
 
     out = {"loss": pred["loss"], "dice": float("nan"), "acc": float("nan")}
@@ -73,7 +123,24 @@ def val_metrics(pred: dict, M: torch.Tensor, Y: torch.Tensor, threshold: float) 
 
 
 def scored_outputs(cfg, sub, pred: dict):
-    """Per-image table, predicted masks (bool, raw) and fold metrics (raw and PR)."""
+    """Score a model's predictions on a split: per-image table, predicted masks and fold metrics.
+
+    Prediction refinement needs both a mask and a label; for a single-task run the PR columns and
+    metrics equal the raw ones.
+
+    Args:
+        cfg: the run's resolved :class:`~mtbc_lib.engine.config.TrainConfig` (uses ``threshold``).
+        sub: the split's :class:`~mtbc_lib.data.busi.BusiArrays` (true labels and masks).
+        pred: :func:`predict`'s dict for ``sub``.
+
+    Returns:
+        ``(table, masks, metrics)``: a ``pandas.DataFrame`` with one row per image (``class``,
+        ``id``, ``name``, ``label``, ``p_<class>``, ``pred``, ``mask_empty``, ``dice``, ``iou``,
+        ``dice_pr``, ``iou_pr``, ``label_pr``; NaN or NA where the task has no such output); the raw
+        predicted masks, ``(n, S, S)`` bool, or None for a classification run; and
+        ``{"raw": {...}, "pr": {...}}`` with the segmentation and classification metrics and the
+        ``confusion`` matrix as a nested list.
+    """
     import pandas as pd
 
     from mtbc_lib.metrics import classification_metrics, confusion_matrix, dice_iou, segmentation_metrics

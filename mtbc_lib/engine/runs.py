@@ -45,7 +45,16 @@ __all__ = ["RunHeld", "hold", "describe", "reproduce_command", "profiles_table",
            "load_masks", "summarize", "RunResults", "load_run", "metrics_table", "confusion_table"]
 
 def write_json(path: Path, obj) -> None:
-    """``obj`` (numpy scalars and arrays, paths allowed) as indented JSON, atomically."""
+    """Write an object as indented JSON, atomically.
+
+    Args:
+        path: the file to write.
+        obj: JSON-able data; numpy scalars and arrays and paths are converted, NaN is written as
+            ``NaN``.
+
+    Returns:
+        None.
+    """
     atomic_write(path, lambda p: p.write_text(json.dumps(_jsonable(obj), indent=1, allow_nan=True) + "\n"))
 
 
@@ -93,10 +102,23 @@ def _holder_alive(holder: dict) -> bool:
 
 @contextmanager
 def hold(lock: Path, what: str):
-    """Hold ``lock`` (a file) while the block runs: written with O_EXCL, it names this
-    process (host, pid, start time); removed at the end. If a live process holds it,
-    raise :class:`RunHeld` with one line naming the holder; a lock whose process is gone
-    (killed, or its pid reused by another process) is stale and taken over."""
+    """Hold a lock file while the block runs.
+
+    The lock is created with ``O_EXCL`` and names this process (host, pid, start time); it is removed
+    at the end. A lock whose process is gone (killed, or its pid reused by another process) is stale
+    and taken over; a lock of another host is taken as alive.
+
+    Args:
+        lock: the lock file (its folder is created if missing).
+        what: what is held, for the message.
+
+    Yields:
+        None, while the lock is held.
+
+    Raises:
+        RunHeld: a live process holds the lock (one line naming the holder), or another process took
+            it at the same moment.
+    """
     lock = Path(lock)
     lock.parent.mkdir(parents=True, exist_ok=True)
     me = {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid()),
@@ -125,9 +147,16 @@ def hold(lock: Path, what: str):
 
 
 def run_paths(cfg: TrainConfig) -> tuple[Path, Path]:
-    """(results folder, checkpoint folder) of a resolved config. A relative ``out_dir``
-    is taken relative to the repository root; checkpoints default to
-    ``<out_dir>/../checkpoints/<run name>`` (gitignored, unlike results/)."""
+    """The results and checkpoint folders of a resolved config.
+
+    Args:
+        cfg: a resolved :class:`~mtbc_lib.engine.config.TrainConfig`. A relative ``out_dir`` is taken
+            relative to the repository root; ``ckpt_dir`` "" means ``<out_dir>/../checkpoints/<run
+            name>`` (gitignored, unlike results/).
+
+    Returns:
+        ``(results folder, checkpoint folder)``, absolute paths (not created).
+    """
     out = Path(cfg.out_dir).expanduser()
     out = out if out.is_absolute() else REPO_ROOT / out
     ck = Path(cfg.ckpt_dir).expanduser() if cfg.ckpt_dir else out.parent / "checkpoints" / cfg.run_name
@@ -136,7 +165,12 @@ def run_paths(cfg: TrainConfig) -> tuple[Path, Path]:
 
 
 def versions() -> dict[str, Any]:
-    """Versions of Python, the key packages and this code (git commit, dirty flag)."""
+    """Versions of Python, the key packages and this code.
+
+    Returns:
+        A dict of package versions plus ``torch_runtime``, ``mtbc_commit`` (git commit or None),
+        ``mtbc_dirty`` (bool or None), ``machine`` and ``torch_threads``.
+    """
     import torch
 
     try:
@@ -161,9 +195,22 @@ def versions() -> dict[str, Any]:
 
 
 def check_same_config(path: Path, cfg: TrainConfig, what: str) -> None:
-    """Stored results (a JSON file with a ``config``) must come from the same setting as
-    ``cfg``: raise ValueError naming the fields that differ in a way that changes the
-    numbers (:func:`mtbc_lib.engine.config.config_diff`)."""
+    """Check that stored results come from the same setting as ``cfg``.
+
+    A file that is not JSON, cannot be read or has no ``config`` is not checked.
+
+    Args:
+        path: a stored JSON file with a ``config`` entry.
+        cfg: the config to compare with.
+        what: what the file holds, for the message.
+
+    Returns:
+        None.
+
+    Raises:
+        ValueError: the stored config differs in a way that changes the numbers; the message names the
+            fields (:func:`mtbc_lib.engine.config.config_diff`).
+    """
     try:
         stored = json.loads(path.read_text())["config"] if path.suffix == ".json" else None
     except (OSError, ValueError, KeyError):
@@ -177,16 +224,35 @@ def check_same_config(path: Path, cfg: TrainConfig, what: str) -> None:
 
 
 def write_history(path: Path, history: list[dict]) -> None:
-    """A fold's per-epoch rows as CSV, atomically."""
+    """Write a fold's per-epoch rows as CSV, atomically.
+
+    Args:
+        path: the CSV file.
+        history: one dict per epoch.
+
+    Returns:
+        None.
+    """
     import pandas as pd
 
     atomic_write(path, lambda p: pd.DataFrame(history).to_csv(p, index=False))
 
 
 def save_masks(path: Path, masks: np.ndarray | None, sub) -> None:
-    """A fold's predicted test masks, bit-packed, with the images' names, classes and ids
-    (names only for a classification run). Not atomic by itself: give it
-    :func:`~mtbc_lib.core.atomic_write`'s temporary path."""
+    """Write a fold's predicted test masks, bit-packed, with the images' names, classes and ids.
+
+    Not atomic by itself: give it :func:`~mtbc_lib.core.atomic_write`'s temporary path.
+
+    Args:
+        path: the ``.npz`` file to write (written to exactly this path).
+        masks: ``(n, S, S)`` bool predicted masks; None for a classification run (only names are
+            stored).
+        sub: the fold's tested :class:`~mtbc_lib.data.busi.BusiArrays` (names, classes, ids), in the
+            masks' order.
+
+    Returns:
+        None.
+    """
     with open(path, "wb") as fh:
         if masks is None:
             np.savez_compressed(fh, names=np.asarray(sub.names, dtype=str))
@@ -197,7 +263,15 @@ def save_masks(path: Path, masks: np.ndarray | None, sub) -> None:
 
 
 def load_masks(path) -> dict[str, np.ndarray]:
-    """A ``fold<k>_masks.npz`` as {"masks": (n, S, S) bool or absent, "names", "classes", "ids"}."""
+    """Read a ``fold<k>_masks.npz``.
+
+    Args:
+        path: the file written by :func:`save_masks`.
+
+    Returns:
+        ``{"masks": (n, S, S) bool, "names", "classes", "ids"}``; only ``"names"`` for a
+        classification run.
+    """
     with np.load(path, allow_pickle=False) as z:
         out = {k: z[k] for k in z.files}
     if "masks" in out:
@@ -207,8 +281,17 @@ def load_masks(path) -> dict[str, np.ndarray]:
 
 
 def summarize(cfg: TrainConfig, write: bool = False) -> dict:
-    """Mean ± SD over the finished folds (``metrics.aggregate``, ddof=1), raw and with
-    PR. With ``write``, writes ``summary.json`` when all folds are finished."""
+    """Mean ± SD over a run's finished folds, raw and with PR.
+
+    Args:
+        cfg: the run's :class:`~mtbc_lib.engine.config.TrainConfig` (resolved here).
+        write: write ``summary.json`` (atomically) when all folds are finished.
+
+    Returns:
+        A dict: ``run``, ``folds_finished``, ``complete``, ``raw`` and ``pr`` (``metrics.aggregate``
+        of the folds' scalar metrics, ``ddof=1``), ``per_fold``, ``train_seconds``, ``sd``, ``config``
+        and ``versions``.
+    """
     from mtbc_lib.metrics import aggregate
 
     cfg = cfg.resolve()
@@ -237,8 +320,19 @@ def summarize(cfg: TrainConfig, write: bool = False) -> dict:
 
 
 def describe(cfg: TrainConfig):
-    """The resolved setting as a two-column table (what the notebook shows first),
-    including what ``device``, ``amp`` and ``channels_last`` resolve to here."""
+    """The resolved setting as a two-column table (what the notebook shows first).
+
+    Args:
+        cfg: the run's :class:`~mtbc_lib.engine.config.TrainConfig` (resolved here).
+
+    Returns:
+        A ``pandas.DataFrame`` indexed by ``setting`` with a ``value`` column (strings): every field,
+        then what ``device``, ``amp`` and ``channels_last`` resolve to here, the CPU threads and the
+        results and checkpoint folders.
+
+    Raises:
+        ValueError: an invalid config.
+    """
     import pandas as pd
     import torch
 
@@ -257,15 +351,25 @@ def describe(cfg: TrainConfig):
 
 
 def reproduce_command(cfg: TrainConfig, width: int = 88) -> str:
-    """The papermill call that trains this run again from ``notebooks/train.ipynb``: its
-    backbone, task, oversampling and profile, plus every other parameter whose resolved
-    value differs from what those four resolve to, and ``run_name`` if a derived name would
-    differ. Of the fields that do not change the numbers (``NON_RESULT_FIELDS``: the data
-    folder, device, threads...) only ``out_dir`` is kept, and ``folds`` when not all of
-    them. The executed notebook of a run of all folds in the default ``out_dir`` goes to
-    ``book/runs/`` (a page of the book); any other's (some folds only, or trained into another
-    folder, e.g. a probe's) beside its results, as the committed ones are. Lines of at most about
-    ``width`` characters, continued with a backslash."""
+    """The papermill call that trains this run again from ``notebooks/train.ipynb``.
+
+    It gives the backbone, task, oversampling and profile, plus every other parameter whose resolved
+    value differs from what those four resolve to, and ``run_name`` if a derived name would differ. Of
+    the fields that do not change the numbers (``NON_RESULT_FIELDS``: the data folder, device,
+    threads...) only ``out_dir`` is kept, and ``folds`` when not all of them. The executed notebook of
+    a run of all folds in the default ``out_dir`` goes to ``book/runs/`` (a page of the book); any
+    other's beside its results.
+
+    Args:
+        cfg: the run's :class:`~mtbc_lib.engine.config.TrainConfig` (resolved here).
+        width: the line length to aim for (lines are at most about this long).
+
+    Returns:
+        The command, lines continued with a backslash.
+
+    Raises:
+        ValueError: an invalid config.
+    """
     cfg = cfg.resolve()
     given = {"backbone": cfg.backbone, "task": cfg.task, "oversampling": cfg.oversampling, "profile": cfg.profile}
     base, want = TrainConfig(**given).resolve().to_dict(), cfg.to_dict()
@@ -288,13 +392,25 @@ def reproduce_command(cfg: TrainConfig, width: int = 88) -> str:
 
 
 def repo_relative(path: Path) -> str:
-    """A path as the book shows it and committed files store it: relative to the
-    repository when inside it, else as given."""
+    """A path as the book shows it and committed files store it.
+
+    Args:
+        path: a path.
+
+    Returns:
+        The path relative to the repository root when inside it, else as given, as a string.
+    """
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
 def profiles_table():
-    """The training profiles (``engine.config.PROFILES``) side by side, one column each, in words."""
+    """The training profiles (``engine.config.PROFILES``) side by side, in words.
+
+    Returns:
+        A ``pandas.DataFrame`` of strings, one column per profile, one row per aspect (batch size,
+        learning rate, epochs, early stopping, optimiser, schedule, weight averaging, clipping,
+        arithmetic, image size, network widths).
+    """
     import pandas as pd
 
     from mtbc_lib.engine.config import PROFILES
@@ -324,9 +440,17 @@ def profiles_table():
 # ------------------------------------------------------------------------- reading
 
 def read_config(run_dir, finished_folds: bool = False) -> TrainConfig | None:
-    """The resolved TrainConfig a run stored in its ``config.json`` (None if absent). With
-    ``finished_folds``, its ``folds`` are those whose results are there: a run can be
-    trained a few folds at a time, and its config.json keeps the folds of its first call."""
+    """The resolved config a run stored in its ``config.json``.
+
+    Args:
+        run_dir: the run's results folder.
+        finished_folds: set ``folds`` to those whose results are there (a run can be trained a few
+            folds at a time, and its config.json keeps the folds of its first call); unchanged when
+            none is finished.
+
+    Returns:
+        The :class:`~mtbc_lib.engine.config.TrainConfig`, or None if there is no ``config.json``.
+    """
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         return None
@@ -339,7 +463,16 @@ def read_config(run_dir, finished_folds: bool = False) -> TrainConfig | None:
 
 @dataclass
 class RunResults:
-    """What a finished (or partly finished) run wrote (see :func:`load_run`)."""
+    """What a finished (or partly finished) run wrote (see :func:`load_run`).
+
+    Attributes:
+        run_dir: the results folder.
+        config: ``config.json``'s resolved config dict (None if absent).
+        history: ``pandas.DataFrame``, one row per fold and epoch (column ``fold``).
+        test: ``pandas.DataFrame``, one row per fold and test image (column ``fold``).
+        metrics: ``{fold: contents of fold<k>_metrics.json}``.
+        summary: ``summary.json``'s contents (None until every fold is finished).
+    """
 
     run_dir: Path
     config: dict | None  # config.json's resolved TrainConfig (None if absent)
@@ -349,12 +482,26 @@ class RunResults:
     summary: dict | None  # summary.json (None until every fold is finished)
 
     def masks(self, fold: int) -> dict[str, np.ndarray]:
-        """The predicted test masks of a fold (:func:`load_masks`)."""
+        """The predicted test masks of a fold (:func:`load_masks`).
+
+        Args:
+            fold: the fold number.
+
+        Returns:
+            :func:`load_masks`' dict of ``fold<fold>_masks.npz``.
+        """
         return load_masks(self.run_dir / f"fold{fold}_masks.npz")
 
 
 def load_run(run_dir) -> RunResults:
-    """Read every file of a run's results folder (finished folds only)."""
+    """Read every file of a run's results folder (finished folds only).
+
+    Args:
+        run_dir: the run's results folder.
+
+    Returns:
+        The :class:`RunResults` (empty tables when no fold is finished).
+    """
     import pandas as pd
 
     run_dir = Path(run_dir)
@@ -372,8 +519,16 @@ def load_run(run_dir) -> RunResults:
 
 
 def metrics_table(metrics: dict[int, dict], which: tuple[str, ...] = ("raw", "pr")):
-    """Per-fold test metrics (Table 5's columns present for the task) with the fold mean
-    and SD (ddof=1) as the last rows; one block per ``which`` ("raw", "pr")."""
+    """Per-fold test metrics with the fold mean and SD.
+
+    Args:
+        metrics: ``{fold: metrics dict}`` (``RunResults.metrics``).
+        which: the blocks to show: ``"raw"`` and/or ``"pr"``.
+
+    Returns:
+        A ``pandas.DataFrame`` indexed by ``(refinement, fold)``, the Table 5 columns the task has;
+        each block ends with rows ``mean`` and ``sd`` (ddof=1). Empty when there is no fold.
+    """
     import pandas as pd
 
     from mtbc_lib.metrics import TABLE_METRICS, aggregate
@@ -421,8 +576,16 @@ def training_table(results: RunResults):
 
 
 def confusion_table(metrics: dict[int, dict], which: str = "pr"):
-    """Confusion matrix summed over the finished folds (rows: true, columns: predicted),
-    as a DataFrame; None for a run without class predictions."""
+    """The confusion matrix summed over the finished folds.
+
+    Args:
+        metrics: ``{fold: metrics dict}`` (``RunResults.metrics``).
+        which: ``"raw"`` or ``"pr"``.
+
+    Returns:
+        A ``pandas.DataFrame`` of counts (rows: true class, columns: predicted class), or None for a
+        run without class predictions.
+    """
     import pandas as pd
 
     mats = [np.asarray(m[which]["confusion"]) for m in metrics.values() if "confusion" in m[which]]

@@ -54,16 +54,33 @@ class TrainingDiverged(RuntimeError):
 
 
 class StopRequested(RuntimeError):
-    """Training stopped on request (``stop_after_epochs`` or a callback returning True);
-    the checkpoint is saved and the next run resumes from it."""
+    """Training stopped on request (``stop_after_epochs`` or a callback returning True).
+
+    The checkpoint is saved and the next run resumes from it.
+    """
 
 
 # ------------------------------------------------------------------------- data
 
 def load_data(cfg: TrainConfig, progress: bool = True):
-    """The curated arrays of a run (``mtbc_lib.data.BusiArrays``); with ``limit`` only
-    the first ``limit`` images of each class (index order). A curation the duplicate audit
-    decides gets its keep-list from the (cached) audit of the run's data folder."""
+    """The curated arrays of a run.
+
+    A curation the duplicate audit decides gets its keep-list from the (cached) audit of the run's
+    data folder (:func:`mtbc_lib.dedup.keep_list`).
+
+    Args:
+        cfg: a resolved :class:`~mtbc_lib.engine.config.TrainConfig`; uses ``data_dir``,
+            ``image_size``, ``curation`` and ``limit``.
+        progress: whether to show a progress bar while decoding.
+
+    Returns:
+        The :class:`~mtbc_lib.data.busi.BusiArrays` at ``image_size``; with ``limit`` only the first
+        ``limit`` images of each class (index order).
+
+    Raises:
+        DataError: bad input data (:mod:`mtbc_lib.data.busi`).
+        ValueError: as :func:`mtbc_lib.data.curation.curate`.
+    """
     from mtbc_lib import data, dedup
     from mtbc_lib.data.curation import curate, needs_audit
 
@@ -77,8 +94,21 @@ def load_data(cfg: TrainConfig, progress: bool = True):
 
 
 def run_splits(cfg: TrainConfig, arrays) -> list:
-    """The run's folds on its arrays (:func:`mtbc_lib.data.splits.make_splits`); folds of
-    scans or lesions get their groups from the (cached) duplicate audit of the data folder."""
+    """The run's folds on its arrays (:func:`mtbc_lib.data.splits.make_splits`).
+
+    Folds of scans or lesions get their groups from the (cached) duplicate audit of the data folder
+    (:func:`mtbc_lib.dedup.audit_groups`).
+
+    Args:
+        cfg: a resolved :class:`~mtbc_lib.engine.config.TrainConfig`.
+        arrays: the run's arrays (:func:`load_data`).
+
+    Returns:
+        ``cfg.n_folds`` :class:`~mtbc_lib.data.splits.Split` objects indexing ``arrays``.
+
+    Raises:
+        ValueError: as :func:`mtbc_lib.data.splits.make_splits`.
+    """
     from mtbc_lib import dedup
 
     groups = None if cfg.split == "image" else dedup.audit_groups(cfg.data_dir or None, cfg.split)
@@ -86,9 +116,19 @@ def run_splits(cfg: TrainConfig, arrays) -> list:
 
 
 def run_arrays(run_config: dict, data_dir=None):
-    """The arrays a finished run was trained and tested on, rebuilt from its stored
-    configuration (its image size, curation and ``limit``); ``data_dir`` overrides the
-    stored data folder (committed configs store "": the default folder)."""
+    """The arrays a finished run was trained and tested on, rebuilt from its stored configuration.
+
+    Args:
+        run_config: the run's stored config dict (``TrainConfig.to_dict()``): its image size,
+            curation and ``limit`` are used.
+        data_dir: overrides the stored data folder (committed configs store "": the default folder).
+
+    Returns:
+        The :class:`~mtbc_lib.data.busi.BusiArrays`, as :func:`load_data` gives them.
+
+    Raises:
+        DataError: bad input data.
+    """
     cfg = TrainConfig.from_dict(run_config)
     if data_dir:
         cfg.data_dir = str(data_dir)
@@ -147,11 +187,21 @@ def _batch_stats(out: dict, mask: torch.Tensor, label: torch.Tensor) -> tuple[fl
 
 
 class FoldTrainer:
-    """One fold's training state: the model, optimiser, schedule, weight average (EMA),
-    loss, the arrays as uint8 tensors on the device and the random generator of the
-    augmentation. ``cfg`` must be resolved. Building one seeds torch, numpy and Python
-    with ``cfg.seed`` (the initial weights depend on it); ``state`` holds the epoch
-    counter, the best validation loss and the history."""
+    """One fold's training state.
+
+    Holds the model, optimiser, schedule, weight average (EMA), loss, the arrays as uint8 tensors on
+    the device (images and masks ``(N, 1, S, S)``, labels int64) and the random generator of the
+    augmentation. Building one seeds torch, numpy and Python with ``cfg.seed`` (the initial weights
+    depend on it). ``state`` holds the epoch counter, the best validation loss and epoch, the epochs
+    without improvement, the history rows and the training seconds.
+
+    Args:
+        cfg: a resolved :class:`~mtbc_lib.engine.config.TrainConfig`.
+        arrays: the run's :class:`~mtbc_lib.data.busi.BusiArrays`.
+        split: the fold's :class:`~mtbc_lib.data.splits.Split` into ``arrays``; the training indices
+            are oversampled when ``cfg.oversampling``.
+        fold: the fold number (for messages).
+    """
 
     def __init__(self, cfg: TrainConfig, arrays, split, fold: int = 0):
         from mtbc_lib.losses import MultiTaskLoss
@@ -188,17 +238,31 @@ class FoldTrainer:
 
     @property
     def evaluated(self) -> torch.nn.Module:
-        """The weights validation and test use: the moving average when ``ema`` is on."""
+        """The weights validation and test use.
+
+        Returns:
+            The moving average's module when ``ema`` is on, else the model.
+        """
         return self.ema.module if self.ema is not None else self.model
 
     def train_epoch(self, idx: np.ndarray | None = None) -> dict[str, float]:
-        """One pass over ``idx`` (default: the fold's training indices, oversampled with
-        DO) in shuffled batches: augmentation, half resolution during the first
-        ``low_res_epochs``, forward (bf16 autocast if on), loss, backward, clipping,
-        optimiser step, per-step schedule and weight average. Returns the epoch's mean
-        training loss, Dice and accuracy, and the mean unweighted Dice and focal terms of
-        the loss (``dice_term``, ``focal_term``; those the task has). Does not advance
-        ``state["epoch"]``."""
+        """One training pass over ``idx`` in shuffled batches.
+
+        Per batch: augmentation, half resolution during the first ``low_res_epochs``, forward (bf16
+        autocast if on), loss, backward, clipping, optimiser step, per-step schedule and weight average.
+        Does not advance ``state["epoch"]``.
+
+        Args:
+            idx: dataset indices to train on; None: the fold's training indices (oversampled with DO).
+
+        Returns:
+            The epoch's per-image means: ``loss``, ``dice`` (Dice of the binarised mask) and ``acc``
+            (NaN where the task has no such output), and ``dice_term``, ``focal_term`` (the loss's
+            unweighted terms, those the task has).
+
+        Raises:
+            TrainingDiverged: a batch's loss is not finite.
+        """
         cfg, idx = self.cfg, self.train_idx if idx is None else idx
         low_res = self.state["epoch"] < cfg.low_res_epochs
         self.model.train()
@@ -242,7 +306,11 @@ class FoldTrainer:
         return loss, parts, out, m, y
 
     def ema_batch_norm(self) -> None:
-        """Recompute the weight average's batch-norm statistics on the fold's training images (unaugmented)."""
+        """Recompute the weight average's batch-norm statistics on the fold's training images (unaugmented).
+
+        Returns:
+            None.
+        """
         from torch.optim.swa_utils import update_bn
 
         idx, bs = np.unique(self.train_idx), self.cfg.eval_batch_size
@@ -250,8 +318,17 @@ class FoldTrainer:
                   self.ema.module)
 
     def validate(self) -> dict[str, float]:
-        """Validation loss, Dice and accuracy of :attr:`evaluated` (a weight average gets
-        its batch-norm statistics first); raises TrainingDiverged on a non-finite loss."""
+        """Validation loss, Dice and accuracy of :attr:`evaluated`.
+
+        A weight average gets its batch-norm statistics first (:meth:`ema_batch_norm`).
+
+        Returns:
+            ``{"loss", "dice", "acc"}`` on the validation split (:func:`~mtbc_lib.engine.evaluate.val_metrics`;
+            NaN for what the task does not predict).
+
+        Raises:
+            TrainingDiverged: the validation loss is not finite.
+        """
         if self.ema is not None:
             self.ema_batch_norm()
         v = self.val_idx
@@ -264,15 +341,26 @@ class FoldTrainer:
         return va
 
     def checkpoint(self) -> dict:
-        """Everything a killed run needs to resume exactly (weights, optimiser, schedule,
-        generators, state, weight average)."""
+        """Everything a killed run needs to resume exactly.
+
+        Returns:
+            A dict with the config, the model, optimiser and scheduler state dicts, the augmentation
+            generator's and torch's random states, ``state`` and the weight average (when on).
+        """
         return {"config": self.cfg.to_dict(), "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "generator": self.gen.get_state(),
                 "torch_rng": torch.get_rng_state(), "state": self.state,
                 **({"ema": self.ema.state_dict()} if self.ema is not None else {})}
 
     def restore(self, blob: dict) -> None:
-        """Resume from :meth:`checkpoint`'s dict."""
+        """Resume from :meth:`checkpoint`'s dict.
+
+        Args:
+            blob: a dict written by :meth:`checkpoint` for the same configuration.
+
+        Returns:
+            None.
+        """
         self.model.load_state_dict(blob["model"])
         self.opt.load_state_dict(blob["optimizer"])
         self.sched.load_state_dict(blob["scheduler"])
@@ -283,12 +371,22 @@ class FoldTrainer:
         self.state = blob["state"]
 
     def done(self) -> bool:
-        """Max epochs reached, early stopping, or the time budget spent."""
+        """Whether training is over.
+
+        Returns:
+            True when the maximum epochs are reached, early stopping applies, or the time budget
+            (``budget_minutes``) is spent.
+        """
         cfg, st = self.cfg, self.state
         return (st["epoch"] >= cfg.epochs or st["bad_epochs"] >= cfg.patience
                 or bool(cfg.budget_minutes) and st["train_seconds"] >= 60 * cfg.budget_minutes)
 
     def stopped(self) -> str:
+        """What ended the training.
+
+        Returns:
+            ``"early stopping"``, ``"max epochs"`` or ``"time budget"``.
+        """
         st = self.state
         return ("early stopping" if st["bad_epochs"] >= self.cfg.patience else
                 "max epochs" if st["epoch"] >= self.cfg.epochs else "time budget")
@@ -296,12 +394,31 @@ class FoldTrainer:
 
 def train_fold(cfg: TrainConfig, arrays, split, fold: int, progress: bool = True,
                callback: Callable[[int, dict], bool | None] | None = None) -> dict:
-    """Train one fold (resuming from its checkpoint), evaluate the best-validation
-    weights on the test fold (``evaluate_on="val"``: on the validation split) and write
-    the fold's files. ``cfg`` must be resolved. ``callback(fold, history_row)`` is called
-    after every epoch; returning True stops like ``stop_after_epochs`` (StopRequested).
-    Returns the fold's metrics dict. torch's thread count and determinism flag are
-    restored afterwards."""
+    """Train one fold, evaluate its best weights and write the fold's files.
+
+    Training resumes from the fold's checkpoint. The best-validation weights are evaluated on the
+    test fold (``evaluate_on="val"``: on the validation split), without and with PR, and on the fold's
+    training images (``train_fit``); the history, per-image table, masks and metrics are written
+    atomically (the metrics file last: it marks the fold finished) and the rolling checkpoint is
+    deleted. torch's thread count and determinism flag are restored afterwards.
+
+    Args:
+        cfg: a resolved :class:`~mtbc_lib.engine.config.TrainConfig`.
+        arrays: the run's :class:`~mtbc_lib.data.busi.BusiArrays`.
+        split: the fold's :class:`~mtbc_lib.data.splits.Split`.
+        fold: the fold number.
+        progress: whether to show a progress bar.
+        callback: ``callback(fold, history_row)``, called after every epoch; returning True stops like
+            ``stop_after_epochs``.
+
+    Returns:
+        The fold's metrics dict (as written to ``fold<k>_metrics.json``).
+
+    Raises:
+        ValueError: the fold's checkpoint comes from a different configuration.
+        TrainingDiverged: a training or validation loss is not finite.
+        StopRequested: a callback or ``stop_after_epochs`` stopped training (the checkpoint is kept).
+    """
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     try:
@@ -408,9 +525,29 @@ def _evaluate_and_write(t: FoldTrainer, arrays, run_dir, ck_dir) -> dict:
 
 def run(cfg: TrainConfig, arrays=None, progress: bool = True,
         callback: Callable[[int, dict], bool | None] | None = None) -> dict:
-    """Train and evaluate the folds ``cfg.folds`` of one setting; finished folds are
-    skipped, an interrupted fold resumes. Writes ``summary.json`` once all ``n_folds``
-    folds are finished. Returns the summary (over the finished folds so far)."""
+    """Train and evaluate the folds ``cfg.folds`` of one setting.
+
+    Finished folds are skipped, an interrupted fold resumes; each fold is held by its process
+    (:func:`~mtbc_lib.engine.runs.hold`). ``config.json`` is written when the run begins;
+    ``summary.json`` once all ``n_folds`` folds are finished.
+
+    Args:
+        cfg: the run's :class:`~mtbc_lib.engine.config.TrainConfig` (resolved here).
+        arrays: the run's arrays; None: :func:`load_data`.
+        progress: whether to show progress bars and a line per fold.
+        callback: as in :func:`train_fold`.
+
+    Returns:
+        The summary over the folds finished so far (:func:`~mtbc_lib.engine.runs.summarize`).
+
+    Raises:
+        ValueError: an invalid config; ``arrays`` not at ``image_size``; stored results or a
+            checkpoint from a different configuration.
+        RunHeld: another live process holds a fold.
+        TrainingDiverged: as :func:`train_fold`.
+        StopRequested: as :func:`train_fold`.
+        DataError: bad input data.
+    """
     cfg = cfg.resolve()
     run_dir, ck_dir = run_paths(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)

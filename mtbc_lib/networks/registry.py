@@ -66,7 +66,15 @@ def _other(name: str) -> Callable[..., nn.Module]:
 
 @dataclass(frozen=True)
 class Backbone:
-    """A registry entry: how to build it, and how it uses deep supervision."""
+    """A registry entry: how to build a network, and how it uses deep supervision.
+
+    Attributes:
+        build: ``build(task, in_channels, num_classes, deep_supervision, **options)`` -> ``nn.Module``.
+        deep_supervision: the default for tasks ``"seg"`` and ``"mt"``.
+        supports_deep_supervision: whether the network can give a list of mask outputs.
+        title: how the book names it.
+        options: keyword options beyond the common ones.
+    """
     build: Callable[..., nn.Module]    # build(task, in_channels, num_classes, deep_supervision, **options)
     deep_supervision: bool             # the default
     supports_deep_supervision: bool
@@ -92,31 +100,63 @@ BACKBONES: dict[str, Backbone] = {
 
 
 def backbone_entry(backbone: str) -> Backbone:
-    """The registry entry of ``backbone``; ValueError listing the valid names otherwise."""
+    """The registry entry of a backbone.
+
+    Args:
+        backbone: a name of :data:`BACKBONES`.
+
+    Returns:
+        Its :class:`Backbone`.
+
+    Raises:
+        ValueError: ``backbone`` is not in :data:`BACKBONES` (the message lists the valid names).
+    """
     if backbone not in BACKBONES:
         raise ValueError(f"backbone: unknown {backbone!r}; valid: {', '.join(BACKBONES)}")
     return BACKBONES[backbone]
 
 
 def default_deep_supervision(backbone: str, task: str) -> bool:
-    """Whether ``backbone`` trains with deep supervision by default for ``task``."""
+    """Whether a backbone trains with deep supervision by default for a task.
+
+    Args:
+        backbone: a name of :data:`BACKBONES`.
+        task: a task of :data:`TASKS`.
+
+    Returns:
+        The backbone's default, and False for ``"cls"``.
+
+    Raises:
+        ValueError: ``backbone`` is not in :data:`BACKBONES`.
+    """
     return backbone_entry(backbone).deep_supervision and task != "cls"
 
 
 def build_model(backbone: str, task: str, in_channels: int = 1, num_classes: int = 3,
                 deep_supervision: bool | None = None, **options) -> nn.Module:
-    """Build a network for ``task`` ("seg", "cls" or "mt") on ``backbone``.
+    """Build a network for a task on a backbone.
 
-    deep_supervision: None for the backbone's default (on for the paper's networks);
-        True asks for the list of mask outputs in training mode (see the module docstring).
-    options: ``encoder_weights`` (the other networks: None = from scratch, a path to a
-        saved encoder state dict, or an smp weight name such as "imagenet"),
-        ``encoder_name`` (smp, default "resnet34"), ``patch_size`` (nnunet-planned,
-        default 128), ``head_dropout`` (the other networks' head, default 0.2), ``width``
-        (the paper's networks: every channel count times this factor, default 1).
+    Args:
+        backbone: a name of :data:`BACKBONES`.
+        task: ``"seg"``, ``"cls"`` or ``"mt"`` (:data:`TASKS`).
+        in_channels: channels of the input images.
+        num_classes: number of classes of the ``"label"`` output.
+        deep_supervision: None for the backbone's default (on for the paper's networks, never for
+            ``"cls"``); True asks for the list of mask outputs in training mode (see the module
+            docstring).
+        **options: the backbone's own options (:attr:`Backbone.options`): ``encoder_weights`` (the
+            other networks: None = from scratch, a path to a saved encoder state dict, or an smp weight
+            name such as "imagenet"), ``encoder_name`` (smp, default "resnet34"), ``patch_size``
+            (nnunet-planned, default 128), ``head_dropout`` (the other networks' head, default 0.2),
+            ``width`` (the paper's networks: every channel count times this factor, default 1).
 
-    Returns a module whose forward maps (B, in_channels, H, W) to a dict with "mask"
-    (B, 1, H, W) and/or "label" (B, num_classes) logits (see the module docstring).
+    Returns:
+        A module whose forward maps ``(B, in_channels, H, W)`` float to a dict with ``"mask"``
+        ``(B, 1, H, W)`` and/or ``"label"`` ``(B, num_classes)`` logits (see the module docstring).
+
+    Raises:
+        ValueError: unknown backbone or task; deep supervision asked for ``"cls"`` or for a backbone
+            without it; an option the backbone does not take.
     """
     entry = backbone_entry(backbone)
     if task not in TASKS:
@@ -137,5 +177,12 @@ def build_model(backbone: str, task: str, in_channels: int = 1, num_classes: int
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
+    """Count a model's trainable parameters.
+
+    Args:
+        model: the module.
+
+    Returns:
+        The number of elements of the parameters with ``requires_grad``.
+    """
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -45,8 +45,15 @@ SETTINGS: dict[str, dict] = {
 
 @dataclass(frozen=True)
 class Row:
-    """One configuration of Table 5: which run gives the mask, which the label, and
-    whether prediction refinement (PR) is applied on top."""
+    """One configuration of Table 5: which run gives the mask, which the label, and whether prediction
+    refinement (PR) is applied on top.
+
+    Attributes:
+        configuration: the name exactly as in the paper's Table 5.
+        seg: the setting (:data:`SETTINGS`) whose masks are scored; None: no DSC columns.
+        cls: the setting whose labels are scored; None: no F1/ACC columns.
+        pr: apply prediction refinement.
+    """
 
     configuration: str  # name exactly as in the paper's Table 5
     seg: str | None  # setting whose masks are scored (None: no DSC columns)
@@ -73,10 +80,22 @@ BACKBONE_TITLES = {name: entry.title for name, entry in BACKBONES.items()}
 
 
 def name_list(param: str, value, valid=None, empty_ok: bool = False) -> list[str]:
-    """A list-valued notebook parameter (``other_profiles``, ``probes``) as a list: a list,
-    or one name or a comma-separated string (what ``papermill -p other_profiles steady``
-    passes). Raises ValueError naming the parameter and any name not in ``valid``
-    (None: any name)."""
+    """A list-valued notebook parameter (``other_profiles``, ``probes``) as a list.
+
+    Args:
+        param: the parameter's name, for the message.
+        value: a list, or one name or a comma-separated string (what ``papermill -p other_profiles
+            steady`` passes).
+        valid: the allowed names; None: any name.
+        empty_ok: accept an empty list.
+
+    Returns:
+        The names, blanks stripped.
+
+    Raises:
+        ValueError: a name not in ``valid``, or an empty list without ``empty_ok`` (naming the
+            parameter).
+    """
     names = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
     unknown = [n for n in names if valid is not None and n not in valid]
     if unknown or not (names or empty_ok):
@@ -85,9 +104,19 @@ def name_list(param: str, value, valid=None, empty_ok: bool = False) -> list[str
 
 
 def grid_list(param: str, value) -> list[tuple[str, str]]:
-    """A list of grids, each ``"backbone/profile"`` (a list, or a comma-separated string),
-    as ``(backbone, profile)`` pairs. Raises ValueError naming the parameter and the first
-    entry that is not a known backbone and profile."""
+    """A list of grids as ``(backbone, profile)`` pairs.
+
+    Args:
+        param: the parameter's name, for the message.
+        value: ``"backbone/profile"`` entries: a list, or a comma-separated string.
+
+    Returns:
+        The ``(backbone, profile)`` pairs.
+
+    Raises:
+        ValueError: an empty list, or an entry that is not a known backbone and profile (naming the
+            parameter and the first such entry).
+    """
     from mtbc_lib.engine.config import PROFILES
 
     out = []
@@ -121,8 +150,21 @@ for _line in _PAPER_ROWS.strip().splitlines():
 
 
 def run_name(backbone: str, setting: str, profile: str) -> str:
-    """Name of one training of the grid: its results folder and executed notebook (the
-    one scheme of :meth:`TrainConfig.derived_run_name`, e.g. ``unetplusplus-mt-do-fast``)."""
+    """The name of one training of the grid: its results folder and executed notebook.
+
+    The one scheme of :meth:`TrainConfig.derived_run_name`, e.g. ``unetplusplus-mt-do-fast``.
+
+    Args:
+        backbone: a backbone name.
+        setting: a setting of :data:`SETTINGS`.
+        profile: a training profile.
+
+    Returns:
+        The run name.
+
+    Raises:
+        ValueError: an unknown setting, or a backbone or profile :meth:`TrainConfig.resolve` rejects.
+    """
     if setting not in SETTINGS:
         raise ValueError(f"setting: unknown {setting!r}; valid: {', '.join(SETTINGS)}")
     return TrainConfig(backbone=backbone, profile=profile, **SETTINGS[setting]).resolve().run_name
@@ -140,14 +182,24 @@ def _fold_tables(run_dir: Path) -> dict[int, pd.DataFrame]:
 
 
 def row_outputs(row: Row, runs: dict[str, Path]) -> pd.DataFrame:
-    """Per-image test outputs of one configuration over all folds: columns fold, class,
-    id, label, pred (the final label; absent without a classifier), dice (the final
-    per-image Dice) and mask_empty (bool: the final binarised mask is empty; both absent
-    without a segmenter).
+    """Per-image test outputs of one configuration over all folds.
 
-    runs maps each setting the row needs to its results folder. With PR the final label
-    is normal when the classifier says normal or the segmenter's mask is empty, and a
-    normal label empties the mask (so its Dice is 1 for a normal image, 0 otherwise)."""
+    With PR the final label is normal when the classifier says normal or the segmenter's mask is
+    empty, and a normal label empties the mask (so its Dice is 1 for a normal image, 0 otherwise).
+
+    Args:
+        row: the configuration.
+        runs: each setting the row needs -> its results folder.
+
+    Returns:
+        A ``pandas.DataFrame`` with columns ``class``, ``id``, ``fold``, ``label``, ``pred`` (the final
+        label; absent without a classifier), ``dice`` (the final per-image Dice) and ``mask_empty``
+        (bool: the final binarised mask is empty; both absent without a segmenter).
+
+    Raises:
+        FileNotFoundError: a results folder holds no ``fold*_test.csv``.
+        ValueError: the segmenter and the classifier were tested on different images in a fold.
+    """
     seg = _fold_tables(runs[row.seg]) if row.seg else None
     cls = _fold_tables(runs[row.cls]) if row.cls else None
     out = []
@@ -172,7 +224,19 @@ def row_outputs(row: Row, runs: dict[str, Path]) -> pd.DataFrame:
 
 
 def fold_metrics(row: Row, runs: dict[str, Path]) -> pd.DataFrame:
-    """Table 5's metrics of one configuration, one row per fold."""
+    """Table 5's metrics of one configuration, one row per fold.
+
+    Args:
+        row: the configuration.
+        runs: each setting the row needs -> its results folder.
+
+    Returns:
+        A ``pandas.DataFrame``: ``fold`` and the configuration's DSC and/or F1/ACC columns.
+
+    Raises:
+        FileNotFoundError: as :func:`row_outputs`.
+        ValueError: as :func:`row_outputs`.
+    """
     per_fold = []
     for k, t in row_outputs(row, runs).groupby("fold"):
         m = {"fold": k}
@@ -185,14 +249,37 @@ def fold_metrics(row: Row, runs: dict[str, Path]) -> pd.DataFrame:
 
 
 def row_metrics(row: Row, runs: dict[str, Path]) -> dict[str, float]:
-    """Fold mean and SD (``metrics.aggregate``) of Table 5's metrics for one configuration."""
+    """Fold mean and SD (``metrics.aggregate``) of Table 5's metrics for one configuration.
+
+    Args:
+        row: the configuration.
+        runs: each setting the row needs -> its results folder.
+
+    Returns:
+        ``{metric: mean, metric + "_sd": sd}`` for the configuration's metrics, and ``folds`` (the
+        number of folds).
+
+    Raises:
+        FileNotFoundError: as :func:`row_outputs`.
+        ValueError: as :func:`row_outputs`.
+    """
     per_fold = fold_metrics(row, runs)
     names = (SEG_METRICS if row.seg else ()) + (CLS_METRICS if row.cls else ())
     return aggregate(per_fold.to_dict("records"), names) | {"folds": len(per_fold)}
 
 
 def runs_of(row: Row, backbone: str, profile: str, results_dir: str | os.PathLike = "results") -> dict[str, Path] | None:
-    """The results folders a configuration needs, or None while any is incomplete."""
+    """The results folders a configuration needs.
+
+    Args:
+        row: the configuration.
+        backbone: the grid's backbone.
+        profile: the grid's profile.
+        results_dir: the results folder.
+
+    Returns:
+        Setting -> results folder for the row's settings, or None while any is incomplete.
+    """
     done, needed = finished_runs(backbone, profile, results_dir), [s for s in (row.seg, row.cls) if s]
     return {s: done[s] for s in needed} if all(s in done for s in needed) else None
 
@@ -203,9 +290,17 @@ ABLATION_COLUMNS = ["backbone", "profile", "configuration"] + [c for m in TABLE_
 
 
 def ablation_table(backbone: str, profile: str, results_dir: str | os.PathLike = "results") -> pd.DataFrame:
-    """Table 5 for one backbone from the finished runs under ``results_dir``: one row per
-    configuration whose runs are complete, :data:`ABLATION_COLUMNS` (metrics and ``_sd`` twins;
-    NaN where the configuration has no such metric)."""
+    """Table 5 for one backbone from the finished runs under ``results_dir``.
+
+    Args:
+        backbone: the grid's backbone.
+        profile: the grid's profile.
+        results_dir: the results folder.
+
+    Returns:
+        A ``pandas.DataFrame`` with columns :data:`ABLATION_COLUMNS`, one row per configuration whose
+        runs are complete (metrics and ``_sd`` twins; NaN where the configuration has no such metric).
+    """
     results_dir = Path(results_dir)
     rows = []
     for row in ROWS:
@@ -218,9 +313,19 @@ def ablation_table(backbone: str, profile: str, results_dir: str | os.PathLike =
 
 
 def run_table(run_dir: str | os.PathLike) -> pd.DataFrame:
-    """The Table 5 rows one finished run gives on its own (an MT+DO run: MT+DO and
-    MT+PR+DO), in :func:`ablation_table`'s columns, for a run outside the grid such as a
-    calibration run; backbone and profile from its ``config.json``."""
+    """The Table 5 rows one finished run gives on its own, for a run outside the grid.
+
+    An MT+DO run gives MT+DO and MT+PR+DO; backbone and profile come from its ``config.json``.
+
+    Args:
+        run_dir: the run's results folder.
+
+    Returns:
+        A ``pandas.DataFrame`` in :func:`ablation_table`'s columns.
+
+    Raises:
+        FileNotFoundError: the folder has no ``config.json``, or no ``fold*_test.csv``.
+    """
     from mtbc_lib.engine.runs import read_config
 
     run_dir = Path(run_dir)
@@ -234,26 +339,53 @@ def run_table(run_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def comparison_runs(backbone: str, profile: str, results_dir: str | os.PathLike = "results") -> tuple[Path, Path] | None:
-    """The segmentation-only run and the multi-task run whose predictions the results
-    chapter sets side by side: the first complete pair of (ST(Seg)+DO, MT+DO),
-    (ST(Seg), MT), (ST(Seg), MT+DO), (ST(Seg)+DO, MT); None while there is none."""
+    """The segmentation-only run and the multi-task run the results chapter sets side by side.
+
+    Args:
+        backbone: the grid's backbone.
+        profile: the grid's profile.
+        results_dir: the results folder.
+
+    Returns:
+        ``(ST run folder, MT run folder)`` of the first complete pair of (ST(Seg)+DO, MT+DO),
+        (ST(Seg), MT), (ST(Seg), MT+DO), (ST(Seg)+DO, MT); None while there is none.
+    """
     done = finished_runs(backbone, profile, results_dir)
     pairs = (("st-seg-do", "mt-do"), ("st-seg", "mt"), ("st-seg", "mt-do"), ("st-seg-do", "mt"))
     return next(((done[st], done[mt]) for st, mt in pairs if st in done and mt in done), None)
 
 
 def finished_runs(backbone: str, profile: str, results_dir: str | os.PathLike = "results") -> dict[str, Path]:
-    """Setting -> results folder of every complete training of a grid, in ``SETTINGS`` order."""
+    """The complete trainings of a grid.
+
+    Args:
+        backbone: the grid's backbone.
+        profile: the grid's profile.
+        results_dir: the results folder.
+
+    Returns:
+        Setting -> results folder of every complete training, in :data:`SETTINGS` order.
+    """
     dirs = {s: Path(results_dir) / run_name(backbone, s, profile) for s in SETTINGS}
     return {s: d for s, d in dirs.items() if is_complete(d)}
 
 
 def complete_grids(grids, results_dir: str | os.PathLike = "results",
                    what: str | None = "results") -> list[tuple[str, str]]:
-    """The (backbone, profile) grids out of ``grids`` whose six trainings (:data:`SETTINGS`)
-    are all complete under ``results_dir``; for each other grid one line on stderr says
-    which settings are missing and that ``what`` skips it (no line when ``what`` is None:
-    the book simply does not show an unfinished grid)."""
+    """The grids whose six trainings (:data:`SETTINGS`) are all complete.
+
+    For each other grid one line on stderr says which settings are missing and that ``what`` skips
+    it.
+
+    Args:
+        grids: ``(backbone, profile)`` pairs.
+        results_dir: the results folder.
+        what: who skips an incomplete grid, for the line; None: no line (the book simply does not
+            show an unfinished grid).
+
+    Returns:
+        The complete ``(backbone, profile)`` pairs, in the order given.
+    """
     import sys
 
     out = []
@@ -269,13 +401,29 @@ def complete_grids(grids, results_dir: str | os.PathLike = "results",
 
 
 def is_complete(run_dir: Path) -> bool:
-    """A run is complete when its summary exists (the engine writes it after the last fold)."""
+    """Whether a run is complete: its ``summary.json`` exists (the engine writes it after the last fold).
+
+    Args:
+        run_dir: the run's results folder.
+
+    Returns:
+        True when complete.
+    """
     return (Path(run_dir) / "summary.json").is_file()
 
 
 def write_ablation_csv(results_dir: str | os.PathLike = "results") -> Path:
-    """(Re)write ``results_dir/ablation.csv`` from every backbone and profile that has
-    complete runs there. Atomic."""
+    """(Re)write ``results_dir/ablation.csv``, atomically.
+
+    The rows are those of every backbone and profile with complete grid runs there (a run whose name is
+    not the grid's scheme is a variant and is left out).
+
+    Args:
+        results_dir: the results folder (must exist).
+
+    Returns:
+        The path of ``ablation.csv``.
+    """
     from mtbc_lib.engine.runs import read_config
 
     results_dir = Path(results_dir)
@@ -292,9 +440,15 @@ def write_ablation_csv(results_dir: str | os.PathLike = "results") -> Path:
 
 
 def compare_with_paper(table: pd.DataFrame) -> pd.DataFrame:
-    """Our Table 5 (one backbone and profile, as :func:`ablation_table` gives it) beside
-    the paper's, cell by cell: index = configuration (all ten, in the paper's order),
-    columns = (metric, "ours" | "paper" | "diff"), diff = ours − paper."""
+    """Our Table 5 beside the paper's, cell by cell.
+
+    Args:
+        table: one backbone and profile's table, as :func:`ablation_table` gives it.
+
+    Returns:
+        A float ``pandas.DataFrame`` indexed by configuration (all ten, in the paper's order), columns
+        ``(metric, "ours" | "paper" | "diff")``, diff = ours − paper (NaN where either is missing).
+    """
     ours = table.set_index("configuration")
     cols = pd.MultiIndex.from_product([TABLE_METRICS, ["ours", "paper", "diff"]])
     out = pd.DataFrame(index=[r.configuration for r in ROWS], columns=cols, dtype=float)
@@ -313,8 +467,17 @@ def _short(x: float) -> str:
 
 
 def comparison_styler(table: pd.DataFrame):
-    """An HTML view of :func:`compare_with_paper`: each cell "ours (paper)" with our fold
-    SD, coloured by the difference (green: ours higher, red: lower; white within ±.02)."""
+    """An HTML view of :func:`compare_with_paper`.
+
+    Each cell reads "ours±SD (paper)", coloured by the difference (green: ours higher, red: lower;
+    white within ±.02).
+
+    Args:
+        table: one backbone and profile's table, as :func:`ablation_table` gives it.
+
+    Returns:
+        A ``pandas`` ``Styler`` with a caption.
+    """
     cmp = compare_with_paper(table)
     ours = table.set_index("configuration")
     text = pd.DataFrame(index=cmp.index, columns=list(TABLE_METRICS), dtype=object)
@@ -343,9 +506,18 @@ def comparison_styler(table: pd.DataFrame):
 
 
 def gap_summary(table: pd.DataFrame, metrics=("dsc_avg", "acc"), outputs: dict | None = None) -> str:
-    """One Markdown line per finished configuration: our mean of ``metrics`` against the
-    paper's and the gap, so the reading of the table is computed, not typed. ``outputs``
-    (configuration -> :func:`row_outputs`) flags a classifier that gave every test image one class."""
+    """One Markdown line per finished configuration: our mean of ``metrics`` against the paper's and the
+    gap.
+
+    Args:
+        table: an :func:`ablation_table` result.
+        metrics: the metrics to report.
+        outputs: configuration -> :func:`row_outputs`, to flag a classifier that gave every test image
+            one class; None: no flag.
+
+    Returns:
+        The lines joined by newlines, or one line saying no configuration has finished runs yet.
+    """
     lines = []
     for _, r in table.iterrows():
         parts = []

@@ -73,9 +73,19 @@ EXACT_UP_TO = 16
 
 
 def per_image(outputs: pd.DataFrame, metric: str) -> pd.Series:
-    """One configuration's per-image value of ``metric`` (index (class, id)): the Dice for
-    ``dsc_avg``, the Dice of the normal images for ``dsc_normal``, 1/0 for a right/wrong
-    label for ``acc``. ``outputs``: :func:`mtbc_lib.studies.ablation.row_outputs`."""
+    """One configuration's per-image value of a metric.
+
+    Args:
+        outputs: the configuration's per-image outputs (:func:`mtbc_lib.studies.ablation.row_outputs`).
+        metric: ``"dsc_avg"`` (the Dice of every image), ``"dsc_normal"`` (the Dice of the normal
+            images) or ``"acc"`` (1 for a right label, 0 for a wrong one).
+
+    Returns:
+        A float ``pandas.Series`` indexed by ``(class, id)``.
+
+    Raises:
+        ValueError: an unknown ``metric``.
+    """
     t = outputs.set_index(["class", "id"])
     if metric == "dsc_avg":
         return t["dice"].astype(float)
@@ -87,9 +97,18 @@ def per_image(outputs: pd.DataFrame, metric: str) -> pd.Series:
 
 
 def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sided exact McNemar p value of paired 0/1 correctness (N,) a against b: a
-    binomial test of the images only a gets right among those exactly one gets right
-    (1 when there is none)."""
+    """Two-sided exact McNemar p value of paired 0/1 correctness.
+
+    A binomial test (p = 0.5) of the images only ``a`` gets right among those exactly one of the two
+    gets right.
+
+    Args:
+        a: ``(N,)`` 0/1 correctness of configuration a.
+        b: ``(N,)`` 0/1 correctness of configuration b, on the same images.
+
+    Returns:
+        The p value; 1 when no image is right for exactly one of them.
+    """
     only_a, only_b = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
     return 1.0 if only_a + only_b == 0 else float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
 
@@ -98,13 +117,25 @@ def sign_flip_test(diffs, permutations: int = PERMUTATIONS, seed: int = SEED,
                    exact_up_to: int = EXACT_UP_TO) -> tuple[float, bool]:
     """Two-sided paired sign-flip permutation test of "mean difference 0".
 
-    diffs: (N,) per-image differences a − b. Under the null each non-zero difference is
-    as likely to have either sign; the statistic is |sum of the differences| (the mean
-    times N). With m ≤ ``exact_up_to`` non-zero differences all 2**m sign patterns are
-    enumerated and p is the exact share at least as extreme as the observed one (the
-    observed pattern included); otherwise ``permutations`` random patterns (seeded) give
-    p = (1 + hits) / (1 + permutations), never 0. Returns (p, exact). No non-zero
-    difference: (1.0, True)."""
+    Under the null each non-zero difference is as likely to have either sign; the statistic is
+    ``|sum of the differences|`` (the mean times N). With m <= ``exact_up_to`` non-zero differences all
+    2**m sign patterns are enumerated and p is the exact share at least as extreme as the observed one
+    (the observed pattern included); otherwise ``permutations`` random patterns (seeded) give
+    ``p = (1 + hits) / (1 + permutations)``, never 0.
+
+    Args:
+        diffs: ``(N,)`` per-image differences a − b.
+        permutations: random sign patterns when not enumerating.
+        seed: seed of the random patterns.
+        exact_up_to: enumerate all patterns up to this many non-zero differences.
+
+    Returns:
+        ``(p, exact)``: the p value and whether it was enumerated; ``(1.0, True)`` when no difference
+        is non-zero.
+
+    Raises:
+        ValueError: ``permutations`` < 1 when the patterns are drawn.
+    """
     d = np.asarray(diffs, dtype=np.float64).ravel()
     d = d[d != 0]
     m = len(d)
@@ -127,8 +158,16 @@ def sign_flip_test(diffs, permutations: int = PERMUTATIONS, seed: int = SEED,
 
 
 def mean_test(a: np.ndarray, b: np.ndarray, metric: str) -> tuple[float, str]:
-    """(p value, test name) of the two-sided paired test of mean(a) = mean(b) on the same
-    images: exact McNemar for ``acc``, the sign-flip permutation test otherwise."""
+    """The two-sided paired test of ``mean(a) = mean(b)`` on the same images.
+
+    Args:
+        a: ``(N,)`` per-image values of configuration a.
+        b: ``(N,)`` per-image values of configuration b.
+        metric: ``"acc"``: the exact McNemar test; anything else: the sign-flip permutation test.
+
+    Returns:
+        ``(p value, test name)``.
+    """
     if metric == "acc":
         return mcnemar_exact(a, b), "McNemar (exact)"
     p, exact = sign_flip_test(np.asarray(a, float) - np.asarray(b, float))
@@ -136,9 +175,19 @@ def mean_test(a: np.ndarray, b: np.ndarray, metric: str) -> tuple[float, str]:
 
 
 def paired_test(a: np.ndarray, b: np.ndarray, metric: str) -> tuple[float, str]:
-    """(p value, test name) of a paired two-sided rank test of a against b: Wilcoxon
-    signed-rank on the Dice, exact McNemar on correctness. The leakage study's
-    (:func:`mtbc_lib.leakage.paired_table`); the claims use :func:`mean_test`."""
+    """A paired two-sided rank test of a against b (the leakage study's).
+
+    The claims use :func:`mean_test`; this is :func:`mtbc_lib.studies.leakage.paired_table`'s.
+
+    Args:
+        a: ``(N,)`` per-image values of one design.
+        b: ``(N,)`` per-image values of the other, on the same images.
+        metric: ``"acc"``: the exact McNemar test on correctness; anything else: the Wilcoxon
+            signed-rank test (p = 1 when a equals b everywhere).
+
+    Returns:
+        ``(p value, test name)``.
+    """
     if metric == "acc":
         return mcnemar_exact(a, b), "McNemar (exact)"
     if np.all(a == b):
@@ -147,7 +196,17 @@ def paired_test(a: np.ndarray, b: np.ndarray, metric: str) -> tuple[float, str]:
 
 
 def bootstrap_ci(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = SEED) -> tuple[float, float]:
-    """95 % percentile interval of mean(a) − mean(b), resampling the paired images."""
+    """95 % percentile interval of ``mean(a) − mean(b)``, resampling the paired images.
+
+    Args:
+        a: ``(N,)`` per-image values of configuration a.
+        b: ``(N,)`` per-image values of configuration b, paired with ``a``.
+        n: bootstrap resamples.
+        seed: seed of the resampling.
+
+    Returns:
+        ``(low, high)``, the 2.5 % and 97.5 % quantiles of the resampled differences.
+    """
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(a), size=(n, len(a)))
     diffs = a[idx].mean(1) - b[idx].mean(1)
@@ -155,9 +214,17 @@ def bootstrap_ci(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = SEED) 
 
 
 def holm(p_values) -> np.ndarray:
-    """Holm's step-down adjusted p values, in the input's order: the k-th smallest of the
-    m p values is multiplied by m − k + 1, made non-decreasing in that order and capped at
-    1. NaN entries are left out of the family and stay NaN. (m,) -> (m,) float64."""
+    """Holm's step-down adjusted p values, in the input's order.
+
+    The k-th smallest of the m p values is multiplied by m − k + 1, made non-decreasing in that order
+    and capped at 1. NaN entries are left out of the family and stay NaN.
+
+    Args:
+        p_values: ``(m,)`` p values (NaN allowed).
+
+    Returns:
+        ``(m,)`` float64 adjusted p values.
+    """
     p = np.asarray(p_values, dtype=np.float64)
     out = np.full(p.shape, np.nan)
     ok = ~np.isnan(p)
@@ -170,8 +237,19 @@ def holm(p_values) -> np.ndarray:
 
 
 def decide(diff: float, ci_low: float, ci_high: float, p: float, alpha: float = ALPHA) -> str:
-    """The verdict of a testable claim "a is better than b" (module docstring): holds,
-    reversed or not shown."""
+    """The verdict of a testable claim "a is better than b" (module docstring).
+
+    Args:
+        diff: ``mean(a) − mean(b)``.
+        ci_low: lower end of its 95 % interval.
+        ci_high: upper end.
+        p: the test's two-sided p value.
+        alpha: the test level.
+
+    Returns:
+        ``"holds"`` (p < alpha, diff > 0 and ci_low > 0), ``"reversed"`` (p < alpha and ci_high < 0)
+        or ``"not shown"``.
+    """
     if p < alpha and diff > 0 and ci_low > 0:
         return "holds"
     if p < alpha and ci_high < 0:
@@ -180,10 +258,20 @@ def decide(diff: float, ci_low: float, ci_high: float, p: float, alpha: float = 
 
 
 def degenerate(config_a: str, config_b: str, outputs: dict[str, pd.DataFrame], metric: str) -> str | None:
-    """Why the comparison of ``config_a`` with ``config_b`` on ``metric`` cannot be tested
-    (the "untestable" cases of the module docstring, first that applies), as the end of
-    the ``reason`` sentence, or None when it can. outputs: configuration ->
-    :func:`mtbc_lib.ablation.row_outputs`."""
+    """Why a comparison cannot be tested, or None when it can.
+
+    The "untestable" cases of the module docstring, the first that applies.
+
+    Args:
+        config_a: a configuration of :data:`~mtbc_lib.studies.ablation.ROWS`.
+        config_b: another.
+        outputs: configuration -> :func:`mtbc_lib.studies.ablation.row_outputs`; both configurations
+            present.
+        metric: ``"dsc_avg"``, ``"dsc_normal"`` or ``"acc"``.
+
+    Returns:
+        The end of the ``reason`` sentence, or None.
+    """
     rows = {r.configuration: r for r in ROWS}
     ra, rb = rows[config_a], rows[config_b]
     ta, tb = (outputs[c].set_index(["class", "id"]) for c in (config_a, config_b))
@@ -222,10 +310,20 @@ def _p(p: float) -> str:
 
 
 def evidence(verdict: str, p: float, p_holm: float, test: str, with_p: bool = True) -> str:
-    """The test's part of a testable row's ``reason``: its name, p and Holm-adjusted p (without
-    them when not ``with_p``: a table that shows them in columns of their own), and for a
-    "not shown" row what fell short (``permutation p < .001 (Holm p < .001)``,
-    ``McNemar p = .228 (Holm p = .684); the test does not reject``)."""
+    """The test's part of a testable row's ``reason``.
+
+    Args:
+        verdict: the row's verdict.
+        p: the p value.
+        p_holm: the Holm-adjusted p value.
+        test: the test's name (:func:`mean_test`).
+        with_p: include the p values (False: a table that shows them in columns of their own).
+
+    Returns:
+        The test's name and p values (e.g. ``permutation p < .001 (Holm p < .001)``), and for a
+        "not shown" row what fell short (``; the test does not reject`` or
+        ``; the interval includes 0``).
+    """
     name = "McNemar" if test.startswith("McNemar") else "permutation"
     text = f"{name} {_p(p)} (Holm {_p(p_holm)})" if with_p else f"{name} test"
     if verdict == "not shown":
@@ -235,17 +333,43 @@ def evidence(verdict: str, p: float, p_holm: float, test: str, with_p: bool = Tr
 
 def reason(verdict: str, diff: float, ci_low: float, ci_high: float, p: float, p_holm: float, test: str,
            why_untestable: str | None = None) -> str:
-    """The one-sentence ``reason`` of a row: the verdict, then the evidence (difference,
-    interval, :func:`evidence`), or for an untestable row what makes it degenerate."""
+    """The one-sentence ``reason`` of a row.
+
+    Args:
+        verdict: the row's verdict.
+        diff: ``mean(a) − mean(b)``.
+        ci_low: lower end of its 95 % interval.
+        ci_high: upper end.
+        p: the p value.
+        p_holm: the Holm-adjusted p value.
+        test: the test's name.
+        why_untestable: :func:`degenerate`'s text, for an untestable row.
+
+    Returns:
+        ``"<verdict>: <diff> [<low>, <high>], <evidence>"``, or ``"untestable: <why>"``.
+    """
     if verdict == "untestable":
         return f"untestable: {why_untestable}"
     return f"{verdict}: {_num(diff)} [{_num(ci_low)}, {_num(ci_high)}], {evidence(verdict, p, p_holm, test)}"
 
 
 def claims_table(backbone: str, profile: str, results_dir: str | os.PathLike = "results") -> pd.DataFrame:
-    """Every claim whose two configurations have finished runs in one grid, tested per
-    image with its verdict (:data:`CLAIMS_COLUMNS`). Holm's adjustment runs over the
-    rows returned that are not untestable (``p_holm`` NaN for those)."""
+    """Test every claim of one grid per image, with its verdict.
+
+    Only claims whose two configurations have finished runs are tested. Holm's adjustment runs over
+    the rows returned that are not untestable (``p_holm`` NaN for those).
+
+    Args:
+        backbone: the grid's backbone.
+        profile: the grid's profile.
+        results_dir: the results folder.
+
+    Returns:
+        A ``pandas.DataFrame`` with columns :data:`CLAIMS_COLUMNS`, one row per tested claim.
+
+    Raises:
+        ValueError: two settings of a configuration were tested on different images.
+    """
     outputs: dict[str, pd.DataFrame | None] = {}
     for r in ROWS:
         runs = runs_of(r, backbone, profile, results_dir)
@@ -275,17 +399,35 @@ def claims_table(backbone: str, profile: str, results_dir: str | os.PathLike = "
 
 
 def claims_tables(grids, results_dir: str | os.PathLike = "results") -> pd.DataFrame:
-    """:func:`claims_table` of every complete grid out of ``grids`` ((backbone, profile)
-    pairs), one after the other; an incomplete grid is skipped with a one-line note on
-    stderr (:func:`mtbc_lib.ablation.complete_grids`). Holm runs within each grid."""
+    """:func:`claims_table` of every complete grid, one after the other.
+
+    An incomplete grid is skipped with a one-line note on stderr
+    (:func:`mtbc_lib.studies.ablation.complete_grids`). Holm runs within each grid.
+
+    Args:
+        grids: ``(backbone, profile)`` pairs.
+        results_dir: the results folder.
+
+    Returns:
+        A ``pandas.DataFrame`` with columns :data:`CLAIMS_COLUMNS` (empty when no grid is complete).
+    """
     tables = [claims_table(b, p, results_dir) for b, p in complete_grids(grids, results_dir, "claims")]
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=CLAIMS_COLUMNS)
 
 
 def write_claims_csv(grids, results_dir: str | os.PathLike = "results") -> Path:
-    """(Re)write ``results_dir/claims.csv`` with the rows of every complete grid out of
-    ``grids`` ((backbone, profile) pairs; :func:`claims_tables`). Atomic. Raises
-    ValueError when no grid is complete (the file is left as it was)."""
+    """(Re)write ``results_dir/claims.csv`` with the rows of every complete grid, atomically.
+
+    Args:
+        grids: ``(backbone, profile)`` pairs (:func:`claims_tables`).
+        results_dir: the results folder.
+
+    Returns:
+        The path of ``claims.csv``.
+
+    Raises:
+        ValueError: no grid is complete (the file is left as it was).
+    """
     grids = [tuple(g) for g in grids]
     table = claims_tables(grids, results_dir)
     if table.empty:
@@ -296,8 +438,15 @@ def write_claims_csv(grids, results_dir: str | os.PathLike = "results") -> Path:
 
 
 def claims_view(table: pd.DataFrame) -> pd.DataFrame:
-    """The reader's table: claim — comparison (metric) — paper — ours [95 % CI] — p —
-    p (Holm) — verdict (for an untestable row, its reason)."""
+    """The reader's table of claims.
+
+    Args:
+        table: a :func:`claims_table` result.
+
+    Returns:
+        A ``pandas.DataFrame`` of strings: claim, comparison (metric), paper, ours [95 % CI], p,
+        p (Holm) and verdict (for an untestable row, its reason).
+    """
     return pd.DataFrame({
         "claim": table["claim"],
         "compared (metric)": table["config_a"] + " vs " + table["config_b"] + " (" + table["metric"] + ")",
@@ -310,7 +459,14 @@ def claims_view(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def verdict_summary(table: pd.DataFrame) -> str:
-    """One sentence counting the verdicts of a :func:`claims_table`, computed for the book."""
+    """One sentence counting the verdicts of a :func:`claims_table`.
+
+    Args:
+        table: a :func:`claims_table` result.
+
+    Returns:
+        The sentence.
+    """
     c = table["verdict"].value_counts()
 
     def n(v, one, many):

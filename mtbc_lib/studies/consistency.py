@@ -51,11 +51,22 @@ MULTI_TASK = ("MT", "MT+DO")
 
 
 def consistency_measures(outputs: pd.DataFrame) -> dict[str, float]:
-    """The five measures (:data:`MEASURES`, module docstring) and ``n_images`` of one
-    configuration's per-image outputs: columns label (true class), and pred (predicted
-    class) and/or mask_empty (bool), as :func:`mtbc_lib.ablation.row_outputs` gives them
-    for a row without PR. A measure whose output is absent, or whose images are absent
-    (no normal image, no lesion image), is NaN."""
+    """The five measures (:data:`MEASURES`, module docstring) of one configuration's per-image outputs.
+
+    A measure whose output is absent, or whose images are absent (no normal image, no lesion image),
+    is NaN.
+
+    Args:
+        outputs: per-image outputs with column ``label`` (true class) and ``pred`` (predicted class)
+            and/or ``mask_empty`` (bool), as :func:`mtbc_lib.studies.ablation.row_outputs` gives them
+            for a row without PR.
+
+    Returns:
+        ``{measure: share in [0, 1] or NaN}`` for every measure, and ``n_images``.
+
+    Raises:
+        ValueError: ``outputs`` lacks ``label``, or has neither ``pred`` nor ``mask_empty``.
+    """
     if "label" not in outputs or not ({"pred", "mask_empty"} & set(outputs.columns)):
         raise ValueError("outputs: expected a label column and a pred and/or mask_empty column "
                          "(ablation.row_outputs of a row without PR)")
@@ -77,8 +88,17 @@ def consistency_measures(outputs: pd.DataFrame) -> dict[str, float]:
 
 
 def consistency_table(backbone: str, profile: str, results_dir: str | os.PathLike = "results") -> pd.DataFrame:
-    """:data:`CONSISTENCY_COLUMNS` for every configuration of one grid whose runs are
-    complete, in :data:`CONFIGURATIONS` order."""
+    """The measures of every configuration of one grid whose runs are complete.
+
+    Args:
+        backbone: the grid's backbone.
+        profile: the grid's profile.
+        results_dir: the results folder.
+
+    Returns:
+        A ``pandas.DataFrame`` with columns :data:`CONSISTENCY_COLUMNS`, in :data:`CONFIGURATIONS`
+        order.
+    """
     rows = []
     for row in CONFIGURATIONS:
         runs = runs_of(row, backbone, profile, results_dir)
@@ -89,16 +109,35 @@ def consistency_table(backbone: str, profile: str, results_dir: str | os.PathLik
 
 
 def consistency_tables(grids, results_dir: str | os.PathLike = "results") -> pd.DataFrame:
-    """:func:`consistency_table` of every complete grid out of ``grids`` ((backbone,
-    profile) pairs), one after the other; an incomplete grid is skipped with a one-line
-    note on stderr."""
+    """:func:`consistency_table` of every complete grid, one after the other.
+
+    An incomplete grid is skipped with a one-line note on stderr.
+
+    Args:
+        grids: ``(backbone, profile)`` pairs.
+        results_dir: the results folder.
+
+    Returns:
+        A ``pandas.DataFrame`` with columns :data:`CONSISTENCY_COLUMNS` (empty when no grid is
+        complete).
+    """
     tables = [consistency_table(b, p, results_dir) for b, p in complete_grids(grids, results_dir, "consistency")]
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=CONSISTENCY_COLUMNS)
 
 
 def write_consistency_csv(grids, results_dir: str | os.PathLike = "results") -> Path:
-    """(Re)write ``results_dir/consistency.csv`` from every complete grid out of ``grids``.
-    Atomic. Raises ValueError when no grid is complete (the file is left as it was)."""
+    """(Re)write ``results_dir/consistency.csv`` from every complete grid, atomically.
+
+    Args:
+        grids: ``(backbone, profile)`` pairs.
+        results_dir: the results folder.
+
+    Returns:
+        The path of ``consistency.csv``.
+
+    Raises:
+        ValueError: no grid is complete (the file is left as it was).
+    """
     grids = [tuple(g) for g in grids]
     table = consistency_tables(grids, results_dir)
     if table.empty:
@@ -111,12 +150,19 @@ def write_consistency_csv(grids, results_dir: str | os.PathLike = "results") -> 
 def mt_against_single_task(table: pd.DataFrame, mt: str = "MT") -> pd.DataFrame:
     """"MT beats every single-task configuration", measure by measure, for one grid.
 
-    table: :func:`consistency_table` rows of one backbone and profile; mt: the multi-task
-    configuration to set against them (``MT`` or ``MT+DO``). Returns one row per measure
-    of :data:`MEASURES`: ``measure``, ``mt`` (its name), ``mt_value``, ``best_single_task``
-    (the single-task configuration with the lowest value; ties: the first in
-    :data:`CONFIGURATIONS` order), ``best_single_task_value``, and ``mt_lower`` (True when
-    MT's value is strictly lower — better; NA when either value is missing)."""
+    Args:
+        table: :func:`consistency_table` rows of one backbone and profile.
+        mt: the multi-task configuration to set against them (``MT`` or ``MT+DO``).
+
+    Returns:
+        A ``pandas.DataFrame``, one row per measure of :data:`MEASURES`: ``measure``, ``mt`` (its name),
+        ``mt_value``, ``best_single_task`` (the single-task configuration with the lowest value; ties:
+        the first in :data:`CONFIGURATIONS` order), ``best_single_task_value``, and ``mt_lower`` (True
+        when MT's value is strictly lower — better; NA when either value is missing).
+
+    Raises:
+        ValueError: ``table`` holds more than one backbone and profile, or lacks ``mt``.
+    """
     if table[["backbone", "profile"]].drop_duplicates().shape[0] > 1:
         raise ValueError("table: expected the rows of one backbone and profile")
     t = table.set_index("configuration")

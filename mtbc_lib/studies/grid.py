@@ -16,11 +16,25 @@ __all__ = ["execute_training", "execute_setting", "train_setting", "portable_dat
 
 def execute_training(params: dict, notebook_dir: str | os.PathLike = "book/runs",
                      repo_root: str | os.PathLike = REPO_ROOT) -> str:
-    """Execute ``notebooks/train.ipynb`` with papermill ``params`` (``run_name`` among
-    them), writing the executed notebook to ``notebook_dir/<run name>.ipynb`` (atomically:
-    a failed or interrupted run leaves the previous copy, and its checkpoints let the next
-    call resume; a finished run is not trained again, only reported). Returns the run
-    name. Runs in whatever process calls it: locally, or on a Dask worker."""
+    """Execute ``notebooks/train.ipynb`` with papermill parameters.
+
+    The executed notebook is written to ``notebook_dir/<run name>.ipynb`` atomically: a failed or
+    interrupted run leaves the previous copy, and its checkpoints let the next call resume; a finished
+    run is not trained again, only reported. The notebook is stamped with the machine it ran on. Runs
+    in whatever process calls it: locally, or on a Dask worker.
+
+    Args:
+        params: the notebook's parameters (TrainConfig fields), ``run_name`` among them.
+        notebook_dir: where the executed notebook goes (relative: to ``repo_root``).
+        repo_root: the repository holding ``notebooks/train.ipynb`` (the notebook's working folder).
+
+    Returns:
+        The run name.
+
+    Raises:
+        PapermillExecutionError: the notebook failed (``ename`` ``"RunHeld"`` when another process
+            holds one of the run's folds).
+    """
     import papermill
 
     name = params["run_name"]
@@ -45,8 +59,25 @@ def execute_training(params: dict, notebook_dir: str | os.PathLike = "book/runs"
 def execute_setting(backbone: str, setting: str, profile: str, out_dir: str | os.PathLike = "results",
                     notebook_dir: str | os.PathLike = "book/runs", data_dir: str | None = None,
                     extra: dict | None = None, repo_root: str | os.PathLike = REPO_ROOT) -> str | None:
-    """:func:`execute_training` of one setting of the grid. Returns the run name, or None
-    when another process holds one of its folds (one line says which; the grid goes on)."""
+    """:func:`execute_training` of one setting of the grid.
+
+    Args:
+        backbone: a backbone name.
+        setting: a setting of :data:`mtbc_lib.studies.ablation.SETTINGS`.
+        profile: a training profile.
+        out_dir: the results folder.
+        notebook_dir: where the executed notebook goes.
+        data_dir: the raw BUSI folder; None: the default.
+        extra: further notebook parameters, overriding the setting's.
+        repo_root: the repository root.
+
+    Returns:
+        The run name, or None when another process holds one of its folds (one line says which; the
+        grid goes on).
+
+    Raises:
+        PapermillExecutionError: the notebook failed for any other reason.
+    """
     from papermill import PapermillExecutionError
 
     params = {"backbone": backbone, "profile": profile, "out_dir": str(out_dir),
@@ -61,11 +92,25 @@ def execute_setting(backbone: str, setting: str, profile: str, out_dir: str | os
 
 
 def train_setting(params: dict, repo_root: str | os.PathLike = REPO_ROOT) -> str:
-    """Train one setting (``mtbc train``): :func:`execute_training` with ``params``, fields of
-    :class:`~mtbc_lib.engine.config.TrainConfig` (checked first: an unknown name or a bad value
-    fails with one line before anything runs). The executed notebook goes to ``book/runs/`` for
-    a run of every fold in the default results folder, else beside the run's results (as
-    :func:`mtbc_lib.engine.runs.reproduce_command` says). Returns the run name."""
+    """Train one setting (``mtbc train``): :func:`execute_training` with ``params``.
+
+    The parameters are checked first: an unknown name or a bad value fails with one line before
+    anything runs. The executed notebook goes to ``book/runs/`` for a run of every fold in the default
+    results folder, else beside the run's results (as
+    :func:`mtbc_lib.engine.runs.reproduce_command` says).
+
+    Args:
+        params: fields of :class:`~mtbc_lib.engine.config.TrainConfig` (``data_dir`` is stored as
+            :func:`portable_data_dir` gives it).
+        repo_root: the repository root.
+
+    Returns:
+        The run name.
+
+    Raises:
+        ValueError: an unknown parameter, or a bad value (:meth:`TrainConfig.resolve`).
+        PapermillExecutionError: the notebook failed.
+    """
     import dataclasses
 
     from mtbc_lib.engine.config import TrainConfig
@@ -82,9 +127,18 @@ def train_setting(params: dict, repo_root: str | os.PathLike = REPO_ROOT) -> str
 
 
 def portable_data_dir(data_dir: str | os.PathLike | None, repo_root: Path = REPO_ROOT) -> str:
-    """``data_dir`` as a run should store it: "" for the default folder beside the
-    repository (``../shared/data/BUSI``), so that committed configurations hold no path of
-    the machine that trained them; any other folder as given."""
+    """``data_dir`` as a run should store it.
+
+    Committed configurations then hold no path of the machine that trained them.
+
+    Args:
+        data_dir: the raw BUSI folder, or None / "".
+        repo_root: the repository root.
+
+    Returns:
+        "" for the default folder beside the repository (``../shared/data/BUSI``) or no folder; any
+        other folder as given, as a string.
+    """
     if data_dir and Path(data_dir).expanduser().resolve() == (repo_root.parent / "shared" / "data" / "BUSI").resolve():
         return ""
     return str(data_dir or "")
@@ -99,14 +153,32 @@ ENGINES = ("auto", "serial", "batched")
 def run_grid(backbone: str, profile: str, settings: list[str] | None = None, scheduler: str | None = None,
              out_dir: str | os.PathLike = "results", notebook_dir: str | os.PathLike = "book/runs",
              data_dir: str | None = None, extra: dict | None = None, engine: str = "auto") -> list[str]:
-    """Train every setting of the grid that is not complete yet, then rewrite
-    ``out_dir/ablation.csv`` (locally also after each setting). Locally the settings run
-    one after the other (``engine`` "serial"), or all their trainings at once (``engine``
-    "batched"; "auto": batched where a CUDA GPU is present), the notebooks then writing the
-    pages of the finished runs; with ``scheduler`` (``tcp://HOST:PORT`` of a running
-    dask.distributed scheduler) each setting is a task on the cluster (one GPU a worker),
-    whose workers must see this repository and the data at the same paths. Returns the run
-    names executed (not those skipped because another process holds one of their folds)."""
+    """Train every setting of the grid that is not complete yet, then rewrite ``out_dir/ablation.csv``.
+
+    Locally the settings run one after the other (``engine`` "serial"), or all their trainings at once
+    (``engine`` "batched"; "auto": batched where a CUDA GPU is present), the notebooks then writing the
+    pages of the finished runs; ``ablation.csv`` is also rewritten after each setting. With
+    ``scheduler`` each setting is a task on a Dask cluster (one GPU a worker), whose workers must see
+    this repository and the data at the same paths.
+
+    Args:
+        backbone: a backbone name.
+        profile: a training profile.
+        settings: settings of :data:`mtbc_lib.studies.ablation.SETTINGS`; None: all.
+        scheduler: ``tcp://HOST:PORT`` of a running dask.distributed scheduler; None: run locally.
+        out_dir: the results folder.
+        notebook_dir: where the executed notebooks go.
+        data_dir: the raw BUSI folder; None: the default.
+        extra: further notebook parameters for every setting.
+        engine: ``"auto"``, ``"serial"`` or ``"batched"`` (:data:`ENGINES`); local runs only.
+
+    Returns:
+        The run names executed (not those skipped because another process holds one of their folds).
+
+    Raises:
+        ValueError: an unknown setting or engine.
+        PapermillExecutionError: a notebook failed.
+    """
     settings = list(SETTINGS) if settings is None else settings
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:

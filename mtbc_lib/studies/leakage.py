@@ -59,16 +59,42 @@ COPY_GROUPS = ("copy-in-train", "no-copy-in-train")
 
 
 def design_config(design: str, **overrides) -> TrainConfig:
-    """The resolved TrainConfig of a design (``overrides``: e.g. data_dir, epochs)."""
+    """The resolved config of a design.
+
+    Args:
+        design: a design of :data:`DESIGNS`.
+        **overrides: TrainConfig fields over :data:`BASE` (e.g. data_dir, epochs, backbone,
+            profile); ``split`` is the design's.
+
+    Returns:
+        The resolved :class:`~mtbc_lib.engine.config.TrainConfig`.
+
+    Raises:
+        ValueError: an unknown design, or a config :meth:`TrainConfig.resolve` rejects.
+    """
     if design not in DESIGNS:
         raise ValueError(f"leakage design {design!r}: expected one of {', '.join(DESIGNS)}")
     return TrainConfig(**{**BASE, **overrides, "split": DESIGNS[design]}).resolve()
 
 
 def train_designs(designs=None, progress: bool = True, **overrides) -> None:
-    """Train the designs (both by default) one after the other; finished folds are skipped,
-    an interrupted one resumes. The default data folder is stored as "" in the runs'
-    configurations (``grid.portable_data_dir``: committed files hold no local path)."""
+    """Train the designs one after the other.
+
+    Finished folds are skipped, an interrupted one resumes. The default data folder is stored as ""
+    in the runs' configurations (:func:`mtbc_lib.studies.grid.portable_data_dir`: committed files hold
+    no local path). The arrays are loaded once, for the first design.
+
+    Args:
+        designs: designs of :data:`DESIGNS`; None: both.
+        progress: whether to show progress and a line per design.
+        **overrides: as :func:`design_config`'s.
+
+    Returns:
+        None.
+
+    Raises:
+        ValueError: as :func:`design_config`; as :func:`mtbc_lib.engine.train.run`.
+    """
     from mtbc_lib.engine import train
     from mtbc_lib.studies.grid import portable_data_dir
 
@@ -83,10 +109,24 @@ def train_designs(designs=None, progress: bool = True, **overrides) -> None:
 
 
 def run_pages(designs=None, data_dir=None, notebook_dir: str | os.PathLike = "book/runs", **overrides) -> list[str]:
-    """Each design's run page, as the grid's: ``notebooks/train.ipynb`` executed by papermill
-    with the design's parameters (``overrides``: e.g. backbone, profile) into
+    """Each design's run page, as the grid's.
+
+    ``notebooks/train.ipynb`` executed by papermill with the design's parameters into
     ``notebook_dir/<run name>.ipynb`` (a finished run is reported, not trained again).
-    Returns the run names."""
+
+    Args:
+        designs: designs of :data:`DESIGNS`; None: both.
+        data_dir: the raw BUSI folder; None: the default.
+        notebook_dir: where the executed notebooks go.
+        **overrides: as :func:`design_config`'s (e.g. backbone, profile).
+
+    Returns:
+        The run names.
+
+    Raises:
+        ValueError: as :func:`design_config`.
+        PapermillExecutionError: a notebook failed.
+    """
     from mtbc_lib.studies.grid import execute_training, portable_data_dir
 
     return [execute_training({**BASE, **overrides, "split": DESIGNS[d],
@@ -98,13 +138,27 @@ def run_pages(designs=None, data_dir=None, notebook_dir: str | os.PathLike = "bo
 # ----------------------------------------------------------------------------- per image
 
 def per_image(results_dir: str | os.PathLike = "results/leakage", data_dir=None, **overrides) -> pd.DataFrame:
-    """One row per image tested in both designs (index (class, id)): ``label``, its scan
-    ``group`` (-1: in none) and whether that group is a ``label_conflict`` (members filed
-    under two classes); per design (suffix ``_image`` / ``_scan``) its test ``fold``,
-    ``dice``, ``pred`` and ``correct`` (1/0); ``copy_in_train``: in the image-level design,
-    another member of its scan group was in that fold's training split; ``frame_in_train``:
-    in the scan-level design, another member of its lesion group was. Only images tested
-    in both designs (all of them once both runs are finished)."""
+    """One row per image tested in both designs, with what leaked to its training split.
+
+    Only images tested in both designs are kept (all of them once both runs are finished).
+
+    Args:
+        results_dir: the study's results folder.
+        data_dir: the raw BUSI folder (for the arrays and the audit's groups); None: the stored one,
+            else the default.
+        **overrides: as :func:`design_config`'s (e.g. backbone, profile).
+
+    Returns:
+        A ``pandas.DataFrame`` indexed by ``(class, id)``, sorted: ``label``, its scan ``group`` (-1: in
+        none) and whether that group is a ``label_conflict`` (members filed under two classes); per
+        design (suffix ``_image`` / ``_scan``) its test ``fold``, ``dice``, ``pred`` and ``correct``
+        (1/0); ``copy_in_train``: in the image-level design, another member of its scan group was in
+        that fold's training split; ``frame_in_train``: in the scan-level design, another member of its
+        lesion group was.
+
+    Raises:
+        FileNotFoundError: a design's run has no finished fold.
+    """
     from mtbc_lib.dedup import audit_groups
     from mtbc_lib.engine import train
 
@@ -149,8 +203,16 @@ def _metrics(t: pd.DataFrame, split: str) -> dict[str, float]:
 
 
 def fold_metrics(table: pd.DataFrame) -> pd.DataFrame:
-    """The metrics per fold (columns design, fold, n_images, METRICS) of each design, and
-    of the image-level design's test images with and without a copy in training."""
+    """The metrics per fold of each design, and of the image-level design's test images with and without a
+    copy in training.
+
+    Args:
+        table: a :func:`per_image` table.
+
+    Returns:
+        A ``pandas.DataFrame`` with columns ``design`` (a design, ``copy-in-train`` or
+        ``no-copy-in-train``), ``fold``, ``n_images`` and :data:`METRICS`.
+    """
     rows = []
     subsets = [(d, s, np.ones(len(table), bool)) for d, s in DESIGNS.items()] + \
         [(COPY_GROUPS[0], "image", table["copy_in_train"].to_numpy()),
@@ -162,8 +224,17 @@ def fold_metrics(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def leakage_table(table: pd.DataFrame, backbone: str = BASE["backbone"], profile: str = BASE["profile"]) -> pd.DataFrame:
-    """The rows of one study in ``results/leakage.csv``: per design (and copy group) and
-    metric, the mean over folds, their SD and the number of test images (:data:`LEAKAGE_COLUMNS`)."""
+    """The rows of one study in ``results/leakage.csv``.
+
+    Args:
+        table: the study's :func:`per_image` table.
+        backbone: the study's backbone, for its column.
+        profile: the study's profile, for its column.
+
+    Returns:
+        A ``pandas.DataFrame`` with columns :data:`LEAKAGE_COLUMNS`: per design (and copy group) and
+        metric, the mean over folds, their SD (ddof=1) and the number of test images.
+    """
     folds = fold_metrics(table)
     rows = [{"backbone": backbone, "profile": profile, "design": design, "metric": m, "value": f[m].mean(),
              "sd": f[m].std(ddof=1), "n_images": int(f["n_images"].sum())}
@@ -191,13 +262,22 @@ INSIDE = {COPY: ("copy_in_train", "image"), FRAMES: ("frame_in_train", "scan")}
 
 
 def paired_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Image-level minus scan-level, image by image: per metric the two means, their
-    difference with a 95 % bootstrap interval and the paired test's p value (Wilcoxon on
-    the Dice, exact McNemar on correctness; :mod:`mtbc_lib.studies.claims`); then the comparisons
-    inside one design (:data:`INSIDE`): test images with a copy in training against those
-    without (image-level), with another frame of their lesion in training against those
-    without (scan-level); other images: Mann-Whitney U on the Dice, Fisher's exact test on
-    correctness, an unpaired bootstrap. A comparison with an empty side is left out."""
+    """Image-level minus scan-level, image by image, then the comparisons inside one design.
+
+    Per metric: the two means, their difference with a 95 % bootstrap interval and the paired test's p
+    value (Wilcoxon on the Dice, exact McNemar on correctness; :mod:`mtbc_lib.studies.claims`). Then the
+    comparisons of :data:`INSIDE`: test images with a copy in training against those without
+    (image-level), with another frame of their lesion in training against those without (scan-level),
+    on ``dsc_avg`` and ``acc``: Mann-Whitney U on the Dice, Fisher's exact test on correctness, an
+    unpaired bootstrap. A comparison with an empty side is left out.
+
+    Args:
+        table: a :func:`per_image` table.
+
+    Returns:
+        A ``pandas.DataFrame`` with columns ``comparison``, ``metric``, ``a``, ``b``, ``diff``,
+        ``ci_low``, ``ci_high``, ``p_value``, ``test``, ``n_a``, ``n_b``.
+    """
     from scipy import stats
 
     from mtbc_lib.studies.claims import bootstrap_ci, paired_test
@@ -236,8 +316,19 @@ def _unpaired_ci(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = SEED) 
 
 
 def finished(results_dir: str | os.PathLike = "results/leakage", data_dir=None, **overrides) -> bool:
-    """Whether both designs of a study (``overrides``: e.g. backbone, profile) have all their
-    folds (``data_dir`` plays no part in a run's name)."""
+    """Whether both designs of a study have all their folds.
+
+    Args:
+        results_dir: the study's results folder.
+        data_dir: unused (it plays no part in a run's name).
+        **overrides: as :func:`design_config`'s (e.g. backbone, profile).
+
+    Returns:
+        True when both designs' runs are complete.
+
+    Raises:
+        ValueError: as :func:`design_config`.
+    """
     from mtbc_lib.studies.ablation import is_complete
 
     return all(is_complete(Path(results_dir) / design_config(d, **overrides).run_name) for d in DESIGNS)
@@ -245,9 +336,19 @@ def finished(results_dir: str | os.PathLike = "results/leakage", data_dir=None, 
 
 def finished_studies(studies=STUDIES, results_dir: str | os.PathLike = "results/leakage",
                      **overrides) -> list[tuple[str, str]]:
-    """The studies out of ``studies`` ((backbone, profile) pairs, in the order given) whose
-    two designs are finished under ``results_dir`` (``overrides``: as :func:`finished`'s).
-    ValueError naming them when none is."""
+    """The studies whose two designs are finished.
+
+    Args:
+        studies: ``(backbone, profile)`` pairs, in the order wanted.
+        results_dir: the study's results folder.
+        **overrides: as :func:`finished`'s.
+
+    Returns:
+        The finished pairs, in the order given.
+
+    Raises:
+        ValueError: none is finished (the message names them).
+    """
     done = [(b, p) for b, p in studies if finished(results_dir, backbone=b, profile=p, **overrides)]
     if not done:
         raise ValueError(f"studies: none of {', '.join('/'.join(s) for s in studies) or 'no study'} has both designs "
@@ -257,9 +358,22 @@ def finished_studies(studies=STUDIES, results_dir: str | os.PathLike = "results/
 
 def write_leakage_csv(results_dir: str | os.PathLike = "results/leakage", out: str | os.PathLike | None = None,
                       studies=STUDIES, **overrides) -> Path:
-    """(Re)write ``results/leakage.csv`` (next to ``results_dir`` by default) with the rows of
-    every study of ``studies`` ((backbone, profile) pairs) whose two designs are finished; a
-    study still training is left out with a note on stderr. Atomic. ValueError when none is."""
+    """(Re)write ``leakage.csv`` with the rows of every finished study, atomically.
+
+    A study still training is left out with a note on stderr.
+
+    Args:
+        results_dir: the study's results folder.
+        out: the file to write; None: ``leakage.csv`` next to ``results_dir``.
+        studies: ``(backbone, profile)`` pairs.
+        **overrides: as :func:`design_config`'s.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: no study is finished.
+    """
     import sys
 
     parts = []
