@@ -2,7 +2,7 @@
 against a peer tool (imagededup), on the real BUSI data.
 
     .venv/bin/python benchmarks/bench_dedup.py [--data DIR] [--repeat 3] [--sample 3000] [--no-recall] [--no-exact]
-                                               [--against REV [--rounds 5]]
+                                               [--against REV] [--decoders] [--rounds 5]
 
 In one run:
 
@@ -15,7 +15,10 @@ In one run:
    wrote the same files as its cold run; then the stage times of ``dedup.find_groups``,
    cold and warm, each in a fresh process (the imports to make, as the command has them).
    With ``--against REV``, cold runs of the code at git revision REV and of this tree,
-   alternated ``--rounds`` times, and whether they wrote the same files.
+   alternated ``--rounds`` times, and whether they wrote the same files. With ``--decoders``,
+   cold runs with the optional Wuffs PNG decoder (extra ``fast-png``) and with Pillow alone
+   (``pywuffs`` hidden from the process), alternated ``--rounds`` times, and whether they
+   wrote the same files.
 2. **Brute force at the paper's setting** (the naive baseline): scikit-image's
    ``structural_similarity`` on every pair of the 780 thumbnails (grey, 64x64 bilinear):
    timed on a random sample of ``--sample`` pairs and extrapolated to all 303,810, plus the
@@ -95,10 +98,14 @@ def _median_run(runs: list[dict]) -> dict:
     return sorted(runs, key=lambda r: r["wall"])[(len(runs) - 1) // 2]
 
 
-def _mtbc(code: Path | None) -> list[str]:
+def _mtbc(code: Path | None, wuffs: bool = True) -> list[str]:
     """The command that runs `mtbc` from the checkout ``code`` (another revision), or from
     this repository's install when None. With -S no site hook runs, so this repository's
-    editable install cannot take the import over; the packages come from this environment."""
+    editable install cannot take the import over; the packages come from this environment.
+    ``wuffs=False``: this repository's `mtbc` with ``pywuffs`` hidden (Pillow decodes)."""
+    if not wuffs:
+        return [sys.executable, "-c", "import sys; sys.modules['pywuffs'] = None; "
+                "from mtbc_lib.cli import main; sys.exit(main(sys.argv[1:]))"]
     if code is None:
         return [sys.executable, "-m", "mtbc_lib"]
     paths = [str(code), sysconfig.get_paths()["purelib"]]
@@ -106,15 +113,15 @@ def _mtbc(code: Path | None) -> list[str]:
             f"import sys; sys.path[:0] = {paths!r}; from mtbc_lib.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
-def run_audit(data: Path, out: Path, cache: Path, code: Path | None = None) -> dict:
+def run_audit(data: Path, out: Path, cache: Path, code: Path | None = None, wuffs: bool = True) -> dict:
     """Time `mtbc audit` in a fresh process with the cache folder ``cache``, as a user runs
-    it (its progress bars go to a pipe); its printed summary comes back too. ``code``: see
-    :func:`_mtbc`."""
+    it (its progress bars go to a pipe); its printed summary comes back too. ``code``,
+    ``wuffs``: see :func:`_mtbc`."""
     env = dict(os.environ, MTBC_CACHE=str(cache))
     load = _load()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    run = subprocess.run([*_mtbc(code), "audit", str(data), "--out", str(out)], env=env, capture_output=True, text=True)
+    run = subprocess.run([*_mtbc(code, wuffs), "audit", str(data), "--out", str(out)], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if run.returncode:
@@ -277,6 +284,34 @@ def exact_check(res, thumbs, cfg) -> list[str]:
     return lines
 
 
+def decoders(rounds: int, data: Path) -> list[str]:
+    """Cold `mtbc audit` with the Wuffs decoder and with Pillow alone, alternated ``rounds``
+    times (each its own empty cache), and whether both wrote the same files."""
+    import importlib.util
+
+    if importlib.util.find_spec("pywuffs") is None:
+        return ["### PNG decoders", "", "Not run: pywuffs is not installed (`pip install -e .[fast-png]`).", ""]
+    runs: dict[str, list[dict]] = {"wuffs": [], "pillow": []}
+    same = {"duplicates.csv": True, "curated.csv": True, "pairs.csv": True}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(max(1, rounds)):
+            for how in runs:
+                out = Path(tmp) / how
+                runs[how].append(run_audit(data, out, Path(tmp) / f"cache-{how}-{len(runs[how])}", wuffs=how == "wuffs"))
+            for f in same:
+                same[f] &= (Path(tmp) / "wuffs" / f).read_bytes() == (Path(tmp) / "pillow" / f).read_bytes()
+    med = {h: float(np.median([r["wall"] for r in rs])) for h, rs in runs.items()}
+    return ["### PNG decoders", "",
+            f"Cold `mtbc audit` with the optional Wuffs decoder (extra `fast-png`) and with Pillow alone, alternated "
+            f"{len(runs['wuffs'])} times (each its own empty cache): median **{med['wuffs']:.2f} s with Wuffs, "
+            f"{med['pillow']:.2f} s with Pillow** (target ≤ 6 s on two idle cores: "
+            f"{'met' if med['pillow'] <= 6 else 'missed'} without the extra); CPU of all processes (mean) "
+            f"{np.mean([r['cpu'] for r in runs['wuffs']]):.1f} s and {np.mean([r['cpu'] for r in runs['pillow']]):.1f} s.",
+            "Rounds (s, Wuffs / Pillow): " + ", ".join(f"{a['wall']:.1f} / {b['wall']:.1f}"
+                                                    for a, b in zip(runs["wuffs"], runs["pillow"])) + ".",
+            "The same files in every round: " + ", ".join(f"{f} **{v}**" for f, v in same.items()) + ".", ""]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=None, help="BUSI folder (default: MTBC_DATA or ../shared/data/BUSI)")
@@ -286,7 +321,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-exact", action="store_true", help="skip the exact all-pairs SSIM check (step 3)")
     ap.add_argument("--against", metavar="REV", help="also time cold runs of the code at git revision REV, "
                     "alternated with this tree's (step 1)")
-    ap.add_argument("--rounds", type=int, default=5, help="alternated rounds with --against")
+    ap.add_argument("--decoders", action="store_true", help="also time cold runs with the Wuffs decoder and with "
+                    "Pillow alone, alternated (step 1)")
+    ap.add_argument("--rounds", type=int, default=5, help="alternated rounds with --against and --decoders")
     args = ap.parse_args(argv)
 
     from PIL import Image
@@ -365,6 +402,8 @@ def main(argv=None) -> int:
               "", "What the median cold run printed:", "", "```text", cold["summary"], "```", ""]
     if args.against:
         lines += against(args.against, args.rounds, data)
+    if args.decoders:
+        lines += decoders(args.rounds, data)
 
     # the thumbnails, decoded in one process (the decode time of brute force)
     index = index_busi(data)

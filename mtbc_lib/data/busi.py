@@ -12,8 +12,8 @@ Layout expected (the public ``Dataset_BUSI_with_GT``)::
 Conventions:
 
 - PNGs are decoded by Pillow, or by Wuffs where the optional ``pywuffs`` is installed
-  (``pip install mtbc[fast-png]``: 8 and 16-bit files without a tRNS chunk, about 1.3x
-  faster); both give the same pixels.
+  (``pip install mtbc[fast-png]``: 8 and 16-bit files without a tRNS chunk; the speed-up is
+  measured in ``benchmarks/bench_dedup.py --decoders``); both give the same pixels.
 - images become grey ``uint8`` as Pillow's ``convert("L")`` makes them, i.e. ITU-R 601-2 luma
   ``L = (299 R + 587 G + 114 B) / 1000`` (fixed point, exact for grey pixels R = G = B,
   so the greyscale re-encoded files and the original all-RGB release decode to the same
@@ -191,7 +191,7 @@ _HAS_WUFFS = importlib.util.find_spec("pywuffs") is not None
 
 @lru_cache(maxsize=None)
 def _decoder(mode: str):
-    """A Wuffs PNG decoder (8 and 16-bit PNGs: 1.4x Pillow's speed, the same pixels) giving 8-bit
+    """A Wuffs PNG decoder (8 and 16-bit PNGs; the same pixels as Pillow) giving 8-bit
     grey (``mode`` "1", "L"), RGB or RGBA (not premultiplied); checksums verified."""
     import pywuffs
     from pywuffs import aux

@@ -19,23 +19,15 @@ least ``lesion_threshold``; the alignment (keypoints when they matched, else the
 map) is refined by Lucas-Kanade on blurred copies first. Lesion groups are the connected
 components of the graph of same-scan and same-lesion pairs, so every same-scan group lies
 inside one lesion group. They do not change the curation rules; they are the grouping a
-split by lesion needs. Calibration (notebooks/dataset_audit.ipynb): pairs of different
-classes (which cannot be one lesion, label conflicts aside) reach 0.73; same-class pairs
-of different lesions (spiculated masses of different patients) reach 0.79; the frames of
-one lesion connect at >= 0.82; the default 0.805 is the middle of that gap. Some frames of
-one lesion score below it too (the score cannot tell them from look-alike lesions), and
-pairs that no candidate filter proposes are never scored: lesion groups are a lower bound.
+split by lesion needs. Some frames of one lesion score below the threshold too, and pairs
+that no candidate filter proposes are never scored: lesion groups are a lower bound.
 
-Calibration (notebooks/dataset_audit.ipynb): no code of the paper's search was released;
-the published keep-list is the ground truth (its 330 removed images are every member of
-their groups). Whole-image SSIM cannot reproduce it: with 32 to 128 px thumbnails and
-nearest, bilinear or area filters, at every threshold, at least 26 images are decided
-differently (crops of one scan score as low as 0.2 once stretched to a square, while
-neighbouring frames of one cine loop score above 0.9). SSIM on the common field of view, 64x64
-bilinear, reproduces it for every threshold in [0.915, 0.965] (the gap between the
-closest different frames and the least similar copies); the default 0.94 is its middle.
-With it the groups hold the 5 quadruplets, 22 triplets and 122 duplets of the published
-list exactly, plus one duplet it missed (malignant 11 / 113, a crop rescaled by 0.83).
+No code of the paper's search was released: the published keep-list is the ground truth
+(its removed images are every member of their groups). The defaults (``threshold`` on the
+common field of view at 64x64 bilinear; ``lesion_threshold`` between the best-matching
+pairs that cannot be one lesion and the frames of one lesion) are calibrated in the
+dataset audit chapter (``notebooks/dataset_audit.ipynb``), which shows the sweeps and
+what each setting decides.
 
 The search is fast and exact at the setting for the ``whole-image`` edges: cheap candidate
 filters, then SSIM at the setting for each candidate (its stages: :mod:`mtbc_lib.dedup.decode`,
