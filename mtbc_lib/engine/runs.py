@@ -41,7 +41,7 @@ import numpy as np
 from mtbc_lib.core import CLASSES, REPO_ROOT, atomic_write
 from mtbc_lib.engine.config import NON_RESULT_FIELDS, TrainConfig, config_diff
 
-__all__ = ["RunHeld", "hold", "describe", "reproduce_command", "profiles_table", "repo_relative", "read_config", "run_paths", "versions", "write_json", "check_same_config", "write_history", "save_masks",
+__all__ = ["RunHeld", "hold", "describe", "reproduce_command", "profiles_table", "repo_relative", "read_config", "run_paths", "fold_files", "versions", "write_json", "check_same_config", "write_history", "save_masks",
            "load_masks", "summarize", "RunResults", "load_run", "metrics_table", "confusion_table"]
 
 def write_json(path: Path, obj) -> None:
@@ -162,6 +162,20 @@ def run_paths(cfg: TrainConfig) -> tuple[Path, Path]:
     ck = Path(cfg.ckpt_dir).expanduser() if cfg.ckpt_dir else out.parent / "checkpoints" / cfg.run_name
     ck = ck if ck.is_absolute() else REPO_ROOT / ck
     return out / cfg.run_name, ck
+
+
+def fold_files(run_dir, name: str) -> dict[int, Path]:
+    """A run folder's per-fold files of one kind, by fold number.
+
+    Args:
+        run_dir: the run's results folder.
+        name: what follows ``fold<k>_`` in the file names: ``"test.csv"``, ``"history.csv"``, ...
+
+    Returns:
+        ``{k: path of fold<k>_<name>}`` in increasing ``k`` (fold 10 after fold 2); empty when there is none.
+    """
+    found = {int(p.name[len("fold"):-len(name) - 1]): p for p in Path(run_dir).glob(f"fold*_{name}")}
+    return dict(sorted(found.items()))
 
 
 def versions() -> dict[str, Any]:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mtbc_lib.engine.runs import fold_files
 from mtbc_lib.metrics import metric_label
 from mtbc_lib.studies import claims as claims_study
 from mtbc_lib.studies.ablation import BACKBONE_TITLES, PAPER_TABLE5, ROWS, SETTINGS, finished_runs, run_name
@@ -84,6 +85,11 @@ def shown_grids(grids, profiles=PROFILE_PREFERENCE, backbones=PAPER_NETWORKS) ->
     return out
 
 
+def _rows_of(table: pd.DataFrame, grid: tuple[str, str]) -> pd.DataFrame:
+    """The rows of one (backbone, profile) grid of a table with those columns."""
+    return table[(table["backbone"] == grid[0]) & (table["profile"] == grid[1])]
+
+
 def grid_title(grid: tuple[str, str]) -> str:
     """How the book names a grid: ``U-Net++, cpu profile``."""
     backbone, profile = grid
@@ -128,11 +134,6 @@ def verdict_rule(alpha: float = claims_study.ALPHA) -> str:
             f"The Holm-adjusted p says which verdicts survive testing all the claims of a grid together.")
 
 
-def _signed(x: float) -> str:
-    """+.106, -.011: a signed difference in three decimals without the leading zero."""
-    return f"{x:+.3f}".replace("0.", ".", 1)
-
-
 def _p(p: float) -> str:
     """<.001, .23, 1: a p value in two significant digits without the leading zero."""
     return "<.001" if p < 0.001 else f"{p:.2g}".replace("0.", ".", 1)
@@ -154,15 +155,15 @@ def verdict_table(claims: pd.DataFrame, grid: tuple[str, str], p_values: bool = 
     comparisons), what is compared on which metric, the paper's difference, ours with its
     95 % interval, (with ``p_values`` the raw and Holm-adjusted p), the verdict and its
     reason. Raises ValueError when ``claims`` has no row of ``grid``."""
-    t = claims[(claims["backbone"] == grid[0]) & (claims["profile"] == grid[1])]
+    t = _rows_of(claims, grid)
     if t.empty:
         raise ValueError(f"claims: no row of {'/'.join(grid)}; run mtbc claims {' '.join(grid)}")
     first = ~t["claim"].duplicated()
     view = pd.DataFrame({
         "claim": t["claim"].where(first, ""),
         "compared": [f"{a} vs {b}, {metric_label(m)}" for a, b, m in zip(t["config_a"], t["config_b"], t["metric"])],
-        "paper": t["paper_diff"].map(_signed),
-        "ours [95 % CI]": [f"{_signed(d)} [{_signed(lo)}, {_signed(hi)}]"
+        "paper": t["paper_diff"].map(claims_study.signed),
+        "ours [95 % CI]": [f"{claims_study.signed(d)} [{claims_study.signed(lo)}, {claims_study.signed(hi)}]"
                            for d, lo, hi in zip(t["our_diff"], t["ci_low"], t["ci_high"])]})
     if p_values:
         view["p"] = t["p_value"].map(_p)
@@ -200,7 +201,7 @@ def verdict_changes(claims: pd.DataFrame, backbone: str = PAPER_NETWORKS[0],
     comparison (claim, compared), one column per profile of ``profiles`` (in that order:
     shortest training first) that ``claims`` holds, and a Markdown sentence naming the
     profiles not trained yet (empty when all are there). Raises ValueError when none is."""
-    have = [p for p in profiles if ((claims["backbone"] == backbone) & (claims["profile"] == p)).any()]
+    have = [p for p in profiles if not _rows_of(claims, (backbone, p)).empty]
     if not have:
         raise ValueError(f"claims: no row of {backbone} under {', '.join(profiles)}; run mtbc claims")
     keys = ["claim", "metric", "config_a", "config_b"]
@@ -235,10 +236,10 @@ def epochs_trained(results_dir: str | os.PathLike, backbone: str, profile: str, 
     """The epochs each fold of one grid training ran, from its ``fold<k>_history.csv``
     (folds in order). Raises FileNotFoundError when the run has no history."""
     run_dir = Path(results_dir) / run_name(backbone, setting, profile)
-    files = sorted(run_dir.glob("fold*_history.csv"), key=lambda f: int(f.stem[4:].split("_")[0]))
+    files = fold_files(run_dir, "history.csv")
     if not files:
         raise FileNotFoundError(f"{run_dir}: no fold*_history.csv; expected a finished training run")
-    return [int(pd.read_csv(f)["epoch"].max()) for f in files]
+    return [int(pd.read_csv(f)["epoch"].max()) for f in files.values()]
 
 
 def _plain(x: float) -> str:
@@ -254,8 +255,8 @@ def headline(ablation: pd.DataFrame, grid: tuple[str, str], epochs: list[int], b
     :func:`epochs_trained`) against our profile's ``budget`` and the paper's ``paper_epochs``
     with early stopping after ``paper_patience`` epochs without improvement. Raises
     ValueError when ``ablation`` lacks the grid's proposal row."""
-    rows = ablation[(ablation["backbone"] == grid[0]) & (ablation["profile"] == grid[1])
-                    & (ablation["configuration"] == PROPOSAL)]
+    rows = _rows_of(ablation, grid)
+    rows = rows[rows["configuration"] == PROPOSAL]
     if rows.empty:
         raise ValueError(f"ablation: no {PROPOSAL} row of {'/'.join(grid)}; expected its complete grid")
     r = rows.iloc[0]
@@ -334,7 +335,7 @@ def consistency_figure(table: pd.DataFrame):
     fig = make_subplots(rows=len(grids), cols=1, shared_xaxes=True, vertical_spacing=0.1,
                         subplot_titles=[grid_title(g) for g in grids])
     for k, g in enumerate(grids, start=1):
-        t = table[(table["backbone"] == g[0]) & (table["profile"] == g[1])].set_index("configuration")
+        t = _rows_of(table, g).set_index("configuration")
         confs = [c for c in order if c in t.index] + [c for c in t.index if c not in order]
         for j, m in enumerate(MEASURES):
             y = t.loc[confs, m].astype(float)
@@ -359,7 +360,7 @@ def consistency_view(table: pd.DataFrame, grids) -> pd.DataFrame:
     what). "–" where a value is missing; never NaN. Raises ValueError for a grid without rows."""
     parts = {}
     for g in grids:
-        t = table[(table["backbone"] == g[0]) & (table["profile"] == g[1])]
+        t = _rows_of(table, g)
         if t.empty:
             raise ValueError(f"table: no row of {'/'.join(g)} in consistency.csv; run mtbc claims {' '.join(g)}")
         part = {}
@@ -378,7 +379,7 @@ def consistency_view(table: pd.DataFrame, grids) -> pd.DataFrame:
 def consistency_summary(table: pd.DataFrame, grid: tuple[str, str]) -> str:
     """One sentence on a grid: on how many measures each multi-task configuration is lower
     than every single-task configuration (:func:`mt_against_single_task`), and which."""
-    t = table[(table["backbone"] == grid[0]) & (table["profile"] == grid[1])]
+    t = _rows_of(table, grid)
     parts = []
     for mt in ("MT", "MT+DO"):
         if mt not in set(t["configuration"]):
@@ -428,8 +429,7 @@ def fold_downloads(runs: dict, root: str | os.PathLike, what: str) -> str:
     parts = []
     for label, run_dir in runs.items():
         run_dir = (Path(run_dir) if Path(run_dir).is_absolute() else root / run_dir).resolve()
-        files = sorted(run_dir.glob("fold*_test.csv"), key=lambda f: int(f.stem[4:].split("_")[0]))
-        roles = _roles({f.stem[4:].split("_")[0]: f for f in files}, root)
+        roles = _roles({str(k): f for k, f in fold_files(run_dir, "test.csv").items()}, root)
         if roles:
             parts.append(f"{label} " + " ".join(roles))
     return (f"{what} (CSV, one file a fold): " + " · ".join(parts)) if parts else ""

@@ -20,6 +20,7 @@ import pandas as pd
 
 from mtbc_lib.core import CLASSES, NORMAL, atomic_write
 from mtbc_lib.engine.config import TrainConfig
+from mtbc_lib.engine.runs import fold_files
 from mtbc_lib.metrics import (
     CLS_METRICS,
     SEG_METRICS,
@@ -172,10 +173,8 @@ def run_name(backbone: str, setting: str, profile: str) -> str:
 
 def _fold_tables(run_dir: Path) -> dict[int, pd.DataFrame]:
     """The per-image test outputs of a finished run, by fold (index = (class, id))."""
-    tables = {}
-    for f in sorted(run_dir.glob("fold*_test.csv")):
-        k = int(f.stem[len("fold"):].split("_")[0])
-        tables[k] = pd.read_csv(f).set_index(["class", "id"]).sort_index()
+    tables = {k: pd.read_csv(f).set_index(["class", "id"]).sort_index()
+              for k, f in fold_files(run_dir, "test.csv").items()}
     if not tables:
         raise FileNotFoundError(f"{run_dir}: no fold*_test.csv; expected the results of a finished training run")
     return tables

@@ -299,7 +299,7 @@ def degenerate(config_a: str, config_b: str, outputs: dict[str, pd.DataFrame], m
     return None
 
 
-def _num(x: float) -> str:
+def signed(x: float) -> str:
     """+.106, -.011: a signed difference in three decimals without the leading zero."""
     return f"{x:+.3f}".replace("0.", ".", 1)
 
@@ -350,7 +350,7 @@ def reason(verdict: str, diff: float, ci_low: float, ci_high: float, p: float, p
     """
     if verdict == "untestable":
         return f"untestable: {why_untestable}"
-    return f"{verdict}: {_num(diff)} [{_num(ci_low)}, {_num(ci_high)}], {evidence(verdict, p, p_holm, test)}"
+    return f"{verdict}: {signed(diff)} [{signed(ci_low)}, {signed(ci_high)}], {evidence(verdict, p, p_holm, test)}"
 
 
 def claims_table(backbone: str, profile: str, results_dir: str | os.PathLike = "results") -> pd.DataFrame:

@@ -118,3 +118,13 @@ def test_a_probe_trained_a_fold_at_a_time_is_reproduced_with_all_its_finished_fo
         (run_dir / f"fold{k}_metrics.json").write_text("{}")
     command = runs.reproduce_command(runs.read_config(run_dir, finished_folds=True))
     assert "-p folds" not in command and command.startswith(f"papermill notebooks/train.ipynb {tmp_path}/")
+
+
+def test_fold_files_are_keyed_and_ordered_by_fold_number(tmp_path):
+    for k in (10, 2, 0):
+        (tmp_path / f"fold{k}_test.csv").write_text("class,id\n")
+    (tmp_path / "fold1_history.csv").write_text("epoch\n")
+    assert runs.fold_files(tmp_path, "test.csv") == {k: tmp_path / f"fold{k}_test.csv" for k in (0, 2, 10)}
+    assert list(runs.fold_files(tmp_path, "test.csv")) == [0, 2, 10]  # fold 10 after fold 2
+    assert runs.fold_files(tmp_path, "history.csv") == {1: tmp_path / "fold1_history.csv"}
+    assert runs.fold_files(tmp_path / "missing", "test.csv") == {}
