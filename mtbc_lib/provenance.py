@@ -146,6 +146,44 @@ def stamp(path: str | os.PathLike, env: dict | None = None) -> None:
     atomic_write(path, lambda p: nbformat.write(nb, str(p)))
 
 
+def execute_stamped(template: str | os.PathLike, out: str | os.PathLike, parameters: dict,
+                    cwd: str | os.PathLike, keep_failed=None) -> Path:
+    """Execute a notebook template by papermill, stamp it (:func:`stamp`) and move it into place.
+
+    The notebook is executed into a per-process ``.<name>.<pid>.ipynb.part`` beside ``out`` (two
+    processes never write the same file), so a failed or interrupted execution leaves the previous
+    ``out`` as it was.
+
+    Args:
+        template: the notebook to execute.
+        out: where the executed, stamped notebook goes.
+        parameters: papermill parameters.
+        cwd: the kernel's working folder.
+        keep_failed: a function of the exception that says whether the failed ``.part`` stays
+            beside ``out`` for inspection; None: it never stays.
+
+    Returns:
+        ``out`` as a Path.
+
+    Raises:
+        PapermillExecutionError: a cell of the notebook failed (and any error of papermill itself).
+    """
+    import papermill
+
+    out = Path(out)
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.ipynb.part")
+    try:
+        papermill.execute_notebook(str(template), str(tmp), parameters=parameters, cwd=str(cwd),
+                                   progress_bar=False, kernel_name="python3")
+        stamp(tmp)
+    except BaseException as e:
+        if keep_failed is None or not keep_failed(e):
+            tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)
+    return out
+
+
 # --------------------------------------------------------------------------- stored runs
 
 @dataclass

@@ -520,8 +520,7 @@ def load_run(run_dir) -> RunResults:
 
     run_dir = Path(run_dir)
     hist, test, metrics = [], [], {}
-    for p in sorted(run_dir.glob("fold*_metrics.json")):
-        k = int(p.name[4:].split("_")[0])
+    for k, p in fold_files(run_dir, "metrics.json").items():
         metrics[k] = json.loads(p.read_text())
         hist.append(pd.read_csv(run_dir / f"fold{k}_history.csv").assign(fold=k))
         test.append(pd.read_csv(run_dir / f"fold{k}_test.csv").assign(fold=k))

@@ -106,7 +106,7 @@ def execute_chapter(name: str, data_dir: str | None = None, parameters: dict | N
 
     import papermill
 
-    from mtbc_lib.provenance import stamp
+    from mtbc_lib.provenance import execute_stamped
 
     root = Path(root)
     template = root / "notebooks" / f"{name}.ipynb"
@@ -118,16 +118,7 @@ def execute_chapter(name: str, data_dir: str | None = None, parameters: dict | N
     data = data_dir or os.environ.get("MTBC_DATA", "")
     if data and "data_dir" in papermill.inspect_notebook(str(template)) and "data_dir" not in params:
         params["data_dir"] = data
-    out = root / "book" / f"{name}.ipynb"
-    tmp = out.with_name(f".{name}.{os.getpid()}.ipynb.part")
-    try:
-        papermill.execute_notebook(str(template), str(tmp), parameters=params, cwd=str(root), progress_bar=False,
-                                   kernel_name="python3")
-        stamp(tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return execute_stamped(template, root / "book" / f"{name}.ipynb", params, root)
 
 
 def run_groups(root: str | Path = REPO_ROOT) -> list[tuple[str, list[str]]]:

@@ -35,24 +35,15 @@ def execute_training(params: dict, notebook_dir: str | os.PathLike = "book/runs"
         PapermillExecutionError: the notebook failed (``ename`` ``"RunHeld"`` when another process
             holds one of the run's folds).
     """
-    import papermill
+    from mtbc_lib.provenance import execute_stamped
 
     name = params["run_name"]
     repo_root = Path(repo_root)
     nb_dir = Path(notebook_dir) if Path(notebook_dir).is_absolute() else repo_root / notebook_dir
     nb_dir.mkdir(parents=True, exist_ok=True)
-    tmp = nb_dir / f".{name}.{os.getpid()}.ipynb.part"  # one per process: a second grid cannot clobber it
-    try:
-        papermill.execute_notebook(str(repo_root / "notebooks" / "train.ipynb"), str(tmp), parameters=params,
-                                   cwd=str(repo_root), progress_bar=False, kernel_name="python3")
-    except papermill.PapermillExecutionError as e:
-        if e.ename == "RunHeld":  # another process trains it: nothing of ours to keep
-            tmp.unlink(missing_ok=True)
-        raise
-    from mtbc_lib.provenance import stamp
-
-    stamp(tmp)  # the machine it ran on, for the book's provenance page
-    os.replace(tmp, nb_dir / f"{name}.ipynb")
+    # a failed training keeps its .part for inspection, unless another process trains it (nothing of ours)
+    execute_stamped(repo_root / "notebooks" / "train.ipynb", nb_dir / f"{name}.ipynb", params, repo_root,
+                    keep_failed=lambda e: getattr(e, "ename", None) != "RunHeld")
     return name
 
 

@@ -167,6 +167,7 @@ def test_a_failed_execution_keeps_the_previous_notebook(tmp_path, monkeypatch):
     with pytest.raises(PapermillExecutionError):
         grid.execute_training({"run_name": "unet-r34-mt-fast"}, repo_root=tmp_path)
     assert (runs / "unet-r34-mt-fast.ipynb").read_text() == "previous"
+    assert len(list(runs.glob(".unet-r34-mt-fast.*.ipynb.part"))) == 1  # a failed training stays to be read
 
 
 # ----------------------------------------------------------------------------- run_grid
