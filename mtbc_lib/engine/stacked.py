@@ -69,7 +69,7 @@ def sample_losses(out: dict, mask: torch.Tensor | None, label: torch.Tensor | No
 def batch_loss(parts: dict, mean, loss_fn: MultiTaskLoss) -> torch.Tensor:
     """``loss_fn``'s value on each member's batch from :func:`sample_losses`' terms, with
     :class:`~mtbc_lib.losses.MultiTaskLoss`'s operations in its order (so that the gradient is
-    its gradient: bit for bit on the CPU, where the convolutions are the same). ``mean`` maps
+    its gradient, up to the rounding of reductions over another shape). ``mean`` maps
     an (N,) tensor to the mean over each member's images (a,)."""
     lf = loss_fn
     if lf.task != "cls":

@@ -3,9 +3,13 @@ engine (mtbc_lib.engine.train) on test_train's tiny generated data: the paper's 
 of its widths on 32×32 images, batch 2, one fold of each training.
 
 Tolerances. Looped over its members (``vmap=False``) the engine computes every step with the
-operations ``train.run`` uses, in its order, so the weights after every step are the same,
-bit for bit on the CPU: histories agree to 1e-6 relative (the epoch means are the same
-numbers, summed in another order) and test outputs exactly. Vmapped, each convolution becomes
+operations ``train.run`` uses, in its order, so the weights after every step are the same up to
+float32 rounding: on an AVX-512 EPYC bit for bit (histories to 1e-6 relative, the epoch means
+summed in another order; test outputs exactly); on an AVX2-only EPYC a loss reduced over the
+member's own images rounds otherwise in its last bit, so the losses differ by 1e-7 from the
+first epoch and 4e-6 relative after five, and test probabilities by 4e-8 (a mask pixel may
+cross the threshold): the looped engine is held to 2e-5 in its losses, 1e-6 in its test
+outputs and to exactly the same decisions. Vmapped, each convolution becomes
 a grouped convolution whose rounding differs (about 1e-5 relative in a gradient), and training
 amplifies such differences, as it amplifies any change of convolution algorithm: Adam scales
 up the gradients of parameters whose true gradient is zero (the biases before an instance
@@ -32,15 +36,19 @@ from mtbc_lib.engine import batched, train
 
 BASE = dict(backbone="unetplusplus", width=0.25, profile="replica", image_size=32, amp="off", folds=[0], task="mt",
             batch_size=2, epochs=5, patience=10)
-#: Forced events (looped engine, exact): "early" stops after epoch 3 (its validation loss rises
-#: after epoch 2, patience 1); "plateau" halves its learning rate before epoch 4 (epochs 2 and 3
-#: without a lower validation loss, plateau patience 1); "do" trains all 5 epochs.
+#: Forced events (looped engine, the same decisions): "early" stops after epoch 3 (its validation
+#: loss rises after epoch 2, patience 1); "plateau" halves its learning rate after its first
+#: two epochs in a row without a lower validation loss (plateau patience 1; which epoch depends on the
+#: CPU's rounding at lr 0.1: before epoch 4 on an AVX-512 EPYC, 6 on an AVX2 EPYC, so it trains 7);
+#: "do" trains all 5 epochs.
 EVENTS = {"do": dict(oversampling=True, lr=1e-3),
           "early": dict(oversampling=False, seed=7, lr=0.1, patience=1),
-          "plateau": dict(oversampling=True, seed=11, lr=0.1, plateau_patience=1)}
+          "plateau": dict(oversampling=True, seed=11, lr=0.1, plateau_patience=1, epochs=7)}
 #: Well-conditioned trainings for the vmapped engine (DO and not, three seeds).
 STEADY = {"do": EVENTS["do"], "nodo": dict(oversampling=False, seed=7, lr=1e-3),
           "do11": dict(oversampling=True, seed=11, lr=1e-3)}
+#: The looped engine against train.run: float32 rounding (see the module's docstring).
+LOOPED = dict(rtol=2e-5, atol=1e-6, exact_test=False)
 TIMING = ("seconds", "cpu_seconds", "images_per_s", "load")
 
 
@@ -97,11 +105,13 @@ def _compare(a, b, rtol: float, atol: float, exact_test: bool) -> tuple[dict, di
 def test_looped_engine_equals_train_run(tmp_path, arrays, reference):
     batched.run_many(_configs(tmp_path, EVENTS), arrays=arrays, progress=False, vmap=False)
     for name in EVENTS:
-        _, f = _compare(reference[name], tmp_path / "results" / name, rtol=1e-6, atol=1e-9, exact_test=True)
+        _, f = _compare(reference[name], tmp_path / "results" / name, **LOOPED)
         assert f["metrics"]["engine"]["name"] == "batched" and f["metrics"]["engine"]["device"].startswith("cpu")
     h = {name: fold_files(tmp_path / "results" / name, 0) for name in EVENTS}
     assert h["early"]["metrics"]["stopped"] == "early stopping" and h["early"]["metrics"]["epochs"] == 3
-    assert h["plateau"]["history"]["lr"].tolist() == [0.1, 0.1, 0.1, 0.05, 0.05]  # halved by its own plateau
+    lr, val = h["plateau"]["history"]["lr"].tolist(), h["plateau"]["history"]["val_loss"].tolist()
+    first = lr.index(0.05)  # halved by its own plateau, right after two epochs without a new best
+    assert 3 <= first and lr[:first] == [0.1] * first and min(val[first - 2:first]) >= min(val[:first - 2])
     do = h["do"]["metrics"]
     assert do["epochs"] == 5 and do["n_train_oversampled"] > h["early"]["metrics"]["n_train_oversampled"]
 
@@ -109,12 +119,6 @@ def test_looped_engine_equals_train_run(tmp_path, arrays, reference):
 def test_vmapped_engine_follows_train_run(reference, vmapped):
     for name in STEADY:
         _compare(reference[name], vmapped[name], rtol=2e-2, atol=2e-2, exact_test=False)
-
-
-
-
-
-
 
 
 def test_killed_and_resumed_batched_run_equals_uninterrupted(tmp_path, arrays, vmapped):
@@ -133,7 +137,7 @@ def test_train_run_resumes_a_batched_checkpoint(tmp_path, arrays, reference):
     for cfg in _configs(tmp_path, EVENTS):
         train.run(cfg, arrays=arrays, progress=False)
     for name in EVENTS:
-        _compare(reference[name], tmp_path / "results" / name, rtol=1e-6, atol=1e-9, exact_test=True)
+        _compare(reference[name], tmp_path / "results" / name, **LOOPED)
 
 
 def test_finished_folds_are_skipped_and_the_engine_recorded(arrays, vmapped):

@@ -1,6 +1,6 @@
 """Tests of mtbc_lib.engine.stacked: K networks of one shape as one stack of weights, one
 vmapped (or looped) step, per-image losses and one Adam update over the stack; tolerances as in
-test_batched.py (looped: bit for bit; vmapped: MKL-DNN's grouped convolutions round otherwise)."""
+test_batched.py (looped: to float32 rounding; vmapped: MKL-DNN's grouped convolutions round otherwise)."""
 
 from __future__ import annotations
 
