@@ -23,9 +23,9 @@ epoch: its sums stay on the device and are read once, after validation.
 Accepted (:func:`check_batchable`): the paper's recipe (Adam or AdamW, ReduceLROnPlateau; no
 clipping, weight average, low-resolution epochs, cosine schedule or time budget) on networks
 without buffers or dropout (:data:`BATCHABLE`). With ``vmap=False`` the numbers are
-``train.run``'s up to float32 rounding (bit for bit on some CPUs); vmapped, they differ by the rounding of grouped
-convolutions, which training amplifies as it amplifies any change of convolution algorithm
-(``tests/test_batched.py``).
+``train.run``'s up to float32 rounding (bit for bit on some CPUs); vmapped, they differ by the
+rounding of grouped convolutions, which training amplifies as it amplifies any change of
+convolution algorithm (``tests/engine/test_batched.py``).
 """
 
 from __future__ import annotations
