@@ -63,12 +63,12 @@ PROFILES: dict[str, dict[str, Any]] = {
                 plateau_factor=0.5, plateau_patience=4, min_lr=1e-6,  # plateau: only with schedule="plateau"
                 amp="auto", channels_last="auto",
                 optimizer="adamw", weight_decay=0.01, schedule="cosine", warmup_epochs=0.5),
-    # The paper's protocol exactly (as "paper": Adam 1e-4, batch 2, plateau, early stopping
+    # The paper's protocol (as "paper": Adam 1e-4, batch 2, plateau, early stopping
     # 50, ≤ 200 epochs) on a small-scale replica of the task: the paper's networks at half
     # their widths (every channel count, the classification branch's included) on 64 × 64
     # images, 1/16 of the FLOPs, so that a training runs to its own early stopping on two CPU
     # cores (other networks keep their widths); the width is the scale check's choice (the
-    # book's appendix). bf16 autocast where the CPU has it.
+    # book's appendix). One difference from "paper": bf16 autocast where the CPU has it.
     "replica": dict(epochs=200, patience=50, batch_size=2, lr=1e-4,
                     plateau_factor=0.5, plateau_patience=20, min_lr=1e-6,
                     amp="auto", channels_last="off", image_size=64, width=0.5),
