@@ -42,7 +42,8 @@ from mtbc_lib.core import CLASSES, REPO_ROOT, atomic_write
 from mtbc_lib.engine.config import NON_RESULT_FIELDS, TrainConfig, config_diff
 
 __all__ = ["RunHeld", "hold", "describe", "reproduce_command", "profiles_table", "repo_relative", "read_config", "run_paths", "fold_files", "versions", "write_json", "check_same_config", "write_history", "save_masks",
-           "load_masks", "summarize", "RunResults", "load_run", "metrics_table", "confusion_table"]
+           "load_masks", "summarize", "RunResults", "load_run", "metrics_table", "training_fit", "training_table",
+           "confusion_table"]
 
 def write_json(path: Path, obj) -> None:
     """Write an object as indented JSON, atomically.
@@ -561,6 +562,20 @@ def metrics_table(metrics: dict[int, dict], which: tuple[str, ...] = ("raw", "pr
     return pd.DataFrame(rows).set_index(["refinement", "fold"]) if rows else pd.DataFrame()
 
 
+def training_fit(results: RunResults, fold: int) -> tuple[dict, bool]:
+    """How a fold's tested weights score on its own training images: ``(scores, augmented)``.
+
+    The scores are ``train_fit`` of the fold's metrics (the tested weights on the training images,
+    unaugmented; ``augmented`` False). A run written before that field gets the tested epoch's row
+    of its history instead: ``dsc_avg`` and ``acc`` running over its augmented training batches in
+    training mode (``augmented`` True; ``{}`` when the history lacks that epoch)."""
+    m = results.metrics[fold]
+    if "train_fit" in m:
+        return m["train_fit"], False
+    h = results.history[(results.history["fold"] == fold) & (results.history["epoch"] == m["best_epoch"])]
+    return ({"dsc_avg": h["train_dice"].iloc[0], "acc": h["train_acc"].iloc[0]} if len(h) else {}), True
+
+
 def training_table(results: RunResults):
     """One row per finished fold: how it trained (epochs, what stopped it, the tested epoch,
     minutes, device and arithmetic) and how its tested weights score on the fold's training
@@ -576,10 +591,7 @@ def training_table(results: RunResults):
     rows = []
     for k in sorted(results.metrics):
         m = results.metrics[k]
-        fit, aug = m.get("train_fit"), "train_fit" not in m
-        if aug:  # the tested epoch's row of the history: augmented batches in training mode
-            h = results.history[(results.history["fold"] == k) & (results.history["epoch"] == m["best_epoch"])]
-            fit = {"dsc_avg": h["train_dice"].iloc[0], "acc": h["train_acc"].iloc[0]} if len(h) else {}
+        fit, aug = training_fit(results, k)
         rows.append({"fold": k, "epochs": m["epochs"], "stopped by": m["stopped"], "tested epoch": m["best_epoch"],
                      "training (min)": f"{m['train_seconds'] / 60:.1f}",
                      "device": str(m["device"]) + (", bf16" if m.get("amp") else ""),

@@ -5,9 +5,11 @@ fit their own training images, the comparisons inside one design)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from mtbc_lib.core import CLASSES
+from mtbc_lib.engine.runs import training_fit
 from mtbc_lib.metrics import metric_label
 from mtbc_lib.report.results import grid_title
 from mtbc_lib.studies.leakage import DESIGNS, DESIGNS_DIFF, FRAMES, METRICS, fold_metrics
@@ -165,18 +167,21 @@ def conclusion(paired: pd.DataFrame) -> str:
 
 
 def fit_note(design_runs: dict, table: pd.DataFrame, gap: float = 0.05) -> str:
-    """Markdown: each design's training Dice and accuracy at the tested epoch beside its test
-    scores; when no network fits its training images ``gap`` better, it has little to remember."""
-    parts, gaps = [], []
+    """Markdown: each design's Dice and accuracy on its training images at the tested epoch
+    (:func:`mtbc_lib.engine.runs.training_fit`, mean over the folds) beside its test scores;
+    when no network fits its training images ``gap`` better, it has little to remember."""
+    parts, gaps, augmented = [], [], False
     for design, run in design_runs.items():
-        h, split = run.history, DESIGNS[design]
-        best = h[h["epoch"] == h["fold"].map({k: m["best_epoch"] for k, m in run.metrics.items()})]
-        for what, train, test in (("Dice", best["train_dice"].mean(), table[f"dice_{split}"].mean()),
-                                  ("accuracy", best["train_acc"].mean(), table[f"correct_{split}"].mean())):
+        split, fits = DESIGNS[design], [training_fit(run, k) for k in sorted(run.metrics)]
+        augmented |= any(aug for _, aug in fits)
+        for what, key, test in (("Dice", "dsc_avg", table[f"dice_{split}"].mean()),
+                                ("accuracy", "acc", table[f"correct_{split}"].mean())):
+            train = float(np.mean([fit.get(key, np.nan) for fit, _ in fits]))
             parts.append(f"{design} {what} {train:.3f} on its training images against {test:.3f} on its test images")
             gaps.append(train - test)
-    text = ("At the epoch whose weights were tested (mean over the folds; the training images augmented, as training "
-            "saw them): " + "; ".join(parts) + ".")
+    seen = ("the training images augmented, as training saw them" if augmented
+            else "the tested weights on the training images, unaugmented")
+    text = f"At the epoch whose weights were tested (mean over the folds; {seen}): " + "; ".join(parts) + "."
     if max(gaps) >= gap:
         return text + f" The networks fit their training images up to {max(gaps):.3f} better than unseen ones."
     return text + (f" Neither network fits its training images {gap:.2f} better than unseen ones, so neither has "

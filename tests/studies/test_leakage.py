@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -134,12 +135,17 @@ def test_study_tables_from_two_tiny_trainings(busi, tmp_path):
     assert (leakage.FRAMES in set(paired["comparison"])) == (n_frames > 0)
     # the fit note: training scores at the tested epoch of each fold, beside the test scores
     runs_ = {d: load_run(results / leakage.design_config(d, **tiny).run_name) for d in leakage.DESIGNS}
-    h = runs_["scan-level"].history  # one epoch a fold: the tested epoch is the only one
+    fit = [m["train_fit"] for m in runs_["scan-level"].metrics.values()]  # the tested weights on the training images
     note = report.fit_note(runs_, table)
     assert report.design_table(runs_, table).loc["test images"].tolist() == [26, 26]
     assert len(report.leakage_figure(table).data) == 4 + 2 * 2 * 2
-    assert (f"scan-level Dice {h['train_dice'].mean():.3f} on its training images against "
-            f"{table['dice_scan'].mean():.3f} on its test images") in note
+    assert (f"scan-level Dice {np.mean([f['dsc_avg'] for f in fit]):.3f} on its training images against "
+            f"{table['dice_scan'].mean():.3f} on its test images") in note and "unaugmented" in note
+    old = {d: dataclasses.replace(r, metrics={k: {n: v for n, v in m.items() if n != "train_fit"}
+                                                for k, m in r.metrics.items()}) for d, r in runs_.items()}
+    h = runs_["scan-level"].history  # a run written before train_fit: its history's tested epoch (one epoch a fold)
+    assert (f"scan-level Dice {h['train_dice'].mean():.3f} on its training images" in report.fit_note(old, table)
+            and "augmented, as training saw them" in report.fit_note(old, table))
     assert ("has much to remember" in report.fit_note(runs_, table, gap=9)
             and "has much to remember" not in report.fit_note(runs_, table, gap=-9))
     engine = {k: v for k, v in tiny.items() if k not in ("backbone", "profile")}
