@@ -144,8 +144,9 @@ def test_study_tables_from_two_tiny_trainings(busi, tmp_path):
     old = {d: dataclasses.replace(r, metrics={k: {n: v for n, v in m.items() if n != "train_fit"}
                                                 for k, m in r.metrics.items()}) for d, r in runs_.items()}
     h = runs_["scan-level"].history  # a run written before train_fit: its history's tested epoch (one epoch a fold)
-    assert (f"scan-level Dice {h['train_dice'].mean():.3f} on its training images" in report.fit_note(old, table)
-            and "augmented, as training saw them" in report.fit_note(old, table))
+    old_note = report.fit_note(old, table)
+    assert f"scan-level Dice {h['train_dice'].mean():.3f} on its training images" in old_note
+    assert "augmented, as training saw them" in old_note
     assert ("has much to remember" in report.fit_note(runs_, table, gap=9)
             and "has much to remember" not in report.fit_note(runs_, table, gap=-9))
     engine = {k: v for k, v in tiny.items() if k not in ("backbone", "profile")}
